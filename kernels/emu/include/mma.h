@@ -1,0 +1,2 @@
+#pragma once
+// <mma.h> under the emulator: nvcuda::wmma lives in cuda_emu.h (force-included).

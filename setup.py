@@ -1,0 +1,32 @@
+"""unetcu: the U-Net (Ronneberger et al., 2015) on hand-written CUDA kernels, with a CPU emulator.
+
+The .cu files in kernels/ ship inside the package as unetcu.kernels, so an installed unetcu finds
+them without the source tree.
+"""
+from setuptools import setup
+
+setup(
+    name="unetcu",
+    version="0.1.0",
+    description="U-Net on hand-written CUDA kernels (CuPy), with a CPU emulator that runs the same kernels",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["unetcu", "unetcu.kernels"],
+    package_dir={"unetcu.kernels": "kernels"},
+    package_data={"unetcu.kernels": ["*.cu", "*.cuh", "README.md", "emu/*.h", "emu/README.md", "emu/include/*"]},
+    include_package_data=True,
+    install_requires=[
+        # numba-cuda 0.30 fails on numpy 2.5 (np.row_stack was removed); numba 0.68 supports < 2.5
+        "numpy>=1.24,<2.5",
+        "scipy>=1.10",
+        "numba>=0.60",
+    ],
+    extras_require={
+        # CuPy + an NVRTC of the toolkit generation the driver runs (a newer NVRTC's cubins may not load)
+        "cuda13": ["cupy-cuda13x>=14", "nvidia-cuda-nvrtc==13.0.*", "numba-cuda>=0.30"],
+        "cuda12": ["cupy-cuda12x>=13", "nvidia-cuda-nvrtc-cu12", "numba-cuda>=0.30"],
+        "test": ["pytest>=7"],
+    },
+    entry_points={"console_scripts": ["unetcu=unetcu.cli:main"]},
+)

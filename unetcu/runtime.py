@@ -1,0 +1,184 @@
+"""Compile and launch CUDA C: on the GPU through CuPy (engine "cuda"), on the CPU through the
+emulator (engine "emu"). Both return a module whose kernels are called like cupy.RawKernel::
+
+    mod = unetcu.runtime.compile(source, engine="emu")       # or load("conv3x3.cu")
+    mod.get_function("my_kernel")(grid, block, (x, y, np.int32(n)), shared_mem=0)
+
+Arrays are NumPy arrays on "emu" and CuPy arrays on "cuda"; scalars are NumPy scalars on both.
+
+Engine choice: an explicit engine= wins; else UNETCU_KERNEL_ENGINE; else "cuda" when CuPy sees a
+usable GPU, else "emu". Asking for "cuda" without a GPU is an error, never a silent fallback.
+"""
+from __future__ import annotations
+
+import functools
+import glob
+import io
+import os
+import re
+from pathlib import Path
+
+from . import emu
+
+KERNEL_ENGINES = ("cuda", "emu")
+NVRTC_OPTIONS = ("--std=c++17",)
+
+
+def kernels_dir() -> Path:
+    """Where the project's .cu files are: inside the installed package, else the source tree."""
+    here = Path(__file__).resolve().parent
+    for d in (here / "kernels", here.parent / "kernels"):
+        if (d / "emu" / "cuda_emu.h").is_file():
+            return d
+    raise FileNotFoundError("unetcu's kernels/ directory is missing from the installation")
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_status() -> tuple[bool, str]:
+    """(usable, reason): whether CuPy is importable and sees a working CUDA device."""
+    try:
+        import cupy
+    except ImportError as e:
+        return False, f"CuPy is not installed ({e}); install unetcu[cuda13] or unetcu[cuda12]"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+        if n < 1:
+            return False, "CuPy found no CUDA device"
+        cupy.cuda.Device(0).compute_capability  # touches the driver
+        return True, f"{n} CUDA device(s)"
+    except Exception as e:  # CUDARuntimeError, driver missing, ...
+        return False, f"CuPy cannot use a GPU: {type(e).__name__}: {e}"
+
+
+def gpu_available() -> bool:
+    return gpu_status()[0]
+
+
+def default_engine() -> str:
+    env = os.environ.get("UNETCU_KERNEL_ENGINE")
+    if env:
+        return resolve_engine(env)
+    return "cuda" if gpu_available() else "emu"
+
+
+def resolve_engine(engine: str | None) -> str:
+    if engine is None:
+        return default_engine()
+    if engine not in KERNEL_ENGINES:
+        raise ValueError(f"unknown kernel engine {engine!r}: choose one of {', '.join(KERNEL_ENGINES)}")
+    if engine == "cuda":
+        ok, why = gpu_status()
+        if not ok:
+            raise RuntimeError(f"engine 'cuda' was asked for but no GPU is usable: {why}. "
+                               "Use engine='emu' to run the same kernels on the CPU.")
+    return engine
+
+
+# ---- the CUDA include directory for <mma.h> ------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def cuda_include_dir() -> str | None:
+    """A CUDA include directory that has crt/mma.h. CuPy's bundled headers lack it, so NVRTC needs
+    one from a full toolkit (CUDA_PATH, CUDA_HOME, /usr/local/cuda*) or the nvidia pip packages."""
+    cands = []
+    for var in ("CUDA_PATH", "CUDA_HOME", "CUDA_ROOT"):
+        if os.environ.get(var):
+            cands.append(Path(os.environ[var]) / "include")
+    cands += [Path("/usr/local/cuda/include")]
+    cands += [Path(p) for p in sorted(glob.glob("/usr/local/cuda-*/include"), reverse=True)]
+    try:
+        import nvidia
+        for root in nvidia.__path__:
+            cands += [Path(p).parent.parent for p in glob.glob(os.path.join(root, "*", "include", "crt", "mma.h"))]
+            cands += [Path(p).parent.parent for p in glob.glob(os.path.join(root, "*", "*", "include", "crt", "mma.h"))]
+    except ImportError:
+        pass
+    for c in cands:
+        if (c / "crt" / "mma.h").is_file():
+            return str(c)
+    return None
+
+
+_MMA_RE = re.compile(r"#\s*include\s*[<\"]mma\.h[>\"]")
+
+
+def nvrtc_options(source: str, options=(), include_dirs=()) -> tuple[str, ...]:
+    """The options the cuda engine compiles with (and the compile check uses)."""
+    opts = list(NVRTC_OPTIONS) + [f"-I{d}" for d in include_dirs] + list(options)
+    if _MMA_RE.search(source):
+        inc = cuda_include_dir()
+        if inc is None:
+            raise RuntimeError("this kernel includes <mma.h>, whose crt/mma.h is not in CuPy's headers, and no CUDA "
+                               "toolkit include directory was found: set CUDA_PATH to a CUDA toolkit")
+        opts.append(f"-I{inc}")
+    return tuple(opts)
+
+
+class CudaModule:
+    """A cupy.RawModule with the project's options; get_function returns a cupy.RawKernel."""
+
+    def __init__(self, source: str, options=(), name_expressions=(), filename: str = "kernel.cu", include_dirs=()):
+        import cupy
+        self.filename = filename
+        self.options = nvrtc_options(source, options, include_dirs)
+        self._mod = cupy.RawModule(code=source, options=self.options,
+                                   name_expressions=tuple(name_expressions) or None)
+
+    def get_function(self, name: str):
+        return self._mod.get_function(name)
+
+
+def compile(source: str, engine: str | None = None, options=(), name_expressions=(), filename: str = "kernel.cu"):
+    """Compile CUDA C source for an engine; returns a module with get_function(name)."""
+    engine = resolve_engine(engine)
+    if engine == "cuda":
+        return CudaModule(source, options, name_expressions, filename)
+    return emu.EmuModule(source, tuple(options) + NVRTC_OPTIONS, name_expressions, filename)
+
+
+@functools.lru_cache(maxsize=None)
+def _load(filename: str, engine: str, device: int, options: tuple, name_expressions: tuple, stamp: float):
+    path = kernels_dir() / filename
+    source = path.read_text()
+    if engine == "cuda":
+        return CudaModule(source, options, name_expressions, str(path), include_dirs=(str(kernels_dir()),))
+    return emu.EmuModule(source, options + NVRTC_OPTIONS + (f"-I{kernels_dir()}",), name_expressions, str(path))
+
+
+def load(filename: str, engine: str | None = None, options=(), name_expressions=()):
+    """Load one of the project's kernels/*.cu files, compiled once per engine and device."""
+    engine = resolve_engine(engine)
+    path = kernels_dir() / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"no kernel file {filename!r} in {kernels_dir()}")
+    device = 0
+    if engine == "cuda":
+        import cupy
+        device = cupy.cuda.Device().id
+    stamp = max(p.stat().st_mtime for p in [path, *kernels_dir().glob("*.cuh")])
+    return _load(filename, engine, device, tuple(options), tuple(name_expressions), stamp)
+
+
+def xp(engine: str):
+    """The array module of an engine: cupy for cuda, numpy otherwise."""
+    if engine == "cuda":
+        import cupy
+        return cupy
+    import numpy
+    return numpy
+
+
+def nvrtc_compile_report(source: str, options=(), arch: str = "90", filename: str = "kernel.cu") -> str:
+    """Compile with CuPy's NVRTC path for sm_<arch> without touching a GPU; return ptxas's -v log.
+
+    CuPy asks the driver for the architecture; with an explicit arch only its helper that picks
+    `-arch=sm_XX` needs the device, so that helper is swapped for the duration of the call."""
+    from cupy.cuda import compiler
+    log = io.StringIO()
+    saved = compiler._get_arch_for_options_for_nvrtc
+    compiler._get_arch_for_options_for_nvrtc = lambda arch=None: (f"-arch=sm_{arch}", "cubin")
+    try:
+        compiler.compile_using_nvrtc(source, options=tuple(options) + ("--ptxas-options=-v",), arch=arch,
+                                     filename=os.path.basename(filename), log_stream=log)
+    finally:
+        compiler._get_arch_for_options_for_nvrtc = saved
+    return log.getvalue()
