@@ -352,6 +352,9 @@ class EmuKernel:
             if code.startswith("*"):
                 const = code[1] == "c"
                 base = code[2:] if const else code[1:]
+                if a is None:  # a null pointer, as CuPy passes None
+                    holders.append(ctypes.c_void_p(0))
+                    continue
                 if not isinstance(a, np.ndarray):
                     raise TypeError(f"{self.name}: argument {i} is a pointer ({code}) and needs a NumPy array, "
                                     f"got {type(a).__name__}")

@@ -1,0 +1,326 @@
+"""Every kernel and variant against the float64 reference, through the op layer: fresh random inputs,
+odd and non-tile-multiple sizes, N > 1, channel counts that are not multiples of 4/8/16, outputs
+poisoned with NaN (emu poisons every output buffer), any NaN/Inf fails, relative L2 error <= 1e-5
+(fp32), every emulator thread order. The same tests run on a GPU (engine "cuda", marked gpu)."""
+import numpy as np
+import pytest
+
+from conftest import rel_err
+from unetcu import ops, reference as R
+
+TOL = 1e-5
+
+
+@pytest.fixture(params=["emu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def engine(request, order):
+    if request.param == "cuda" and order[0] != "forward":
+        pytest.skip("the thread order is an emulator setting")
+    return request.param
+
+
+def dev(a, engine):
+    if engine == "cuda":
+        import cupy
+        return cupy.asarray(a)
+    return np.array(a, copy=True, order="C")  # a copy: ops may write into it
+
+
+def host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def close(out, ref, tol=TOL):
+    out = host(out)
+    err = rel_err(out, ref)
+    assert err <= tol, f"relative L2 error {err:.3e} > {tol}"
+    maxabs = np.abs(out.astype(np.float64) - ref).max() if out.size else 0.0
+    assert maxabs <= 100 * tol * max(1.0, np.abs(ref).max()), f"max abs error {maxabs:.3e}"
+
+
+def f32(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+CONV_SHAPES = [(1, 1, 3, 3, 1), (2, 3, 11, 13, 5), (2, 5, 20, 19, 9)]  # N, C, H, W, K
+
+
+@pytest.mark.parametrize("variant", sorted(ops.VARIANTS["conv3x3_forward"]))
+@pytest.mark.parametrize("shape", CONV_SHAPES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv3x3_forward(engine, rng, variant, shape, relu):
+    n, c, h, w, k = shape
+    x, wt, b = f32(rng, n, c, h, w), f32(rng, k, c, 3, 3, scale=0.3), f32(rng, k)
+    out = ops.conv3x3_forward(dev(x, engine), dev(wt, engine), dev(b, engine), relu=relu, engine=engine, variant=variant)
+    close(out, R.conv3x3_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64), relu))
+
+
+@pytest.mark.parametrize("variant", sorted(ops.VARIANTS["conv3x3_backward_data"]))
+@pytest.mark.parametrize("shape", CONV_SHAPES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv3x3_backward_data(engine, rng, variant, shape, relu):
+    n, c, h, w, k = shape
+    dout, wt = f32(rng, n, k, h - 2, w - 2), f32(rng, k, c, 3, 3)
+    out = np.maximum(f32(rng, n, k, h - 2, w - 2), 0) if relu else None  # forward's ReLU output
+    dx = ops.conv3x3_backward_data(dev(dout, engine), dev(wt, engine), None if out is None else dev(out, engine),
+                                   engine=engine, variant=variant)
+    close(dx, R.conv3x3_backward_data(dout.astype(np.float64), wt.astype(np.float64), out))
+
+
+@pytest.mark.parametrize("variant", sorted(ops.VARIANTS["conv3x3_backward_weight"]))
+@pytest.mark.parametrize("shape", CONV_SHAPES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv3x3_backward_weight_accumulates(engine, rng, variant, shape, relu):
+    n, c, h, w, k = shape
+    dout, x = f32(rng, n, k, h - 2, w - 2), f32(rng, n, c, h, w)
+    out = np.maximum(f32(rng, n, k, h - 2, w - 2), 0) if relu else None
+    dw0, db0 = f32(rng, k, c, 3, 3), f32(rng, k)
+    dw, db = dev(dw0, engine), dev(db0, engine)
+    rdw, rdb = dw, db
+    dw, db = ops.conv3x3_backward_weight(dev(dout, engine), dev(x, engine), None if out is None else dev(out, engine),
+                                         dw=dw, db=db, engine=engine, variant=variant)
+    assert dw is rdw and db is rdb  # accumulated in place
+    gw, gb = R.conv3x3_backward_weight(dout.astype(np.float64), x.astype(np.float64), out)
+    close(dw, gw + dw0)
+    close(db, gb + db0)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2, 2), (2, 3, 6, 10), (3, 5, 14, 8)])
+def test_maxpool2x2(engine, rng, shape):
+    x = f32(rng, *shape)
+    out, am = ops.maxpool2x2_forward(dev(x, engine), engine=engine)
+    rout, ram = R.maxpool2x2_forward(x.astype(np.float64))
+    close(out, rout)
+    assert np.array_equal(host(am), ram)
+    dout = f32(rng, *rout.shape)
+    dx = ops.maxpool2x2_backward(dev(dout, engine), am, engine=engine)
+    close(dx, R.maxpool2x2_backward(dout.astype(np.float64), ram))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1), (2, 3, 5, 7, 5), (2, 9, 4, 3, 6)])  # N, C, H, W, K
+def test_upconv2x2(engine, rng, shape):
+    n, c, h, w, k = shape
+    x, wt, b = f32(rng, n, c, h, w), f32(rng, c, k, 2, 2), f32(rng, k)
+    x64, w64 = x.astype(np.float64), wt.astype(np.float64)
+    close(ops.upconv2x2_forward(dev(x, engine), dev(wt, engine), dev(b, engine), engine=engine),
+          R.upconv2x2_forward(x64, w64, b.astype(np.float64)))
+    dout = f32(rng, n, k, 2 * h, 2 * w)
+    close(ops.upconv2x2_backward_data(dev(dout, engine), dev(wt, engine), engine=engine),
+          R.upconv2x2_backward_data(dout.astype(np.float64), w64))
+    dw0, db0 = f32(rng, c, k, 2, 2), f32(rng, k)
+    dw, db = ops.upconv2x2_backward_weight(dev(dout, engine), dev(x, engine), dw=dev(dw0, engine), db=dev(db0, engine), engine=engine)
+    gw, gb = R.upconv2x2_backward_weight(dout.astype(np.float64), x64)
+    close(dw, gw + dw0)
+    close(db, gb + db0)
+
+
+@pytest.mark.parametrize("skip_shape,up_shape", [((1, 1, 4, 4), (1, 1, 4, 4)), ((2, 3, 9, 8), (2, 2, 5, 4)),
+                                                 ((2, 4, 12, 12), (2, 4, 8, 8))])
+def test_crop_concat(engine, rng, skip_shape, up_shape):
+    skip, up = f32(rng, *skip_shape), f32(rng, *up_shape)
+    out = ops.crop_concat_forward(dev(skip, engine), dev(up, engine), engine=engine)
+    ref = R.crop_concat_forward(skip.astype(np.float64), up.astype(np.float64))
+    assert np.array_equal(host(out), ref)  # pure data movement: exact
+    dout = f32(rng, *ref.shape)
+    ds, du = ops.crop_concat_backward(dev(dout, engine), skip_shape, engine=engine)
+    rds, rdu = R.crop_concat_backward(dout.astype(np.float64), skip_shape)
+    assert np.array_equal(host(ds), rds) and np.array_equal(host(du), rdu)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 1, 1), (2, 2, 7, 9), (3, 5, 6, 11)])
+def test_softmax_xent(engine, rng, shape):
+    n, k, h, w = shape
+    logits = f32(rng, n, k, h, w, scale=4)
+    labels = rng.integers(0, k, (n, h, w)).astype(np.int32)
+    weights = rng.uniform(0.5, 11, (n, h, w)).astype(np.float32)
+    loss, d = ops.softmax_xent(dev(logits, engine), dev(labels, engine), dev(weights, engine), engine=engine)
+    rloss, rd = R.softmax_xent(logits.astype(np.float64), labels, weights.astype(np.float64))
+    assert np.isfinite(loss) and abs(loss - rloss) <= TOL * abs(rloss)
+    close(d, rd)
+    close(ops.softmax(dev(logits, engine), engine=engine), R.softmax(logits.astype(np.float64)))
+
+
+def test_softmax_xent_rejects_bad_labels(engine, rng):
+    logits = f32(rng, 1, 2, 3, 3)
+    labels = np.zeros((1, 3, 3), np.int32)
+    labels[0, 1, 2] = 2
+    with pytest.raises(ValueError, match=r"softmax_xent: labels must lie in \[0, 2\), found 0..2"):
+        ops.softmax_xent(dev(logits, engine), dev(labels, engine), dev(np.ones((1, 3, 3), np.float32), engine), engine=engine)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1), (2, 64, 5, 3, 2), (2, 7, 6, 6, 3)])  # N, C, H, W, K
+def test_conv1x1(engine, rng, shape):
+    n, c, h, w, k = shape
+    x, wt, b = f32(rng, n, c, h, w), f32(rng, k, c, 1, 1), f32(rng, k)
+    close(ops.conv1x1_forward(dev(x, engine), dev(wt, engine), dev(b, engine), engine=engine),
+          R.conv1x1_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64)))
+    dout = f32(rng, n, k, h, w)
+    close(ops.conv1x1_backward_data(dev(dout, engine), dev(wt, engine), engine=engine),
+          R.conv1x1_backward_data(dout.astype(np.float64), wt.astype(np.float64)))
+    dw, db = ops.conv1x1_backward_weight(dev(dout, engine), dev(x, engine), engine=engine)
+    gw, gb = R.conv1x1_backward_weight(dout.astype(np.float64), x.astype(np.float64))
+    close(dw, gw)
+    close(db, gb)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 0.9])
+def test_dropout_same_mask_on_every_engine(engine, rng, p):
+    x = f32(rng, 3, 7, 11) + 5  # never 0, so a zero output means "dropped"
+    seed = int(rng.integers(0, 2**63))
+    y = host(ops.dropout_forward(dev(x, engine), p=p, seed=seed, engine=engine))
+    close(y, R.dropout_forward(x.astype(np.float64), p, seed))
+    dout = f32(rng, 3, 7, 11) + 5
+    dx = host(ops.dropout_backward(dev(dout, engine), p=p, seed=seed, engine=engine))
+    assert np.array_equal(dx != 0, y != 0)
+    close(dx, R.dropout_backward(dout.astype(np.float64), p, seed))
+
+
+def test_sgd_momentum_update(engine, rng):
+    p0, g, v0 = f32(rng, 1001), f32(rng, 1001), f32(rng, 1001)
+    p, v = dev(p0, engine), dev(v0, engine)
+    for _ in range(3):
+        ops.sgd_momentum_update(p, dev(g, engine), v, lr=0.01, momentum=0.99, weight_decay=5e-4, engine=engine)
+    rp, rv = p0.astype(np.float64), v0.astype(np.float64)
+    for _ in range(3):
+        rp, rv = R.sgd_momentum(rp, g.astype(np.float64), rv, 0.01, 0.99, 5e-4)
+    close(p, rp)
+    close(v, rv)
+
+
+# ---- a chain of ops, forward and backward --------------------------------------------------------
+def chain(x, p, labels, weights, engine):
+    """conv+ReLU -> pool -> conv+ReLU -> upconv -> crop_concat -> conv+ReLU -> 1x1 -> softmax_xent,
+    and the hand-written backward through all of it. Returns loss and the gradients."""
+    if engine == "ref":
+        conv, convbd, convbw = R.conv3x3_forward, R.conv3x3_backward_data, R.conv3x3_backward_weight
+        pool, poolb = R.maxpool2x2_forward, R.maxpool2x2_backward
+        up, upbd, upbw = R.upconv2x2_forward, R.upconv2x2_backward_data, R.upconv2x2_backward_weight
+        cc, ccb = R.crop_concat_forward, R.crop_concat_backward
+        head, headbd, headbw = R.conv1x1_forward, R.conv1x1_backward_data, R.conv1x1_backward_weight
+        xent = R.softmax_xent
+    else:
+        e = dict(engine=engine)
+        conv = lambda a, w, b, relu: ops.conv3x3_forward(a, w, b, relu, **e)
+        convbd = lambda d, w, out: ops.conv3x3_backward_data(d, w, out, **e)
+        convbw = lambda d, a, out: ops.conv3x3_backward_weight(d, a, out, **e)
+        pool, poolb = (lambda a: ops.maxpool2x2_forward(a, **e)), (lambda d, am: ops.maxpool2x2_backward(d, am, **e))
+        up = lambda a, w, b: ops.upconv2x2_forward(a, w, b, **e)
+        upbd, upbw = (lambda d, w: ops.upconv2x2_backward_data(d, w, **e)), (lambda d, a: ops.upconv2x2_backward_weight(d, a, **e))
+        cc, ccb = (lambda s, u: ops.crop_concat_forward(s, u, **e)), (lambda d, s: ops.crop_concat_backward(d, s, **e))
+        head = lambda a, w, b: ops.conv1x1_forward(a, w, b, **e)
+        headbd, headbw = (lambda d, w: ops.conv1x1_backward_data(d, w, **e)), (lambda d, a: ops.conv1x1_backward_weight(d, a, **e))
+        xent = lambda z, l, w: ops.softmax_xent(z, l, w, **e)
+    a1 = conv(x, p["w1"], p["b1"], True)                 # (N, 4, 18, 18)
+    a2, am = pool(a1)                                     # (N, 4, 9, 9)  -> pools need even: 18
+    a3 = conv(a2, p["w2"], p["b2"], True)                 # (N, 6, 7, 7)
+    a4 = up(a3, p["wu"], p["bu"])                         # (N, 4, 14, 14)
+    a5 = cc(a1, a4)                                       # (N, 8, 14, 14)
+    a6 = conv(a5, p["w3"], p["b3"], True)                 # (N, 4, 12, 12)
+    z = head(a6, p["wh"], p["bh"])                        # (N, 2, 12, 12)
+    loss, dz = xent(z, labels, weights)
+    g = {}
+    g["wh"], g["bh"] = headbw(dz, a6)
+    da6 = headbd(dz, p["wh"])
+    g["w3"], g["b3"] = convbw(da6, a5, a6)
+    da5 = convbd(da6, p["w3"], a6)
+    da1_skip, da4 = ccb(da5, a1.shape)
+    g["wu"], g["bu"] = upbw(da4, a3)
+    da3 = upbd(da4, p["wu"])
+    g["w2"], g["b2"] = convbw(da3, a2, a3)
+    da2 = convbd(da3, p["w2"], a3)
+    da1 = poolb(da2, am) + da1_skip
+    g["w1"], g["b1"] = convbw(da1, x, a1)
+    g["x"] = convbd(da1, p["w1"], a1)
+    return loss, g
+
+
+def test_chain_matches_reference(engine, rng):
+    n = 2
+    shapes = {"w1": (4, 3, 3, 3), "b1": (4,), "w2": (6, 4, 3, 3), "b2": (6,), "wu": (6, 4, 2, 2), "bu": (4,),
+              "w3": (4, 8, 3, 3), "b3": (4,), "wh": (2, 4, 1, 1), "bh": (2,)}
+    p = {k: (rng.standard_normal(s) * (0.5 if k.startswith("w") else 0.1)).astype(np.float32) for k, s in shapes.items()}
+    x = f32(rng, n, 3, 20, 20)
+    labels = rng.integers(0, 2, (n, 12, 12)).astype(np.int32)
+    weights = rng.uniform(1, 5, (n, 12, 12)).astype(np.float32)
+    rloss, rg = chain(x.astype(np.float64), {k: v.astype(np.float64) for k, v in p.items()}, labels,
+                      weights.astype(np.float64), "ref")
+    loss, g = chain(dev(x, engine), {k: dev(v, engine) for k, v in p.items()}, dev(labels, engine), dev(weights, engine), engine)
+    assert abs(loss - rloss) <= TOL * abs(rloss)
+    for k in rg:
+        close(g[k], rg[k], tol=5e-5)  # a longer chain of fp32 sums
+
+
+# ---- the op layer's argument checks --------------------------------------------------------------
+def test_argument_errors():
+    x = np.ones((1, 2, 8, 8), np.float32)
+    with pytest.raises(ValueError, match=r"conv3x3_forward: w must have shape \(K, C, 3, 3\) = \(\?, 2, 3, 3\), got \(4, 3, 3, 3\)"):
+        ops.conv3x3_forward(x, np.ones((4, 3, 3, 3), np.float32), np.ones(4, np.float32), engine="numpy")
+    with pytest.raises(TypeError, match=r"conv3x3_forward: x must be float32, got float64"):
+        ops.conv3x3_forward(x.astype(np.float64), np.ones((4, 2, 3, 3), np.float32), np.ones(4, np.float32), engine="numpy")
+    with pytest.raises(ValueError, match=r"b must have shape \(K,\) = \(4,\), got \(3,\)"):
+        ops.conv3x3_forward(x, np.ones((4, 2, 3, 3), np.float32), np.ones(3, np.float32), engine="numpy")
+    with pytest.raises(ValueError, match=r"at least 3x3"):
+        ops.conv3x3_forward(np.ones((1, 2, 2, 8), np.float32), np.ones((4, 2, 3, 3), np.float32), np.ones(4, np.float32))
+    with pytest.raises(ValueError, match=r"maxpool2x2_forward: x must have even.*got 7x8"):
+        ops.maxpool2x2_forward(np.ones((1, 1, 7, 8), np.float32), engine="numpy")
+    with pytest.raises(ValueError, match=r"no variant 7"):
+        ops.conv3x3_forward(x, np.ones((4, 2, 3, 3), np.float32), np.ones(4, np.float32), engine="emu", variant=7)
+    with pytest.raises(ValueError, match="unknown engine"):
+        ops.softmax(x, engine="tpu")
+    with pytest.raises(ValueError, match=r"crop_concat_forward: the up-sampled map \(9x9\) is larger"):
+        ops.crop_concat_forward(x, np.ones((1, 2, 9, 9), np.float32), engine="numpy")
+    with pytest.raises(ValueError, match=r"dropout_forward: p must lie in \[0, 1\)"):
+        ops.dropout_forward(x, p=1.0, engine="numpy")
+
+
+def test_non_contiguous_inputs_are_copied(rng):
+    x = f32(rng, 1, 2, 9, 16)[:, :, :, ::2]  # a strided view
+    w, b = f32(rng, 3, 2, 3, 3), f32(rng, 3)
+    ref = R.conv3x3_forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))
+    close(ops.conv3x3_forward(x, w, b, engine="emu"), ref)
+
+
+def test_numpy_engine_matches_reference(rng):
+    x, w, b = f32(rng, 2, 3, 9, 7), f32(rng, 4, 3, 3, 3), f32(rng, 4)
+    out = ops.conv3x3_forward(x, w, b, engine="numpy")
+    assert out.dtype == np.float32
+    close(out, R.conv3x3_forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)))
+
+
+# ---- paper-sized shapes, on a GPU only -----------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("c,hw,k", [(64, 570, 64), (512, 32, 1024)])
+def test_conv3x3_paper_sizes_gpu(rng, c, hw, k):
+    import cupy
+    x, w, b = f32(rng, 1, c, hw, hw), f32(rng, k, c, 3, 3, scale=(2 / (9 * c)) ** 0.5), f32(rng, k)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    ref = R.conv3x3_forward(x64, w64, b.astype(np.float64))
+    for v in ops.VARIANTS["conv3x3_forward"]:
+        close(ops.conv3x3_forward(cupy.asarray(x), cupy.asarray(w), cupy.asarray(b), engine="cuda", variant=v), ref)
+    dout = f32(rng, *ref.shape)
+    out = np.maximum(ref, 0).astype(np.float32)
+    close(ops.conv3x3_backward_data(cupy.asarray(dout), cupy.asarray(w), cupy.asarray(out), engine="cuda"),
+          R.conv3x3_backward_data(dout.astype(np.float64), w64, out))
+    gw, gb = R.conv3x3_backward_weight(dout.astype(np.float64), x64, out)
+    for v in ops.VARIANTS["conv3x3_backward_weight"]:
+        dw, db = ops.conv3x3_backward_weight(cupy.asarray(dout), cupy.asarray(x), cupy.asarray(out), engine="cuda", variant=v)
+        close(dw, gw, tol=1e-4)  # sums over 323k pixels in fp32
+        close(db, gb, tol=1e-4)
+
+
+@pytest.mark.gpu
+def test_other_ops_paper_sizes_gpu(rng):
+    import cupy
+    x = f32(rng, 1, 64, 568, 568)
+    out, am = ops.maxpool2x2_forward(cupy.asarray(x), engine="cuda")
+    rout, ram = R.maxpool2x2_forward(x)
+    assert np.array_equal(out.get(), rout) and np.array_equal(am.get(), ram)
+    a, wt, b = f32(rng, 1, 1024, 28, 28), f32(rng, 1024, 512, 2, 2, scale=0.05), f32(rng, 512)
+    close(ops.upconv2x2_forward(cupy.asarray(a), cupy.asarray(wt), cupy.asarray(b), engine="cuda"),
+          R.upconv2x2_forward(a.astype(np.float64), wt.astype(np.float64), b.astype(np.float64)))
+    z = f32(rng, 1, 2, 388, 388, scale=3)
+    lab = rng.integers(0, 2, (1, 388, 388)).astype(np.int32)
+    wts = rng.uniform(1, 10, (1, 388, 388)).astype(np.float32)
+    loss, d = ops.softmax_xent(cupy.asarray(z), cupy.asarray(lab), cupy.asarray(wts), engine="cuda")
+    rloss, rd = R.softmax_xent(z.astype(np.float64), lab, wts.astype(np.float64))
+    assert abs(loss - rloss) <= 1e-4 * rloss
+    close(d, rd)

@@ -1,0 +1,65 @@
+"""conv1x1: the 1x1 convolution of the head, 64 features -> classes (kernels/conv1x1.cu).
+
+x (N, C, H, W), w (K, C, 1, 1), b (K,) -> (N, K, H, W). Variants: 1 for each direction.
+"""
+from __future__ import annotations
+
+from .. import reference
+from ._core import as_np, check, check_size, empty, grid1d, i32, kernel, pick_variant, resolve, zeros
+from .conv3x3 import _param_grad
+
+FILE = "conv1x1.cu"
+FORWARD = {1: "conv1x1_forward_kernel1"}
+BACKWARD_DATA = {1: "conv1x1_backward_data_kernel1"}
+BACKWARD_WEIGHT = {1: "conv1x1_backward_weight_kernel1"}
+
+
+def conv1x1_forward(x, w, b, engine=None, variant=None):
+    op = "conv1x1_forward"
+    engine = resolve(engine)
+    x = check(op, "x", x, engine, (None,) * 4, names=("N", "C", "H", "W"))
+    n, c, h, wd = x.shape
+    w = check(op, "w", w, engine, (None, c, 1, 1), names=("K", "C", 1, 1))
+    k = w.shape[0]
+    b = check(op, "b", b, engine, (k,), names=("K",))
+    check_size(op, n * max(c, k) * h * wd)
+    if engine == "numpy":
+        return as_np(reference.conv1x1_forward(x, w, b), engine)
+    out = empty(engine, (n, k, h, wd))
+    kernel(FILE, pick_variant(op, FORWARD, variant), engine)(*grid1d(out.size), (x, w, b, out, i32(n), i32(c), i32(h * wd), i32(k)))
+    return out
+
+
+def conv1x1_backward_data(dout, w, engine=None, variant=None):
+    op = "conv1x1_backward_data"
+    engine = resolve(engine)
+    dout = check(op, "dout", dout, engine, (None,) * 4, names=("N", "K", "H", "W"))
+    n, k, h, wd = dout.shape
+    w = check(op, "w", w, engine, (k, None, 1, 1), names=("K", "C", 1, 1))
+    c = w.shape[1]
+    check_size(op, n * max(c, k) * h * wd)
+    if engine == "numpy":
+        return as_np(reference.conv1x1_backward_data(dout, w), engine)
+    dx = empty(engine, (n, c, h, wd))
+    kernel(FILE, pick_variant(op, BACKWARD_DATA, variant), engine)(*grid1d(dx.size), (dout, w, dx, i32(n), i32(c), i32(h * wd), i32(k)))
+    return dx
+
+
+def conv1x1_backward_weight(dout, x, dw=None, db=None, engine=None, variant=None):
+    """Accumulate dw (K, C, 1, 1) += and db (K,) +=; returns (dw, db)."""
+    op = "conv1x1_backward_weight"
+    engine = resolve(engine)
+    x = check(op, "x", x, engine, (None,) * 4, names=("N", "C", "H", "W"))
+    n, c, h, wd = x.shape
+    dout = check(op, "dout", dout, engine, (n, None, h, wd), names=("N", "K", "H", "W"))
+    k = dout.shape[1]
+    dw = zeros(engine, (k, c, 1, 1)) if dw is None else _param_grad(op, "dw", dw, engine, (k, c, 1, 1))
+    db = zeros(engine, (k,)) if db is None else _param_grad(op, "db", db, engine, (k,))
+    check_size(op, n * max(c, k) * h * wd)
+    if engine == "numpy":
+        gw, gb = reference.conv1x1_backward_weight(dout, x)
+        dw += gw.astype(dw.dtype)
+        db += gb.astype(db.dtype)
+        return dw, db
+    kernel(FILE, pick_variant(op, BACKWARD_WEIGHT, variant), engine)((c, k), (256,), (dout, x, dw, db, i32(n), i32(c), i32(h * wd), i32(k)))
+    return dw, db

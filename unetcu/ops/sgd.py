@@ -1,0 +1,30 @@
+"""sgd: SGD with momentum, fused and in place (kernels/sgd.cu), Caffe's rule:
+v <- momentum*v - lr*(grad + weight_decay*param); param <- param + v. Variants: 1.
+"""
+from __future__ import annotations
+
+from .. import reference
+from ._core import check, check_size, f32, grid1d, i32, kernel, pick_variant, resolve
+
+FILE = "sgd.cu"
+UPDATE = {1: "sgd_momentum_update_kernel1"}
+
+
+def sgd_momentum_update(param, grad, velocity, lr, momentum=0.99, weight_decay=0.0, engine=None, variant=None):
+    """Update param and velocity in place (both must be contiguous float32); returns param."""
+    op = "sgd_momentum_update"
+    engine = resolve(engine)
+    for name, a in (("param", param), ("velocity", velocity)):
+        if check(op, name, a, engine) is not a:
+            raise ValueError(f"{op}: {name} must be C-contiguous (it is updated in place)")
+    grad = check(op, "grad", grad, engine, param.shape)
+    check(op, "velocity", velocity, engine, param.shape)
+    check_size(op, param.size)
+    if engine == "numpy":
+        p, v = reference.sgd_momentum(param, grad, velocity, f32(lr), f32(momentum), f32(weight_decay))
+        param[...] = p
+        velocity[...] = v
+        return param
+    kernel(FILE, pick_variant(op, UPDATE, variant), engine)(
+        *grid1d(param.size), (param, grad, velocity, i32(param.size), f32(lr), f32(momentum), f32(weight_decay)))
+    return param

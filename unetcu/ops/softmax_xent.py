@@ -1,0 +1,54 @@
+"""softmax_xent: per-pixel softmax + weighted cross-entropy, loss and dlogits in one pass; and the
+inference softmax (kernels/softmax_xent.cu).
+
+E = -(1/P) sum_x w(x) log p_label(x)(x), P = N*H*W: normalised per pixel, not by sum w, so the
+reported loss is a per-pixel value. Labels outside [0, K) raise ValueError (never a wrong number).
+Variants: 1 (one thread per pixel).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import reference
+from ._core import as_np, check, check_size, empty, grid1d, i32, kernel, pick_variant, resolve, xp, zeros
+
+FILE = "softmax_xent.cu"
+FORWARD_BACKWARD = {1: "softmax_xent_forward_backward_kernel1"}
+SOFTMAX = {1: "softmax_forward_kernel1"}
+
+
+def softmax_xent(logits, labels, weights, engine=None, variant=None):
+    """logits (N, K, H, W) float32, labels (N, H, W) int32, weights (N, H, W) float32
+    -> (loss as a Python float, dlogits (N, K, H, W))."""
+    op = "softmax_xent"
+    engine = resolve(engine)
+    logits = check(op, "logits", logits, engine, (None,) * 4, names=("N", "K", "H", "W"))
+    n, k, h, w = logits.shape
+    labels = check(op, "labels", labels, engine, (n, h, w), np.int32, names=("N", "H", "W"))
+    weights = check(op, "weights", weights, engine, (n, h, w), names=("N", "H", "W"))
+    check_size(op, logits.size)
+    if engine == "numpy":
+        loss, d = reference.softmax_xent(logits, labels, weights)
+        return float(loss), as_np(d, engine)
+    dlogits = empty(engine, logits.shape)
+    loss = zeros(engine, (1,))
+    bad = zeros(engine, (1,), np.int32)
+    kernel(FILE, pick_variant(op, FORWARD_BACKWARD, variant), engine)(
+        *grid1d(n * h * w), (logits, labels, weights, dlogits, loss, bad, i32(n), i32(k), i32(h * w)))
+    if int(bad[0]):
+        lo, hi = int(labels.min()), int(labels.max())
+        raise ValueError(f"{op}: labels must lie in [0, {k}), found {lo}..{hi}")
+    return float(loss[0]), dlogits
+
+
+def softmax(logits, engine=None, variant=None):
+    """Class probabilities (N, K, H, W) of logits (N, K, H, W)."""
+    op = "softmax"
+    engine = resolve(engine)
+    logits = check(op, "logits", logits, engine, (None,) * 4, names=("N", "K", "H", "W"))
+    n, k, h, w = logits.shape
+    if engine == "numpy":
+        return as_np(reference.softmax(logits), engine)
+    probs = empty(engine, logits.shape)
+    kernel(FILE, pick_variant(op, SOFTMAX, variant), engine)(*grid1d(n * h * w), (logits, probs, i32(n), i32(k), i32(h * w)))
+    return probs
