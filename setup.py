@@ -21,12 +21,15 @@ setup(
         "numpy>=1.24,<2.5",
         "scipy>=1.10",
         "numba>=0.60",
+        "pillow>=9",
+        "tifffile>=2022.5",
+        "matplotlib>=3.5",
     ],
     extras_require={
         # CuPy + an NVRTC of the toolkit generation the driver runs (a newer NVRTC's cubins may not load)
         "cuda13": ["cupy-cuda13x>=14", "nvidia-cuda-nvrtc==13.0.*", "numba-cuda>=0.30"],
         "cuda12": ["cupy-cuda12x>=13", "nvidia-cuda-nvrtc-cu12", "numba-cuda>=0.30"],
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "scikit-image>=0.20"],
     },
     entry_points={"console_scripts": ["unetcu=unetcu.cli:main"]},
 )

@@ -1,0 +1,300 @@
+"""The U-Net, forward and hand-written backward, on any op engine (numpy, emu, cuda).
+
+Architecture (Ronneberger et al. 2015): `depth` levels; level l has base_channels * 2**l channels.
+Contracting level l: two valid 3x3 convs + ReLU, then (except the deepest level, the bottleneck)
+2x2 max-pooling. Dropout (training only) on the bottleneck's output, i.e. at the end of the
+contracting path. Expanding level l (from depth-2 down to 0): a 2x2 up-convolution that halves the
+channels, crop-and-concatenate with contracting level l's output (skip first), two valid 3x3
+convs + ReLU. A final 1x1 conv to n_classes. The defaults are the paper's network: 23 conv
+layers, 31,030,658 parameters, 572x572 input -> 388x388 output.
+
+Parameter names, in forward order (PyTorch layouts: conv (out, in, kh, kw), up-conv (in, out, 2, 2)):
+    down{l}.conv1.weight / .bias, down{l}.conv2.weight / .bias     l = 0 .. depth-1
+    up{l}.upconv.weight / .bias, up{l}.conv1.*, up{l}.conv2.*      l = depth-2 .. 0
+    head.weight / .bias
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from collections import OrderedDict
+
+import numpy as np
+
+from . import ops
+from .ops._core import resolve as resolve_engine, xp as array_module
+
+FORMAT = "unetcu-model-v1"
+
+
+# ---- valid sizes ---------------------------------------------------------------------------------
+def output_size(n: int, depth: int = 5) -> int:
+    """Output size of a U-Net of this depth for input size n (one axis); raises ValueError with the
+    nearest valid sizes if some pooling would see an odd size or a map would vanish."""
+    s = int(n)
+    ok = s > 0
+    for _ in range(depth - 1):
+        s -= 4
+        if s <= 0 or s % 2:
+            ok = False
+            break
+        s //= 2
+    if ok:
+        s -= 4
+        for _ in range(depth - 1):
+            if s <= 0:
+                break
+            s = 2 * s - 4
+        ok = s > 0
+    if not ok:
+        lo, hi = _neighbours(n, depth)
+        near = " or ".join(str(v) for v in (lo, hi) if v is not None)
+        raise ValueError(f"input size {n} is not valid for a U-Net of depth {depth}: every 2x2 pooling needs an even "
+                         f"size and every map must stay non-empty; nearest valid sizes: {near}")
+    return s
+
+
+def _input_for_bottleneck(b: int, depth: int) -> int:
+    x = b
+    for _ in range(depth - 1):
+        x = 2 * x + 4
+    return x
+
+
+def _output_for_bottleneck(b: int, depth: int) -> int:
+    y = b - 4
+    for _ in range(depth - 1):
+        y = 2 * y - 4
+    return y
+
+
+def _min_bottleneck(depth: int) -> int:
+    b = 5
+    while _output_for_bottleneck(b, depth) <= 0:
+        b += 1
+    return b
+
+
+def _neighbours(n: int, depth: int):
+    b = _min_bottleneck(depth)
+    lo = None
+    while _input_for_bottleneck(b, depth) < n:
+        lo = _input_for_bottleneck(b, depth)
+        b += 1
+    hi = _input_for_bottleneck(b, depth)
+    if hi == n:
+        hi = _input_for_bottleneck(b + 1, depth)
+    return lo, hi
+
+
+def valid_input_size(min_output: int, depth: int = 5) -> int:
+    """The smallest valid input size whose output is at least min_output (one axis)."""
+    b = _min_bottleneck(depth)
+    while _output_for_bottleneck(b, depth) < min_output:
+        b += 1
+    return _input_for_bottleneck(b, depth)
+
+
+# ---- the model -----------------------------------------------------------------------------------
+class UNet:
+    def __init__(self, in_channels=1, n_classes=2, depth=5, base_channels=64, dropout=0.5, engine=None, seed=0):
+        if depth < 1 or base_channels < 1 or in_channels < 1 or n_classes < 2:
+            raise ValueError("UNet: need depth >= 1, base_channels >= 1, in_channels >= 1, n_classes >= 2")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"UNet: dropout must lie in [0, 1), got {dropout}")
+        self.config = dict(in_channels=int(in_channels), n_classes=int(n_classes), depth=int(depth),
+                           base_channels=int(base_channels), dropout=float(dropout), seed=int(seed))
+        self.engine = resolve_engine(engine)
+        self.xp = array_module(self.engine)
+        self.params = self._init_params(np.random.default_rng(seed))
+
+    # -- parameters --
+    def channels(self, level: int) -> int:
+        return self.config["base_channels"] * 2 ** level
+
+    def _shapes(self):
+        c = self.config
+        shapes = OrderedDict()
+        prev = c["in_channels"]
+        for l in range(c["depth"]):
+            ch = self.channels(l)
+            shapes[f"down{l}.conv1"] = ("conv", (ch, prev, 3, 3))
+            shapes[f"down{l}.conv2"] = ("conv", (ch, ch, 3, 3))
+            prev = ch
+        for l in range(c["depth"] - 2, -1, -1):
+            ch = self.channels(l)
+            shapes[f"up{l}.upconv"] = ("upconv", (self.channels(l + 1), ch, 2, 2))
+            shapes[f"up{l}.conv1"] = ("conv", (ch, 2 * ch, 3, 3))
+            shapes[f"up{l}.conv2"] = ("conv", (ch, ch, 3, 3))
+        shapes["head"] = ("conv", (c["n_classes"], self.channels(0), 1, 1))
+        return shapes
+
+    def _init_params(self, rng):
+        """He initialisation: N(0, sqrt(2/N)), N = the incoming nodes of one neuron (for a 3x3 conv
+        over 64 channels, 9*64 = 576); biases zero. For the up-conv a neuron sees in*2*2/4 = in
+        inputs (each output pixel has one input pixel per channel)."""
+        params = OrderedDict()
+        for name, (kind, shape) in self._shapes().items():
+            fan_in = shape[0] if kind == "upconv" else shape[1] * shape[2] * shape[3]
+            w = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+            params[f"{name}.weight"] = self.xp.asarray(w.astype(np.float32))
+            bias_len = shape[1] if kind == "upconv" else shape[0]
+            params[f"{name}.bias"] = self.xp.zeros(bias_len, dtype=np.float32)
+        return params
+
+    @property
+    def n_params(self) -> int:
+        return int(sum(p.size for p in self.params.values()))
+
+    def output_size(self, n: int) -> int:
+        return output_size(n, self.config["depth"])
+
+    # -- forward / backward --
+    def _check_input(self, x):
+        c = self.config
+        if not isinstance(x, self.xp.ndarray) or x.ndim != 4 or x.shape[1] != c["in_channels"]:
+            raise ValueError(f"UNet: x must be a {self.xp.__name__} array (N, {c['in_channels']}, H, W), "
+                             f"got {type(x).__name__} {getattr(x, 'shape', '')}")
+        self.output_size(x.shape[2])
+        self.output_size(x.shape[3])
+
+    def forward(self, x, train=False, dropout_seed=0, _cache=None):
+        """Logits (N, n_classes, h, w) of x (N, in_channels, H, W). With train=True dropout is on
+        (its mask drawn from dropout_seed)."""
+        self._check_input(x)
+        e, p, c = self.engine, self.params, self.config
+        keep = _cache is not None
+        cache = _cache if keep else {}
+        a = x
+        for l in range(c["depth"]):
+            for j in (1, 2):
+                name = f"down{l}.conv{j}"
+                out = ops.conv3x3_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], relu=True, engine=e)
+                if keep:
+                    cache[name] = (a, out)
+                a = out
+            if l == c["depth"] - 1:
+                if train and c["dropout"] > 0:
+                    a = ops.dropout_forward(a, c["dropout"], dropout_seed, engine=e)
+                    if keep:
+                        cache["dropout"] = dropout_seed
+            else:
+                cache[f"skip{l}"] = a
+                a, argmax = ops.maxpool2x2_forward(a, engine=e)
+                if keep:
+                    cache[f"pool{l}"] = argmax
+        for l in range(c["depth"] - 2, -1, -1):
+            name = f"up{l}.upconv"
+            up = ops.upconv2x2_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], engine=e)
+            if keep:
+                cache[name] = a
+            skip = cache[f"skip{l}"]
+            a = ops.crop_concat_forward(skip, up, engine=e)
+            if keep:
+                cache[f"concat{l}"] = skip.shape
+            for j in (1, 2):
+                name = f"up{l}.conv{j}"
+                out = ops.conv3x3_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], relu=True, engine=e)
+                if keep:
+                    cache[name] = (a, out)
+                a = out
+        if keep:
+            cache["head"] = a
+        return ops.conv1x1_forward(a, p["head.weight"], p["head.bias"], engine=e)
+
+    def loss_and_grads(self, x, labels, weights, dropout_seed=0, train=True):
+        """One forward + backward pass. labels (N, h, w) int32 classes, weights (N, h, w) float32 at
+        the output size. Returns (loss per pixel, grads keyed like params)."""
+        e, p, c = self.engine, self.params, self.config
+        cache = {}
+        logits = self.forward(x, train=train, dropout_seed=dropout_seed, _cache=cache)
+        loss, d = ops.softmax_xent(logits, labels, weights, engine=e)
+        g = OrderedDict((k, None) for k in p)
+        g["head.weight"], g["head.bias"] = ops.conv1x1_backward_weight(d, cache["head"], engine=e)
+        d = ops.conv1x1_backward_data(d, p["head.weight"], engine=e)
+        dskips = {}
+        for l in range(c["depth"] - 1):  # expanding levels in reverse forward order: 0, 1, ...
+            d = self._conv_pair_backward(f"up{l}", d, cache, g)
+            dskips[l], d = ops.crop_concat_backward(d, cache[f"concat{l}"], engine=e)
+            name = f"up{l}.upconv"
+            g[f"{name}.weight"], g[f"{name}.bias"] = ops.upconv2x2_backward_weight(d, cache[name], engine=e)
+            d = ops.upconv2x2_backward_data(d, p[f"{name}.weight"], engine=e)
+        for l in range(c["depth"] - 1, -1, -1):
+            if l == c["depth"] - 1:
+                if "dropout" in cache:
+                    d = ops.dropout_backward(d, c["dropout"], cache["dropout"], engine=e)
+            else:
+                d = ops.maxpool2x2_backward(d, cache[f"pool{l}"], engine=e) + dskips[l]
+            d = self._conv_pair_backward(f"down{l}", d, cache, g, need_input_grad=l > 0)
+        return loss, g
+
+    def _conv_pair_backward(self, level, d, cache, g, need_input_grad=True):
+        e, p = self.engine, self.params
+        for j in (2, 1):
+            name = f"{level}.conv{j}"
+            a, out = cache[name]
+            g[f"{name}.weight"], g[f"{name}.bias"] = ops.conv3x3_backward_weight(d, a, out, engine=e)
+            if j == 2 or need_input_grad:
+                d = ops.conv3x3_backward_data(d, p[f"{name}.weight"], out, engine=e)
+        return d
+
+    def predict_proba(self, x):
+        """Class probabilities (N, n_classes, h, w), inference mode."""
+        return ops.softmax(self.forward(x, train=False), engine=self.engine)
+
+    # -- persistence --
+    def save(self, path, momentum=None, state=None):
+        """Write weights, config and optionally momentum buffers and trainer state (a JSON-able
+        dict) to one .npz, atomically (temp file + rename)."""
+        arrays = {f"param/{k}": _to_host(v) for k, v in self.params.items()}
+        if momentum is not None:
+            arrays.update({f"momentum/{k}": _to_host(v) for k, v in momentum.items()})
+        meta = dict(format=FORMAT, config=self.config, state=state or {})
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        path = os.fspath(path)
+        d = os.path.dirname(os.path.abspath(path))
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path, engine=None, with_state=False):
+        """A UNet from a file written by save(). with_state=True also returns (momentum, state)."""
+        path = os.fspath(path)
+        try:
+            with np.load(path) as z:
+                arrays = {k: z[k] for k in z.files}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no model file {path}") from None
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{path} is not a readable unetcu model file (truncated or foreign): {e}") from None
+        try:
+            meta = json.loads(bytes(arrays.pop("meta")).decode())
+            if meta.get("format") != FORMAT:
+                raise KeyError("format")
+        except (KeyError, ValueError, UnicodeDecodeError):
+            raise ValueError(f"{path} is not a unetcu model file (no '{FORMAT}' header)") from None
+        model = cls(engine=engine, **meta["config"])
+        for k in model.params:
+            a = arrays.get(f"param/{k}")
+            if a is None or a.shape != model.params[k].shape:
+                raise ValueError(f"{path}: parameter {k} is missing or has the wrong shape")
+            model.params[k] = model.xp.asarray(a.astype(np.float32))
+        if not with_state:
+            return model
+        momentum = {k[len("momentum/"):]: model.xp.asarray(v) for k, v in arrays.items() if k.startswith("momentum/")}
+        return model, (momentum or None), meta.get("state", {})
+
+
+def _to_host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)

@@ -1,0 +1,81 @@
+"""Overlap-tile inference (the paper's Fig. 2): segment an image of any size with a net whose
+convolutions are all valid.
+
+The output plane is cut into output-sized tiles; each tile's input is the surrounding input-sized
+window of the image, mirror-padded where the window leaves the image (missing context is
+extrapolated by mirroring). Because every convolution is valid, the stitched tiles equal one pass
+over the whole padded image up to float rounding: there are no seams.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .model import output_size, valid_input_size
+
+
+def mirror_pad(img: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """Pad the last two axes by mirroring without repeating the edge pixel (numpy's 'reflect'),
+    reflecting again as often as needed when a pad is wider than the image."""
+    pad = [(0, 0)] * (img.ndim - 2) + [(top, bottom), (left, right)]
+    if min(img.shape[-2:]) == 1:  # a 1-pixel axis cannot reflect: repeat it
+        return np.pad(img, pad, mode="edge")
+    return np.pad(img, pad, mode="reflect")
+
+
+def default_tile(depth: int, image_hw, max_out: int = 388) -> int:
+    """Input tile size: the paper's 572 for depth 5, else the valid size whose output is
+    about max_out, never much larger than the image."""
+    want = min(max_out, max(image_hw))
+    return valid_input_size(max(1, want), depth)
+
+
+def predict_probs(model, image: np.ndarray, tile: int | None = None, batch: int = 4, tta: bool = False,
+                  progress=None) -> np.ndarray:
+    """Class probabilities (n_classes, H, W) of a standardised (H, W) image, by overlap-tile.
+
+    tile: the input tile size (default: see default_tile); batch: tiles per forward pass;
+    tta: average the probabilities over the 8 rotations/flips of the input."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 2 or 0 in image.shape:
+        raise ValueError(f"predict: expected a non-empty 2-D image, got shape {image.shape}")
+    if not tta:
+        return _predict(model, image, tile, batch, progress)
+    acc = None
+    for k in range(8):
+        t = _dihedral(image, k)
+        p = _dihedral_inverse(_predict(model, t, tile, batch, progress), k)
+        acc = p if acc is None else acc + p
+    return acc / 8
+
+
+def _dihedral(a, k):  # rotate by 90*(k % 4) degrees, then flip horizontally if k >= 4
+    a = np.rot90(a, k % 4, axes=(-2, -1))
+    return np.ascontiguousarray(a[..., ::-1] if k >= 4 else a)
+
+
+def _dihedral_inverse(a, k):
+    a = a[..., ::-1] if k >= 4 else a
+    return np.ascontiguousarray(np.rot90(a, -(k % 4), axes=(-2, -1)))
+
+
+def _predict(model, image, tile, batch, progress):
+    depth = model.config["depth"]
+    tile = tile or default_tile(depth, image.shape)
+    out = output_size(tile, depth)
+    margin = (tile - out) // 2
+    h, w = image.shape
+    ny, nx = -(-h // out), -(-w // out)
+    padded = mirror_pad(image, margin, margin + ny * out - h, margin, margin + nx * out - w)
+    probs = np.empty((model.config["n_classes"], ny * out, nx * out), np.float32)
+    corners = [(ty * out, tx * out) for ty in range(ny) for tx in range(nx)]
+    xp = model.xp
+    for i in range(0, len(corners), batch):
+        chunk = corners[i:i + batch]
+        x = np.stack([padded[y:y + tile, x:x + tile] for y, x in chunk])[:, None]
+        p = model.predict_proba(xp.asarray(x))
+        p = p.get() if hasattr(p, "get") else p
+        for (y, x0), pi in zip(chunk, p):
+            probs[:, y:y + out, x0:x0 + out] = pi
+        if progress:
+            progress(min(i + batch, len(corners)), len(corners))
+    return probs[:, :h, :w]

@@ -1,0 +1,265 @@
+"""The autograd-free trainer: SGD with momentum 0.99 on one large tile per step (the paper's choice),
+weighted cross-entropy with the paper's weight maps, elastic augmentation, periodic validation,
+checkpoints, bit-exact resume, a progress bar, a CSV log and PNG plots.
+
+Learning rate: 0.003 by default (loss normalised per pixel, momentum 0.99); the paper does not
+state its own. On the small preset 0.01 diverged after ~200 steps and 0.003 and 0.001 both
+trained (measured on synthetic cells); for the paper network it is untested without a GPU.
+Determinism: every random draw (tile position, augmentation, dropout mask) comes from one NumPy
+generator seeded by `seed`, whose state is saved in each checkpoint, so a resumed run repeats the
+uninterrupted run's losses exactly on the numpy engine (emu and cuda sum the loss with float
+atomics, so their last bits may differ).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import augment, ops
+from .data import Sample
+from .model import UNet, output_size
+from .weightmap import class_balance, weight_map
+
+PRESETS = {
+    # name: (depth, base_channels, input tile)
+    "paper": (5, 64, 572),
+    "small": (4, 16, 188),
+    "tiny": (3, 8, 92),
+}
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    lr: float = 0.003
+    momentum: float = 0.99
+    weight_decay: float = 0.0
+    batch: int = 1
+    tile: int = 188
+    augment: str = "elastic"      # elastic | flips | none
+    elastic_sigma: float = 10.0
+    w0: float = 10.0
+    sigma: float = 5.0
+    val_every: int = 100
+    ckpt_every: int = 250
+    seed: int = 0
+    out: str = "runs/unet"
+
+
+@dataclass
+class Prepared:
+    """A training image with its class map and weight map, as arrays of the model's engine."""
+    image: object
+    classes: object
+    weights: object
+    shape: tuple
+    name: str
+
+
+def prepare(samples: list[Sample], cfg: TrainConfig, model: UNet) -> list[Prepared]:
+    out = []
+    for s in samples:
+        cls = s.classes()
+        if cls.max() >= model.config["n_classes"]:
+            raise ValueError(f"{s.name}: label value {cls.max()} is outside the model's {model.config['n_classes']} classes "
+                             f"(0..{model.config['n_classes'] - 1})")
+        if s.semantic:  # no instances: class balancing only
+            w = class_balance(cls, model.config["n_classes"])
+        else:
+            w = weight_map(s.instances, cfg.w0, cfg.sigma, model.config["n_classes"])
+        xp = model.xp if cfg.augment == "elastic" else np  # the elastic warp runs where the model runs
+        out.append(Prepared(xp.asarray(s.image), xp.asarray(cls), xp.asarray(w), s.image.shape, s.name))
+    return out
+
+
+def draw_batch(data: list[Prepared], cfg: TrainConfig, model: UNet, rng: np.random.Generator):
+    """(x (B, 1, T, T), labels (B, O, O), weights (B, O, O)) on the model's engine."""
+    t = cfg.tile
+    o = output_size(t, model.config["depth"])
+    xs, ls, ws = [], [], []
+    for _ in range(cfg.batch):
+        d = data[int(rng.integers(len(data)))]
+        if cfg.augment == "elastic":
+            p = augment.draw_params(rng, d.shape, sigma=cfg.elastic_sigma)
+            img, lab, wt, _ = augment.warp(d.image, d.classes, d.weights, p, t, o,
+                                           target="cuda" if model.engine == "cuda" else "cpu")
+        elif cfg.augment in ("flips", "none"):
+            if cfg.augment == "flips":
+                img, lab, wt = augment.flips_only(rng, d.image, d.classes, d.weights, t, o)
+            else:
+                img, lab, wt = augment.flips_only(np.random.default_rng(int(rng.integers(2**32))), d.image, d.classes, d.weights, t, o)
+        else:
+            raise ValueError(f"augment must be elastic, flips or none, got {cfg.augment!r}")
+        xs.append(img), ls.append(lab), ws.append(wt)
+    xp = model.xp
+    return (xp.ascontiguousarray(xp.stack([xp.asarray(a) for a in xs])[:, None]),
+            xp.ascontiguousarray(xp.stack([xp.asarray(a) for a in ls]).astype(np.int32)),
+            xp.ascontiguousarray(xp.stack([xp.asarray(a) for a in ws]).astype(np.float32)))
+
+
+class Progress:
+    """A one-line progress bar on a terminal; a line every ~5% elsewhere (CI logs)."""
+
+    def __init__(self, total, start=0, stream=sys.stderr, enabled=True):
+        self.total, self.start, self.stream, self.enabled = total, start, stream, enabled
+        self.t0 = time.perf_counter()
+        self.tty = getattr(stream, "isatty", lambda: False)()
+        self.every = max(1, total // 20)
+
+    def update(self, step, **info):
+        if not self.enabled:
+            return
+        done = step - self.start
+        rate = done / max(time.perf_counter() - self.t0, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        bar = "#" * int(30 * step / self.total)
+        text = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
+        line = f"step {step}/{self.total} [{bar:<30}] {text} {rate:.2f} steps/s ETA {_fmt_time(eta)}"
+        if self.tty:
+            self.stream.write("\r" + line[:160].ljust(160))
+            if step == self.total:
+                self.stream.write("\n")
+        elif step % self.every == 0 or step == self.total:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _fmt_time(s):
+    if not math.isfinite(s):
+        return "?"
+    return f"{int(s // 60)}m{int(s % 60):02d}s"
+
+
+def evaluate(model: UNet, samples: list[Sample], cfg: TrainConfig, tile=None):
+    """Mean per-pixel weighted loss and foreground IoU over whole images (overlap-tile)."""
+    from .tiling import predict_probs
+    losses, inter, union = [], 0, 0
+    for s in samples:
+        probs = predict_probs(model, s.image, tile=tile or cfg.tile)
+        cls = s.classes()
+        w = class_balance(cls, model.config["n_classes"]) if s.semantic else weight_map(s.instances, cfg.w0, cfg.sigma, model.config["n_classes"])
+        p = np.clip(np.take_along_axis(probs, cls[None].astype(np.int64), 0)[0], 1e-12, 1)
+        losses.append(float(-(w * np.log(p)).mean()))
+        pred = probs.argmax(0)
+        inter += int(((pred > 0) & (cls > 0)).sum())
+        union += int(((pred > 0) | (cls > 0)).sum())
+    return float(np.mean(losses)), inter / max(union, 1)
+
+
+def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], cfg: TrainConfig,
+          resume: str | None = None, progress: bool = True, log=print):
+    """Train in place; returns the history (list of dicts). Writes into cfg.out: checkpoint.npz
+    (weights + momentum + state), log.csv, curves.png, samples.png."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    o = output_size(cfg.tile, model.config["depth"])
+    rng = np.random.default_rng(cfg.seed)
+    velocity = {k: model.xp.zeros_like(v) for k, v in model.params.items()}
+    start, history = 0, []
+    if resume:
+        loaded, momentum, state = UNet.load(resume, engine=model.engine, with_state=True)
+        if loaded.config != model.config:
+            raise ValueError(f"--resume {resume}: its network {loaded.config} differs from this one {model.config}")
+        model.params = loaded.params
+        if momentum:
+            velocity = momentum
+        start = int(state.get("step", 0))
+        rng.bit_generator.state = state["rng"]
+        history = state.get("history", [])
+        log(f"resumed from {resume} at step {start}")
+    data = prepare(train_samples, cfg, model)
+    log(f"training {model.n_params:,} parameters on engine '{model.engine}': tile {cfg.tile} -> {o}, batch {cfg.batch}, "
+        f"{len(data)} training / {len(val_samples)} validation images, lr {cfg.lr}, momentum {cfg.momentum}, "
+        f"augment {cfg.augment}, steps {start}..{cfg.steps}")
+    ckpt = out / "checkpoint.npz"
+    bar = Progress(cfg.steps, start, enabled=progress)
+    t_start = time.perf_counter()
+    step = start
+    for step in range(start + 1, cfg.steps + 1):
+        x, lab, wt = draw_batch(data, cfg, model, rng)
+        dropout_seed = int(rng.integers(2**63))
+        loss, grads = model.loss_and_grads(x, lab, wt, dropout_seed=dropout_seed)
+        if not math.isfinite(loss):
+            kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
+            raise TrainingDiverged(f"loss became {loss} at step {step}; training stopped ({kept}). "
+                                   "Lower the learning rate (--lr).")
+        for k, p in model.params.items():
+            ops.sgd_momentum_update(p, grads[k], velocity[k], cfg.lr, cfg.momentum, cfg.weight_decay, engine=model.engine)
+        row = dict(step=step, loss=loss, seconds=time.perf_counter() - t_start)
+        if val_samples and (step % cfg.val_every == 0 or step == cfg.steps):
+            row["val_loss"], row["val_iou"] = evaluate(model, val_samples, cfg)
+        history.append(row)
+        bar.update(step, loss=loss, **({"val_iou": row["val_iou"]} if "val_iou" in row else {}))
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            state = dict(step=step, rng=rng.bit_generator.state, history=history, config=asdict(cfg))
+            model.save(ckpt, momentum=velocity, state=_jsonable(state))
+    write_log(history, out / "log.csv")
+    plot_curves(history, out / "curves.png")
+    if val_samples:
+        plot_samples(model, val_samples[:3], out / "samples.png", cfg)
+    return history
+
+
+def _jsonable(x):
+    return json.loads(json.dumps(x, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+
+
+def write_log(history, path):
+    keys = ["step", "loss", "val_loss", "val_iou", "seconds"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for row in history:
+            w.writerow({k: row.get(k, "") for k in keys})
+
+
+def plot_curves(history, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    steps = [r["step"] for r in history]
+    loss = np.array([r["loss"] for r in history])
+    ax[0].plot(steps, loss, lw=0.5, alpha=0.4, label="training loss (per step)")
+    k = max(1, len(loss) // 50)
+    if len(loss) >= k:
+        ax[0].plot(steps[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), label=f"mean of {k}")
+    v = [r for r in history if "val_loss" in r]
+    if v:
+        ax[0].plot([r["step"] for r in v], [r["val_loss"] for r in v], "o-", label="validation loss")
+        ax[1].plot([r["step"] for r in v], [r["val_iou"] for r in v], "o-", color="C2")
+    ax[0].set_xlabel("step"), ax[0].set_ylabel("weighted cross-entropy per pixel"), ax[0].set_yscale("log"), ax[0].legend()
+    ax[1].set_xlabel("step"), ax[1].set_ylabel("validation IoU (foreground)"), ax[1].set_ylim(0, 1), ax[1].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_samples(model, samples, path, cfg):
+    """Image, truth and prediction side by side for a few validation images."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from .tiling import predict_probs
+    fig, ax = plt.subplots(len(samples), 3, figsize=(9, 3 * len(samples)), squeeze=False)
+    for i, s in enumerate(samples):
+        pred = predict_probs(model, s.image, tile=cfg.tile).argmax(0)
+        for j, (a, title) in enumerate(((s.image, "image"), (s.classes(), "truth"), (pred, "prediction"))):
+            ax[i, j].imshow(a, cmap="gray", interpolation="nearest")
+            ax[i, j].set_title(f"{s.name}: {title}" if j == 0 else title, fontsize=8)
+            ax[i, j].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
