@@ -155,24 +155,26 @@ def _warp_cpu(tile, out, grid, rot, flip_y, flip_x, cy, cx, cubic, image, labels
 
 
 _cuda_kernel = None
+_cuda_pixel = None
+cuda = None  # numba.cuda, imported on first use; a module global so Numba's simulator can swap it
+
+
+def _warp_kernel(tile, out, grid, rot, flip_y, flip_x, cy, cx, cubic, image, labels, weights,
+                 out_image, out_labels, out_weights, out_disp):
+    idx = cuda.grid(1)  # one thread per tile pixel
+    if idx < tile * tile:
+        _cuda_pixel(idx, tile, out, grid, rot, flip_y, flip_x, cy, cx, cubic, image, labels, weights,
+                    out_image, out_labels, out_weights, out_disp)
 
 
 def _get_cuda_kernel():
-    """The Numba CUDA kernel (one thread per tile pixel), compiled on first use."""
-    global _cuda_kernel
+    """The Numba CUDA kernel, compiled on first use."""
+    global _cuda_kernel, _cuda_pixel, cuda
     if _cuda_kernel is None:
-        from numba import cuda
-        pixel = _make_pixel(cuda.jit(device=True))
-
-        @cuda.jit
-        def warp_kernel(tile, out, grid, rot, flip_y, flip_x, cy, cx, cubic, image, labels, weights,
-                        out_image, out_labels, out_weights, out_disp):
-            idx = cuda.grid(1)
-            if idx < tile * tile:
-                pixel(idx, tile, out, grid, rot, flip_y, flip_x, cy, cx, cubic, image, labels, weights,
-                      out_image, out_labels, out_weights, out_disp)
-
-        _cuda_kernel = warp_kernel
+        from numba import cuda as numba_cuda
+        cuda = numba_cuda
+        _cuda_pixel = _make_pixel(cuda.jit(device=True))
+        _cuda_kernel = cuda.jit(_warp_kernel)
     return _cuda_kernel
 
 
@@ -235,7 +237,7 @@ def warp(image, labels, weights, params: WarpParams, tile: int, out: int, cubic:
         _warp_cpu(args[0], args[1], grid, *args[3:], np.ascontiguousarray(image), np.ascontiguousarray(labels),
                   np.ascontiguousarray(weights), o_img, o_lab, o_w, disp)
     elif target == "cuda":
-        from numba import cuda
+        kern = _get_cuda_kernel()
         if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
             xp = np  # the simulator takes host arrays
         else:
@@ -245,7 +247,6 @@ def warp(image, labels, weights, params: WarpParams, tile: int, out: int, cubic:
         o_w = xp.empty((out, out), np.float32)
         disp = xp.empty((2, tile, tile), np.float64)
         grid = xp.asarray(np.ascontiguousarray(params.grid, dtype=np.float64))
-        kern = _get_cuda_kernel()
         threads = 256
         blocks = -(-tile * tile // threads)
         if xp is np:

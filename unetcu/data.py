@@ -39,9 +39,10 @@ def separation_borders(instances: np.ndarray) -> np.ndarray:
     border the paper makes background so the net learns the gap between touching cells."""
     inst = np.asarray(instances)
     fg = inst > 0
-    big = np.iinfo(np.int64).max
-    mx = ndi.maximum_filter(inst.astype(np.int64), size=3, mode="nearest")
-    mn = ndi.minimum_filter(np.where(fg, inst.astype(np.int64), big), size=3, mode="nearest")
+    inst = inst.astype(np.int64)
+    above = int(inst.max()) + 1  # stands for background in the min filter (no int64-max: scipy overflows)
+    mx = ndi.maximum_filter(inst, size=3, mode="nearest")
+    mn = ndi.minimum_filter(np.where(fg, inst, above), size=3, mode="nearest")
     return fg & ((mx > inst) | (mn < inst))
 
 
@@ -139,8 +140,7 @@ def read_image(path) -> np.ndarray:
     ext = path.suffix.lower()
     try:
         if ext in (".tif", ".tiff"):
-            import tifffile
-            a = tifffile.imread(str(path))
+            a = _read_tiff(path)
         else:
             from PIL import Image
             with Image.open(path) as im:
@@ -155,6 +155,21 @@ def read_image(path) -> np.ndarray:
 
 
 LABEL_MODES = ("auto", "binary", "instance", "classes")
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """tifffile first; Pillow for what tifffile cannot decode without the optional imagecodecs
+    package (LZW-compressed TIFFs such as the Cell Tracking Challenge's)."""
+    import tifffile
+    try:
+        return tifffile.imread(str(path))
+    except ValueError as e:
+        if "imagecodecs" not in str(e):
+            raise
+    from PIL import Image, ImageSequence
+    with Image.open(path) as im:
+        pages = [np.asarray(p) for p in ImageSequence.Iterator(im)]
+    return pages[0] if len(pages) == 1 else np.stack(pages)
 
 
 def instances_from_label_image(lab: np.ndarray, mode: str = "auto") -> np.ndarray:

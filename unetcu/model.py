@@ -24,7 +24,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import ops
+from . import ops as kernel_ops
+from . import reference as R
 from .ops._core import resolve as resolve_engine, xp as array_module
 
 FORMAT = "unetcu-model-v1"
@@ -109,7 +110,15 @@ class UNet:
                            base_channels=int(base_channels), dropout=float(dropout), seed=int(seed))
         self.engine = resolve_engine(engine)
         self.xp = array_module(self.engine)
+        self.ops = kernel_ops
         self.params = self._init_params(np.random.default_rng(seed))
+
+    def reference(self) -> "UNet":
+        """A float64 copy of this model computed by unetcu.reference: the oracle for gradient checks."""
+        ref = UNet(engine="numpy", **self.config)
+        ref.ops = Float64Ops
+        ref.params = OrderedDict((k, np.asarray(_to_host(v), dtype=np.float64)) for k, v in self.params.items())
+        return ref
 
     # -- parameters --
     def channels(self, level: int) -> int:
@@ -155,7 +164,7 @@ class UNet:
     # -- forward / backward --
     def _check_input(self, x):
         c = self.config
-        if not isinstance(x, self.xp.ndarray) or x.ndim != 4 or x.shape[1] != c["in_channels"]:
+        if not hasattr(x, "ndim") or x.ndim != 4 or x.shape[1] != c["in_channels"]:
             raise ValueError(f"UNet: x must be a {self.xp.__name__} array (N, {c['in_channels']}, H, W), "
                              f"got {type(x).__name__} {getattr(x, 'shape', '')}")
         self.output_size(x.shape[2])
@@ -172,38 +181,38 @@ class UNet:
         for l in range(c["depth"]):
             for j in (1, 2):
                 name = f"down{l}.conv{j}"
-                out = ops.conv3x3_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], relu=True, engine=e)
+                out = self.ops.conv3x3_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], relu=True, engine=e)
                 if keep:
                     cache[name] = (a, out)
                 a = out
             if l == c["depth"] - 1:
                 if train and c["dropout"] > 0:
-                    a = ops.dropout_forward(a, c["dropout"], dropout_seed, engine=e)
+                    a = self.ops.dropout_forward(a, c["dropout"], dropout_seed, engine=e)
                     if keep:
                         cache["dropout"] = dropout_seed
             else:
                 cache[f"skip{l}"] = a
-                a, argmax = ops.maxpool2x2_forward(a, engine=e)
+                a, argmax = self.ops.maxpool2x2_forward(a, engine=e)
                 if keep:
                     cache[f"pool{l}"] = argmax
         for l in range(c["depth"] - 2, -1, -1):
             name = f"up{l}.upconv"
-            up = ops.upconv2x2_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], engine=e)
+            up = self.ops.upconv2x2_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], engine=e)
             if keep:
                 cache[name] = a
             skip = cache[f"skip{l}"]
-            a = ops.crop_concat_forward(skip, up, engine=e)
+            a = self.ops.crop_concat_forward(skip, up, engine=e)
             if keep:
                 cache[f"concat{l}"] = skip.shape
             for j in (1, 2):
                 name = f"up{l}.conv{j}"
-                out = ops.conv3x3_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], relu=True, engine=e)
+                out = self.ops.conv3x3_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], relu=True, engine=e)
                 if keep:
                     cache[name] = (a, out)
                 a = out
         if keep:
             cache["head"] = a
-        return ops.conv1x1_forward(a, p["head.weight"], p["head.bias"], engine=e)
+        return self.ops.conv1x1_forward(a, p["head.weight"], p["head.bias"], engine=e)
 
     def loss_and_grads(self, x, labels, weights, dropout_seed=0, train=True):
         """One forward + backward pass. labels (N, h, w) int32 classes, weights (N, h, w) float32 at
@@ -211,23 +220,23 @@ class UNet:
         e, p, c = self.engine, self.params, self.config
         cache = {}
         logits = self.forward(x, train=train, dropout_seed=dropout_seed, _cache=cache)
-        loss, d = ops.softmax_xent(logits, labels, weights, engine=e)
+        loss, d = self.ops.softmax_xent(logits, labels, weights, engine=e)
         g = OrderedDict((k, None) for k in p)
-        g["head.weight"], g["head.bias"] = ops.conv1x1_backward_weight(d, cache["head"], engine=e)
-        d = ops.conv1x1_backward_data(d, p["head.weight"], engine=e)
+        g["head.weight"], g["head.bias"] = self.ops.conv1x1_backward_weight(d, cache["head"], engine=e)
+        d = self.ops.conv1x1_backward_data(d, p["head.weight"], engine=e)
         dskips = {}
         for l in range(c["depth"] - 1):  # expanding levels in reverse forward order: 0, 1, ...
             d = self._conv_pair_backward(f"up{l}", d, cache, g)
-            dskips[l], d = ops.crop_concat_backward(d, cache[f"concat{l}"], engine=e)
+            dskips[l], d = self.ops.crop_concat_backward(d, cache[f"concat{l}"], engine=e)
             name = f"up{l}.upconv"
-            g[f"{name}.weight"], g[f"{name}.bias"] = ops.upconv2x2_backward_weight(d, cache[name], engine=e)
-            d = ops.upconv2x2_backward_data(d, p[f"{name}.weight"], engine=e)
+            g[f"{name}.weight"], g[f"{name}.bias"] = self.ops.upconv2x2_backward_weight(d, cache[name], engine=e)
+            d = self.ops.upconv2x2_backward_data(d, p[f"{name}.weight"], engine=e)
         for l in range(c["depth"] - 1, -1, -1):
             if l == c["depth"] - 1:
                 if "dropout" in cache:
-                    d = ops.dropout_backward(d, c["dropout"], cache["dropout"], engine=e)
+                    d = self.ops.dropout_backward(d, c["dropout"], cache["dropout"], engine=e)
             else:
-                d = ops.maxpool2x2_backward(d, cache[f"pool{l}"], engine=e) + dskips[l]
+                d = self.ops.maxpool2x2_backward(d, cache[f"pool{l}"], engine=e) + dskips[l]
             d = self._conv_pair_backward(f"down{l}", d, cache, g, need_input_grad=l > 0)
         return loss, g
 
@@ -236,14 +245,14 @@ class UNet:
         for j in (2, 1):
             name = f"{level}.conv{j}"
             a, out = cache[name]
-            g[f"{name}.weight"], g[f"{name}.bias"] = ops.conv3x3_backward_weight(d, a, out, engine=e)
+            g[f"{name}.weight"], g[f"{name}.bias"] = self.ops.conv3x3_backward_weight(d, a, out, engine=e)
             if j == 2 or need_input_grad:
-                d = ops.conv3x3_backward_data(d, p[f"{name}.weight"], out, engine=e)
+                d = self.ops.conv3x3_backward_data(d, p[f"{name}.weight"], out, engine=e)
         return d
 
     def predict_proba(self, x):
         """Class probabilities (N, n_classes, h, w), inference mode."""
-        return ops.softmax(self.forward(x, train=False), engine=self.engine)
+        return self.ops.softmax(self.forward(x, train=False), engine=self.engine)
 
     # -- persistence --
     def save(self, path, momentum=None, state=None):
@@ -294,6 +303,29 @@ class UNet:
             return model
         momentum = {k[len("momentum/"):]: model.xp.asarray(v) for k, v in arrays.items() if k.startswith("momentum/")}
         return model, (momentum or None), meta.get("state", {})
+
+
+class Float64Ops:
+    """The op layer's signatures over unetcu.reference, in whatever precision the inputs have
+    (float64 for the reference model). Parameter gradients are returned fresh."""
+    conv3x3_forward = staticmethod(lambda x, w, b, relu=True, engine=None: R.conv3x3_forward(x, w, b, relu))
+    conv3x3_backward_data = staticmethod(lambda d, w, out=None, engine=None: R.conv3x3_backward_data(d, w, out))
+    conv3x3_backward_weight = staticmethod(lambda d, x, out=None, engine=None: R.conv3x3_backward_weight(d, x, out))
+    maxpool2x2_forward = staticmethod(lambda x, engine=None: R.maxpool2x2_forward(x))
+    maxpool2x2_backward = staticmethod(lambda d, am, engine=None: R.maxpool2x2_backward(d, am))
+    upconv2x2_forward = staticmethod(lambda x, w, b, engine=None: R.upconv2x2_forward(x, w, b))
+    upconv2x2_backward_data = staticmethod(lambda d, w, engine=None: R.upconv2x2_backward_data(d, w))
+    upconv2x2_backward_weight = staticmethod(lambda d, x, engine=None: R.upconv2x2_backward_weight(d, x))
+    crop_concat_forward = staticmethod(lambda s, u, engine=None: R.crop_concat_forward(s, u))
+    crop_concat_backward = staticmethod(lambda d, shape, engine=None: R.crop_concat_backward(d, shape))
+    conv1x1_forward = staticmethod(lambda x, w, b, engine=None: R.conv1x1_forward(x, w, b))
+    conv1x1_backward_data = staticmethod(lambda d, w, engine=None: R.conv1x1_backward_data(d, w))
+    conv1x1_backward_weight = staticmethod(lambda d, x, engine=None: R.conv1x1_backward_weight(d, x))
+    dropout_forward = staticmethod(lambda x, p, seed, engine=None: R.dropout_forward(x, p, seed))
+    dropout_backward = staticmethod(lambda d, p, seed, engine=None: R.dropout_backward(d, p, seed))
+    softmax = staticmethod(lambda z, engine=None: R.softmax(z))
+    softmax_xent = staticmethod(lambda z, labels, w, engine=None: tuple((float(v) if i == 0 else v)
+                                                                        for i, v in enumerate(R.softmax_xent(z, labels, w))))
 
 
 def _to_host(a):

@@ -1,0 +1,131 @@
+"""The U-Net: the paper's configuration, valid sizes, gradients of the whole model (emulated kernels
+vs the float64 reference model, the reference vs finite differences), persistence."""
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import rel_err
+from unetcu import UNet, valid_input_size
+from unetcu.model import output_size
+
+
+def test_paper_configuration():
+    m = UNet(engine="numpy")
+    assert m.n_params == 31_030_658
+    convs = [k for k in m.params if k.endswith(".weight")]
+    assert len(convs) == 23  # 18 3x3 convs + 4 up-convs + the 1x1 head
+    assert m.output_size(572) == 388
+    assert list(m.params)[:2] == ["down0.conv1.weight", "down0.conv1.bias"]
+    assert list(m.params)[-2:] == ["head.weight", "head.bias"]
+    assert m.params["down0.conv1.weight"].shape == (64, 1, 3, 3)
+    assert m.params["up3.upconv.weight"].shape == (1024, 512, 2, 2)  # (in, out, 2, 2)
+    assert m.params["up0.conv1.weight"].shape == (64, 128, 3, 3)
+    assert m.params["head.weight"].shape == (2, 64, 1, 1)
+
+
+def test_valid_sizes():
+    assert valid_input_size(388) == 572
+    assert output_size(572 + 16) == 388 + 16  # valid inputs are 16 apart for depth 5
+    for depth in (2, 3, 4, 5):
+        for want in (1, 50, 101):
+            n = valid_input_size(want, depth)
+            assert output_size(n, depth) >= want
+            smaller = n - 2 ** (depth - 1)  # valid sizes are 2**(depth-1) apart: the one below is too small
+            try:
+                assert output_size(smaller, depth) < want
+            except ValueError:
+                pass
+    with pytest.raises(ValueError, match=r"input size 570 is not valid.*nearest valid sizes: 556 or 572"):
+        output_size(570)
+    with pytest.raises(ValueError, match="not valid"):
+        UNet(depth=3, base_channels=2, engine="numpy").forward(np.zeros((1, 1, 45, 44), np.float32))
+
+
+def test_he_initialisation():
+    m = UNet(depth=3, base_channels=32, engine="numpy", seed=1)
+    w = m.params["down2.conv2.weight"]  # 128 x 128 x 3 x 3, fan-in 1152
+    assert abs(w.std() - np.sqrt(2 / 1152)) < 0.02 * np.sqrt(2 / 1152)
+    assert abs(w.mean()) < 0.01 * w.std() * 10
+    assert np.all(m.params["down2.conv2.bias"] == 0)
+    assert not np.array_equal(m.params["down0.conv1.weight"], UNet(depth=3, base_channels=32, engine="numpy", seed=2).params["down0.conv1.weight"])
+
+
+def small_problem(rng, depth=3, base=3, n=2, size=None, classes=2):
+    size = size or valid_input_size(6, depth)
+    o = output_size(size, depth)
+    x = rng.standard_normal((n, 1, size, size)).astype(np.float32)
+    labels = rng.integers(0, classes, (n, o, o)).astype(np.int32)
+    weights = rng.uniform(0.5, 5, (n, o, o)).astype(np.float32)
+    return x, labels, weights
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_reference_model_vs_finite_differences(rng, dropout):
+    m = UNet(depth=3, base_channels=2, dropout=dropout, engine="numpy", seed=3).reference()
+    x, labels, weights = small_problem(rng, base=2)
+    x = x.astype(np.float64)
+    loss, grads = m.loss_and_grads(x, labels, weights.astype(np.float64), dropout_seed=11)
+    for name in ("down0.conv1.weight", "down2.conv2.bias", "up1.upconv.weight", "up0.conv1.weight", "head.bias"):
+        p = m.params[name].reshape(-1)
+        for i in rng.choice(p.size, size=min(3, p.size), replace=False):
+            old = p[i]
+            p[i] = old + 1e-6
+            fp = m.loss_and_grads(x, labels, weights.astype(np.float64), dropout_seed=11)[0]
+            p[i] = old - 1e-6
+            fm = m.loss_and_grads(x, labels, weights.astype(np.float64), dropout_seed=11)[0]
+            p[i] = old
+            num = (fp - fm) / 2e-6
+            ana = grads[name].reshape(-1)[i]
+            assert abs(num - ana) <= 1e-6 * max(1.0, abs(num)) + 1e-8, (name, i, num, ana)
+
+
+@pytest.mark.parametrize("engine", ["emu", "numpy", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_model_gradients_match_reference(engine, rng):
+    """One training step of a small U-Net: loss and every parameter gradient vs the float64 model."""
+    m = UNet(depth=3, base_channels=4, dropout=0.5, engine=engine, seed=5)
+    x, labels, weights = small_problem(rng, base=4)
+    ref = m.reference()
+    rloss, rgrads = ref.loss_and_grads(x.astype(np.float64), labels, weights.astype(np.float64), dropout_seed=99)
+    xp = m.xp
+    loss, grads = m.loss_and_grads(xp.asarray(x), xp.asarray(labels), xp.asarray(weights), dropout_seed=99)
+    assert np.isfinite(loss) and abs(loss - rloss) <= 1e-5 * abs(rloss)
+    assert list(grads) == list(m.params)
+    for k, g in grads.items():
+        g = g.get() if hasattr(g, "get") else g
+        assert g.shape == m.params[k].shape and g.dtype == np.float32
+        assert rel_err(g, rgrads[k]) < 1e-4, k
+
+
+def test_forward_shapes_and_train_flag(rng):
+    m = UNet(depth=3, base_channels=4, dropout=0.5, engine="numpy")
+    x, _, _ = small_problem(rng, base=4, n=3)
+    a = m.forward(x)
+    assert a.shape == (3, 2, output_size(x.shape[2], 3), output_size(x.shape[2], 3))
+    assert np.array_equal(a, m.forward(x))  # inference: no dropout
+    assert not np.array_equal(a, m.forward(x, train=True, dropout_seed=1))
+    p = m.predict_proba(x)
+    assert np.allclose(p.sum(1), 1, atol=1e-6)
+
+
+def test_save_load_roundtrip(tmp_path, rng):
+    m = UNet(depth=2, base_channels=3, n_classes=3, engine="numpy", seed=4)
+    mom = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in m.params.items()}
+    path = tmp_path / "m.npz"
+    m.save(path, momentum=mom, state={"step": 7})
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]  # no temp files left
+    m2, mom2, state = UNet.load(path, engine="numpy", with_state=True)
+    assert m2.config == m.config and state == {"step": 7}
+    for k in m.params:
+        assert np.array_equal(m2.params[k], m.params[k]) and np.array_equal(mom2[k], mom[k])
+    # truncated and foreign files are clear errors
+    data = path.read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a readable unetcu model file"):
+        UNet.load(tmp_path / "cut.npz")
+    np.savez(tmp_path / "foreign.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="not a unetcu model file"):
+        UNet.load(tmp_path / "foreign.npz")
+    with pytest.raises(FileNotFoundError):
+        UNet.load(tmp_path / "missing.npz")
