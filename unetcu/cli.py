@@ -70,7 +70,9 @@ def _cmd_train(a) -> int:
         if a.val_data:
             train_s, val_s = allsamples, D.load_folder(a.val_data, a.labels)
         else:
-            nval = max(1, int(round(a.val_fraction * len(allsamples)))) if len(allsamples) > 1 else 0
+            nval = int(round(a.val_fraction * len(allsamples)))
+            if a.val_fraction > 0 and len(allsamples) > 1:
+                nval = min(max(1, nval), len(allsamples) - 1)
             train_s, val_s = allsamples[:len(allsamples) - nval], allsamples[len(allsamples) - nval:]
         source = f"{a.data}: {len(train_s)} training, {len(val_s)} validation images"
     print(f"data: {source}")
@@ -96,6 +98,32 @@ def _cmd_predict(a) -> int:
     predict_files(a.model, a.images, a.out, engine=a.engine, tile=a.tile, batch=a.batch, tta=a.tta,
                   progress=not a.no_progress)
     return 0
+
+
+def _cmd_evaluate(a) -> int:
+    import json
+    from .metrics import METRIC_NAMES, evaluate_files, format_table
+    rows = evaluate_files(a.pred, a.labels, a.label_mode)
+    print(format_table(rows))
+    if a.json:
+        import numpy as np
+        mean = {m: float(np.nanmean([r[m] for _, r in rows])) for m in METRIC_NAMES}
+        with open(a.json, "w") as f:
+            json.dump({"images": dict(rows), "mean": mean}, f, indent=1)
+    return 0
+
+
+def _cmd_bench(a) -> int:
+    from pathlib import Path
+    scripts = {"kernels": "bench_kernels.py", "step": "bench_step.py", "emulator": "bench_emulator.py",
+               "quality": "quality.py"}
+    bench_dir = Path(__file__).resolve().parent.parent / "benchmarks"
+    script = bench_dir / scripts[a.which]
+    if not script.is_file():
+        raise FileNotFoundError(f"{script} not found: the benchmarks live in the source checkout, run from there")
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(bench_dir.parent), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.call([sys.executable, str(script), *a.args], cwd=str(bench_dir), env=env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +188,23 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips (8x slower)")
     pr.add_argument("--no-progress", action="store_true")
     pr.set_defaults(func=_cmd_predict)
+    ev = sub.add_parser("evaluate", help="score predictions against label images (pixel error, IoU, SEG, Rand, VI)",
+                        description="Score predictions against ground truth with the ISBI 2012 and cell tracking "
+                                    "challenge metrics: pixel error (misclassification rate, and 1 - max pixel F-score), "
+                                    "foreground IoU, SEG, foreground-restricted Rand error and information error "
+                                    "(thresholds 0.0..1.0 by 0.1 on probability maps; ground-truth background ignored).")
+    ev.add_argument("pred", help="a prediction file or folder (NAME_prob.tif, NAME_instances.png or label images)")
+    ev.add_argument("labels", help="a label image or folder; pairs by name or by last number")
+    ev.add_argument("--label-mode", choices=("auto", "binary", "instance"), default="auto",
+                    help="how to read labels (auto: binary if two values, else instance ids)")
+    ev.add_argument("--json", help="also write the scores to this JSON file")
+    ev.set_defaults(func=_cmd_evaluate)
+    b = sub.add_parser("bench", help="run a benchmark: kernels, step, emulator or quality (from a source checkout)",
+                       description="Run benchmarks/bench_kernels.py, bench_step.py, bench_emulator.py or quality.py; "
+                                   "arguments after the name go to the script (e.g. unetcu bench kernels --json k.json).")
+    b.add_argument("which", choices=("kernels", "step", "emulator", "quality"))
+    b.add_argument("args", nargs=argparse.REMAINDER)
+    b.set_defaults(func=_cmd_bench)
     e = sub.add_parser("engines", help="say which kernel engines are usable here and why")
     e.set_defaults(func=_cmd_engines)
     c = sub.add_parser("compile-check", help="compile every kernels/*.cu for sm_90 and print registers/spills",

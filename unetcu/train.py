@@ -68,13 +68,17 @@ class Prepared:
     name: str
 
 
+def check_classes(samples: list[Sample], n_classes: int):
+    for s in samples:
+        top = int(s.classes().max())
+        if top >= n_classes:
+            raise ValueError(f"{s.name}: label value {top} is outside the model's {n_classes} classes (0..{n_classes - 1})")
+
+
 def prepare(samples: list[Sample], cfg: TrainConfig, model: UNet) -> list[Prepared]:
     out = []
     for s in samples:
         cls = s.classes()
-        if cls.max() >= model.config["n_classes"]:
-            raise ValueError(f"{s.name}: label value {cls.max()} is outside the model's {model.config['n_classes']} classes "
-                             f"(0..{model.config['n_classes'] - 1})")
         if s.semantic:  # no instances: class balancing only
             w = class_balance(cls, model.config["n_classes"])
         else:
@@ -179,6 +183,9 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
         rng.bit_generator.state = state["rng"]
         history = state.get("history", [])
         log(f"resumed from {resume} at step {start}")
+    if not train_samples:
+        raise ValueError("no training images")
+    check_classes(list(train_samples) + list(val_samples), model.config["n_classes"])
     data = prepare(train_samples, cfg, model)
     log(f"training {model.n_params:,} parameters on engine '{model.engine}': tile {cfg.tile} -> {o}, batch {cfg.batch}, "
         f"{len(data)} training / {len(val_samples)} validation images, lr {cfg.lr}, momentum {cfg.momentum}, "

@@ -1,0 +1,178 @@
+"""Step benchmark: our whole training step (forward, loss, backward, SGD) and the inference
+forward, against a PyTorch U-Net of the identical architecture (cudnn.benchmark on), batch 1 and
+4, fp32 (TF32 off) — our kernels have no TF32 path yet; PyTorch's TF32 time is listed beside.
+Also the peak GPU memory of both, the elastic warp of a 572 tile (Numba on the GPU vs
+scipy.ndimage on the CPU, and elasticdeform if installed) and the weight-map time.
+
+Without a GPU: the tiny preset on the numpy and emu engines — CPU timings, not comparable.
+
+    python benchmarks/bench_step.py [--engine cuda|emu|numpy] [--json FILE] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from common import cpu_median_ms, gpu_median_ms, machine_info, torch_or_none
+from unetcu import UNet, augment, ops
+from unetcu.data import classes_from_instances, synthetic_cells
+from unetcu.model import output_size
+from unetcu.ops import resolve_engine
+from unetcu.train import PRESETS
+from unetcu.weightmap import weight_map
+
+
+def our_step(model, x, lab, wt, velocity):
+    loss, grads = model.loss_and_grads(x, lab, wt, dropout_seed=1)
+    for k, p in model.params.items():
+        ops.sgd_momentum_update(p, grads[k], velocity[k], 1e-4, 0.99, engine=model.engine)
+    return loss
+
+
+def bench_ours(engine, preset, batch, reps):
+    depth, base, tile = PRESETS[preset]
+    o = output_size(tile, depth)
+    m = UNet(depth=depth, base_channels=base, engine=engine, seed=0)
+    xp = m.xp
+    rng = np.random.default_rng(0)
+    x = xp.asarray(rng.standard_normal((batch, 1, tile, tile)).astype(np.float32))
+    lab = xp.asarray(rng.integers(0, 2, (batch, o, o)).astype(np.int32))
+    wt = xp.asarray(rng.uniform(1, 5, (batch, o, o)).astype(np.float32))
+    vel = {k: xp.zeros_like(v) for k, v in m.params.items()}
+    res = {}
+    if engine == "cuda":
+        import cupy
+        pool = cupy.get_default_memory_pool()
+        pool.free_all_blocks()
+        res["step_ms"] = gpu_median_ms(lambda: our_step(m, x, lab, wt, vel), warmup=2, reps=reps)
+        res["forward_ms"] = gpu_median_ms(lambda: m.forward(x), warmup=2, reps=reps)
+        res["peak_MB"] = pool.total_bytes() / 2**20  # the pool keeps every block the step needed
+    else:
+        res["step_ms"] = cpu_median_ms(lambda: our_step(m, x, lab, wt, vel), reps=reps)
+        res["forward_ms"] = cpu_median_ms(lambda: m.forward(x), reps=reps)
+    res["loss"] = float(our_step(m, x, lab, wt, vel))
+    return res
+
+
+def bench_torch(torch, preset, batch, reps, tf32):
+    from torch_unet import TorchUNet, weighted_xent
+    depth, base, tile = PRESETS[preset]
+    o = output_size(tile, depth)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    net = TorchUNet(depth=depth, base=base).cuda()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.99)
+    x = torch.randn(batch, 1, tile, tile, device="cuda")
+    lab = torch.randint(0, 2, (batch, o, o), device="cuda")
+    wt = torch.rand(batch, o, o, device="cuda") * 4 + 1
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = weighted_xent(net(x), lab, wt)
+        loss.backward()
+        opt.step()
+
+    torch.cuda.reset_peak_memory_stats()
+    res = {"step_ms": gpu_median_ms(step, warmup=3, reps=reps)}
+    res["peak_MB"] = torch.cuda.max_memory_allocated() / 2**20
+    net.eval()
+    with torch.no_grad():
+        res["forward_ms"] = gpu_median_ms(lambda: net(x), warmup=2, reps=reps)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return res
+
+
+def bench_augment(engine, reps):
+    """Elastic warp of a 572 tile from a 512 image: ours (Numba, GPU or CPU) vs scipy.ndimage."""
+    from scipy import ndimage as ndi
+    img, inst = synthetic_cells((512, 512), seed=0)
+    lab = classes_from_instances(inst)
+    t0 = time.perf_counter()
+    w = weight_map(inst)
+    res = {"weightmap_512_ms": (time.perf_counter() - t0) * 1e3, "weightmap_cells": int(inst.max())}
+    res["weightmap_512_ms"] = cpu_median_ms(lambda: weight_map(inst), reps=reps)
+    rng = np.random.default_rng(0)
+    p = augment.draw_params(rng, img.shape)
+    if engine == "cuda":
+        import cupy
+        gi, gl, gw = cupy.asarray(img), cupy.asarray(lab), cupy.asarray(w)
+        res["warp_ours_ms"] = gpu_median_ms(lambda: augment.warp(gi, gl, gw, p, 572, 388), reps=reps)
+        res["warp_ours_where"] = "GPU (Numba CUDA)"
+    else:
+        res["warp_ours_ms"] = cpu_median_ms(lambda: augment.warp(img, lab, w, p, 572, 388), reps=reps)
+        res["warp_ours_where"] = "CPU (Numba)"
+
+    def scipy_warp():
+        # the same transform the slow way: a bicubic-upsampled 3x3 field, then map_coordinates
+        disp = [ndi.zoom(p.grid[..., c], 572 / 3, order=3, mode="nearest") for c in (0, 1)]
+        yy, xx = np.mgrid[0:572, 0:572].astype(np.float64) - 285.5
+        py, px = yy + disp[0], xx + disp[1]
+        c, s = np.cos(p.rot), np.sin(p.rot)
+        coords = np.stack([p.cy + c * py - s * px, p.cx + s * py + c * px])
+        ndi.map_coordinates(img, coords, order=3, mode="mirror")
+        ndi.map_coordinates(lab, coords[:, 92:480, 92:480], order=0, mode="mirror")
+        ndi.map_coordinates(w, coords[:, 92:480, 92:480], order=1, mode="mirror")
+
+    res["warp_scipy_cpu_ms"] = cpu_median_ms(scipy_warp, reps=reps)
+    try:
+        import elasticdeform
+        res["warp_elasticdeform_cpu_ms"] = cpu_median_ms(
+            lambda: elasticdeform.deform_random_grid([img, w], sigma=10, points=3, order=[3, 1]), reps=reps)
+    except ImportError:
+        res["warp_elasticdeform_cpu_ms"] = None
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", choices=("cuda", "emu", "numpy"))
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json")
+    a = ap.parse_args(argv)
+    engine = resolve_engine(a.engine)
+    info = machine_info()
+    rows = []
+    if engine == "cuda":
+        torch = torch_or_none()
+        reps = 5 if a.quick else 15
+        print(f"step benchmark on {info.get('gpu')} ({info['date']}): paper U-Net, 572 tile, fp32")
+        for batch in (1, 4):
+            r = dict(preset="paper", batch=batch, ours=bench_ours("cuda", "paper", batch, reps))
+            if torch is not None:
+                r["torch_fp32"] = bench_torch(torch, "paper", batch, reps, tf32=False)
+                r["torch_tf32"] = bench_torch(torch, "paper", batch, reps, tf32=True)
+                r["ratio_vs_torch_fp32"] = r["torch_fp32"]["step_ms"] / r["ours"]["step_ms"]
+            rows.append(r)
+    else:
+        reps = 3
+        print(f"step benchmark on the CPU, tiny preset, engines numpy and emu: CPU timings, not comparable with GPU figures")
+        for eng in ("numpy", "emu"):
+            rows.append(dict(preset="tiny", batch=1, engine=eng, ours=bench_ours(eng, "tiny", 1, reps)))
+    for r in rows:
+        o = r["ours"]
+        line = f"{r['preset']:<6} batch {r['batch']} {r.get('engine', engine):<6} ours: step {o['step_ms']:9.2f} ms, forward {o['forward_ms']:9.2f} ms"
+        if "peak_MB" in o:
+            line += f", peak {o['peak_MB']:.0f} MB"
+        if "torch_fp32" in r:
+            tf, tt = r["torch_fp32"], r["torch_tf32"]
+            line += (f" | PyTorch fp32: step {tf['step_ms']:.2f} ms, forward {tf['forward_ms']:.2f} ms, peak {tf['peak_MB']:.0f} MB"
+                     f" | tf32: step {tt['step_ms']:.2f} ms | ratio (torch fp32 / ours) x{r['ratio_vs_torch_fp32']:.2f}")
+        print(line, flush=True)
+    aug = bench_augment(engine, 3)
+    print(f"weight map 512x512 ({aug['weightmap_cells']} cells): {aug['weightmap_512_ms']:.1f} ms (CPU); elastic warp 572 tile: "
+          f"ours {aug['warp_ours_ms']:.2f} ms on {aug['warp_ours_where']}, scipy.ndimage {aug['warp_scipy_cpu_ms']:.1f} ms on the CPU"
+          + (f", elasticdeform {aug['warp_elasticdeform_cpu_ms']:.1f} ms" if aug["warp_elasticdeform_cpu_ms"] else ", elasticdeform not installed"))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(dict(machine=info, engine=engine, steps=rows, augment=aug), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One call on a GPU machine: known fixes, the GPU tests (with compute-sanitizer memcheck on one),
+# the kernel and step benchmarks against cuDNN, full logs + JSON in the output folder, a compact
+# table last. Time-boxed to about 8 minutes in all.
+#
+#   benchmarks/device_check.sh [OUTDIR]      (OUTDIR: else $OUT, else bench-out/)
+#
+# Before calling it, carry a numpy 2.4 wheel for Python 3.12 in .whl/ (numba-cuda 0.30 fails on
+# numpy 2.5; see the README, "GPU machine").
+set -u
+cd "$(dirname "$0")/.."
+OUTDIR=${1:-${OUT:-bench-out}}
+mkdir -p "$OUTDIR"
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:$PWD"
+fi
+[ -d /usr/local/cuda/include ] && export CUDA_PATH=${CUDA_PATH:-/usr/local/cuda}
+export UNETCU_CACHE_DIR=/tmp/unetcu-cache
+
+step() {  # step NAME SECONDS CMD...: run with a time limit, log to OUTDIR/NAME.log, show the output
+  local name=$1 secs=$2; shift 2
+  echo "=== $name (limit ${secs}s): $*"
+  timeout "$secs" "$@" > "$OUTDIR/$name.log" 2>&1
+  local rc=$?
+  cat "$OUTDIR/$name.log"
+  echo "=== $name: exit $rc"
+  echo "$name $rc" >> "$OUTDIR/status.txt"
+}
+
+rm -f "$OUTDIR/status.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUTDIR/gpu.txt" 2>&1; cat "$OUTDIR/gpu.txt"
+step engines 60 python3 -m unetcu.cli engines
+step gpu_tests 120 python3 -m pytest -q -m gpu -x tests
+if command -v compute-sanitizer >/dev/null; then
+  step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x tests/test_ops.py -m gpu -k "chain and cuda"
+fi
+step kernels 150 python3 benchmarks/bench_kernels.py --engine cuda --quick --json "$OUTDIR/kernels.json"
+step step 90 python3 benchmarks/bench_step.py --engine cuda --quick --json "$OUTDIR/step.json"
+step results 20 python3 benchmarks/make_results.py "$OUTDIR" --out "$OUTDIR/RESULTS.md"
+
+echo
+echo "=== summary ($OUTDIR)"
+cat "$OUTDIR/status.txt"
+grep -h "slowest relative to cuDNN" "$OUTDIR/kernels.log" 2>/dev/null
+grep -h "^paper" "$OUTDIR/step.log" 2>/dev/null
+grep -h "passed\|failed" "$OUTDIR/gpu_tests.log" 2>/dev/null | tail -1

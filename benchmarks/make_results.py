@@ -1,0 +1,136 @@
+"""Regenerate benchmarks/RESULTS.md (and the per-layer plot) from the JSON the benchmarks wrote.
+
+    python benchmarks/make_results.py DIR [--out benchmarks/RESULTS.md]
+
+DIR holds kernels.json (bench_kernels.py), step.json (bench_step.py) and optionally quality.json
+(quality.py; also looked for in DIR/quality/). Nothing in RESULTS.md is typed by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _load(d: Path, name: str):
+    for p in (d / name, d / name.split(".")[0] / name):
+        if p.is_file():
+            return json.loads(p.read_text())
+    return None
+
+
+def _fmt(v, nd=3):
+    return "" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+
+def kernels_section(k, plot_name):
+    m = k["machine"]
+    gpu = k["engine"] == "cuda"
+    out = [f"## Kernels ({'GPU: ' + str(m.get('gpu')) if gpu else 'CPU, engine ' + k['engine'] + ': not comparable with GPU figures'})",
+           "", f"Measured {m['date']}, commit {m.get('commit')}, tile {k['tile']}, batch {k['batch']}; "
+           f"driver {m.get('driver')}, CUDA runtime {m.get('cuda_runtime')}, CuPy {m.get('cupy')}, "
+           f"PyTorch {m.get('torch')}, cuDNN {m.get('cudnn')}." if gpu else
+           f"Measured {m['date']}, commit {m.get('commit')}, on {m['machine']} with {m['cpus']} cores (CPU timings).", ""]
+    if k.get("ceilings"):
+        out += ["Ceilings measured in the same run: " + ", ".join(f"{a} {_fmt(b, 1)}" for a, b in k["ceilings"].items()), ""]
+    out += ["| op | layer | direction | variant | shape | ms | TFLOP/s or GB/s | cuDNN fp32 ms | cuDNN tf32 ms | cuDNN / ours |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in k["rows"]:
+        perf = f"{r['TFLOPs']:.3f} TFLOP/s" if "TFLOPs" in r else (f"{r['GBps']:.1f} GB/s" if "GBps" in r else r.get("error", ""))
+        out.append(f"| {r['op']} | {r['layer']} | {r['direction']} | {r['variant']} | {r['shape']} | {_fmt(r.get('ms'))} | "
+                   f"{perf} | {_fmt(r.get('cudnn_ms'))} | {_fmt(r.get('cudnn_tf32_ms'))} | {_fmt(r.get('ratio_vs_cudnn'), 2)} |")
+    if plot_name:
+        out += ["", f"![per-layer TFLOP/s]({plot_name})"]
+    return out
+
+
+def plot_layers(k, path):
+    """Per-layer TFLOP/s of the conv forward (default variant) vs cuDNN."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [r for r in k["rows"] if r["op"] == "conv3x3" and "TFLOPs" in r]
+    if not rows:
+        return False
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
+    for ax, d in zip(axes, ("forward", "backward_data", "backward_weight")):
+        rs = [r for r in rows if r["direction"] == d]
+        best = {}
+        for r in rs:  # the fastest variant per layer
+            if r["layer"] not in best or r["TFLOPs"] > best[r["layer"]]["TFLOPs"]:
+                best[r["layer"]] = r
+        layers = list(best)
+        ours = [best[l]["TFLOPs"] for l in layers]
+        ax.bar(range(len(layers)), ours, width=0.4, label="unetcu (best variant)")
+        if all("cudnn_ms" in best[l] for l in layers):
+            cud = [best[l]["TFLOPs"] * best[l]["ratio_vs_cudnn"] for l in layers]
+            ax.bar([i + 0.4 for i in range(len(layers))], cud, width=0.4, label="cuDNN fp32")
+        ax.set_xticks(range(len(layers)), layers, rotation=70, fontsize=7)
+        ax.set_title(f"conv3x3 {d}")
+        ax.set_ylabel("TFLOP/s")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def step_section(s):
+    m = s["machine"]
+    out = [f"## Training step ({'GPU: ' + str(m.get('gpu')) if s['engine'] == 'cuda' else 'CPU: not comparable with GPU figures'})", "",
+           f"Measured {m['date']}, commit {m.get('commit')}.", "",
+           "| preset | batch | engine | our step ms | our forward ms | our peak MB | PyTorch fp32 step ms | PyTorch fp32 forward ms | PyTorch peak MB | PyTorch tf32 step ms | PyTorch fp32 / ours |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in s["steps"]:
+        o, tf, tt = r["ours"], r.get("torch_fp32", {}), r.get("torch_tf32", {})
+        out.append(f"| {r['preset']} | {r['batch']} | {r.get('engine', s['engine'])} | {_fmt(o['step_ms'], 2)} | {_fmt(o['forward_ms'], 2)} | "
+                   f"{_fmt(o.get('peak_MB'), 0)} | {_fmt(tf.get('step_ms'), 2)} | {_fmt(tf.get('forward_ms'), 2)} | {_fmt(tf.get('peak_MB'), 0)} | "
+                   f"{_fmt(tt.get('step_ms'), 2)} | {_fmt(r.get('ratio_vs_torch_fp32'), 2)} |")
+    a = s.get("augment")
+    if a:
+        out += ["", f"Weight map of a 512x512 image with {a['weightmap_cells']} cells: {a['weightmap_512_ms']:.1f} ms (CPU). "
+                f"Elastic warp of a 572 tile (image bicubic, labels nearest, weights bilinear): ours {a['warp_ours_ms']:.2f} ms "
+                f"on {a['warp_ours_where']}; scipy.ndimage {a['warp_scipy_cpu_ms']:.1f} ms on the CPU"
+                + (f"; elasticdeform {a['warp_elasticdeform_cpu_ms']:.1f} ms" if a.get("warp_elasticdeform_cpu_ms") else "; elasticdeform not installed") + "."]
+    return out
+
+
+def quality_section(q):
+    names = ("pixel_error", "pixel_error_fscore", "iou", "seg", "rand_error", "info_error")
+    out = ["## Segmentation quality (benchmarks/quality.py)", "",
+           f"Measured {q['date']} on {q['machine']}, engine {q['engine']}, preset {q['preset']}, {q['steps']} steps of "
+           f"one {q['tile']} tile, lr {q['lr']}. Held-out images of the shared data; see the script for the splits.", "",
+           "| set | train / test images | train s | predict s/image | " + " | ".join(names) + " |",
+           "|---|---|---|---|" + "---|" * len(names)]
+    for name, r in q["sets"].items():
+        out.append(f"| {name} | {r['train_images']} / {r['test_images']} | {r['train_seconds']:.0f} | {r['predict_seconds_per_image']:.2f} | "
+                   + " | ".join(f"{r['mean'][n]:.4f}" for n in names) + " |")
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dir")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
+    a = ap.parse_args(argv)
+    d, out = Path(a.dir), Path(a.out)
+    k, s, q = _load(d, "kernels.json"), _load(d, "step.json"), _load(d, "quality.json")
+    if not (k or s or q):
+        print(f"make_results: no kernels.json, step.json or quality.json in {d}", file=sys.stderr)
+        return 1
+    lines = ["# unetcu benchmark results", "", f"Generated by `benchmarks/make_results.py` from the JSON in `{d.name}/`; do not edit by hand.", ""]
+    if k:
+        plot = out.with_name("layers.png")
+        lines += kernels_section(k, plot.name if plot_layers(k, plot) else None) + [""]
+    if s:
+        lines += step_section(s) + [""]
+    if q:
+        lines += quality_section(q) + [""]
+    out.write_text("\n".join(lines))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The benchmark harness runs on the CPU (numpy engine, tiny shapes) and RESULTS.md is generated
+from its JSON; the layer list is the paper network's."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+
+def test_layer_list_is_the_paper_network():
+    from common import conv_flops, unet_layers
+    layers = unet_layers()
+    convs = [l for l in layers if l["op"] == "conv3x3"]
+    assert len(convs) == 18 and sum(l["op"] == "upconv2x2" for l in layers) == 4
+    assert (convs[0]["C"], convs[0]["H"], convs[0]["K"]) == (1, 572, 64)
+    assert (convs[-1]["C"], convs[-1]["H"], convs[-1]["K"]) == (64, 390, 64)
+    assert [l for l in layers if l["op"] == "crop_concat"][-1]["Hs"] == 568
+    # the forward pass is 300.9 GFLOP: 289.6 in the 3x3 convs, 11.3 in the up-convs, 0.04 in the head
+    ups = [l for l in layers if l["op"] == "upconv2x2"]
+    head = layers[-2]
+    total = (sum(conv_flops(l) for l in convs) + sum(2.0 * l["C"] * l["K"] * 4 * l["H"] * l["W"] for l in ups)
+             + 2.0 * head["C"] * head["K"] * head["H"] * head["W"])
+    assert abs(total - 300.9e9) < 0.1e9
+
+
+def test_harness_runs_on_cpu_and_results_are_generated(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "unetcu.cli", "bench", "kernels", "--engine", "numpy",
+                        "--json", str(tmp_path / "kernels.json")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "CPU timings" in r.stdout
+    k = json.loads((tmp_path / "kernels.json").read_text())
+    assert {row["op"] for row in k["rows"]} >= {"conv3x3", "maxpool2x2", "upconv2x2", "crop_concat", "conv1x1", "softmax_xent", "sgd"}
+    assert all("ms" in row and row["ms"] > 0 for row in k["rows"])
+    r = subprocess.run([sys.executable, str(BENCH / "make_results.py"), str(tmp_path), "--out", str(tmp_path / "RESULTS.md")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "not comparable with GPU figures" in text and "| conv3x3 |" in text

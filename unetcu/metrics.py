@@ -1,0 +1,209 @@
+"""Segmentation metrics of the ISBI 2012 EM and cell tracking challenges.
+
+- pixel_error: the plain misclassification rate of the foreground/background map (1 - accuracy);
+  pixel_error_fscore: 1 - the maximal pixel F-score over the thresholds 0.0..1.0 by 0.1 (ISBI).
+- iou: Jaccard index of the foreground.
+- seg: the cell tracking challenge's SEG: each ground-truth object is matched with the predicted
+  object that covers more than half of it; its Jaccard index (0 without a match), averaged over
+  the ground-truth objects.
+- rand / info: foreground-restricted Rand and information-theoretic scores (ISBI 2012): only
+  pixels with ground truth != 0 count; predicted segments are the connected components of the
+  thresholded foreground map, its background pixels forming one more segment.
+  V_rand = sum p_ij^2 / (1/2 sum s_i^2 + 1/2 sum t_j^2) over the contingency table p of
+  (truth, prediction); V_info = 2 I(S;T) / (H(S) + H(T)). The errors are 1 - the maximum over
+  thresholds 0.0..1.0 by 0.1 (for a hard segmentation: 1 - the score).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy import sparse
+
+THRESHOLDS = tuple(np.round(np.arange(0.0, 1.01, 0.1), 2))
+
+
+def pixel_error(pred_fg: np.ndarray, true_fg: np.ndarray) -> float:
+    return float((np.asarray(pred_fg, bool) != np.asarray(true_fg, bool)).mean())
+
+
+def pixel_error_fscore(prob_fg: np.ndarray, true_fg: np.ndarray, thresholds=THRESHOLDS) -> float:
+    t = np.asarray(true_fg, bool)
+    best = 0.0
+    for th in thresholds:
+        p = prob_fg > th
+        tp = (p & t).sum()
+        denom = p.sum() + t.sum()
+        best = max(best, 2 * tp / denom if denom else 1.0)
+    return float(1 - best)
+
+
+def iou(pred_fg: np.ndarray, true_fg: np.ndarray) -> float:
+    p, t = np.asarray(pred_fg, bool), np.asarray(true_fg, bool)
+    union = (p | t).sum()
+    return float((p & t).sum() / union) if union else 1.0
+
+
+def contingency(true_lab: np.ndarray, pred_lab: np.ndarray) -> sparse.csr_matrix:
+    """Pixel counts of (truth label, predicted label) over the pixels where truth != 0."""
+    m = true_lab != 0
+    t = true_lab[m].astype(np.int64)
+    p = pred_lab[m].astype(np.int64)
+    return sparse.coo_matrix((np.ones(t.size), (t, p)), shape=(int(true_lab.max()) + 1, int(pred_lab.max()) + 1)).tocsr()
+
+
+def rand_score(true_lab: np.ndarray, pred_lab: np.ndarray, pairs: bool = False) -> float:
+    """V_rand (foreground-restricted): 1 is perfect. pairs=True counts pixel pairs without a pixel
+    paired with itself (n(n-1) instead of n^2), as scikit-image's adapted_rand_error does."""
+    c = contingency(true_lab, pred_lab)
+    n = c.sum()
+    if n == 0:
+        return 1.0
+    rows = np.asarray(c.sum(axis=1)).ravel()
+    cols = np.asarray(c.sum(axis=0)).ravel()
+    if pairs:
+        p2, s2, t2 = (c.data ** 2).sum() - n, (rows ** 2).sum() - n, (cols ** 2).sum() - n
+    else:
+        p2, s2, t2 = ((c.data / n) ** 2).sum(), ((rows / n) ** 2).sum(), ((cols / n) ** 2).sum()
+    return float(p2 / (0.5 * s2 + 0.5 * t2))
+
+
+def _entropy(p):
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def info_score(true_lab: np.ndarray, pred_lab: np.ndarray) -> float:
+    """V_info (foreground-restricted): 2 I(S;T) / (H(S) + H(T)); 1 is perfect."""
+    c = contingency(true_lab, pred_lab)
+    n = c.sum()
+    if n == 0:
+        return 1.0
+    pij = c.data / n
+    hs = _entropy(np.asarray(c.sum(axis=1)).ravel() / n)
+    ht = _entropy(np.asarray(c.sum(axis=0)).ravel() / n)
+    mi = hs + ht - _entropy(pij)
+    return float(2 * mi / (hs + ht)) if hs + ht > 0 else 1.0
+
+
+def seg_score(true_inst: np.ndarray, pred_inst: np.ndarray) -> float:
+    """SEG: mean Jaccard of each ground-truth object with the prediction covering > 50 % of it."""
+    ids = [k for k in np.unique(true_inst) if k != 0]
+    if not ids:
+        return float("nan")
+    c = contingency(true_inst, pred_inst).tolil()
+    pred_sizes = np.bincount(pred_inst.ravel().astype(np.int64), minlength=int(pred_inst.max()) + 1)
+    true_sizes = np.bincount(true_inst.ravel().astype(np.int64))
+    scores = []
+    for k in ids:
+        row = c.getrow(k).toarray().ravel()
+        row[0] = 0  # predicted background is no object
+        j = int(row.argmax())
+        inter = row[j]
+        if j == 0 or inter <= 0.5 * true_sizes[k]:
+            scores.append(0.0)
+        else:
+            scores.append(inter / (true_sizes[k] + pred_sizes[j] - inter))
+    return float(np.mean(scores))
+
+
+def segments(fg: np.ndarray) -> np.ndarray:
+    """Connected components (4-connectivity) of a foreground map: the predicted segmentation."""
+    return ndi.label(fg)[0]
+
+
+def evaluate(true_inst: np.ndarray, prob_fg: np.ndarray | None = None, pred_inst: np.ndarray | None = None,
+             thresholds=THRESHOLDS) -> dict:
+    """All metrics of one image. Give prob_fg (foreground probability) to sweep the thresholds, or
+    a hard segmentation pred_inst (0 = background, objects numbered)."""
+    true_inst = np.asarray(true_inst)
+    true_fg = true_inst > 0
+    if prob_fg is None and pred_inst is None:
+        raise ValueError("evaluate: give prob_fg or pred_inst")
+    if prob_fg is not None:
+        prob_fg = np.asarray(prob_fg, dtype=np.float64)
+        if prob_fg.shape != true_inst.shape:
+            raise ValueError(f"evaluate: prediction {prob_fg.shape} and labels {true_inst.shape} differ in size")
+        segs = {t: segments(prob_fg > t) for t in thresholds}
+        hard = segs[0.5] if 0.5 in segs else segments(prob_fg > 0.5)
+        vr = max(rand_score(true_inst, s) for s in segs.values())
+        vi = max(info_score(true_inst, s) for s in segs.values())
+        pe_f = pixel_error_fscore(prob_fg, true_fg, thresholds)
+    else:
+        hard = np.asarray(pred_inst)
+        if hard.shape != true_inst.shape:
+            raise ValueError(f"evaluate: prediction {hard.shape} and labels {true_inst.shape} differ in size")
+        vr, vi = rand_score(true_inst, hard), info_score(true_inst, hard)
+        pe_f = pixel_error_fscore(hard > 0, true_fg, (0.5,))
+    return dict(pixel_error=pixel_error(hard > 0, true_fg), pixel_error_fscore=pe_f, iou=iou(hard > 0, true_fg),
+                seg=seg_score(true_inst, hard), rand_error=1 - vr, info_error=1 - vi)
+
+
+METRIC_NAMES = ("pixel_error", "pixel_error_fscore", "iou", "seg", "rand_error", "info_error")
+
+
+def format_table(rows: list[tuple[str, dict]]) -> str:
+    head = f"{'image':<28}" + "".join(f"{m:>20}" for m in METRIC_NAMES)
+    lines = [head]
+    for name, r in rows:
+        lines.append(f"{name[:28]:<28}" + "".join(f"{r[m]:>20.4f}" for m in METRIC_NAMES))
+    if len(rows) > 1:
+        mean = {m: float(np.nanmean([r[m] for _, r in rows])) for m in METRIC_NAMES}
+        lines.append(f"{'mean':<28}" + "".join(f"{mean[m]:>20.4f}" for m in METRIC_NAMES))
+    return "\n".join(lines)
+
+
+# ---- files (unetcu evaluate) ---------------------------------------------------------------------
+def _prediction_files(path):
+    """{name: (kind, file)} of a prediction file or folder written by `unetcu predict` (NAME_prob.tif
+    preferred, else NAME_instances.png, else NAME_labels.png), or of plain label images."""
+    from pathlib import Path
+    from .data import IMAGE_EXTS
+    p = Path(path)
+    files = sorted(p.iterdir()) if p.is_dir() else [p]
+    if not p.exists():
+        raise FileNotFoundError(f"no such prediction file or folder: {p}")
+    found = {}
+    for kind, suffix in (("prob", "_prob"), ("instances", "_instances"), ("labels", "_labels")):
+        for f in files:
+            if f.suffix.lower() in IMAGE_EXTS and f.stem.endswith(suffix):
+                found.setdefault(f.stem[: -len(suffix)], (kind, f))
+    if not found:
+        found = {f.stem: ("labels", f) for f in files if f.suffix.lower() in IMAGE_EXTS}
+    if not found:
+        raise FileNotFoundError(f"{p}: no prediction images")
+    return found
+
+
+def evaluate_files(pred_path, label_path, label_mode: str = "auto"):
+    """[(name, metrics)] for predictions paired with label images by name or by last number."""
+    from pathlib import Path
+    from .data import IMAGE_EXTS, _key, instances_from_label_image, read_image
+    preds = _prediction_files(pred_path)
+    lp = Path(label_path)
+    if not lp.exists():
+        raise FileNotFoundError(f"no such label file or folder: {lp}")
+    labels = sorted(f for f in lp.iterdir() if f.suffix.lower() in IMAGE_EXTS) if lp.is_dir() else [lp]
+    if not labels:
+        raise FileNotFoundError(f"{lp}: no label images")
+    by_stem = {f.stem: f for f in labels}
+    by_num = {}
+    for f in labels:
+        by_num.setdefault(_key(f.stem), []).append(f)
+    rows = []
+    for name, (kind, f) in sorted(preds.items()):
+        lab = by_stem.get(name)
+        if lab is None:
+            cand = by_num.get(_key(name), [])
+            lab = cand[0] if len(cand) == 1 else (labels[0] if len(labels) == 1 and len(preds) == 1 else None)
+        if lab is None:
+            raise ValueError(f"no label image for prediction {f.name} (pairing by name or by last number)")
+        true = instances_from_label_image(read_image(lab), label_mode)
+        a = read_image(f)
+        if kind == "prob":
+            if a.ndim != 3 or a.shape[0] < 2:
+                raise ValueError(f"{f.name}: expected class probabilities (classes, H, W), got shape {a.shape}")
+            rows.append((name, evaluate(true, prob_fg=1.0 - a[0])))
+        else:
+            inst = a if kind == "instances" else segments(a > 0)
+            rows.append((name, evaluate(true, pred_inst=inst)))
+    return rows
