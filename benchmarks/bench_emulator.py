@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from unetcu import emu, runtime
+from unetcu import runtime
 from unetcu.emu import aligned
 
 COSTS = r"""

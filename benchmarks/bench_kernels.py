@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 from common import (conv_flops, cpu_median_ms, gpu_median_ms, machine_info, torch_or_none, unet_layers, ceilings)
-from unetcu import ops, reference as R, runtime
+from unetcu import ops, runtime
 from unetcu.ops import resolve_engine
 
 

@@ -151,7 +151,7 @@ def main(argv=None):
             rows.append(r)
     else:
         reps = 3
-        print(f"step benchmark on the CPU, tiny preset, engines numpy and emu: CPU timings, not comparable with GPU figures")
+        print("step benchmark on the CPU, tiny preset, engines numpy and emu: CPU timings, not comparable with GPU figures")
         for eng in ("numpy", "emu"):
             rows.append(dict(preset="tiny", batch=1, engine=eng, ours=bench_ours(eng, "tiny", 1, reps)))
     for r in rows:

@@ -3,7 +3,6 @@ python benchmarks/make_figures.py  ->  benchmarks/figures/weightmap.png"""
 import sys
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from unetcu.data import classes_from_instances, synthetic_cells  # noqa: E402

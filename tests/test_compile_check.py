@@ -51,3 +51,13 @@ ptxas info    : Used 12 registers, used 0 barriers"""
     a, b = compile_check.parse_ptxas(log, "f.cu")
     assert (a.kernel, a.registers, a.stack, a.spill_stores, a.spill_loads, a.smem, a.spills) == ("k1", 40, 8, 4, 12, 2048, True)
     assert (b.kernel, b.registers, b.smem, b.spills) == ("k2", 12, 0, False)
+
+
+@needs_compiler
+def test_default_variants_do_not_spill():
+    from unetcu import ops
+    reports = {r.kernel: r for r in compile_check.check(out=io.StringIO())}
+    defaults = [v[max(v)] for v in ops.VARIANTS.values()]
+    assert defaults and all(name in reports for name in defaults)
+    spilling = [n for n in defaults if reports[n].spills]
+    assert not spilling, spilling

@@ -1,7 +1,5 @@
 """The U-Net: the paper's configuration, valid sizes, gradients of the whole model (emulated kernels
 vs the float64 reference model, the reference vs finite differences), persistence."""
-import os
-import zipfile
 
 import numpy as np
 import pytest

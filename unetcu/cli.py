@@ -79,7 +79,7 @@ def _cmd_train(a) -> int:
     model = UNet(in_channels=1, n_classes=a.classes, depth=depth, base_channels=base,
                  dropout=0.0 if a.no_dropout else 0.5, engine=engine, seed=a.seed)
     cfg = TrainConfig(steps=steps, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay, batch=a.batch, tile=tile,
-                      augment=a.augment, val_every=a.val_every, ckpt_every=a.ckpt_every, seed=a.seed, out=a.out)
+                      augment=a.augment, w0=a.w0, sigma=a.sigma, val_every=a.val_every, ckpt_every=a.ckpt_every, seed=a.seed, out=a.out)
     try:
         history = train(model, train_s, val_s, cfg, resume=a.resume, progress=not a.no_progress)
     except TrainingDiverged as e:
@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tile", type=int, help="input tile size (default: the preset's)")
     t.add_argument("--augment", choices=("elastic", "flips", "none"), default="elastic",
                    help="elastic = elastic warp + rotation + shift + flips + gray values (default)")
+    t.add_argument("--w0", type=float, default=10.0, help="weight of the border term of the weight map (default 10; 0 = class balancing only)")
+    t.add_argument("--sigma", type=float, default=5.0, help="width of the border term in pixels (default 5)")
     t.add_argument("--no-dropout", action="store_true", help="switch off dropout at the end of the contracting path")
     t.add_argument("--n-synthetic", type=int, default=16, help="synthetic training images (default 16)")
     t.add_argument("--val-every", type=int, default=100, help="validate every N steps (default 100)")

@@ -15,7 +15,6 @@ Parameter names, in forward order (PyTorch layouts: conv (out, in, kh, kw), up-c
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile

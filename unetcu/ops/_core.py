@@ -107,3 +107,25 @@ def check_size(op: str, count: int):
 def as_np(a, engine: str):
     """For the numpy engine: the float32 result of a reference function."""
     return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def param_grads(op: str, engine: str, dw, db, w_shape, b_len):
+    """The (dw, db) a backward-weight op accumulates into: the caller's arrays (checked; they must
+    be contiguous float32, since they are updated in place) or new zero arrays."""
+    out = []
+    for name, a, shape in (("dw", dw, tuple(w_shape)), ("db", db, (b_len,))):
+        if a is None:
+            out.append(zeros(engine, shape))
+        elif check(op, name, a, engine, shape) is not a:
+            raise ValueError(f"{op}: {name} must be C-contiguous (it is accumulated in place)")
+        else:
+            out.append(a)
+    return out
+
+
+def accumulate_reference(dw, db, grads):
+    """The numpy engine's backward-weight: add the reference's (dw, db) into the accumulators."""
+    gw, gb = grads
+    dw += gw.astype(dw.dtype)
+    db += gb.astype(db.dtype)
+    return dw, db

@@ -5,8 +5,8 @@ x (N, C, H, W), w (K, C, 1, 1), b (K,) -> (N, K, H, W). Variants: 1 for each dir
 from __future__ import annotations
 
 from .. import reference
-from ._core import as_np, check, check_size, empty, grid1d, i32, kernel, pick_variant, resolve, zeros
-from .conv3x3 import _param_grad
+from ._core import (accumulate_reference, as_np, check, check_size, empty, grid1d, i32, kernel, param_grads,
+                    pick_variant, resolve)
 
 FILE = "conv1x1.cu"
 FORWARD = {1: "conv1x1_forward_kernel1"}
@@ -53,13 +53,9 @@ def conv1x1_backward_weight(dout, x, dw=None, db=None, engine=None, variant=None
     n, c, h, wd = x.shape
     dout = check(op, "dout", dout, engine, (n, None, h, wd), names=("N", "K", "H", "W"))
     k = dout.shape[1]
-    dw = zeros(engine, (k, c, 1, 1)) if dw is None else _param_grad(op, "dw", dw, engine, (k, c, 1, 1))
-    db = zeros(engine, (k,)) if db is None else _param_grad(op, "db", db, engine, (k,))
+    dw, db = param_grads(op, engine, dw, db, (k, c, 1, 1), k)
     check_size(op, n * max(c, k) * h * wd)
     if engine == "numpy":
-        gw, gb = reference.conv1x1_backward_weight(dout, x)
-        dw += gw.astype(dw.dtype)
-        db += gb.astype(db.dtype)
-        return dw, db
+        return accumulate_reference(dw, db, reference.conv1x1_backward_weight(dout, x))
     kernel(FILE, pick_variant(op, BACKWARD_WEIGHT, variant), engine)((c, k), (256,), (dout, x, dw, db, i32(n), i32(c), i32(h * wd), i32(k)))
     return dw, db

@@ -11,7 +11,8 @@ pair with the bias fused, default).
 from __future__ import annotations
 
 from .. import reference
-from ._core import (as_np, check, check_size, empty, grid1d, i32, kernel, pick_variant, resolve, zeros)
+from ._core import (accumulate_reference, as_np, check, check_size, empty, grid1d, i32, kernel, param_grads,
+                    pick_variant, resolve)
 
 FILE = "conv3x3.cu"
 FORWARD = {1: "conv3x3_forward_kernel1", 2: "conv3x3_forward_kernel2"}
@@ -84,14 +85,10 @@ def conv3x3_backward_weight(dout, x, out=None, dw=None, db=None, engine=None, va
     dout = check(op, "dout", dout, engine, (n, None, h - 2, wd - 2), names=("N", "K", "H-2", "W-2"))
     k = dout.shape[1]
     dout, out = _grad(op, dout, out, engine, dout.shape)
-    dw = zeros(engine, (k, c, 3, 3)) if dw is None else _param_grad(op, "dw", dw, engine, (k, c, 3, 3))
-    db = zeros(engine, (k,)) if db is None else _param_grad(op, "db", db, engine, (k,))
+    dw, db = param_grads(op, engine, dw, db, (k, c, 3, 3), k)
     check_size(op, n * max(c, k) * h * wd)
     if engine == "numpy":
-        gw, gb = reference.conv3x3_backward_weight(dout, x, out)
-        dw += gw.astype(dw.dtype)
-        db += gb.astype(db.dtype)
-        return dw, db
+        return accumulate_reference(dw, db, reference.conv3x3_backward_weight(dout, x, out))
     name = pick_variant(op, BACKWARD_WEIGHT, variant)
     sizes = (i32(n), i32(c), i32(h), i32(wd), i32(k))
     if name.endswith("1"):
@@ -101,10 +98,3 @@ def conv3x3_backward_weight(dout, x, out=None, dw=None, db=None, engine=None, va
         kernel(FILE, name, engine)((c, k), (256,), (dout, out, x, dw, db, *sizes))
     return dw, db
 
-
-def _param_grad(op, name, a, engine, shape):
-    """Parameter gradients are accumulated in place, so they must already be contiguous float32."""
-    b = check(op, name, a, engine, shape)
-    if b is not a:
-        raise ValueError(f"{op}: {name} must be C-contiguous (it is accumulated in place)")
-    return a

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import reference
-from ._core import as_np, check, check_size, empty, grid1d, i32, kernel, pick_variant, resolve, xp, zeros
+from ._core import as_np, check, check_size, empty, grid1d, i32, kernel, pick_variant, resolve, zeros
 
 FILE = "softmax_xent.cu"
 FORWARD_BACKWARD = {1: "softmax_xent_forward_backward_kernel1"}

@@ -7,8 +7,8 @@ one block per (c, k) pair with the bias fused).
 from __future__ import annotations
 
 from .. import reference
-from ._core import as_np, check, check_size, empty, grid1d, i32, kernel, pick_variant, resolve, zeros
-from .conv3x3 import _param_grad
+from ._core import (accumulate_reference, as_np, check, check_size, empty, grid1d, i32, kernel, param_grads,
+                    pick_variant, resolve)
 
 FILE = "upconv2x2.cu"
 FORWARD = {1: "upconv2x2_forward_kernel1"}
@@ -58,13 +58,9 @@ def upconv2x2_backward_weight(dout, x, dw=None, db=None, engine=None, variant=No
     n, c, h, wd = x.shape
     dout = check(op, "dout", dout, engine, (n, None, 2 * h, 2 * wd), names=("N", "K", "2H", "2W"))
     k = dout.shape[1]
-    dw = zeros(engine, (c, k, 2, 2)) if dw is None else _param_grad(op, "dw", dw, engine, (c, k, 2, 2))
-    db = zeros(engine, (k,)) if db is None else _param_grad(op, "db", db, engine, (k,))
+    dw, db = param_grads(op, engine, dw, db, (c, k, 2, 2), k)
     check_size(op, dout.size + x.size)
     if engine == "numpy":
-        gw, gb = reference.upconv2x2_backward_weight(dout, x)
-        dw += gw.astype(dw.dtype)
-        db += gb.astype(db.dtype)
-        return dw, db
+        return accumulate_reference(dw, db, reference.upconv2x2_backward_weight(dout, x))
     kernel(FILE, pick_variant(op, BACKWARD_WEIGHT, variant), engine)((c, k), (256,), (dout, x, dw, db, i32(n), i32(c), i32(h), i32(wd), i32(k)))
     return dw, db
