@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network size (default: paper on a GPU, small on a CPU)")
     t.add_argument("--engine", choices=("numpy", "emu", "cuda"), help="default: cuda if a GPU is usable, else numpy")
     t.add_argument("--steps", type=int, help="training steps (default: paper 10000, small 1500, tiny 300)")
-    t.add_argument("--lr", type=float, default=0.003, help="learning rate (default 0.003)")
+    t.add_argument("--lr", type=float, default=0.001, help="learning rate (default 0.001)")
     t.add_argument("--momentum", type=float, default=0.99, help="SGD momentum (default 0.99, the paper's)")
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--batch", type=int, default=1, help="tiles per step (default 1, the paper's)")
