@@ -12,7 +12,7 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["unetcu", "unetcu.kernels"],
+    packages=["unetcu", "unetcu.ops", "unetcu.kernels"],
     package_dir={"unetcu.kernels": "kernels"},
     package_data={"unetcu.kernels": ["*.cu", "*.cuh", "README.md", "emu/*.h", "emu/README.md", "emu/include/*"]},
     include_package_data=True,

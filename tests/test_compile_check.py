@@ -61,3 +61,15 @@ def test_default_variants_do_not_spill():
     assert defaults and all(name in reports for name in defaults)
     spilling = [n for n in defaults if reports[n].spills]
     assert not spilling, spilling
+
+
+def test_setup_ships_every_package_and_the_kernels():
+    """A non-editable install must carry every unetcu subpackage and the .cu files."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "setup.py").read_text()
+    listed = set(re.search(r"packages=\[([^\]]*)\]", text).group(1).replace('"', "").replace(" ", "").split(","))
+    present = {".".join(p.parent.relative_to(root).parts) for p in (root / "unetcu").rglob("__init__.py")}
+    assert present <= listed, present - listed
+    assert '"unetcu.kernels": "kernels"' in text and '"*.cu"' in text
