@@ -350,3 +350,40 @@ def test_demo_kernels_match_between_cuda_and_emu():
     cpu = demo.run("emu", size=96, seed=3, out=lambda *a: None)
     for name in cpu:
         assert gpu[name][0] < 1e-5 and cpu[name][0] < 1e-5, (name, gpu[name], cpu[name])
+
+
+WARP_SRC = r"""
+// per warp: an inclusive scan with __shfl_up_sync, a broadcast within 16-lane halves, votes,
+// and lane 0 publishing through shared memory behind a __syncwarp
+extern "C" __global__ void warp_ops(const int* x, int* scan, int* half_first, int* votes, int* from_lane0) {
+    __shared__ int slot[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, i = blockIdx.x * blockDim.x + threadIdx.x;
+    int v = x[i];
+    for (int d = 1; d < 32; d <<= 1) {
+        int u = __shfl_up_sync(0xffffffffu, v, d);
+        if (lane >= d) v += u;
+    }
+    scan[i] = v;
+    half_first[i] = __shfl_sync(0xffffffffu, x[i], 0, 16);
+    int all_pos = __all_sync(0xffffffffu, x[i] > 0), any_big = __any_sync(0xffffffffu, x[i] > 90);
+    if (lane == 0) votes[blockIdx.x * (blockDim.x / 32) + warp] = all_pos + 2 * any_big;
+    if (lane == 0) slot[warp] = x[i] * 7;
+    __syncwarp();
+    from_lane0[i] = slot[warp];
+}
+"""
+
+
+def test_warp_scan_broadcast_votes_syncwarp(order, rng):
+    mod = runtime.compile(WARP_SRC, engine="emu", filename="warp_ops.cu")
+    grid, block = 3, 64
+    n = grid * block
+    x = rng.integers(-5, 100, n).astype(np.int32)
+    outs = [np.full(n, -999, np.int32) for _ in range(2)] + [np.full(grid * block // 32, -999, np.int32), np.full(n, -999, np.int32)]
+    mod.get_function("warp_ops")((grid,), (block,), (x, *outs))
+    scan, half, votes, lane0 = outs
+    w = x.reshape(-1, 32)
+    assert scan.tolist() == np.cumsum(w, axis=1).ravel().tolist()
+    assert half.tolist() == np.repeat(x.reshape(-1, 16)[:, 0], 16).tolist()
+    assert votes.tolist() == ((w > 0).all(1) + 2 * (w > 90).any(1)).tolist()
+    assert lane0.tolist() == np.repeat(w[:, 0] * 7, 32).tolist()
