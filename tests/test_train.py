@@ -51,3 +51,15 @@ def test_nan_loss_stops_training_and_keeps_last_checkpoint(tmp_path, monkeypatch
     m, _, state = UNet.load(tmp_path / "nan" / "checkpoint.npz", with_state=True)
     assert state["step"] == 5
     assert all(np.isfinite(p).all() for p in m.params.values())
+
+
+def test_clip_gradients(rng):
+    from unetcu.train import clip_gradients
+    g = {"a": rng.standard_normal(10).astype(np.float32), "b": rng.standard_normal((3, 4)).astype(np.float32)}
+    norm = np.sqrt(sum((v.astype(np.float64) ** 2).sum() for v in g.values()))
+    before = {k: v.copy() for k, v in g.items()}
+    assert clip_gradients(g, 2 * norm) == pytest.approx(norm) and all(np.array_equal(g[k], before[k]) for k in g)
+    clip_gradients(g, norm / 4)
+    after = np.sqrt(sum((v.astype(np.float64) ** 2).sum() for v in g.values()))
+    assert after == pytest.approx(norm / 4, rel=1e-5)
+    assert np.allclose(g["a"] * 4, before["a"], rtol=1e-5)

@@ -78,7 +78,7 @@ def _cmd_train(a) -> int:
     print(f"data: {source}")
     model = UNet(in_channels=1, n_classes=a.classes, depth=depth, base_channels=base,
                  dropout=0.0 if a.no_dropout else 0.5, engine=engine, seed=a.seed)
-    cfg = TrainConfig(steps=steps, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay, batch=a.batch, tile=tile,
+    cfg = TrainConfig(steps=steps, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay, clip=a.clip, batch=a.batch, tile=tile,
                       augment=a.augment, w0=a.w0, sigma=a.sigma, val_every=a.val_every, ckpt_every=a.ckpt_every, seed=a.seed, out=a.out)
     try:
         history = train(model, train_s, val_s, cfg, resume=a.resume, progress=not a.no_progress)
@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=0.001, help="learning rate (default 0.001)")
     t.add_argument("--momentum", type=float, default=0.99, help="SGD momentum (default 0.99, the paper's)")
     t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--clip", type=float, default=0.0, help="clip the gradients' global L2 norm to this value (default 0: off)")
     t.add_argument("--batch", type=int, default=1, help="tiles per step (default 1, the paper's)")
     t.add_argument("--tile", type=int, help="input tile size (default: the preset's)")
     t.add_argument("--augment", choices=("elastic", "flips", "none"), default="elastic",

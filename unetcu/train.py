@@ -47,6 +47,7 @@ class TrainConfig:
     lr: float = 0.001
     momentum: float = 0.99
     weight_decay: float = 0.0
+    clip: float = 0.0             # > 0: scale the gradients down to this global L2 norm when above it
     batch: int = 1
     tile: int = 188
     augment: str = "elastic"      # elastic | flips | none
@@ -203,6 +204,8 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
             kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
             raise TrainingDiverged(f"loss became {loss} at step {step}; training stopped ({kept}). "
                                    "Lower the learning rate (--lr).")
+        if cfg.clip > 0:
+            clip_gradients(grads, cfg.clip, model.xp)
         for k, p in model.params.items():
             ops.sgd_momentum_update(p, grads[k], velocity[k], cfg.lr, cfg.momentum, cfg.weight_decay, engine=model.engine)
         row = dict(step=step, loss=loss, seconds=time.perf_counter() - t_start)
@@ -218,6 +221,17 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
     if val_samples:
         plot_samples(model, val_samples[:3], out / "samples.png", cfg)
     return history
+
+
+def clip_gradients(grads, max_norm: float, xp=np) -> float:
+    """Scale all gradients in place so that their global L2 norm is at most max_norm; returns the
+    norm before clipping."""
+    norm = float(xp.sqrt(sum(xp.sum(g.astype(np.float64) ** 2) for g in grads.values())))
+    if norm > max_norm:
+        scale = np.float32(max_norm / norm)
+        for g in grads.values():
+            g *= scale
+    return norm
 
 
 def _jsonable(x):

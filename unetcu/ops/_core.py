@@ -73,7 +73,14 @@ def zeros(engine: str, shape, dtype=np.float32):
 
 
 def kernel(filename: str, name: str, engine: str):
-    return runtime.load(filename, engine).get_function(name)
+    fn = runtime.load(filename, engine).get_function(name)
+    if engine != "cuda":
+        return fn
+
+    def launch(grid, block, args, shared_mem=0):
+        # None stands for a null pointer (e.g. "no ReLU output"): an 8-byte zero for CuPy
+        return fn(grid, block, tuple(np.uint64(0) if a is None else a for a in args), shared_mem=shared_mem)
+    return launch
 
 
 def grid1d(total: int) -> tuple[tuple[int], tuple[int]]:
