@@ -52,6 +52,7 @@ def main(argv=None):
     ap.add_argument("--preset", choices=tuple(PRESETS), help="default: paper on a GPU, small on a CPU")
     ap.add_argument("--steps", type=int, help="training steps per set (default: 1500 small, 4000 paper)")
     ap.add_argument("--lr", type=float, default=0.001)
+    ap.add_argument("--clip", type=float, default=0.0, help="gradient-norm clipping (default 0: off)")
     ap.add_argument("--tta", action="store_true", help="test-time augmentation over 8 rotations/flips")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench-out") + "/quality")
     a = ap.parse_args(argv)
@@ -63,7 +64,7 @@ def main(argv=None):
     if not root.is_dir():
         print(f"quality: no data at {root} (set --data or UNETCU_DATA)", file=sys.stderr)
         return 2
-    report = dict(date=str(date.today()), engine=engine, preset=preset, steps=steps, lr=a.lr, tile=tile,
+    report = dict(date=str(date.today()), engine=engine, preset=preset, steps=steps, lr=a.lr, clip=a.clip, tile=tile,
                   machine=f"{platform.machine()}, {os.cpu_count()} cores", sets={})
     for name in a.sets:
         samples = D.load_folder(root / name)
@@ -71,7 +72,7 @@ def main(argv=None):
         print(f"== {name}: {len(tr)} training, {len(te)} test images; preset {preset} on {engine}, {steps} steps", flush=True)
         model = UNet(depth=depth, base_channels=base, engine=engine, seed=0)
         cfg = TrainConfig(steps=steps, lr=a.lr, tile=tile, val_every=max(steps // 3, 1), ckpt_every=steps,
-                          out=str(Path(a.out) / name), seed=0, w0=0.0 if name == "isbi2012" else 10.0)
+                          out=str(Path(a.out) / name), seed=0, w0=0.0 if name == "isbi2012" else 10.0, clip=a.clip)
         t0 = time.perf_counter()
         train(model, tr, te[:2], cfg, progress=True, log=print)
         t_train = time.perf_counter() - t0
