@@ -3,7 +3,8 @@
     python benchmarks/make_results.py DIR [--out benchmarks/RESULTS.md]
 
 DIR holds kernels.json (bench_kernels.py), step.json (bench_step.py) and optionally quality.json
-(quality.py; also looked for in DIR/quality/). Nothing in RESULTS.md is typed by hand.
+(quality.py; also looked for in DIR/quality/) and quality-*.json (more quality runs, whose sets
+are added). Nothing in RESULTS.md is typed by hand.
 """
 from __future__ import annotations
 
@@ -100,11 +101,13 @@ def quality_section(q):
     names = ("pixel_error", "pixel_error_fscore", "iou", "seg", "rand_error", "info_error")
     out = ["## Segmentation quality (benchmarks/quality.py)", "",
            f"Measured {q['date']} on {q['machine']}, engine {q['engine']}, preset {q['preset']}, {q['steps']} steps of "
-           f"one {q['tile']} tile, lr {q['lr']}. Held-out images of the shared data; see the script for the splits.", "",
-           "| set | train / test images | train s | predict s/image | " + " | ".join(names) + " |",
-           "|---|---|---|---|" + "---|" * len(names)]
+           f"one {q['tile']} tile, lr {q['lr']}. Held-out images of the shared data; see the script for the splits. "
+           "w0: the weight map's border term (0 = class balancing only); clip: gradient-norm clipping (0 = off).", "",
+           "| set | train / test images | w0 | clip | train s | predict s/image | " + " | ".join(names) + " |",
+           "|---|---|---|---|---|---|" + "---|" * len(names)]
     for name, r in q["sets"].items():
-        out.append(f"| {name} | {r['train_images']} / {r['test_images']} | {r['train_seconds']:.0f} | {r['predict_seconds_per_image']:.2f} | "
+        out.append(f"| {name} | {r['train_images']} / {r['test_images']} | {r.get('w0', '')} | {r.get('clip', q.get('clip', 0))} | "
+                   f"{r['train_seconds']:.0f} | {r['predict_seconds_per_image']:.2f} | "
                    + " | ".join(f"{r['mean'][n]:.4f}" for n in names) + " |")
     return out
 
@@ -115,7 +118,12 @@ def main(argv=None):
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     a = ap.parse_args(argv)
     d, out = Path(a.dir), Path(a.out)
-    k, s, q = _load(d, "kernels.json"), _load(d, "step.json"), _load(d, "quality.json")
+    k, s = _load(d, "kernels.json"), _load(d, "step.json")
+    q = _load(d, "quality.json")
+    for extra in sorted(d.glob("quality-*.json")):  # further runs: their sets are added (same preset and steps)
+        more = json.loads(extra.read_text())
+        q = q or more
+        q["sets"].update(more["sets"])
     if not (k or s or q):
         print(f"make_results: no kernels.json, step.json or quality.json in {d}", file=sys.stderr)
         return 1

@@ -84,7 +84,7 @@ def main(argv=None):
         t_pred = (time.perf_counter() - t0) / len(te)
         print(format_table(rows), flush=True)
         mean = {m: float(np.nanmean([r[m] for _, r in rows])) for m in METRIC_NAMES}
-        report["sets"][name] = dict(train_images=len(tr), test_images=len(te), train_seconds=t_train, w0=cfg.w0,
+        report["sets"][name] = dict(train_images=len(tr), test_images=len(te), train_seconds=t_train, w0=cfg.w0, clip=cfg.clip,
                                     predict_seconds_per_image=t_pred, mean=mean, images=dict(rows))
     Path(a.out).mkdir(parents=True, exist_ok=True)
     with open(Path(a.out) / "quality.json", "w") as f:
