@@ -52,7 +52,7 @@ def main(argv=None):
     ap.add_argument("--preset", choices=tuple(PRESETS), help="default: paper on a GPU, small on a CPU")
     ap.add_argument("--steps", type=int, help="training steps per set (default: 1500 small, 4000 paper)")
     ap.add_argument("--lr", type=float, default=0.001)
-    ap.add_argument("--clip", type=float, default=0.0, help="gradient-norm clipping (default 0: off)")
+    ap.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (default 1; 0: off)")
     ap.add_argument("--tta", action="store_true", help="test-time augmentation over 8 rotations/flips")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench-out") + "/quality")
     a = ap.parse_args(argv)

@@ -11,7 +11,7 @@ from unetcu.train import PRESETS, TrainConfig, TrainingDiverged, train
 def test_training_reaches_iou_on_synthetic_cells(tmp_path):
     depth, base, tile = PRESETS["small"]
     m = UNet(depth=depth, base_channels=base, engine="numpy", seed=0)
-    cfg = TrainConfig(steps=300, lr=0.003, tile=tile, val_every=300, ckpt_every=300, out=str(tmp_path), seed=0)
+    cfg = TrainConfig(steps=300, lr=0.003, clip=0.0, tile=tile, val_every=300, ckpt_every=300, out=str(tmp_path), seed=0)
     hist = train(m, synthetic_dataset(8, (256, 256), seed=1), synthetic_dataset(2, (256, 256), seed=2), cfg, progress=False,
                  log=lambda *a: None)
     losses = np.array([r["loss"] for r in hist])

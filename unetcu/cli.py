@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=0.001, help="learning rate (default 0.001)")
     t.add_argument("--momentum", type=float, default=0.99, help="SGD momentum (default 0.99, the paper's)")
     t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--clip", type=float, default=0.0, help="clip the gradients' global L2 norm to this value (default 0: off)")
+    t.add_argument("--clip", type=float, default=1.0, help="clip the gradients' global L2 norm to this value (default 1; 0: off)")
     t.add_argument("--batch", type=int, default=1, help="tiles per step (default 1, the paper's)")
     t.add_argument("--tile", type=int, help="input tile size (default: the preset's)")
     t.add_argument("--augment", choices=("elastic", "flips", "none"), default="elastic",
