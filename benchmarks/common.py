@@ -14,6 +14,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from unetcu.model import output_size  # noqa: E402
 
 
+def default_data_dir() -> str:
+    """The shared real data sets: UNETCU_DATA, else ../shared/data beside the checkout."""
+    return os.environ.get("UNETCU_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
 def unet_layers(tile=572, depth=5, base=64, in_ch=1, classes=2, batch=1):
     """Every op of one training step of the U-Net, in forward order, with its shapes:
     a list of dicts(op, name, shape params). Shapes follow the model exactly (valid convs, crops)."""

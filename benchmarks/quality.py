@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import default_data_dir  # noqa: E402
 from unetcu import UNet, data as D  # noqa: E402
 from unetcu.metrics import METRIC_NAMES, evaluate, format_table  # noqa: E402
 from unetcu.ops import resolve_engine  # noqa: E402
@@ -46,7 +48,7 @@ def split(name: str, samples):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=D.default_data_dir())
+    ap.add_argument("--data", default=default_data_dir())
     ap.add_argument("--sets", nargs="+", default=["isbi2012", "dic_hela"], choices=["isbi2012", "dic_hela", "dsb2018_fluo"])
     ap.add_argument("--engine", choices=("numpy", "emu", "cuda"))
     ap.add_argument("--preset", choices=tuple(PRESETS), help="default: paper on a GPU, small on a CPU")

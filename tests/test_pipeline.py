@@ -16,7 +16,8 @@ from unetcu.model import output_size, valid_input_size
 from unetcu.tiling import mirror_pad, predict_probs
 from unetcu.weightmap import class_balance, weight_map, weight_map_bruteforce
 
-DATA = Path(D.default_data_dir())
+# the shared real data: UNETCU_DATA, else ../shared/data beside the checkout
+DATA = Path(os.environ.get("UNETCU_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 # ---- synthetic data ------------------------------------------------------------------------------

@@ -268,8 +268,3 @@ def load_images(paths) -> list[tuple[str, np.ndarray]]:
             out.append((Path(p).stem, standardise(a)))
     return out
 
-
-def default_data_dir() -> str:
-    """Where tests and benchmarks look for the real data sets (UNETCU_DATA, else ../shared/data
-    beside the checkout). The package itself never reads it."""
-    return os.environ.get("UNETCU_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
