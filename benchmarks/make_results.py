@@ -74,6 +74,10 @@ def plot_layers(k, path):
         ax.set_title(f"conv3x3 {d}")
         ax.set_ylabel("TFLOP/s")
         ax.legend(fontsize=8)
+    m = k["machine"]
+    where = (f"{m.get('gpu')}, {m['date']}" if k["engine"] == "cuda"
+             else f"CPU, engine {k['engine']}, tiny shapes, {m['date']}: not GPU speeds")
+    fig.suptitle(f"per-layer TFLOP/s ({where})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
