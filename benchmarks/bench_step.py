@@ -33,7 +33,7 @@ def our_step(model, x, lab, wt, velocity):
     return loss
 
 
-def bench_ours(engine, preset, batch, reps):
+def bench_ours(engine, preset, batch, reps, warmup=2):
     depth, base, tile = PRESETS[preset]
     o = output_size(tile, depth)
     m = UNet(depth=depth, base_channels=base, engine=engine, seed=0)
@@ -48,8 +48,8 @@ def bench_ours(engine, preset, batch, reps):
         import cupy
         pool = cupy.get_default_memory_pool()
         pool.free_all_blocks()
-        res["step_ms"] = gpu_median_ms(lambda: our_step(m, x, lab, wt, vel), warmup=2, reps=reps)
-        res["forward_ms"] = gpu_median_ms(lambda: m.forward(x), warmup=2, reps=reps)
+        res["step_ms"] = gpu_median_ms(lambda: our_step(m, x, lab, wt, vel), warmup=warmup, reps=reps)
+        res["forward_ms"] = gpu_median_ms(lambda: m.forward(x), warmup=warmup, reps=reps)
         res["peak_MB"] = pool.total_bytes() / 2**20  # the pool keeps every block the step needed
     else:
         res["step_ms"] = cpu_median_ms(lambda: our_step(m, x, lab, wt, vel), reps=reps)
@@ -140,10 +140,10 @@ def main(argv=None):
     rows = []
     if engine == "cuda":
         torch = torch_or_none()
-        reps = 5 if a.quick else 15
+        reps, warmup = (3, 1) if a.quick else (15, 2)
         print(f"step benchmark on {info.get('gpu')} ({info['date']}): paper U-Net, 572 tile, fp32")
         for batch in (1, 4):
-            r = dict(preset="paper", batch=batch, ours=bench_ours("cuda", "paper", batch, reps))
+            r = dict(preset="paper", batch=batch, ours=bench_ours("cuda", "paper", batch, reps, warmup))
             if torch is not None:
                 r["torch_fp32"] = bench_torch(torch, "paper", batch, reps, tf32=False)
                 r["torch_tf32"] = bench_torch(torch, "paper", batch, reps, tf32=True)
