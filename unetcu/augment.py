@@ -271,9 +271,9 @@ def gray_values(tile, params: WarpParams, xp=np):
     return t.astype(np.float32)
 
 
-def flips_only(rng: np.random.Generator, image, labels, weights, tile: int, out: int):
-    """The plain augmentation (no elastic warp): a random window with random flips and 90 degree
-    rotations, mirror-padded at the borders."""
+def random_window(rng: np.random.Generator, image, labels, weights, tile: int, out: int, flips: bool = True):
+    """The plain augmentation (no elastic warp): a random window, mirror-padded at the borders,
+    with random flips and 90 degree rotations when `flips`."""
     from .tiling import mirror_pad
     h, w = image.shape
     m = (tile - out) // 2
@@ -285,7 +285,7 @@ def flips_only(rng: np.random.Generator, image, labels, weights, tile: int, out:
     t = pi[y0:y0 + tile, x0:x0 + tile]
     lab = pl[y0:y0 + out, x0:x0 + out]
     wt = pw[y0:y0 + out, x0:x0 + out]
-    k, f = int(rng.integers(0, 4)), bool(rng.random() < 0.5)
+    k, f = (int(rng.integers(0, 4)), bool(rng.random() < 0.5)) if flips else (0, False)
     res = []
     for a in (t, lab, wt):
         a = np.rot90(a, k)

@@ -10,7 +10,6 @@ and object interior: `classes_from_instances`.
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path

@@ -104,10 +104,7 @@ def draw_batch(data: list[Prepared], cfg: TrainConfig, model: UNet, rng: np.rand
             img, lab, wt, _ = augment.warp(d.image, d.classes, d.weights, p, t, o,
                                            target="cuda" if model.engine == "cuda" else "cpu")
         elif cfg.augment in ("flips", "none"):
-            if cfg.augment == "flips":
-                img, lab, wt = augment.flips_only(rng, d.image, d.classes, d.weights, t, o)
-            else:
-                img, lab, wt = augment.flips_only(np.random.default_rng(int(rng.integers(2**32))), d.image, d.classes, d.weights, t, o)
+            img, lab, wt = augment.random_window(rng, d.image, d.classes, d.weights, t, o, flips=cfg.augment == "flips")
         else:
             raise ValueError(f"augment must be elastic, flips or none, got {cfg.augment!r}")
         xs.append(img), ls.append(lab), ws.append(wt)

@@ -37,4 +37,10 @@ VARIANTS = {
     "sgd_momentum_update": _sgd.UPDATE,
 }
 
-__all__ = [n for n, v in dict(globals()).items() if not n.startswith("_") and not isinstance(v, type(_c1))]
+__all__ = ["OP_ENGINES", "VARIANTS", "resolve_engine",
+           "conv3x3_forward", "conv3x3_backward_data", "conv3x3_backward_weight",
+           "maxpool2x2_forward", "maxpool2x2_backward",
+           "upconv2x2_forward", "upconv2x2_backward_data", "upconv2x2_backward_weight",
+           "crop_concat_forward", "crop_concat_backward", "softmax_xent", "softmax",
+           "conv1x1_forward", "conv1x1_backward_data", "conv1x1_backward_weight",
+           "dropout_forward", "dropout_backward", "sgd_momentum_update"]

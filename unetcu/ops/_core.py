@@ -111,7 +111,7 @@ def check_size(op: str, count: int):
         raise ValueError(f"{op}: {count} elements exceed the kernels' 32-bit indexing; split the batch")
 
 
-def as_np(a, engine: str):
+def as_np(a):
     """For the numpy engine: the float32 result of a reference function."""
     return np.ascontiguousarray(a, dtype=np.float32)
 

@@ -24,7 +24,7 @@ def conv1x1_forward(x, w, b, engine=None, variant=None):
     b = check(op, "b", b, engine, (k,), names=("K",))
     check_size(op, n * max(c, k) * h * wd)
     if engine == "numpy":
-        return as_np(reference.conv1x1_forward(x, w, b), engine)
+        return as_np(reference.conv1x1_forward(x, w, b))
     out = empty(engine, (n, k, h, wd))
     kernel(FILE, pick_variant(op, FORWARD, variant), engine)(*grid1d(out.size), (x, w, b, out, i32(n), i32(c), i32(h * wd), i32(k)))
     return out
@@ -39,7 +39,7 @@ def conv1x1_backward_data(dout, w, engine=None, variant=None):
     c = w.shape[1]
     check_size(op, n * max(c, k) * h * wd)
     if engine == "numpy":
-        return as_np(reference.conv1x1_backward_data(dout, w), engine)
+        return as_np(reference.conv1x1_backward_data(dout, w))
     dx = empty(engine, (n, c, h, wd))
     kernel(FILE, pick_variant(op, BACKWARD_DATA, variant), engine)(*grid1d(dx.size), (dout, w, dx, i32(n), i32(c), i32(h * wd), i32(k)))
     return dx

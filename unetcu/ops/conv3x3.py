@@ -45,7 +45,7 @@ def conv3x3_forward(x, w, b, relu=True, engine=None, variant=None):
     b = check(op, "b", b, engine, (k,), names=("K",))
     check_size(op, n * max(c, k) * h * wd)
     if engine == "numpy":
-        return as_np(reference.conv3x3_forward(x, w, b, relu), engine)
+        return as_np(reference.conv3x3_forward(x, w, b, relu))
     name = pick_variant(op, FORWARD, variant)
     out = empty(engine, (n, k, h - 2, wd - 2))
     args = (x, w, b, out, i32(n), i32(c), i32(h), i32(wd), i32(k), i32(bool(relu)))
@@ -68,7 +68,7 @@ def conv3x3_backward_data(dout, w, out=None, engine=None, variant=None):
     dout, out = _grad(op, dout, out, engine, (n, k, ho, wo))
     check_size(op, n * max(c, k) * (ho + 2) * (wo + 2))
     if engine == "numpy":
-        return as_np(reference.conv3x3_backward_data(dout, w, out), engine)
+        return as_np(reference.conv3x3_backward_data(dout, w, out))
     name = pick_variant(op, BACKWARD_DATA, variant)
     dx = empty(engine, (n, c, ho + 2, wo + 2))
     kernel(FILE, name, engine)(*grid1d(dx.size), (dout, out, w, dx, i32(n), i32(c), i32(ho + 2), i32(wo + 2), i32(k)))

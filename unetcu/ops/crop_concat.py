@@ -27,7 +27,7 @@ def crop_concat_forward(skip, up, engine=None, variant=None):
     oy, ox = _offsets(op, (hs, ws), (h, w))
     check_size(op, skip.size + up.size)
     if engine == "numpy":
-        return as_np(reference.crop_concat_forward(skip, up), engine)
+        return as_np(reference.crop_concat_forward(skip, up))
     out = empty(engine, (n, cs + cu, h, w))
     kernel(FILE, pick_variant(op, FORWARD, variant), engine)(
         *grid1d(out.size), (skip, up, out, i32(n), i32(cs), i32(hs), i32(ws), i32(cu), i32(h), i32(w), i32(oy), i32(ox)))
@@ -48,7 +48,7 @@ def crop_concat_backward(dout, skip_shape, engine=None, variant=None):
     check_size(op, n * cs * hs * ws + dout.size)
     if engine == "numpy":
         dskip, dup = reference.crop_concat_backward(dout, (n, cs, hs, ws))
-        return as_np(dskip, engine), as_np(dup, engine)
+        return as_np(dskip), as_np(dup)
     dskip = empty(engine, (n, cs, hs, ws))
     dup = empty(engine, (n, cu, h, w))
     kernel(FILE, pick_variant(op, BACKWARD, variant), engine)(

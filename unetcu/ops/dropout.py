@@ -25,7 +25,7 @@ def _run(op, table, x, p, seed, engine, variant):
         raise ValueError(f"{op}: seed must be a non-negative 64-bit integer, got {seed}")
     check_size(op, x.size)
     if engine == "numpy":
-        return as_np(reference.dropout_forward(x, p, int(seed)), engine)
+        return as_np(reference.dropout_forward(x, p, int(seed)))
     out = empty(engine, x.shape)
     kernel(FILE, pick_variant(op, table, variant), engine)(
         *grid1d(x.size), (x, out, i32(x.size), f32(p), f32(1.0 / (1.0 - p)), np.uint64(seed)))

@@ -28,7 +28,7 @@ def maxpool2x2_forward(x, engine=None, variant=None):
     check_size(op, x.size)
     if engine == "numpy":
         out, am = reference.maxpool2x2_forward(x)
-        return as_np(out, engine), am
+        return as_np(out), am
     out = empty(engine, (n, c, h // 2, w // 2))
     argmax = empty(engine, (n, c, h // 2, w // 2), np.uint8)
     kernel(FILE, pick_variant(op, FORWARD, variant), engine)(*grid1d(out.size), (x, out, argmax, i32(n), i32(c), i32(h), i32(w)))
@@ -44,7 +44,7 @@ def maxpool2x2_backward(dout, argmax, engine=None, variant=None):
     n, c, h, w = dout.shape
     check_size(op, 4 * dout.size)
     if engine == "numpy":
-        return as_np(reference.maxpool2x2_backward(dout, argmax), engine)
+        return as_np(reference.maxpool2x2_backward(dout, argmax))
     dx = empty(engine, (n, c, 2 * h, 2 * w))
     kernel(FILE, pick_variant(op, BACKWARD, variant), engine)(*grid1d(dout.size), (dout, argmax, dx, i32(n), i32(c), i32(2 * h), i32(2 * w)))
     return dx

@@ -29,7 +29,7 @@ def softmax_xent(logits, labels, weights, engine=None, variant=None):
     check_size(op, logits.size)
     if engine == "numpy":
         loss, d = reference.softmax_xent(logits, labels, weights)
-        return float(loss), as_np(d, engine)
+        return float(loss), as_np(d)
     dlogits = empty(engine, logits.shape)
     loss = zeros(engine, (1,))
     bad = zeros(engine, (1,), np.int32)
@@ -48,7 +48,7 @@ def softmax(logits, engine=None, variant=None):
     logits = check(op, "logits", logits, engine, (None,) * 4, names=("N", "K", "H", "W"))
     n, k, h, w = logits.shape
     if engine == "numpy":
-        return as_np(reference.softmax(logits), engine)
+        return as_np(reference.softmax(logits))
     probs = empty(engine, logits.shape)
     kernel(FILE, pick_variant(op, SOFTMAX, variant), engine)(*grid1d(n * h * w), (logits, probs, i32(n), i32(k), i32(h * w)))
     return probs

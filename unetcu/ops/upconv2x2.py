@@ -26,7 +26,7 @@ def upconv2x2_forward(x, w, b, engine=None, variant=None):
     b = check(op, "b", b, engine, (k,), names=("K",))
     check_size(op, n * max(c, 4 * k) * h * wd)
     if engine == "numpy":
-        return as_np(reference.upconv2x2_forward(x, w, b), engine)
+        return as_np(reference.upconv2x2_forward(x, w, b))
     out = empty(engine, (n, k, 2 * h, 2 * wd))
     kernel(FILE, pick_variant(op, FORWARD, variant), engine)(*grid1d(out.size), (x, w, b, out, i32(n), i32(c), i32(h), i32(wd), i32(k)))
     return out
@@ -44,7 +44,7 @@ def upconv2x2_backward_data(dout, w, engine=None, variant=None):
     c = w.shape[0]
     check_size(op, dout.size + n * c * h2 * w2)
     if engine == "numpy":
-        return as_np(reference.upconv2x2_backward_data(dout, w), engine)
+        return as_np(reference.upconv2x2_backward_data(dout, w))
     dx = empty(engine, (n, c, h2 // 2, w2 // 2))
     kernel(FILE, pick_variant(op, BACKWARD_DATA, variant), engine)(*grid1d(dx.size), (dout, w, dx, i32(n), i32(c), i32(h2 // 2), i32(w2 // 2), i32(k)))
     return dx
