@@ -156,6 +156,15 @@ def run(engine, tile, depth, base, batch, reps, torch):
             s, u = b.rand(N, Cs, Hs, Hs), b.rand(N, Cu, H, H)
             by = 8.0 * N * (Cs + Cu) * H * H
             b.case(op, name, "forward", 1, f"{N}x{Cs}x{Hs}+{Cu}x{H}", lambda i: ops.crop_concat_forward(s[i], u[i], **e), by, "memory")
+            # the fusion cuDNN cannot do: the level's first conv reading skip and up directly
+            K = Cu  # the expanding level's convs keep the up-conv's channel count
+            w, bias = b.rand(K, Cs + Cu, 3, 3, scale=(2 / (9 * (Cs + Cu))) ** 0.5), b.rand(K)
+            fl = conv_flops(dict(N=N, C=Cs + Cu, H=H, W=H, K=K))
+            for v in ops.VARIANTS["conv3x3_forward_concat"]:
+                b.case("conv3x3", name.replace("concat", "conv1"), "forward_concat", v, f"{N}x{Cs}x{Hs}+{Cu}x{H}->{K}",
+                       lambda i, v=v: ops.conv3x3_forward_concat(s[i], u[i], w[i], bias[i], variant=v, **e), fl, "compute")
+            b.case("conv3x3", name.replace("concat", "conv1"), "concat+forward", "1+2", f"{N}x{Cs}x{Hs}+{Cu}x{H}->{K}",
+                   lambda i: ops.conv3x3_forward(ops.crop_concat_forward(s[i], u[i], **e), w[i], bias[i], **e), fl, "compute")
             d = b.rand(N, Cs + Cu, H, H)
             b.case(op, name, "backward", 1, f"{N}x{Cs}x{Hs}+{Cu}x{H}",
                    lambda i: ops.crop_concat_backward(d[i], (N, Cs, Hs, Hs), **e), 4.0 * N * (Cs * Hs * Hs + 2 * (Cs + Cu) * H * H), "memory")

@@ -86,6 +86,33 @@ extern "C" __global__ void conv3x3_forward_kernel2(const float* x, const float* 
     }
 }
 
+// Fused with crop_concat: the input is concat(crop(skip), up) along channels, read straight from the
+// two maps, so the concatenated tensor (the largest activation of each expanding level) is never
+// written. skip is (N, Cs, Hs, Ws) read from offset (oy, ox), up is (N, Cu, H, W), w is
+// (K, Cs + Cu, 3, 3), out is (N, K, H-2, W-2). Variant 1: one thread per output element.
+extern "C" __global__ void conv3x3_forward_concat_kernel1(const float* skip, const float* up, const float* w,
+                                                          const float* b, float* out, int N, int Cs, int Hs, int Ws,
+                                                          int Cu, int H, int W, int K, int oy, int ox, int relu) {
+    int Ho = H - 2, Wo = W - 2, C = Cs + Cu;
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= N * K * Ho * Wo) return;
+    int x = idx % Wo, y = (idx / Wo) % Ho, k = (idx / (Wo * Ho)) % K, n = idx / (Wo * Ho * K);
+    float acc = b[k];
+    for (int c = 0; c < Cs; ++c) {
+        const float* xp = skip + ((size_t)(n * Cs + c) * Hs + oy + y) * Ws + ox + x;
+        const float* wp = w + (k * C + c) * 9;
+        for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) acc += xp[i * Ws + j] * wp[i * 3 + j];
+    }
+    for (int c = 0; c < Cu; ++c) {
+        const float* xp = up + ((size_t)(n * Cu + c) * H + y) * W + x;
+        const float* wp = w + (k * C + Cs + c) * 9;
+        for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) acc += xp[i * W + j] * wp[i * 3 + j];
+    }
+    out[idx] = relu ? fmaxf(acc, 0.0f) : acc;
+}
+
 // ---- backward-data -------------------------------------------------------------------------------
 
 // Variant 1: one thread per input element: dx[n,c,y,x] = sum_{k,i,j} g[n,k,y-i,x-j] * w[k,c,i,j]

@@ -96,6 +96,19 @@ def test_model_gradients_match_reference(engine, rng):
         assert rel_err(g, rgrads[k]) < 1e-4, k
 
 
+@pytest.mark.parametrize("engine", ["emu", "numpy"])
+def test_inference_uses_the_fused_concat_and_agrees(engine, rng):
+    """With fuse_concat, forward() without a cache reads skip and up directly in each up-level's
+    first conv; the training path materialises the concatenation. Both give the same logits."""
+    m = UNet(depth=3, base_channels=3, dropout=0.0, engine=engine, seed=8)
+    x, _, _ = small_problem(rng, base=3)
+    unfused = m.forward(x)
+    m.fuse_concat = True
+    fused = m.forward(x)
+    assert np.array_equal(unfused, m.forward(x, _cache={}))  # the training path never fuses
+    assert np.allclose(fused, unfused, rtol=1e-5, atol=1e-6)
+
+
 def test_forward_shapes_and_train_flag(rng):
     m = UNet(depth=3, base_channels=4, dropout=0.5, engine="numpy")
     x, _, _ = small_problem(rng, base=4, n=3)

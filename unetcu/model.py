@@ -100,6 +100,11 @@ def valid_input_size(min_output: int, depth: int = 5) -> int:
 
 # ---- the model -----------------------------------------------------------------------------------
 class UNet:
+    # Inference reads skip and up directly in each expanding level's first conv instead of writing
+    # the concatenation. Off until a tiled fused kernel exists: the plain fused variant 1 does not
+    # beat crop_concat + the tiled conv forward (variant 2), which the unfused path uses.
+    fuse_concat = False
+
     def __init__(self, in_channels=1, n_classes=2, depth=5, base_channels=64, dropout=0.5, engine=None, seed=0):
         if depth < 1 or base_channels < 1 or in_channels < 1 or n_classes < 2:
             raise ValueError("UNet: need depth >= 1, base_channels >= 1, in_channels >= 1, n_classes >= 2")
@@ -200,10 +205,15 @@ class UNet:
             if keep:
                 cache[name] = a
             skip = cache[f"skip{l}"]
-            a = self.ops.crop_concat_forward(skip, up, engine=e)
-            if keep:
-                cache[f"concat{l}"] = skip.shape
-            for j in (1, 2):
+            fused = self.fuse_concat and not keep
+            if not fused:  # backward needs the concatenated input of conv1
+                a = self.ops.crop_concat_forward(skip, up, engine=e)
+                if keep:
+                    cache[f"concat{l}"] = skip.shape
+            else:  # inference: conv1 reads skip and up directly, the concatenation is never written
+                name = f"up{l}.conv1"
+                a = self.ops.conv3x3_forward_concat(skip, up, p[f"{name}.weight"], p[f"{name}.bias"], relu=True, engine=e)
+            for j in ((2,) if fused else (1, 2)):
                 name = f"up{l}.conv{j}"
                 out = self.ops.conv3x3_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], relu=True, engine=e)
                 if keep:
@@ -308,6 +318,8 @@ class Float64Ops:
     """The op layer's signatures over unetcu.reference, in whatever precision the inputs have
     (float64 for the reference model). Parameter gradients are returned fresh."""
     conv3x3_forward = staticmethod(lambda x, w, b, relu=True, engine=None: R.conv3x3_forward(x, w, b, relu))
+    conv3x3_forward_concat = staticmethod(lambda s, u, w, b, relu=True, engine=None:
+                                          R.conv3x3_forward(R.crop_concat_forward(s, u), w, b, relu))
     conv3x3_backward_data = staticmethod(lambda d, w, out=None, engine=None: R.conv3x3_backward_data(d, w, out))
     conv3x3_backward_weight = staticmethod(lambda d, x, out=None, engine=None: R.conv3x3_backward_weight(d, x, out))
     maxpool2x2_forward = staticmethod(lambda x, engine=None: R.maxpool2x2_forward(x))

@@ -9,7 +9,7 @@ into the arrays you pass (or new zero arrays), activation gradients are returned
 """
 from ._core import OP_ENGINES, resolve as resolve_engine
 from .conv1x1 import conv1x1_backward_data, conv1x1_backward_weight, conv1x1_forward
-from .conv3x3 import conv3x3_backward_data, conv3x3_backward_weight, conv3x3_forward
+from .conv3x3 import conv3x3_backward_data, conv3x3_backward_weight, conv3x3_forward, conv3x3_forward_concat
 from .crop_concat import crop_concat_backward, crop_concat_forward
 from .dropout import dropout_backward, dropout_forward
 from .maxpool2x2 import maxpool2x2_backward, maxpool2x2_forward
@@ -24,7 +24,8 @@ _c1, _c3, _cc, _do, _mp, _sgd, _sx, _up = (_im(f"{__name__}.{m}") for m in (
     "conv1x1", "conv3x3", "crop_concat", "dropout", "maxpool2x2", "sgd", "softmax_xent", "upconv2x2"))
 
 VARIANTS = {
-    "conv3x3_forward": _c3.FORWARD, "conv3x3_backward_data": _c3.BACKWARD_DATA,
+    "conv3x3_forward": _c3.FORWARD, "conv3x3_forward_concat": _c3.FORWARD_CONCAT,
+    "conv3x3_backward_data": _c3.BACKWARD_DATA,
     "conv3x3_backward_weight": _c3.BACKWARD_WEIGHT,
     "maxpool2x2_forward": _mp.FORWARD, "maxpool2x2_backward": _mp.BACKWARD,
     "upconv2x2_forward": _up.FORWARD, "upconv2x2_backward_data": _up.BACKWARD_DATA,
@@ -38,7 +39,7 @@ VARIANTS = {
 }
 
 __all__ = ["OP_ENGINES", "VARIANTS", "resolve_engine",
-           "conv3x3_forward", "conv3x3_backward_data", "conv3x3_backward_weight",
+           "conv3x3_forward", "conv3x3_forward_concat", "conv3x3_backward_data", "conv3x3_backward_weight",
            "maxpool2x2_forward", "maxpool2x2_backward",
            "upconv2x2_forward", "upconv2x2_backward_data", "upconv2x2_backward_weight",
            "crop_concat_forward", "crop_concat_backward", "softmax_xent", "softmax",

@@ -16,6 +16,7 @@ from ._core import (accumulate_reference, as_np, check, check_size, empty, grid1
 
 FILE = "conv3x3.cu"
 FORWARD = {1: "conv3x3_forward_kernel1", 2: "conv3x3_forward_kernel2"}
+FORWARD_CONCAT = {1: "conv3x3_forward_concat_kernel1"}
 BACKWARD_DATA = {1: "conv3x3_backward_data_kernel1"}
 BACKWARD_WEIGHT = {1: "conv3x3_backward_weight_kernel1", 2: "conv3x3_backward_weight_kernel2"}
 
@@ -54,6 +55,29 @@ def conv3x3_forward(x, w, b, relu=True, engine=None, variant=None):
     else:
         grid, block = (-(-(wd - 2) // 16) * -(-(h - 2) // 16), -(-k // 8), n), (16, 16)
     kernel(FILE, name, engine)(grid, block, args)
+    return out
+
+
+def conv3x3_forward_concat(skip, up, w, b, relu=True, engine=None, variant=None):
+    """conv3x3_forward(crop_concat_forward(skip, up), w, b, relu) without writing the concatenated
+    tensor: the kernel reads the cropped skip map and the up-sampled map directly."""
+    op = "conv3x3_forward_concat"
+    engine = resolve(engine)
+    skip = check(op, "skip", skip, engine, (None,) * 4, names=("N", "Cs", "Hs", "Ws"))
+    n, cs, hs, ws = skip.shape
+    up = _input(op, check(op, "up", up, engine, (n, None, None, None), names=("N", "Cu", "H", "W")), engine)
+    _, cu, h, wd = up.shape
+    oy, ox = reference.crop_offsets((hs, ws), (h, wd))
+    w = check(op, "w", w, engine, (None, cs + cu, 3, 3), names=("K", "Cs+Cu", 3, 3))
+    k = w.shape[0]
+    b = check(op, "b", b, engine, (k,), names=("K",))
+    check_size(op, n * max(cs + cu, k) * max(hs * ws, h * wd))
+    if engine == "numpy":
+        return as_np(reference.conv3x3_forward(reference.crop_concat_forward(skip, up), w, b, relu))
+    name = pick_variant(op, FORWARD_CONCAT, variant)
+    out = empty(engine, (n, k, h - 2, wd - 2))
+    kernel(FILE, name, engine)(*grid1d(out.size), (skip, up, w, b, out, i32(n), i32(cs), i32(hs), i32(ws), i32(cu),
+                                                   i32(h), i32(wd), i32(k), i32(oy), i32(ox), i32(bool(relu))))
     return out
 
 
