@@ -27,7 +27,7 @@ def run(engine: str | None = None, size: int = 64, seed: int = 0, order: str = "
     M, N, K = size + 3, size - 5, size + 7  # odd sizes, not multiples of the tile
     A = rng.standard_normal((M, K)).astype(np.float32)
     B = rng.standard_normal((K, N)).astype(np.float32)
-    x = rng.standard_normal(size * size + 17).astype(np.float32)
+    x = (rng.standard_normal(size * size + 17) + 1).astype(np.float32)  # a sum far from 0
     S = rng.standard_normal((size + 1, 3 * size + 1)).astype(np.float32) * 4
     At = rng.standard_normal((n16, n16)).astype(np.float32)
     Bt = rng.standard_normal((n16, n16 + 16)).astype(np.float32)
