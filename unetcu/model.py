@@ -101,8 +101,9 @@ def valid_input_size(min_output: int, depth: int = 5) -> int:
 # ---- the model -----------------------------------------------------------------------------------
 class UNet:
     # Inference reads skip and up directly in each expanding level's first conv instead of writing
-    # the concatenation. Off until a tiled fused kernel exists: the plain fused variant 1 does not
-    # beat crop_concat + the tiled conv forward (variant 2), which the unfused path uses.
+    # the concatenation. Off until a tiled fused kernel exists: the plain fused variant 1 (thread
+    # per output) is not expected to beat crop_concat + the tiled conv forward (variant 2) that the
+    # unfused path uses; neither has been timed on a GPU yet.
     fuse_concat = False
 
     def __init__(self, in_channels=1, n_classes=2, depth=5, base_channels=64, dropout=0.5, engine=None, seed=0):
