@@ -22,16 +22,8 @@ import sys
 import numpy as np
 
 from common import (conv_flops, cpu_median_ms, gpu_median_ms, machine_info, torch_or_none, unet_layers, ceilings)
-from unetcu import ops, runtime
+from unetcu import ops, reference as R, runtime
 from unetcu.ops import resolve_engine
-
-
-def rel(a, b):
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    if not np.all(np.isfinite(a)):
-        return float("inf")
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def host(a):
@@ -116,17 +108,17 @@ def run(engine, tile, depth, base, batch, reps, torch):
             for v in ops.VARIANTS["conv3x3_forward"]:
                 ours = lambda i, v=v: ops.conv3x3_forward(x[i], w[i], bias[i], relu=False, variant=v, **e)
                 theirs = (lambda i: t.nn.functional.conv2d(tt(x[i]), tt(w[i]), tt(bias[i]))) if t else None
-                check = (lambda v=v: rel(host(ours(0)), host(theirs(0)))) if t else None
+                check = (lambda v=v: R.rel_err(host(ours(0)), host(theirs(0)))) if t else None
                 b.case(op, name, "forward", v, shape, ours, fl, "compute", theirs, theirs, check)
             for v in ops.VARIANTS["conv3x3_backward_data"]:
                 ours = lambda i, v=v: ops.conv3x3_backward_data(d[i], w[i], variant=v, **e)
                 theirs = (lambda i: t.nn.grad.conv2d_input((N, C, H, W), tt(w[i]), tt(d[i]))) if t else None
-                check = (lambda v=v: rel(host(ours(0)), host(theirs(0)))) if t else None
+                check = (lambda v=v: R.rel_err(host(ours(0)), host(theirs(0)))) if t else None
                 b.case(op, name, "backward_data", v, shape, ours, fl, "compute", theirs, theirs, check)
             for v in ops.VARIANTS["conv3x3_backward_weight"]:
                 ours = lambda i, v=v: ops.conv3x3_backward_weight(d[i], x[i], variant=v, **e)
                 theirs = (lambda i: t.nn.grad.conv2d_weight(tt(x[i]), (K, C, 3, 3), tt(d[i]))) if t else None
-                check = (lambda v=v: rel(host(ours(0)[0]), host(theirs(0)))) if t else None
+                check = (lambda v=v: R.rel_err(host(ours(0)[0]), host(theirs(0)))) if t else None
                 b.case(op, name, "backward_weight", v, shape, ours, fl, "compute", theirs, theirs, check)
         elif op == "maxpool2x2":
             N, C, H, W = L["N"], L["C"], L["H"], L["W"]
@@ -134,7 +126,7 @@ def run(engine, tile, depth, base, batch, reps, torch):
             by = 4 * N * C * H * W * 1.25 + N * C * H * W / 4
             ours = lambda i: ops.maxpool2x2_forward(x[i], **e)
             theirs = (lambda i: t.nn.functional.max_pool2d(tt(x[i]), 2, return_indices=True)) if t else None
-            check = (lambda: rel(host(ours(0)[0]), host(theirs(0)[0]))) if t else None
+            check = (lambda: R.rel_err(host(ours(0)[0]), host(theirs(0)[0]))) if t else None
             b.case(op, name, "forward", 1, f"{N}x{C}x{H}x{W}", ours, by, "memory", theirs, None, check)
             out, am = ops.maxpool2x2_forward(x[0], **e)
             dout = b.rand(N, C, H // 2, W // 2)
@@ -147,7 +139,7 @@ def run(engine, tile, depth, base, batch, reps, torch):
             fl = 2.0 * N * C * K * 4 * H * W
             ours = lambda i: ops.upconv2x2_forward(x[i], w[i], bias[i], **e)
             theirs = (lambda i: t.nn.functional.conv_transpose2d(tt(x[i]), tt(w[i]), tt(bias[i]), stride=2)) if t else None
-            check = (lambda: rel(host(ours(0)), host(theirs(0)))) if t else None
+            check = (lambda: R.rel_err(host(ours(0)), host(theirs(0)))) if t else None
             b.case(op, name, "forward", 1, f"{N}x{C}x{H}x{W}->{K}", ours, fl, "compute", theirs, theirs, check)
             b.case(op, name, "backward_data", 1, f"{N}x{C}x{H}x{W}->{K}", lambda i: ops.upconv2x2_backward_data(d[i], w[i], **e), fl, "compute")
             b.case(op, name, "backward_weight", 1, f"{N}x{C}x{H}x{W}->{K}", lambda i: ops.upconv2x2_backward_weight(d[i], x[i], **e), fl, "compute")
@@ -173,7 +165,7 @@ def run(engine, tile, depth, base, batch, reps, torch):
             x, w, bias = b.rand(N, C, H, W), b.rand(K, C, 1, 1), b.rand(K)
             ours = lambda i: ops.conv1x1_forward(x[i], w[i], bias[i], **e)
             theirs = (lambda i: t.nn.functional.conv2d(tt(x[i]), tt(w[i]), tt(bias[i]))) if t else None
-            check = (lambda: rel(host(ours(0)), host(theirs(0)))) if t else None
+            check = (lambda: R.rel_err(host(ours(0)), host(theirs(0)))) if t else None
             b.case(op, name, "forward", 1, f"{N}x{C}x{H}x{W}->{K}", ours, 4.0 * N * (C + K) * H * W, "memory", theirs, None, check)
         elif op == "softmax_xent":
             N, K, H, W = L["N"], L["K"], L["H"], L["W"]

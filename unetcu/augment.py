@@ -225,8 +225,8 @@ def warp(image, labels, weights, params: WarpParams, tile: int, out: int, cubic:
     target = target or ("cuda" if is_gpu else "cpu")
     if labels.shape != image.shape or weights.shape != image.shape:
         raise ValueError(f"warp: image {image.shape}, labels {labels.shape} and weights {weights.shape} must match")
-    args = (np.int64(tile), np.int64(out), None, float(params.rot), bool(params.flip_y), bool(params.flip_x),
-            float(params.cy), float(params.cx), bool(cubic))
+    sizes = (np.int64(tile), np.int64(out))
+    scalars = (float(params.rot), bool(params.flip_y), bool(params.flip_x), float(params.cy), float(params.cx), bool(cubic))
     if target == "cpu":
         xp = np
         o_img = np.empty((tile, tile), np.float32)
@@ -234,7 +234,7 @@ def warp(image, labels, weights, params: WarpParams, tile: int, out: int, cubic:
         o_w = np.empty((out, out), np.float32)
         disp = np.empty((2, tile, tile), np.float64)
         grid = np.ascontiguousarray(params.grid, dtype=np.float64)
-        _warp_cpu(args[0], args[1], grid, *args[3:], np.ascontiguousarray(image), np.ascontiguousarray(labels),
+        _warp_cpu(*sizes, grid, *scalars, np.ascontiguousarray(image), np.ascontiguousarray(labels),
                   np.ascontiguousarray(weights), o_img, o_lab, o_w, disp)
     elif target == "cuda":
         kern = _get_cuda_kernel()
@@ -250,10 +250,10 @@ def warp(image, labels, weights, params: WarpParams, tile: int, out: int, cubic:
         threads = 256
         blocks = -(-tile * tile // threads)
         if xp is np:
-            kern[blocks, threads](args[0], args[1], grid, *args[3:], image, labels, weights, o_img, o_lab, o_w, disp)
+            kern[blocks, threads](*sizes, grid, *scalars, image, labels, weights, o_img, o_lab, o_w, disp)
         else:  # on CuPy's current stream, so it is ordered with our kernels
             stream = cuda.external_stream(xp.cuda.get_current_stream().ptr)
-            kern[blocks, threads, stream](args[0], args[1], grid, *args[3:], image, labels, weights, o_img, o_lab, o_w, disp)
+            kern[blocks, threads, stream](*sizes, grid, *scalars, image, labels, weights, o_img, o_lab, o_w, disp)
     else:
         raise ValueError(f"warp: target must be 'cpu' or 'cuda', got {target!r}")
     return gray_values(o_img, params, xp), o_lab, o_w, disp

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import runtime
+from .emu import kernel_names
 
 _ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\d+a?)'")
 _FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -87,15 +88,10 @@ def compile_file(path: Path, compiler: str, arch: str = "90") -> list[KernelRepo
                 raise RuntimeError(f"nvcc failed on {path.name}:\n{r.stderr}")
             log = r.stdout + r.stderr
     reports = parse_ptxas(log, path.name)
-    missing = set(_kernel_names(source)) - {r.kernel for r in reports}
+    missing = set(kernel_names(source)) - {r.kernel for r in reports}
     if missing:
         raise RuntimeError(f"{path.name}: ptxas reported nothing for {sorted(missing)}")
     return reports
-
-
-def _kernel_names(source: str) -> list[str]:
-    from .emu import kernel_names
-    return kernel_names(source)
 
 
 def check(files=None, arch: str = "90", compiler: str | None = None, out=sys.stdout) -> list[KernelReport]:

@@ -8,13 +8,7 @@ import numpy as np
 
 from . import runtime
 from .emu import aligned, thread_order
-
-
-def _rel(out, ref) -> float:
-    out = np.asarray(out, dtype=np.float64)
-    if not np.all(np.isfinite(out)):
-        return float("inf")
-    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-300))
+from .reference import rel_err
 
 
 def run(engine: str | None = None, size: int = 64, seed: int = 0, order: str = "forward", out=print) -> dict:
@@ -66,7 +60,7 @@ def run(engine: str | None = None, size: int = 64, seed: int = 0, order: str = "
                 xp.cuda.Device().synchronize()
             dt = time.perf_counter() - t
             got = C.get() if engine == "cuda" else C
-            err = _rel(got, ref)
+            err = rel_err(got, ref)
             results[name] = (err, dt)
             out(f"{name:<26} {str(tuple(shape)):<14} {err:>14.2e} {dt * 1e3:>8.2f}ms")
     if engine == "emu":

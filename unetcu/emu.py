@@ -224,7 +224,7 @@ def cache_dir() -> Path:
 
 
 def _header_files(include_dirs) -> list[Path]:
-    files = sorted(EMU_DIR.rglob("*.h")) + sorted((EMU_DIR / "include").glob("*"))
+    files = sorted(f for f in EMU_DIR.rglob("*") if f.is_file() and f.suffix != ".md")
     for d in include_dirs:
         p = Path(d)
         if p.is_dir():

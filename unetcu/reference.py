@@ -11,6 +11,18 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 
+def rel_err(out, ref) -> float:
+    """||out - ref|| / ||ref|| in float64, and inf if out holds any NaN or Inf (a NaN never passes).
+    How every kernel result is compared with the reference (tests, demo, benchmarks)."""
+    out = np.asarray(out, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if out.shape != ref.shape:
+        raise ValueError(f"rel_err: shapes differ, {out.shape} vs {ref.shape}")
+    if not np.all(np.isfinite(out)):
+        return float("inf")
+    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-300))
+
+
 # ---- conv3x3 (valid, stride 1) -------------------------------------------------------------------
 def conv3x3_forward(x, w, b, relu=True):
     """x (N, C, H, W), w (K, C, 3, 3), b (K,) -> (N, K, H-2, W-2); ReLU applied if relu."""

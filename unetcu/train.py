@@ -68,7 +68,6 @@ class Prepared:
     image: object
     classes: object
     weights: object
-    shape: tuple
     name: str
 
 
@@ -88,7 +87,7 @@ def prepare(samples: list[Sample], cfg: TrainConfig, model: UNet) -> list[Prepar
         else:
             w = weight_map(s.instances, cfg.w0, cfg.sigma, model.config["n_classes"])
         xp = model.xp if cfg.augment == "elastic" else np  # the elastic warp runs where the model runs
-        out.append(Prepared(xp.asarray(s.image), xp.asarray(cls), xp.asarray(w), s.image.shape, s.name))
+        out.append(Prepared(xp.asarray(s.image), xp.asarray(cls), xp.asarray(w), s.name))
     return out
 
 
@@ -100,7 +99,7 @@ def draw_batch(data: list[Prepared], cfg: TrainConfig, model: UNet, rng: np.rand
     for _ in range(cfg.batch):
         d = data[int(rng.integers(len(data)))]
         if cfg.augment == "elastic":
-            p = augment.draw_params(rng, d.shape, sigma=cfg.elastic_sigma)
+            p = augment.draw_params(rng, d.image.shape, sigma=cfg.elastic_sigma)
             img, lab, wt, _ = augment.warp(d.image, d.classes, d.weights, p, t, o,
                                            target="cuda" if model.engine == "cuda" else "cpu")
         elif cfg.augment in ("flips", "none"):
