@@ -201,3 +201,170 @@ extern "C" __global__ void conv3x3_backward_weight_kernel2(const float* dout, co
         if (threadIdx.x == 0) db[k] += s;
     }
 }
+
+// ==== implicit GEMM (igemm.cuh): forward 3 (fp32) / 4 (tf32), backward-data 2 / 3, backward-weight 3 / 4 ====
+//
+// Each direction is one "problem" for the core in igemm.cuh: how to gather A[m][r] and B[r][n] from
+// the tensors and where C[m][n] goes. The conv's input may be one map or the concatenation of the
+// centre crop of a skip map and an up-sampled map (an expanding level's first conv): the gather
+// reads both directly, so the concatenated tensor and its gradient are never written (a fusion
+// cuDNN cannot do). One kernel per tile shape (BM x BN), picked per layer by the op layer.
+#include "igemm.cuh"
+
+// The conv input x (N, C, H, W): channels c < Cs come from the window at (oy, ox) of
+// skip (N, Cs, Hs, Ws), the others from up (N, C - Cs, H, W). A plain input: skip = x, Cs = C.
+struct ConvInput {
+    const float* skip;
+    const float* up;
+    int Cs, Hs, Ws, oy, ox, C, H, W;
+    __device__ float at(int n, int c, int y, int x) const {
+        return c < Cs ? skip[((size_t)(n * Cs + c) * Hs + y + oy) * Ws + x + ox]
+                      : up[((size_t)(n * (C - Cs) + c - Cs) * H + y) * W + x];
+    }
+};
+
+// Forward: M = N*Ho*Wo output pixels, N = K output channels, R = 9*C (r = c*9 + i*3 + j).
+// A[m][r] = x[n, c, oy+i, ox+j] (consecutive m are consecutive pixels), B[r][k] = w[k, r]
+// (contiguous along r), C -> out[n, k, oy, ox] with bias and ReLU in the epilogue.
+struct ConvForward {
+    int M, N, R;
+    static constexpr bool kAContigK = false, kBContigK = true, kColSums = false;
+    ConvInput in;
+    const float *w, *b;
+    float* out;
+    int Ho, Wo, relu;
+    struct ARow { int n, y, x; };
+    __device__ ARow a_row(int m) const {
+        int q = m % (Ho * Wo);
+        return {m / (Ho * Wo), q / Wo, q % Wo};
+    }
+    __device__ float load_a(const ARow& p, int r) const {
+        int c = r / 9, ij = r - 9 * c, i = ij / 3;
+        return in.at(p.n, c, p.y + i, p.x + ij - 3 * i);
+    }
+    using BCol = int;
+    __device__ BCol b_col(int k) const { return k * R; }
+    __device__ float load_b(BCol wrow, int r) const { return w[wrow + r]; }
+    using CRow = size_t;  // offset of out[n, 0, oy, ox]
+    __device__ CRow c_row(int m) const {
+        int hw = Ho * Wo;
+        return (size_t)(m / hw) * N * hw + m % hw;
+    }
+    __device__ void store(CRow o, int k, float v) const {
+        v += b[k];
+        out[o + (size_t)k * Ho * Wo] = relu ? fmaxf(v, 0.0f) : v;
+    }
+    __device__ void col_sum(int, float) const {}
+};
+
+#define CONV_FORWARD_PARAMS const float *skip, const float *up, const float *w, const float *b, float *out, int N, \
+    int Cs, int Hs, int Ws, int Cu, int H, int W, int K, int oy, int ox, int relu
+#define CONV_FORWARD_PROBLEM ConvForward{N * (H - 2) * (W - 2), K, 9 * (Cs + Cu), {skip, up, Cs, Hs, Ws, oy, ox, Cs + Cu, H, W}, \
+    w, b, out, H - 2, W - 2, relu}
+// grid = (ceil(N*Ho*Wo / BM), ceil(K / BN)), block = 256
+extern "C" __global__ void __launch_bounds__(256) conv3x3_forward_kernel3_128x128(CONV_FORWARD_PARAMS) { igemm_fp32<ConvForward, 128, 128>(CONV_FORWARD_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256) conv3x3_forward_kernel3_128x64(CONV_FORWARD_PARAMS) { igemm_fp32<ConvForward, 128, 64>(CONV_FORWARD_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256) conv3x3_forward_kernel3_64x64(CONV_FORWARD_PARAMS) { igemm_fp32<ConvForward, 64, 64>(CONV_FORWARD_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256) conv3x3_forward_kernel4_128x128(CONV_FORWARD_PARAMS) { igemm_tf32<ConvForward, 128, 128>(CONV_FORWARD_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256) conv3x3_forward_kernel4_128x64(CONV_FORWARD_PARAMS) { igemm_tf32<ConvForward, 128, 64>(CONV_FORWARD_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256) conv3x3_forward_kernel4_64x64(CONV_FORWARD_PARAMS) { igemm_tf32<ConvForward, 64, 64>(CONV_FORWARD_PROBLEM); }
+
+// Backward-data: M = N*H*W input pixels, N = C input channels, R = 9*K (r = k*9 + i*3 + j).
+// A[m][r] = g[n, k, y-i, x-j] (0 outside the output; g = dout, masked by forward's ReLU output
+// `out` when given), B[r][c] = w[k, c, i, j], C -> dx. With `mask` (the conv's input when it is
+// itself a ReLU output) the epilogue applies that ReLU's gradient too, so the previous layer's
+// backward reads its dout without a mask. A concatenated input's gradient is split on the way
+// out: c < Cs -> dskip (N, Cs, H, W) (the cropped window only), the rest -> dup (N, C - Cs, H, W).
+struct ConvBackwardData {
+    int M, N, R;
+    static constexpr bool kAContigK = false, kBContigK = true, kColSums = false;
+    const float *dout, *out, *w, *mask;
+    float *dskip, *dup;
+    int Cs, H, W, K;
+    struct ARow { int n, y, x; };
+    __device__ ARow a_row(int m) const {
+        int q = m % (H * W);
+        return {m / (H * W), q / W, q % W};
+    }
+    __device__ float load_a(const ARow& p, int r) const {
+        int k = r / 9, ij = r - 9 * k, i = ij / 3, y = p.y - i, x = p.x - (ij - 3 * i);
+        int Ho = H - 2, Wo = W - 2;
+        if (y < 0 || y >= Ho || x < 0 || x >= Wo) return 0.0f;
+        size_t o = ((size_t)(p.n * K + k) * Ho + y) * Wo + x;
+        return (out == nullptr || out[o] > 0.0f) ? dout[o] : 0.0f;
+    }
+    using BCol = int;
+    __device__ BCol b_col(int c) const { return c * 9; }
+    __device__ float load_b(BCol c9, int r) const {
+        int k = r / 9;
+        return w[k * N * 9 + c9 + r - 9 * k];
+    }
+    using CRow = ARow;
+    __device__ CRow c_row(int m) const { return a_row(m); }
+    __device__ void store(const CRow& p, int c, float v) const {
+        size_t hw = (size_t)p.y * W + p.x;
+        if (c < Cs) {
+            size_t o = (size_t)(p.n * Cs + c) * H * W + hw;
+            dskip[o] = (mask == nullptr || mask[o] > 0.0f) ? v : 0.0f;
+        } else {
+            dup[(size_t)(p.n * (N - Cs) + c - Cs) * H * W + hw] = v;
+        }
+    }
+    __device__ void col_sum(int, float) const {}
+};
+
+#define CONV_BACKWARD_DATA_PARAMS const float *dout, const float *out, const float *w, const float *mask, float *dskip, \
+    float *dup, int N, int Cs, int Cu, int H, int W, int K
+#define CONV_BACKWARD_DATA_PROBLEM ConvBackwardData{N * H * W, Cs + Cu, 9 * K, dout, out, w, mask, dskip, dup, Cs, H, W, K}
+// grid = (ceil(N*H*W / BM), ceil(C / BN)), block = 256
+extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_data_kernel2_128x128(CONV_BACKWARD_DATA_PARAMS) { igemm_fp32<ConvBackwardData, 128, 128>(CONV_BACKWARD_DATA_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_data_kernel2_128x64(CONV_BACKWARD_DATA_PARAMS) { igemm_fp32<ConvBackwardData, 128, 64>(CONV_BACKWARD_DATA_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_data_kernel2_64x64(CONV_BACKWARD_DATA_PARAMS) { igemm_fp32<ConvBackwardData, 64, 64>(CONV_BACKWARD_DATA_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_data_kernel3_128x128(CONV_BACKWARD_DATA_PARAMS) { igemm_tf32<ConvBackwardData, 128, 128>(CONV_BACKWARD_DATA_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_data_kernel3_128x64(CONV_BACKWARD_DATA_PARAMS) { igemm_tf32<ConvBackwardData, 128, 64>(CONV_BACKWARD_DATA_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_data_kernel3_64x64(CONV_BACKWARD_DATA_PARAMS) { igemm_tf32<ConvBackwardData, 64, 64>(CONV_BACKWARD_DATA_PROBLEM); }
+
+// Backward-weight: M = 9*C (m = c*9 + i*3 + j, dw's inner index), N = K, R = N*Ho*Wo pixels.
+// A[m][p] = x[n, c, oy+i, ox+j], B[p][k] = g[n, k, oy, ox] (both contiguous along p),
+// C -> dw[k, m] += (atomics: the pixel reduction is split over blockIdx.z, and accumulation is
+// the op's contract anyway); the column sums of B are db (fused, one atomic per k and block).
+struct ConvBackwardWeight {
+    int M, N, R;
+    static constexpr bool kAContigK = true, kBContigK = true, kColSums = true;
+    ConvInput in;
+    const float *dout, *out;
+    float *dw, *db;
+    int Ho, Wo;
+    struct ARow { int c, i, j; };
+    __device__ ARow a_row(int m) const {
+        int c = m / 9, ij = m - 9 * c;
+        return {c, ij / 3, ij % 3};
+    }
+    __device__ float load_a(const ARow& t, int p) const {
+        int n = p / (Ho * Wo), q = p - n * Ho * Wo, y = q / Wo;
+        return in.at(n, t.c, y + t.i, q - y * Wo + t.j);
+    }
+    using BCol = int;
+    __device__ BCol b_col(int k) const { return k; }
+    __device__ float load_b(BCol k, int p) const {
+        int n = p / (Ho * Wo);
+        size_t o = (size_t)(n * N + k) * Ho * Wo + p - n * Ho * Wo;
+        return (out == nullptr || out[o] > 0.0f) ? dout[o] : 0.0f;
+    }
+    using CRow = int;
+    __device__ CRow c_row(int m) const { return m; }
+    __device__ void store(CRow m, int k, float v) const { atomicAdd(&dw[k * M + m], v); }
+    __device__ void col_sum(int k, float s) const { atomicAdd(&db[k], s); }
+};
+
+#define CONV_BACKWARD_WEIGHT_PARAMS const float *dout, const float *out, const float *skip, const float *up, float *dw, \
+    float *db, int N, int Cs, int Hs, int Ws, int Cu, int H, int W, int K, int oy, int ox
+#define CONV_BACKWARD_WEIGHT_PROBLEM ConvBackwardWeight{9 * (Cs + Cu), K, N * (H - 2) * (W - 2), \
+    {skip, up, Cs, Hs, Ws, oy, ox, Cs + Cu, H, W}, dout, out, dw, db, H - 2, W - 2}
+// grid = (ceil(9*C / BM), ceil(K / BN), splits of the pixels), block = 256
+extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_weight_kernel3_128x128(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_fp32<ConvBackwardWeight, 128, 128>(CONV_BACKWARD_WEIGHT_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_weight_kernel3_128x64(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_fp32<ConvBackwardWeight, 128, 64>(CONV_BACKWARD_WEIGHT_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_weight_kernel3_64x64(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_fp32<ConvBackwardWeight, 64, 64>(CONV_BACKWARD_WEIGHT_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_weight_kernel4_128x128(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_tf32<ConvBackwardWeight, 128, 128>(CONV_BACKWARD_WEIGHT_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_weight_kernel4_128x64(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_tf32<ConvBackwardWeight, 128, 64>(CONV_BACKWARD_WEIGHT_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_weight_kernel4_64x64(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_tf32<ConvBackwardWeight, 64, 64>(CONV_BACKWARD_WEIGHT_PROBLEM); }

@@ -47,18 +47,24 @@ ptxas info    : Used 40 registers, used 1 barriers, 2048 bytes smem
 ptxas info    : Compiling entry function 'k2' for 'sm_90'
 ptxas info    : Function properties for k2
 ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
-ptxas info    : Used 12 registers, used 0 barriers"""
-    a, b = compile_check.parse_ptxas(log, "f.cu")
+ptxas info    : Used 12 registers, used 0 barriers
+ptxas info    : Compiling entry function 'k3' for 'sm_90'
+ptxas info    : Function properties for k3
+    256 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 224 registers, used 1 barriers, 256 bytes cumulative stack size, 41984 bytes smem"""
+    a, b, c = compile_check.parse_ptxas(log, "f.cu")
     assert (a.kernel, a.registers, a.stack, a.spill_stores, a.spill_loads, a.smem, a.spills) == ("k1", 40, 8, 4, 12, 2048, True)
     assert (b.kernel, b.registers, b.smem, b.spills) == ("k2", 12, 0, False)
+    assert (c.kernel, c.registers, c.stack, c.smem, c.spills) == ("k3", 224, 256, 41984, False)
 
 
 @needs_compiler
 def test_default_variants_do_not_spill():
     from unetcu import ops
     reports = {r.kernel: r for r in compile_check.check(out=io.StringIO())}
-    defaults = [v[max(v)] for v in ops.VARIANTS.values()]
-    assert defaults and all(name in reports for name in defaults)
+    defaults = [name for op in ops.VARIANTS for prec in ("fp32", "tf32") if ops.TF32_VARIANTS[op] or prec == "fp32"
+                for name in ops.kernel_names(op, ops.default_variant(op, prec))]
+    assert defaults and all(name in reports for name in defaults), set(defaults) - set(reports)
     spilling = [n for n in defaults if reports[n].spills]
     assert not spilling, spilling
 

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import rel_err
 from unetcu import ops, reference as R
+from unetcu.ops import conv3x3 as C3
 
 TOL = 1e-5
 
@@ -41,49 +42,115 @@ def f32(rng, *shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
-# the smallest has several outputs: one output near zero would make a relative error meaningless
-CONV_SHAPES = [(1, 1, 4, 5, 1), (2, 3, 11, 13, 5), (2, 5, 20, 19, 9)]  # N, C, H, W, K
+# the smallest has several outputs: one output near zero would make a relative error meaningless;
+# the last has more than 64 output channels, so the implicit GEMMs' N tiles and every thread's
+# loads are all exercised
+CONV_SHAPES = [(1, 1, 4, 5, 1), (2, 3, 11, 13, 5), (2, 5, 20, 19, 9), (1, 7, 8, 9, 67)]  # N, C, H, W, K
 
 
-@pytest.mark.parametrize("variant", sorted(ops.VARIANTS["conv3x3_forward"]))
+def conv_cases(op):
+    """(variant, tile) for every variant of a conv op; the implicit GEMMs once per tile shape."""
+    cases = []
+    for v, name in sorted(ops.VARIANTS[op].items()):
+        tiles = C3.TILES if name in C3.IGEMM else (None,)
+        cases += [pytest.param(v, t, id=f"v{v}" + (f"-{t[0]}x{t[1]}" if t else "")) for t in tiles]
+    return cases
+
+
+def precision(op, variant):
+    """tf32 variants are checked against the reference with the same tf32 rounding of the
+    products' operands (so only the fp32 summation differs, and TOL holds for them too)."""
+    return "tf32" if variant in ops.TF32_VARIANTS[op] else "fp32"
+
+
+def tiled(variant, tile, op, **kw):
+    kw = dict(kw, variant=variant, precision=precision(op, variant))
+    if tile is not None:
+        kw["tile"] = tile
+    return kw
+
+
+@pytest.mark.parametrize("variant,tile", conv_cases("conv3x3_forward"))
 @pytest.mark.parametrize("shape", CONV_SHAPES)
 @pytest.mark.parametrize("relu", [False, True])
-def test_conv3x3_forward(engine, rng, variant, shape, relu):
+def test_conv3x3_forward(engine, rng, variant, tile, shape, relu):
+    op = "conv3x3_forward"
     n, c, h, w, k = shape
     x, wt, b = f32(rng, n, c, h, w), f32(rng, k, c, 3, 3, scale=0.3), f32(rng, k)
-    out = ops.conv3x3_forward(dev(x, engine), dev(wt, engine), dev(b, engine), relu=relu, engine=engine, variant=variant)
-    close(out, R.conv3x3_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64), relu))
+    out = ops.conv3x3_forward(dev(x, engine), dev(wt, engine), dev(b, engine), relu=relu, engine=engine,
+                              **tiled(variant, tile, op))
+    close(out, R.conv3x3_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64), relu,
+                                 precision(op, variant)))
 
 
-@pytest.mark.parametrize("variant", sorted(ops.VARIANTS["conv3x3_forward_concat"]))
-@pytest.mark.parametrize("skip_hw,up_shape", [((6, 7), (1, 1, 2, 4, 5, 1)), ((13, 12), (2, 3, 4, 9, 8, 5)),
-                                              ((21, 21), (2, 5, 3, 15, 15, 7))])  # (N, Cs, Cu, H, W, K)
-def test_conv3x3_forward_concat(engine, rng, variant, skip_hw, up_shape):
+CONCAT_SHAPES = [((6, 7), (1, 1, 2, 4, 5, 1)), ((13, 12), (2, 3, 4, 9, 8, 5)),
+                 ((21, 21), (2, 5, 3, 15, 15, 7))]  # skip (Hs, Ws), (N, Cs, Cu, H, W, K)
+
+
+@pytest.mark.parametrize("variant,tile", conv_cases("conv3x3_forward_concat"))
+@pytest.mark.parametrize("skip_hw,up_shape", CONCAT_SHAPES)
+def test_conv3x3_forward_concat(engine, rng, variant, tile, skip_hw, up_shape):
+    op = "conv3x3_forward_concat"
     n, cs, cu, h, w, k = up_shape
     skip, up = f32(rng, n, cs, *skip_hw), f32(rng, n, cu, h, w)
     wt, b = f32(rng, k, cs + cu, 3, 3, scale=0.3), f32(rng, k)
     out = ops.conv3x3_forward_concat(dev(skip, engine), dev(up, engine), dev(wt, engine), dev(b, engine), engine=engine,
-                                     variant=variant)
+                                     **tiled(variant, tile, op))
     cat = R.crop_concat_forward(skip.astype(np.float64), up.astype(np.float64))
-    close(out, R.conv3x3_forward(cat, wt.astype(np.float64), b.astype(np.float64)))
+    close(out, R.conv3x3_forward(cat, wt.astype(np.float64), b.astype(np.float64), True, precision(op, variant)))
 
 
-@pytest.mark.parametrize("variant", sorted(ops.VARIANTS["conv3x3_backward_data"]))
+@pytest.mark.parametrize("variant,tile", conv_cases("conv3x3_backward_data"))
 @pytest.mark.parametrize("shape", CONV_SHAPES)
 @pytest.mark.parametrize("relu", [False, True])
-def test_conv3x3_backward_data(engine, rng, variant, shape, relu):
+def test_conv3x3_backward_data(engine, rng, variant, tile, shape, relu):
+    op = "conv3x3_backward_data"
     n, c, h, w, k = shape
     dout, wt = f32(rng, n, k, h - 2, w - 2), f32(rng, k, c, 3, 3)
     out = np.maximum(f32(rng, n, k, h - 2, w - 2), 0) if relu else None  # forward's ReLU output
     dx = ops.conv3x3_backward_data(dev(dout, engine), dev(wt, engine), None if out is None else dev(out, engine),
-                                   engine=engine, variant=variant)
-    close(dx, R.conv3x3_backward_data(dout.astype(np.float64), wt.astype(np.float64), out))
+                                   engine=engine, **tiled(variant, tile, op))
+    close(dx, R.conv3x3_backward_data(dout.astype(np.float64), wt.astype(np.float64), out, precision(op, variant)))
 
 
-@pytest.mark.parametrize("variant", sorted(ops.VARIANTS["conv3x3_backward_weight"]))
+@pytest.mark.parametrize("variant", sorted(v for v, n in ops.VARIANTS["conv3x3_backward_data"].items() if n in C3.IGEMM))
+@pytest.mark.parametrize("shape", CONV_SHAPES[1:])
+def test_conv3x3_backward_data_applies_the_input_relu_mask(engine, rng, variant, shape):
+    op = "conv3x3_backward_data"
+    n, c, h, w, k = shape
+    dout, wt = f32(rng, n, k, h - 2, w - 2), f32(rng, k, c, 3, 3)
+    out, mask = np.maximum(f32(rng, n, k, h - 2, w - 2), 0), np.maximum(f32(rng, n, c, h, w), 0)
+    dx = ops.conv3x3_backward_data(dev(dout, engine), dev(wt, engine), dev(out, engine), mask=dev(mask, engine),
+                                   engine=engine, **tiled(variant, None, op))
+    ref = R.conv3x3_backward_data(dout.astype(np.float64), wt.astype(np.float64), out, precision(op, variant))
+    assert (host(dx)[mask == 0] == 0).all()
+    close(dx, R.relu_mask(ref, mask))
+
+
+@pytest.mark.parametrize("variant,tile", conv_cases("conv3x3_backward_data_concat"))
+@pytest.mark.parametrize("skip_hw,up_shape", CONCAT_SHAPES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv3x3_backward_data_concat(engine, rng, variant, tile, skip_hw, up_shape, relu):
+    op = "conv3x3_backward_data_concat"
+    n, cs, cu, h, w, k = up_shape
+    dout, wt = f32(rng, n, k, h - 2, w - 2), f32(rng, k, cs + cu, 3, 3)
+    out = np.maximum(f32(rng, n, k, h - 2, w - 2), 0) if relu else None
+    dwin, dup = ops.conv3x3_backward_data_concat(dev(dout, engine), dev(wt, engine), cs,
+                                                 None if out is None else dev(out, engine), engine=engine,
+                                                 **tiled(variant, tile, op))
+    dx = R.conv3x3_backward_data(dout.astype(np.float64), wt.astype(np.float64), out, precision(op, variant))
+    # the same as the unfused path: crop_concat_backward of the concatenated input's gradient
+    dskip, rdup = R.crop_concat_backward(dx, (n, cs) + skip_hw)
+    oy, ox = R.crop_offsets(skip_hw, (h, w))
+    close(dwin, dskip[:, :, oy:oy + h, ox:ox + w])
+    close(dup, rdup)
+
+
+@pytest.mark.parametrize("variant,tile", conv_cases("conv3x3_backward_weight"))
 @pytest.mark.parametrize("shape", CONV_SHAPES)
 @pytest.mark.parametrize("relu", [False, True])
-def test_conv3x3_backward_weight_accumulates(engine, rng, variant, shape, relu):
+def test_conv3x3_backward_weight_accumulates(engine, rng, variant, tile, shape, relu):
+    op = "conv3x3_backward_weight"
     n, c, h, w, k = shape
     dout, x = f32(rng, n, k, h - 2, w - 2), f32(rng, n, c, h, w)
     out = np.maximum(f32(rng, n, k, h - 2, w - 2), 0) if relu else None
@@ -91,11 +158,82 @@ def test_conv3x3_backward_weight_accumulates(engine, rng, variant, shape, relu):
     dw, db = dev(dw0, engine), dev(db0, engine)
     rdw, rdb = dw, db
     dw, db = ops.conv3x3_backward_weight(dev(dout, engine), dev(x, engine), None if out is None else dev(out, engine),
-                                         dw=dw, db=db, engine=engine, variant=variant)
+                                         dw=dw, db=db, engine=engine, **tiled(variant, tile, op))
     assert dw is rdw and db is rdb  # accumulated in place
-    gw, gb = R.conv3x3_backward_weight(dout.astype(np.float64), x.astype(np.float64), out)
+    gw, gb = R.conv3x3_backward_weight(dout.astype(np.float64), x.astype(np.float64), out, precision(op, variant))
     close(dw, gw + dw0)
     close(db, gb + db0)
+
+
+@pytest.mark.parametrize("variant", sorted(v for v, n in ops.VARIANTS["conv3x3_backward_weight"].items() if n in C3.IGEMM))
+@pytest.mark.parametrize("splits", [2, 7, 40])  # 40 > the reduction's steps: some splits are empty
+def test_conv3x3_backward_weight_split_over_pixels(engine, rng, variant, splits):
+    op = "conv3x3_backward_weight"
+    n, c, h, w, k = 2, 3, 17, 14, 6
+    dout, x = f32(rng, n, k, h - 2, w - 2), f32(rng, n, c, h, w)
+    out = np.maximum(f32(rng, n, k, h - 2, w - 2), 0)
+    dw0, db0 = f32(rng, k, c, 3, 3), f32(rng, k)
+    dw, db = ops.conv3x3_backward_weight(dev(dout, engine), dev(x, engine), dev(out, engine), dw=dev(dw0, engine),
+                                         db=dev(db0, engine), engine=engine, splits=splits, **tiled(variant, None, op))
+    gw, gb = R.conv3x3_backward_weight(dout.astype(np.float64), x.astype(np.float64), out, precision(op, variant))
+    close(dw, gw + dw0)
+    close(db, gb + db0)
+
+
+@pytest.mark.parametrize("variant,tile", conv_cases("conv3x3_backward_weight_concat"))
+@pytest.mark.parametrize("skip_hw,up_shape", CONCAT_SHAPES)
+def test_conv3x3_backward_weight_concat(engine, rng, variant, tile, skip_hw, up_shape):
+    op = "conv3x3_backward_weight_concat"
+    n, cs, cu, h, w, k = up_shape
+    skip, up = f32(rng, n, cs, *skip_hw), f32(rng, n, cu, h, w)
+    dout, out = f32(rng, n, k, h - 2, w - 2), np.maximum(f32(rng, n, k, h - 2, w - 2), 0)
+    dw0, db0 = f32(rng, k, cs + cu, 3, 3), f32(rng, k)
+    dw, db = ops.conv3x3_backward_weight_concat(dev(dout, engine), dev(skip, engine), dev(up, engine), dev(out, engine),
+                                                dw=dev(dw0, engine), db=dev(db0, engine), engine=engine,
+                                                **tiled(variant, tile, op))
+    cat = R.crop_concat_forward(skip.astype(np.float64), up.astype(np.float64))
+    gw, gb = R.conv3x3_backward_weight(dout.astype(np.float64), cat, out, precision(op, variant))
+    close(dw, gw + dw0)
+    close(db, gb + db0)
+
+
+def test_tf32_variants_round_and_stay_within_tf32_error(rng):
+    """The tf32 kernels really compute in tf32 (an fp32 result would sit ~1e-7 from the fp32
+    reference) and their error against the exact result is what tf32 gives: ~1e-3 or less."""
+    n, c, h, w, k = 1, 16, 12, 12, 16
+    x, wt, b = f32(rng, n, c, h, w), f32(rng, k, c, 3, 3, scale=0.3), f32(rng, k)
+    exact = R.conv3x3_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64), False)
+    for v in sorted(ops.TF32_VARIANTS["conv3x3_forward"]):
+        err = rel_err(ops.conv3x3_forward(x, wt, b, relu=False, engine="emu", variant=v, precision="tf32"), exact)
+        assert 1e-5 < err < 2e-3, (v, err)
+    fp32 = rel_err(ops.conv3x3_forward(x, wt, b, relu=False, engine="emu"), exact)
+    assert fp32 < 1e-6
+
+
+def test_precision_and_variant_must_agree():
+    x, wt, b = (np.ones(s, np.float32) for s in ((1, 2, 5, 5), (3, 2, 3, 3), (3,)))
+    with pytest.raises(ValueError, match="computes in tf32; pass precision='tf32'"):
+        ops.conv3x3_forward(x, wt, b, engine="emu", variant=4)
+    with pytest.raises(ValueError, match="computes in fp32"):
+        ops.conv3x3_forward(x, wt, b, engine="emu", variant=2, precision="tf32")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        ops.conv3x3_forward(x, wt, b, engine="emu", precision="fp16")
+    with pytest.raises(ValueError, match="tile"):
+        ops.conv3x3_forward(x, wt, b, engine="emu", tile=(32, 32))
+    with pytest.raises(ValueError, match="implicit-GEMM variants only"):
+        ops.conv3x3_forward(x, wt, b, engine="emu", variant=2, tile=(64, 64))
+    assert ops.default_variant("conv3x3_forward") == 3 and ops.default_variant("conv3x3_forward", "tf32") == 4
+
+
+def test_tile_heuristic_fills_the_machine():
+    # the paper's first layer (570x570 pixels, 64 channels): big tiles, and never 128 wide over 64 channels
+    assert C3.pick_tile(570 * 570, 64) == (128, 64)
+    # the bottleneck (28x28 pixels, 1024 channels): 128x128 would give 7 x 8 = 56 blocks for 132 SMs
+    assert C3.pick_tile(28 * 28, 1024) == (64, 64)
+    assert C3.pick_tile(140 * 140, 256) == (128, 128)
+    # backward-weight of the first layer: a 9 x 64 product over 325k pixels is split
+    assert C3.pick_splits(9, 64, 570 * 570, (64, 64)) == 264
+    assert C3.pick_splits(9 * 1024, 1024, 784, (128, 128)) == 1
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 2, 2), (2, 3, 6, 10), (3, 5, 14, 8)])

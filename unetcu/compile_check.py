@@ -21,7 +21,8 @@ from .emu import kernel_names
 
 _ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\d+a?)'")
 _FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
-_REGS = re.compile(r"Used (\d+) registers(?:, used \d+ barriers)?(?:, (\d+) bytes smem)?")
+_REGS = re.compile(r"Used (\d+) registers")
+_SMEM = re.compile(r"(\d+) bytes smem")
 
 
 @dataclass
@@ -55,7 +56,8 @@ def parse_ptxas(log: str, file: str) -> list[KernelReport]:
         m = _REGS.search(line)
         if m:
             out[-1].registers = int(m.group(1))
-            out[-1].smem = int(m.group(2) or 0)
+            sm = _SMEM.search(line)  # after "used N barriers" and "N bytes cumulative stack size", if any
+            out[-1].smem = int(sm.group(1)) if sm else 0
     return out
 
 

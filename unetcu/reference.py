@@ -23,9 +23,28 @@ def rel_err(out, ref) -> float:
     return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-300))
 
 
+def tf32_round(a):
+    """a (float32 values, any float dtype) rounded to tf32 (10 explicit mantissa bits) to nearest,
+    ties away from zero: what __float_to_tf32 does before a tensor-core product. Same dtype back."""
+    a = np.asarray(a)
+    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    finite = np.isfinite(bits.view(np.float32))
+    r = np.where(finite, (bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000), bits).astype(np.uint32)
+    return r.view(np.float32).astype(a.dtype)
+
+
+def _operands(precision, *arrays):
+    """The products' operands as the given precision computes them: "fp32" as they are, "tf32"
+    rounded (the sums stay exact; the kernels accumulate in fp32)."""
+    if precision not in ("fp32", "tf32"):
+        raise ValueError(f"precision must be 'fp32' or 'tf32', got {precision!r}")
+    return arrays if precision == "fp32" else tuple(tf32_round(a) for a in arrays)
+
+
 # ---- conv3x3 (valid, stride 1) -------------------------------------------------------------------
-def conv3x3_forward(x, w, b, relu=True):
+def conv3x3_forward(x, w, b, relu=True, precision="fp32"):
     """x (N, C, H, W), w (K, C, 3, 3), b (K,) -> (N, K, H-2, W-2); ReLU applied if relu."""
+    x, w = _operands(precision, x, w)
     win = sliding_window_view(x, (3, 3), axis=(2, 3))  # (N, C, H-2, W-2, 3, 3)
     out = np.einsum("nchwij,kcij->nkhw", win, w, optimize=True) + b[None, :, None, None]
     return np.maximum(out, 0) if relu else out
@@ -36,19 +55,21 @@ def relu_mask(dout, out):
     return dout if out is None else np.where(out > 0, dout, 0)
 
 
-def conv3x3_backward_data(dout, w, out=None):
+def conv3x3_backward_data(dout, w, out=None, precision="fp32"):
     """dout (N, K, H-2, W-2), w (K, C, 3, 3) -> dx (N, C, H, W). out: forward's ReLU output, or None."""
-    g = relu_mask(dout, out)
+    g, w = _operands(precision, relu_mask(dout, out), w)
     gp = np.pad(g, ((0, 0), (0, 0), (2, 2), (2, 2)))
     win = sliding_window_view(gp, (3, 3), axis=(2, 3))  # (N, K, H, W, 3, 3)
     return np.einsum("nkhwij,kcij->nchw", win, w[:, :, ::-1, ::-1], optimize=True)
 
 
-def conv3x3_backward_weight(dout, x, out=None):
-    """dout (N, K, H-2, W-2), x (N, C, H, W) -> (dw (K, C, 3, 3), db (K,))."""
+def conv3x3_backward_weight(dout, x, out=None, precision="fp32"):
+    """dout (N, K, H-2, W-2), x (N, C, H, W) -> (dw (K, C, 3, 3), db (K,)). db is exact in both
+    precisions (a sum, no product)."""
     g = relu_mask(dout, out)
+    gr, x = _operands(precision, g, x)
     win = sliding_window_view(x, (3, 3), axis=(2, 3))
-    return np.einsum("nkhw,nchwij->kcij", g, win, optimize=True), g.sum(axis=(0, 2, 3))
+    return np.einsum("nkhw,nchwij->kcij", gr, win, optimize=True), g.sum(axis=(0, 2, 3))
 
 
 # ---- maxpool2x2 (stride 2) -----------------------------------------------------------------------

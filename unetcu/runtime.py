@@ -99,12 +99,29 @@ def cuda_include_dir() -> str | None:
 
 
 _MMA_RE = re.compile(r"#\s*include\s*[<\"]mma\.h[>\"]")
+_LOCAL_INCLUDE_RE = re.compile(r"#\s*include\s*\"([^\"]+)\"")
+
+
+def _includes_mma(source: str, include_dirs, seen=None) -> bool:
+    """Whether the source, or a local header it includes (found in include_dirs), includes <mma.h>."""
+    if _MMA_RE.search(source):
+        return True
+    seen = set() if seen is None else seen
+    for name in _LOCAL_INCLUDE_RE.findall(source):
+        for d in include_dirs:
+            f = Path(d) / name
+            if f.is_file() and f not in seen:
+                seen.add(f)
+                if _includes_mma(f.read_text(), include_dirs, seen):
+                    return True
+    return False
 
 
 def nvrtc_options(source: str, options=(), include_dirs=()) -> tuple[str, ...]:
     """The options the cuda engine compiles with (and the compile check uses)."""
     opts = list(NVRTC_OPTIONS) + [f"-I{d}" for d in include_dirs] + list(options)
-    if _MMA_RE.search(source):
+    dirs = list(include_dirs) + [o[2:] for o in options if o.startswith("-I")]
+    if _includes_mma(source, dirs):
         inc = cuda_include_dir()
         if inc is None:
             raise RuntimeError("this kernel includes <mma.h>, whose crt/mma.h is not in CuPy's headers, and no CUDA "

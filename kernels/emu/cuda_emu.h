@@ -70,7 +70,7 @@
 #define __launch_bounds__(...)
 #define __constant__
 #define __managed__
-#define __align__(n) alignas(n)
+#define __align__(n) __attribute__((aligned(n)))  // GNU form: allowed among decl-specifiers, as in CUDA
 #if EMU_ASAN
 #define __shared__ static
 #else

@@ -9,7 +9,8 @@ into the arrays you pass (or new zero arrays), activation gradients are returned
 """
 from ._core import OP_ENGINES, resolve as resolve_engine
 from .conv1x1 import conv1x1_backward_data, conv1x1_backward_weight, conv1x1_forward
-from .conv3x3 import conv3x3_backward_data, conv3x3_backward_weight, conv3x3_forward, conv3x3_forward_concat
+from .conv3x3 import (conv3x3_backward_data, conv3x3_backward_data_concat, conv3x3_backward_weight,
+                      conv3x3_backward_weight_concat, conv3x3_forward, conv3x3_forward_concat)
 from .crop_concat import crop_concat_backward, crop_concat_forward
 from .dropout import dropout_backward, dropout_forward
 from .maxpool2x2 import maxpool2x2_backward, maxpool2x2_forward
@@ -25,8 +26,8 @@ _c1, _c3, _cc, _do, _mp, _sgd, _sx, _up = (_im(f"{__name__}.{m}") for m in (
 
 VARIANTS = {
     "conv3x3_forward": _c3.FORWARD, "conv3x3_forward_concat": _c3.FORWARD_CONCAT,
-    "conv3x3_backward_data": _c3.BACKWARD_DATA,
-    "conv3x3_backward_weight": _c3.BACKWARD_WEIGHT,
+    "conv3x3_backward_data": _c3.BACKWARD_DATA, "conv3x3_backward_data_concat": _c3.BACKWARD_DATA_CONCAT,
+    "conv3x3_backward_weight": _c3.BACKWARD_WEIGHT, "conv3x3_backward_weight_concat": _c3.BACKWARD_WEIGHT_CONCAT,
     "maxpool2x2_forward": _mp.FORWARD, "maxpool2x2_backward": _mp.BACKWARD,
     "upconv2x2_forward": _up.FORWARD, "upconv2x2_backward_data": _up.BACKWARD_DATA,
     "upconv2x2_backward_weight": _up.BACKWARD_WEIGHT,
@@ -38,8 +39,24 @@ VARIANTS = {
     "sgd_momentum_update": _sgd.UPDATE,
 }
 
-__all__ = ["OP_ENGINES", "VARIANTS", "resolve_engine",
-           "conv3x3_forward", "conv3x3_forward_concat", "conv3x3_backward_data", "conv3x3_backward_weight",
+# op -> the variant numbers that compute in tf32 (precision="tf32"); every other variant is fp32
+TF32_VARIANTS = {op: {v for v, name in vs.items() if name in _c3.TF32} for op, vs in VARIANTS.items()}
+
+
+def default_variant(op: str, precision: str = "fp32") -> int:
+    """The variant an op runs when variant=None."""
+    from ._core import default_variant as _dv
+    return _dv(VARIANTS[op], precision, _c3.TF32)
+
+
+def kernel_names(op: str, variant: int) -> list[str]:
+    """The compiled kernels behind one variant (the implicit GEMMs have one per tile shape)."""
+    return _c3.kernel_names(VARIANTS[op][variant])
+
+
+__all__ = ["OP_ENGINES", "VARIANTS", "TF32_VARIANTS", "default_variant", "kernel_names", "resolve_engine",
+           "conv3x3_forward", "conv3x3_forward_concat", "conv3x3_backward_data", "conv3x3_backward_data_concat",
+           "conv3x3_backward_weight", "conv3x3_backward_weight_concat",
            "maxpool2x2_forward", "maxpool2x2_backward",
            "upconv2x2_forward", "upconv2x2_backward_data", "upconv2x2_backward_weight",
            "crop_concat_forward", "crop_concat_backward", "softmax_xent", "softmax",

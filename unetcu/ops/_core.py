@@ -87,13 +87,32 @@ def grid1d(total: int) -> tuple[tuple[int], tuple[int]]:
     return ((max(1, -(-total // BLOCK)),), (BLOCK,))
 
 
-def pick_variant(op: str, variants: dict, variant):
-    """variants: {number: value}; None picks the default (the highest number)."""
+PRECISIONS = ("fp32", "tf32")
+
+
+def pick_variant(op: str, variants: dict, variant, precision: str = "fp32", tf32=frozenset()):
+    """variants: {number: kernel name}; tf32: the names that compute in tf32. None picks the
+    default of the precision: its highest number. A variant of the other precision is refused, so
+    that a precision is never changed behind the caller's back."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{op}: precision must be one of {PRECISIONS}, got {precision!r}")
+    mine = sorted(v for v, name in variants.items() if (name in tf32) == (precision == "tf32"))
     if variant is None:
-        return variants[max(variants)]
+        if not mine:
+            raise ValueError(f"{op}: no {precision} variant")
+        return variants[mine[-1]]
     if variant not in variants:
         raise ValueError(f"{op}: no variant {variant!r}; available: {sorted(variants)}")
+    if variant not in mine:
+        other = "tf32" if precision == "fp32" else "fp32"
+        raise ValueError(f"{op}: variant {variant} computes in {other}; pass precision={other!r} "
+                         f"({precision} variants: {mine})")
     return variants[variant]
+
+
+def default_variant(variants: dict, precision: str = "fp32", tf32=frozenset()) -> int:
+    """The number pick_variant(..., None, precision) chooses."""
+    return max(v for v, name in variants.items() if (name in tf32) == (precision == "tf32"))
 
 
 def i32(v) -> np.int32:

@@ -1,12 +1,24 @@
-"""conv3x3: valid 3x3 convolution, stride 1 (kernels/conv3x3.cu).
+"""conv3x3: valid 3x3 convolution, stride 1 (kernels/conv3x3.cu, kernels/igemm.cuh).
 
 x (N, C, H, W), w (K, C, 3, 3), b (K,) -> out (N, K, H-2, W-2), with an optional fused ReLU.
 The backward functions take forward's output `out` when forward applied the ReLU: the gradient
 flows only where out > 0 (what forward kept, nothing recomputed).
 
-Variants: forward 1 (thread per output), 2 (shared-memory tiles, 8 channels per thread, default);
-backward_data 1; backward_weight 1 (thread per weight + a bias kernel), 2 (block per (c, k)
-pair with the bias fused, default).
+Variants (fp32 unless marked; see kernels/README.md for the path from the first to the last):
+  forward          1 thread per output, 2 shared-memory tiles, 3 implicit GEMM (default),
+                   4 implicit GEMM on tf32 tensor cores (precision="tf32")
+  backward_data    1 thread per input element, 2 implicit GEMM (default), 3 tf32
+  backward_weight  1 thread per weight + bias kernel, 2 block per (c, k), 3 implicit GEMM split over
+                   pixels (default), 4 tf32
+The *_concat ops are the same convolutions when the input is crop_concat(skip, up): the implicit-
+GEMM kernels read the two maps directly, so the concatenation and its gradient are never stored.
+
+precision: "fp32" (default) or "tf32" (inputs rounded to tf32, a 10-bit mantissa, products summed
+in fp32; relative error ~1e-3, like cuDNN/PyTorch with TF32 on). It picks the default variant of
+that precision; a variant of the other precision is refused.
+tile: (BM, BN) of the implicit-GEMM kernels, one of TILES; None picks per layer (pick_tile).
+splits: how many slices of the pixels backward-weight's implicit GEMM reduces in parallel; None
+picks (pick_splits).
 """
 from __future__ import annotations
 
@@ -15,10 +27,72 @@ from ._core import (accumulate_reference, as_np, check, check_size, empty, grid1
                     pick_variant, resolve)
 
 FILE = "conv3x3.cu"
-FORWARD = {1: "conv3x3_forward_kernel1", 2: "conv3x3_forward_kernel2"}
-FORWARD_CONCAT = {1: "conv3x3_forward_concat_kernel1"}
-BACKWARD_DATA = {1: "conv3x3_backward_data_kernel1"}
-BACKWARD_WEIGHT = {1: "conv3x3_backward_weight_kernel1", 2: "conv3x3_backward_weight_kernel2"}
+FORWARD = {1: "conv3x3_forward_kernel1", 2: "conv3x3_forward_kernel2", 3: "conv3x3_forward_kernel3",
+           4: "conv3x3_forward_kernel4"}
+FORWARD_CONCAT = {1: "conv3x3_forward_concat_kernel1", 3: "conv3x3_forward_kernel3", 4: "conv3x3_forward_kernel4"}
+BACKWARD_DATA = {1: "conv3x3_backward_data_kernel1", 2: "conv3x3_backward_data_kernel2",
+                 3: "conv3x3_backward_data_kernel3"}
+BACKWARD_DATA_CONCAT = {2: "conv3x3_backward_data_kernel2", 3: "conv3x3_backward_data_kernel3"}
+BACKWARD_WEIGHT = {1: "conv3x3_backward_weight_kernel1", 2: "conv3x3_backward_weight_kernel2",
+                   3: "conv3x3_backward_weight_kernel3", 4: "conv3x3_backward_weight_kernel4"}
+BACKWARD_WEIGHT_CONCAT = {3: "conv3x3_backward_weight_kernel3", 4: "conv3x3_backward_weight_kernel4"}
+TF32 = {"conv3x3_forward_kernel4", "conv3x3_backward_data_kernel3", "conv3x3_backward_weight_kernel4"}
+IGEMM = {"conv3x3_forward_kernel3", "conv3x3_backward_data_kernel2", "conv3x3_backward_weight_kernel3"} | TF32
+
+# Implicit-GEMM block tiles (BM x BN), largest first; each is its own kernel (<name>_<BM>x<BN>).
+TILES = ((128, 128), (128, 64), (64, 64))
+H100_SMS = 132  # what pick_tile assumes off a GPU, so emu and numpy runs choose as an H100 would
+
+
+def kernel_names(name: str) -> list[str]:
+    """The compiled kernels behind a variant's name: one per tile shape for the implicit GEMMs."""
+    return [f"{name}_{bm}x{bn}" for bm, bn in TILES] if name in IGEMM else [name]
+
+
+def _sms(engine: str) -> int:
+    if engine != "cuda":
+        return H100_SMS
+    import cupy
+    return cupy.cuda.Device().attributes["MultiProcessorCount"]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def pick_tile(m: int, n: int, sms: int = H100_SMS) -> tuple[int, int]:
+    """The largest tile that still gives every SM two blocks (more reuse of each loaded element
+    per FMA, while the machine stays full); a 128-wide N tile only when N > 64, since a 64-channel
+    layer would leave half of it empty. Else the smallest tile."""
+    for bm, bn in TILES:
+        if bn > 64 and n <= 64:
+            continue
+        if _cdiv(m, bm) * _cdiv(n, bn) >= 2 * sms:
+            return bm, bn
+    return TILES[-1]
+
+
+def pick_splits(m: int, n: int, pixels: int, tile, sms: int = H100_SMS) -> int:
+    """Backward-weight's product is short (M = 9C, N = K) with a long reduction (N*Ho*Wo pixels,
+    325k for a 572 tile's first layers): split the pixels over blocks until every SM has two,
+    keeping at least 512 pixels per split so the atomics stay a small part of the work."""
+    tiles = _cdiv(m, tile[0]) * _cdiv(n, tile[1])
+    return max(1, min(_cdiv(2 * sms, tiles), pixels // 512))
+
+
+def _tile(op: str, tile, m: int, n: int, engine: str):
+    if tile is None:
+        return pick_tile(m, n, _sms(engine))
+    if tuple(tile) not in TILES:
+        raise ValueError(f"{op}: tile {tile!r} is not one of {TILES}")
+    return tuple(tile)
+
+
+def _variant(op, variants, variant, precision, tile):
+    name = pick_variant(op, variants, variant, precision, TF32)
+    if tile is not None and name not in IGEMM:
+        raise ValueError(f"{op}: tile= applies to the implicit-GEMM variants only, not to {name}")
+    return name
 
 
 def _input(op, x, engine):
@@ -28,6 +102,15 @@ def _input(op, x, engine):
     return x
 
 
+def _concat_input(op, skip, up, engine):
+    """Check (skip, up) of a concatenated input; returns them with the crop offsets."""
+    skip = check(op, "skip", skip, engine, (None,) * 4, names=("N", "Cs", "Hs", "Ws"))
+    n, cs, hs, ws = skip.shape
+    up = _input(op, check(op, "up", up, engine, (n, None, None, None), names=("N", "Cu", "H", "W")), engine)
+    oy, ox = reference.crop_offsets((hs, ws), up.shape[2:])
+    return skip, up, oy, ox
+
+
 def _grad(op, dout, out, engine, shape):
     dout = check(op, "dout", dout, engine, shape, names=("N", "K", "H-2", "W-2"))
     if out is not None:
@@ -35,90 +118,186 @@ def _grad(op, dout, out, engine, shape):
     return dout, out
 
 
-def conv3x3_forward(x, w, b, relu=True, engine=None, variant=None):
+def _sources(skip, up, oy, ox):
+    """The kernels' (skip, up, Cs, Hs, Ws, Cu, H, W, oy, ox) arguments; a plain input x is skip=x, Cu=0."""
+    n, cs, hs, ws = skip.shape
+    if up is None:
+        return skip, skip, cs, hs, ws, 0, hs, ws, 0, 0
+    return skip, up, cs, hs, ws, up.shape[1], up.shape[2], up.shape[3], oy, ox
+
+
+# ---- forward -------------------------------------------------------------------------------------
+def conv3x3_forward(x, w, b, relu=True, engine=None, variant=None, precision="fp32", tile=None):
     """out[n,k,y,x] = b[k] + sum_{c,i,j} x[n,c,y+i,x+j] w[k,c,i,j], then max(0, .) if relu."""
     op = "conv3x3_forward"
     engine = resolve(engine)
     x = _input(op, x, engine)
-    n, c, h, wd = x.shape
-    w = check(op, "w", w, engine, (None, c, 3, 3), names=("K", "C", 3, 3))
-    k = w.shape[0]
-    b = check(op, "b", b, engine, (k,), names=("K",))
-    check_size(op, n * max(c, k) * h * wd)
-    if engine == "numpy":
-        return as_np(reference.conv3x3_forward(x, w, b, relu))
-    name = pick_variant(op, FORWARD, variant)
-    out = empty(engine, (n, k, h - 2, wd - 2))
-    args = (x, w, b, out, i32(n), i32(c), i32(h), i32(wd), i32(k), i32(bool(relu)))
-    if name.endswith("1"):
-        grid, block = grid1d(out.size)
-    else:
-        grid, block = (-(-(wd - 2) // 16) * -(-(h - 2) // 16), -(-k // 8), n), (16, 16)
-    kernel(FILE, name, engine)(grid, block, args)
-    return out
+    return _forward(op, FORWARD, x, None, 0, 0, w, b, relu, engine, variant, precision, tile)
 
 
-def conv3x3_forward_concat(skip, up, w, b, relu=True, engine=None, variant=None):
+def conv3x3_forward_concat(skip, up, w, b, relu=True, engine=None, variant=None, precision="fp32", tile=None):
     """conv3x3_forward(crop_concat_forward(skip, up), w, b, relu) without writing the concatenated
     tensor: the kernel reads the cropped skip map and the up-sampled map directly."""
     op = "conv3x3_forward_concat"
     engine = resolve(engine)
-    skip = check(op, "skip", skip, engine, (None,) * 4, names=("N", "Cs", "Hs", "Ws"))
-    n, cs, hs, ws = skip.shape
-    up = _input(op, check(op, "up", up, engine, (n, None, None, None), names=("N", "Cu", "H", "W")), engine)
-    _, cu, h, wd = up.shape
-    oy, ox = reference.crop_offsets((hs, ws), (h, wd))
-    w = check(op, "w", w, engine, (None, cs + cu, 3, 3), names=("K", "Cs+Cu", 3, 3))
+    skip, up, oy, ox = _concat_input(op, skip, up, engine)
+    return _forward(op, FORWARD_CONCAT, skip, up, oy, ox, w, b, relu, engine, variant, precision, tile)
+
+
+def _forward(op, variants, skip, up, oy, ox, w, b, relu, engine, variant, precision, tile):
+    n = skip.shape[0]
+    c = skip.shape[1] + (0 if up is None else up.shape[1])
+    h, wd = (skip if up is None else up).shape[2:]
+    w = check(op, "w", w, engine, (None, c, 3, 3), names=("K", "C" if up is None else "Cs+Cu", 3, 3))
     k = w.shape[0]
     b = check(op, "b", b, engine, (k,), names=("K",))
-    check_size(op, n * max(cs + cu, k) * max(hs * ws, h * wd))
+    check_size(op, n * max(c, k) * skip.shape[2] * skip.shape[3])
+    name = _variant(op, variants, variant, precision, tile)
     if engine == "numpy":
-        return as_np(reference.conv3x3_forward(reference.crop_concat_forward(skip, up), w, b, relu))
-    name = pick_variant(op, FORWARD_CONCAT, variant)
+        x = skip if up is None else reference.crop_concat_forward(skip, up)
+        return as_np(reference.conv3x3_forward(x, w, b, relu, precision))
     out = empty(engine, (n, k, h - 2, wd - 2))
-    kernel(FILE, name, engine)(*grid1d(out.size), (skip, up, w, b, out, i32(n), i32(cs), i32(hs), i32(ws), i32(cu),
-                                                   i32(h), i32(wd), i32(k), i32(oy), i32(ox), i32(bool(relu))))
+    srcs = _sources(skip, up, oy, ox)
+    if name in IGEMM:
+        m = n * (h - 2) * (wd - 2)
+        bm, bn = _tile(op, tile, m, k, engine)
+        s, u, cs, hs, ws, cu, hh, ww, oy, ox = srcs
+        kernel(FILE, f"{name}_{bm}x{bn}", engine)(
+            (_cdiv(m, bm), _cdiv(k, bn), 1), (256,),
+            (s, u, w, b, out, i32(n), i32(cs), i32(hs), i32(ws), i32(cu), i32(hh), i32(ww), i32(k), i32(oy), i32(ox),
+             i32(bool(relu))))
+    elif up is not None:  # conv3x3_forward_concat_kernel1
+        s, u, cs, hs, ws, cu, hh, ww, oy, ox = srcs
+        kernel(FILE, name, engine)(*grid1d(out.size), (s, u, w, b, out, i32(n), i32(cs), i32(hs), i32(ws), i32(cu),
+                                                       i32(hh), i32(ww), i32(k), i32(oy), i32(ox), i32(bool(relu))))
+    else:
+        args = (skip, w, b, out, i32(n), i32(c), i32(h), i32(wd), i32(k), i32(bool(relu)))
+        if name.endswith("1"):
+            grid, block = grid1d(out.size)
+        else:
+            grid, block = (_cdiv(wd - 2, 16) * _cdiv(h - 2, 16), _cdiv(k, 8), n), (16, 16)
+        kernel(FILE, name, engine)(grid, block, args)
     return out
 
 
-def conv3x3_backward_data(dout, w, out=None, engine=None, variant=None):
-    """dx (N, C, H, W) from dout (N, K, H-2, W-2); out: forward's ReLU output, or None without ReLU."""
+# ---- backward-data -------------------------------------------------------------------------------
+def conv3x3_backward_data(dout, w, out=None, mask=None, engine=None, variant=None, precision="fp32", tile=None):
+    """dx (N, C, H, W) from dout (N, K, H-2, W-2); out: forward's ReLU output, or None without ReLU.
+    mask: this conv's input x when it is itself a ReLU output (the previous conv's `out`): dx is
+    then also multiplied by x > 0, so that conv's backward needs no `out` (implicit-GEMM variants)."""
     op = "conv3x3_backward_data"
     engine = resolve(engine)
+    dout, w, out, (n, k, ho, wo), c = _backward_data_args(op, dout, w, out, engine)
+    if mask is not None:
+        mask = check(op, "mask", mask, engine, (n, c, ho + 2, wo + 2), names=("N", "C", "H", "W"))
+    name = _variant(op, BACKWARD_DATA, variant, precision, tile)
+    if mask is not None and name not in IGEMM:
+        raise ValueError(f"{op}: mask= needs an implicit-GEMM variant ({sorted(v for v, n in BACKWARD_DATA.items() if n in IGEMM)})")
+    if engine == "numpy":
+        dx = reference.conv3x3_backward_data(dout, w, out, precision)
+        return as_np(dx if mask is None else reference.relu_mask(dx, mask))
+    dx = empty(engine, (n, c, ho + 2, wo + 2))
+    if name in IGEMM:
+        _backward_data_igemm(op, name, dout, out, w, mask, dx, dx, c, 0, engine, tile)
+    else:
+        kernel(FILE, name, engine)(*grid1d(dx.size), (dout, out, w, dx, i32(n), i32(c), i32(ho + 2), i32(wo + 2), i32(k)))
+    return dx
+
+
+def conv3x3_backward_data_concat(dout, w, skip_channels, out=None, engine=None, variant=None, precision="fp32",
+                                 tile=None):
+    """The input gradient of a conv whose input was crop_concat(skip, up), split on the way out:
+    returns (dwin (N, Cs, H, W), dup (N, Cu, H, W)) with Cs = skip_channels. dwin is the gradient of
+    the cropped window of skip only (the rest of skip gets none): add it into skip's gradient at the
+    crop offsets. Equals crop_concat_backward(conv3x3_backward_data(...)) without the (N, Cs+Cu, H, W)
+    tensor in between."""
+    op = "conv3x3_backward_data_concat"
+    engine = resolve(engine)
+    dout, w, out, (n, k, ho, wo), c = _backward_data_args(op, dout, w, out, engine)
+    cs = int(skip_channels)
+    if not 0 < cs < c:
+        raise ValueError(f"{op}: skip_channels must lie in 1..{c - 1} (w has {c} input channels), got {skip_channels}")
+    name = _variant(op, BACKWARD_DATA_CONCAT, variant, precision, tile)
+    if engine == "numpy":
+        dx = reference.conv3x3_backward_data(dout, w, out, precision)
+        return as_np(dx[:, :cs]), as_np(dx[:, cs:])
+    dwin, dup = empty(engine, (n, cs, ho + 2, wo + 2)), empty(engine, (n, c - cs, ho + 2, wo + 2))
+    _backward_data_igemm(op, name, dout, out, w, None, dwin, dup, cs, c - cs, engine, tile)
+    return dwin, dup
+
+
+def _backward_data_args(op, dout, w, out, engine):
     dout = check(op, "dout", dout, engine, (None,) * 4, names=("N", "K", "H-2", "W-2"))
     n, k, ho, wo = dout.shape
     w = check(op, "w", w, engine, (k, None, 3, 3), names=("K", "C", 3, 3))
     c = w.shape[1]
     dout, out = _grad(op, dout, out, engine, (n, k, ho, wo))
     check_size(op, n * max(c, k) * (ho + 2) * (wo + 2))
-    if engine == "numpy":
-        return as_np(reference.conv3x3_backward_data(dout, w, out))
-    name = pick_variant(op, BACKWARD_DATA, variant)
-    dx = empty(engine, (n, c, ho + 2, wo + 2))
-    kernel(FILE, name, engine)(*grid1d(dx.size), (dout, out, w, dx, i32(n), i32(c), i32(ho + 2), i32(wo + 2), i32(k)))
-    return dx
+    return dout, w, out, (n, k, ho, wo), c
 
 
-def conv3x3_backward_weight(dout, x, out=None, dw=None, db=None, engine=None, variant=None):
+def _backward_data_igemm(op, name, dout, out, w, mask, dskip, dup, cs, cu, engine, tile):
+    n, k, ho, wo = dout.shape
+    h, wd = ho + 2, wo + 2
+    m = n * h * wd
+    bm, bn = _tile(op, tile, m, cs + cu, engine)
+    kernel(FILE, f"{name}_{bm}x{bn}", engine)(
+        (_cdiv(m, bm), _cdiv(cs + cu, bn), 1), (256,),
+        (dout, out, w, mask, dskip, dup, i32(n), i32(cs), i32(cu), i32(h), i32(wd), i32(k)))
+
+
+# ---- backward-weight -----------------------------------------------------------------------------
+def conv3x3_backward_weight(dout, x, out=None, dw=None, db=None, engine=None, variant=None, precision="fp32",
+                            tile=None, splits=None):
     """Accumulate dw (K, C, 3, 3) += and db (K,) += from dout and forward's input x; returns (dw, db).
     dw/db default to new zero arrays."""
     op = "conv3x3_backward_weight"
     engine = resolve(engine)
     x = _input(op, x, engine)
-    n, c, h, wd = x.shape
+    return _backward_weight(op, BACKWARD_WEIGHT, dout, x, None, 0, 0, out, dw, db, engine, variant, precision, tile,
+                            splits)
+
+
+def conv3x3_backward_weight_concat(dout, skip, up, out=None, dw=None, db=None, engine=None, variant=None,
+                                   precision="fp32", tile=None, splits=None):
+    """conv3x3_backward_weight(dout, crop_concat_forward(skip, up), ...) reading skip and up directly."""
+    op = "conv3x3_backward_weight_concat"
+    engine = resolve(engine)
+    skip, up, oy, ox = _concat_input(op, skip, up, engine)
+    return _backward_weight(op, BACKWARD_WEIGHT_CONCAT, dout, skip, up, oy, ox, out, dw, db, engine, variant, precision,
+                            tile, splits)
+
+
+def _backward_weight(op, variants, dout, skip, up, oy, ox, out, dw, db, engine, variant, precision, tile, splits):
+    n = skip.shape[0]
+    c = skip.shape[1] + (0 if up is None else up.shape[1])
+    h, wd = (skip if up is None else up).shape[2:]
     dout = check(op, "dout", dout, engine, (n, None, h - 2, wd - 2), names=("N", "K", "H-2", "W-2"))
     k = dout.shape[1]
     dout, out = _grad(op, dout, out, engine, dout.shape)
     dw, db = param_grads(op, engine, dw, db, (k, c, 3, 3), k)
-    check_size(op, n * max(c, k) * h * wd)
+    check_size(op, n * max(c, k) * skip.shape[2] * skip.shape[3])
+    name = _variant(op, variants, variant, precision, tile)
+    if splits is not None and (name not in IGEMM or int(splits) < 1):
+        raise ValueError(f"{op}: splits= needs an implicit-GEMM variant and a count >= 1, got {splits!r} for {name}")
     if engine == "numpy":
-        return accumulate_reference(dw, db, reference.conv3x3_backward_weight(dout, x, out))
-    name = pick_variant(op, BACKWARD_WEIGHT, variant)
+        x = skip if up is None else reference.crop_concat_forward(skip, up)
+        return accumulate_reference(dw, db, reference.conv3x3_backward_weight(dout, x, out, precision))
     sizes = (i32(n), i32(c), i32(h), i32(wd), i32(k))
-    if name.endswith("1"):
-        kernel(FILE, name, engine)(*grid1d(dw.size), (dout, out, x, dw, *sizes))
+    if name in IGEMM:
+        m, pixels = 9 * c, n * (h - 2) * (wd - 2)
+        # no "two blocks per SM" rule here: the split over pixels fills the machine instead
+        bm, bn = tuple(tile) if tile is not None else (128 if m > 64 else 64, 128 if k > 64 else 64)
+        bm, bn = _tile(op, (bm, bn), m, k, engine)
+        z = int(splits) if splits is not None else pick_splits(m, k, pixels, (bm, bn), _sms(engine))
+        s, u, cs, hs, ws, cu, hh, ww, oy, ox = _sources(skip, up, oy, ox)
+        kernel(FILE, f"{name}_{bm}x{bn}", engine)(
+            (_cdiv(m, bm), _cdiv(k, bn), z), (256,),
+            (dout, out, s, u, dw, db, i32(n), i32(cs), i32(hs), i32(ws), i32(cu), i32(hh), i32(ww), i32(k), i32(oy),
+             i32(ox)))
+    elif name.endswith("1"):
+        kernel(FILE, name, engine)(*grid1d(dw.size), (dout, out, skip, dw, *sizes))
         kernel(FILE, "conv3x3_backward_bias_kernel1", engine)((k,), (256,), (dout, out, db, i32(n), i32(h - 2), i32(wd - 2), i32(k)))
     else:
-        kernel(FILE, name, engine)((c, k), (256,), (dout, out, x, dw, db, *sizes))
+        kernel(FILE, name, engine)((c, k), (256,), (dout, out, skip, dw, db, *sizes))
     return dw, db
-
