@@ -23,7 +23,7 @@ import numpy as np
 
 from common import (conv_flops, cpu_median_ms, gpu_median_ms, machine_info, torch_or_none, unet_layers, ceilings)
 from unetcu import ops, reference as R, runtime
-from unetcu.ops import resolve_engine
+from unetcu.ops import conv3x3 as C3, resolve_engine
 
 
 def host(a):
@@ -47,13 +47,17 @@ class Bench:
             return gpu_median_ms(call, reps=self.reps)
         return cpu_median_ms(call)
 
-    def case(self, op, name, direction, variant, shape, ours, work, kind, theirs=None, theirs_tf32=None, check=None):
-        """ours/theirs: callables of the buffer index; work: flops (kind 'compute') or bytes ('memory')."""
-        row = dict(op=op, layer=name, direction=direction, variant=variant, shape=shape, kind=kind)
+    def case(self, op, name, direction, variant, shape, ours, work, kind, theirs=None, theirs_tf32=None, check=None,
+             precision="fp32"):
+        """ours/theirs: callables of the buffer index; work: flops (kind 'compute') or bytes ('memory').
+        The ratio is against cuDNN in the same precision: fp32 (TF32 off) for fp32 variants, cuDNN
+        with TF32 on for tf32 variants (its other-precision time is recorded beside it)."""
+        row = dict(op=op, layer=name, direction=direction, variant=variant, shape=shape, kind=kind, precision=precision)
+        tol = 1e-4 if precision == "fp32" else 5e-3
         try:
             if check is not None:
                 row["check_rel_err"] = check()
-                if not row["check_rel_err"] <= 1e-4:
+                if not row["check_rel_err"] <= tol:
                     row["error"] = f"result differs from the baseline (rel. error {row['check_rel_err']:.2e}); not timed"
                     self.rows.append(row)
                     self._print(row)
@@ -67,7 +71,8 @@ class Bench:
                     t.backends.cudnn.allow_tf32 = True
                     row["cudnn_tf32_ms"] = self.time(theirs_tf32)
                     t.backends.cudnn.allow_tf32 = False
-                row["ratio_vs_cudnn"] = row["cudnn_ms"] / row["ms"]
+                same = row["cudnn_tf32_ms"] if precision == "tf32" else row["cudnn_ms"]
+                row["ratio_vs_cudnn"] = same / row["ms"]
             if kind == "compute":
                 row["TFLOPs"] = work / row["ms"] / 1e9
             else:
@@ -82,12 +87,30 @@ class Bench:
             perf = f"{r['TFLOPs']:7.2f} TFLOP/s" if r["TFLOPs"] >= 0.1 else f"{r['TFLOPs'] * 1e3:7.2f} GFLOP/s"
         else:
             perf = f"{r['GBps']:7.1f} GB/s   " if "GBps" in r else " " * 15
-        cud = f"cuDNN {r['cudnn_ms']:8.3f} ms  x{r['ratio_vs_cudnn']:5.2f}" if "cudnn_ms" in r else ""
+        same = "cudnn_tf32_ms" if r.get("precision") == "tf32" else "cudnn_ms"
+        cud = f"cuDNN{'-tf32' if same != 'cudnn_ms' else ''} {r[same]:8.3f} ms  x{r['ratio_vs_cudnn']:5.2f}" if "ratio_vs_cudnn" in r else ""
         ms = f"{r['ms']:9.3f} ms" if "ms" in r else " " * 12
-        print(f"{r['op']:<13}{r['layer']:<15}{r['direction']:<16}v{r['variant']:<3}{ms} {perf} {cud} {r.get('error', '')}", flush=True)
+        print(f"{r['op']:<13}{r['layer']:<15}{r['direction']:<16}v{str(r['variant']):<10}{ms} {perf} {cud} {r.get('error', '')}", flush=True)
 
 
-def run(engine, tile, depth, base, batch, reps, torch):
+def relu_mask_fusion(b, L, e, fl):
+    """A level's conv1 backward with forward's ReLU output read in both its kernels (the op chain)
+    vs with dout already masked by conv2's backward-data epilogue (fuse): the two kernels without
+    `out`, plus what the mask costs conv2's backward-data. Rows 'mask:chain' and 'mask:fused'."""
+    N, C, H, W, K = L["N"], L["C"], L["H"], L["W"], L["K"]
+    x, w, d = b.rand(N, C, H, W), b.rand(K, C, 3, 3, scale=(2 / (9 * C)) ** 0.5), b.rand(N, K, H - 2, W - 2)
+    out = b.rand(N, K, H - 2, W - 2)
+    d2, w2 = b.rand(N, K, H - 4, W - 4), b.rand(K, K, 3, 3, scale=(2 / (9 * K)) ** 0.5)  # conv2 of the level
+    shape = f"{N}x{C}x{H}x{W}->{K}"
+    b.case("conv3x3", L["name"], "bwd_mask:chain", "dflt", shape,
+           lambda i: (ops.conv3x3_backward_data(d2[i], w2[i], **e), ops.conv3x3_backward_weight(d[i], x[i], out[i], **e),
+                      ops.conv3x3_backward_data(d[i], w[i], out[i], **e)), 2 * fl, "compute")
+    b.case("conv3x3", L["name"], "bwd_mask:fused", "dflt", shape,
+           lambda i: (ops.conv3x3_backward_data(d2[i], w2[i], mask=out[i], **e), ops.conv3x3_backward_weight(d[i], x[i], **e),
+                      ops.conv3x3_backward_data(d[i], w[i], **e)), 2 * fl, "compute")
+
+
+def run(engine, tile, depth, base, batch, reps, torch, sweep=False):
     b = Bench(engine, torch, reps)
     e = dict(engine=engine)
     t = torch
@@ -105,21 +128,28 @@ def run(engine, tile, depth, base, batch, reps, torch):
             d = b.rand(N, K, H - 2, W - 2)
             fl = conv_flops(L)
             shape = f"{N}x{C}x{H}x{W}->{K}"
-            for v in ops.VARIANTS["conv3x3_forward"]:
-                ours = lambda i, v=v: ops.conv3x3_forward(x[i], w[i], bias[i], relu=False, variant=v, **e)
-                theirs = (lambda i: t.nn.functional.conv2d(tt(x[i]), tt(w[i]), tt(bias[i]))) if t else None
-                check = (lambda v=v: R.rel_err(host(ours(0)), host(theirs(0)))) if t else None
-                b.case(op, name, "forward", v, shape, ours, fl, "compute", theirs, theirs, check)
-            for v in ops.VARIANTS["conv3x3_backward_data"]:
-                ours = lambda i, v=v: ops.conv3x3_backward_data(d[i], w[i], variant=v, **e)
-                theirs = (lambda i: t.nn.grad.conv2d_input((N, C, H, W), tt(w[i]), tt(d[i]))) if t else None
-                check = (lambda v=v: R.rel_err(host(ours(0)), host(theirs(0)))) if t else None
-                b.case(op, name, "backward_data", v, shape, ours, fl, "compute", theirs, theirs, check)
-            for v in ops.VARIANTS["conv3x3_backward_weight"]:
-                ours = lambda i, v=v: ops.conv3x3_backward_weight(d[i], x[i], variant=v, **e)
-                theirs = (lambda i: t.nn.grad.conv2d_weight(tt(x[i]), (K, C, 3, 3), tt(d[i]))) if t else None
-                check = (lambda v=v: R.rel_err(host(ours(0)[0]), host(theirs(0)))) if t else None
-                b.case(op, name, "backward_weight", v, shape, ours, fl, "compute", theirs, theirs, check)
+            cudnn = dict(
+                forward=(lambda i: t.nn.functional.conv2d(tt(x[i]), tt(w[i]), tt(bias[i]))) if t else None,
+                backward_data=(lambda i: t.nn.grad.conv2d_input((N, C, H, W), tt(w[i]), tt(d[i]))) if t else None,
+                backward_weight=(lambda i: t.nn.grad.conv2d_weight(tt(x[i]), (K, C, 3, 3), tt(d[i]))) if t else None)
+            calls = dict(
+                forward=lambda i, **kw: ops.conv3x3_forward(x[i], w[i], bias[i], relu=False, **kw, **e),
+                backward_data=lambda i, **kw: ops.conv3x3_backward_data(d[i], w[i], **kw, **e),
+                backward_weight=lambda i, **kw: ops.conv3x3_backward_weight(d[i], x[i], **kw, **e)[0])
+            for direction, call in calls.items():
+                opname = f"conv3x3_{direction}"
+                for v, kname in ops.VARIANTS[opname].items():
+                    prec = "tf32" if v in ops.TF32_VARIANTS[opname] else "fp32"
+                    tiles = [None] + (list(C3.TILES) if sweep and kname in C3.IGEMM else [])
+                    for tile in tiles:
+                        kw = dict(variant=v, precision=prec, **({"tile": tile} if tile else {}))
+                        ours = lambda i, kw=kw, call=call: call(i, **kw)
+                        theirs = cudnn[direction]
+                        check = (lambda ours=ours, theirs=theirs: R.rel_err(host(ours(0)), host(theirs(0)))) if t else None
+                        label = v if tile is None else f"{v}@{tile[0]}x{tile[1]}"
+                        b.case(op, name, direction, label, shape, ours, fl, "compute", theirs, theirs, check, prec)
+            if name.endswith("conv1") and name != "down0.conv1":  # down0.conv1 needs no input gradient
+                relu_mask_fusion(b, L, e, fl)
         elif op == "maxpool2x2":
             N, C, H, W = L["N"], L["C"], L["H"], L["W"]
             x = b.rand(N, C, H, W)
@@ -153,10 +183,22 @@ def run(engine, tile, depth, base, batch, reps, torch):
             w, bias = b.rand(K, Cs + Cu, 3, 3, scale=(2 / (9 * (Cs + Cu))) ** 0.5), b.rand(K)
             fl = conv_flops(dict(N=N, C=Cs + Cu, H=H, W=H, K=K))
             for v in ops.VARIANTS["conv3x3_forward_concat"]:
+                prec = "tf32" if v in ops.TF32_VARIANTS["conv3x3_forward_concat"] else "fp32"
                 b.case("conv3x3", name.replace("concat", "conv1"), "forward_concat", v, f"{N}x{Cs}x{Hs}+{Cu}x{H}->{K}",
-                       lambda i, v=v: ops.conv3x3_forward_concat(s[i], u[i], w[i], bias[i], variant=v, **e), fl, "compute")
-            b.case("conv3x3", name.replace("concat", "conv1"), "concat+forward", "1+2", f"{N}x{Cs}x{Hs}+{Cu}x{H}->{K}",
+                       lambda i, v=v, prec=prec: ops.conv3x3_forward_concat(s[i], u[i], w[i], bias[i], variant=v, precision=prec, **e),
+                       fl, "compute", precision=prec)
+            b.case("conv3x3", name.replace("concat", "conv1"), "concat+forward", "1+dflt", f"{N}x{Cs}x{Hs}+{Cu}x{H}->{K}",
                    lambda i: ops.conv3x3_forward(ops.crop_concat_forward(s[i], u[i], **e), w[i], bias[i], **e), fl, "compute")
+            # backward of that conv, fused (two-source kernels) vs the op chain (concat input, crop_concat_backward)
+            g = b.rand(N, K, H - 2, H - 2)
+            cat = ops.crop_concat_forward(s[0], u[0], **e)
+            b.case("conv3x3", name.replace("concat", "conv1"), "bwd_concat", "dflt", f"{N}x{Cs}x{Hs}+{Cu}x{H}->{K}",
+                   lambda i: (ops.conv3x3_backward_weight_concat(g[i], s[i], u[i], **e),
+                              ops.conv3x3_backward_data_concat(g[i], w[i], Cs, **e)), 2 * fl, "compute")
+            b.case("conv3x3", name.replace("concat", "conv1"), "bwd+crop_concat", "dflt", f"{N}x{Cs}x{Hs}+{Cu}x{H}->{K}",
+                   lambda i: (ops.conv3x3_backward_weight(g[i], cat, **e),
+                              ops.crop_concat_backward(ops.conv3x3_backward_data(g[i], w[i], **e), (N, Cs, Hs, Hs), **e)),
+                   2 * fl, "compute")
             d = b.rand(N, Cs + Cu, H, H)
             b.case(op, name, "backward", 1, f"{N}x{Cs}x{Hs}+{Cu}x{H}",
                    lambda i: ops.crop_concat_backward(d[i], (N, Cs, Hs, Hs), **e), 4.0 * N * (Cs * Hs * Hs + 2 * (Cs + Cu) * H * H), "memory")
@@ -201,6 +243,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--json", help="write all figures to this file")
+    ap.add_argument("--tiles", action="store_true", help="also time every tile shape of the implicit-GEMM variants "
+                    "(rows v3@128x64 ...), to check the per-layer tile choice")
     a = ap.parse_args(argv)
     engine = resolve_engine(a.engine)
     info = machine_info()
@@ -218,7 +262,7 @@ def main(argv=None):
         ceil = {}
         print(f"kernel benchmark on the CPU, engine '{engine}', tiny shapes (tile {tile}, depth {depth}, {base} channels): "
               "CPU timings, not comparable with GPU figures or with cuDNN")
-    rows = run(engine, tile, depth, base, a.batch, reps, torch)
+    rows = run(engine, tile, depth, base, a.batch, reps, torch, sweep=a.tiles)
     slow = sorted((r for r in rows if "ratio_vs_cudnn" in r), key=lambda r: r["ratio_vs_cudnn"])[:3]
     if slow:
         print("slowest relative to cuDNN: " + "; ".join(f"{r['op']} {r['layer']} {r['direction']} v{r['variant']} x{r['ratio_vs_cudnn']:.2f}" for r in slow))

@@ -209,6 +209,9 @@ extern "C" __global__ void conv3x3_backward_weight_kernel2(const float* dout, co
 // centre crop of a skip map and an up-sampled map (an expanding level's first conv): the gather
 // reads both directly, so the concatenated tensor and its gradient are never written (a fusion
 // cuDNN cannot do). One kernel per tile shape (BM x BN), picked per layer by the op layer.
+// fp32 kernels ask for two resident blocks per SM (__launch_bounds__(256, 2): at most 128
+// registers), except backward-weight 128x128, which spills 12 bytes under that cap (NVRTC 13.0);
+// the tf32 ones would spill too (128x128: 186-232 registers) and run one 8-warp block per SM.
 #include "igemm.cuh"
 
 // The conv input x (N, C, H, W): channels c < Cs come from the window at (oy, ox) of
@@ -238,13 +241,15 @@ struct ConvForward {
         int q = m % (Ho * Wo);
         return {m / (Ho * Wo), q / Wo, q % Wo};
     }
-    __device__ float load_a(const ARow& p, int r) const {
+    struct KPos { int r, c, i, j; };  // r = c*9 + i*3 + j
+    __device__ KPos k_pos(int r) const {
         int c = r / 9, ij = r - 9 * c, i = ij / 3;
-        return in.at(p.n, c, p.y + i, p.x + ij - 3 * i);
+        return {r, c, i, ij - 3 * i};
     }
+    __device__ float load_a(const ARow& p, const KPos& t) const { return in.at(p.n, t.c, p.y + t.i, p.x + t.j); }
     using BCol = int;
     __device__ BCol b_col(int k) const { return k * R; }
-    __device__ float load_b(BCol wrow, int r) const { return w[wrow + r]; }
+    __device__ float load_b(BCol wrow, const KPos& t) const { return w[wrow + t.r]; }
     using CRow = size_t;  // offset of out[n, 0, oy, ox]
     __device__ CRow c_row(int m) const {
         int hw = Ho * Wo;
@@ -262,9 +267,9 @@ struct ConvForward {
 #define CONV_FORWARD_PROBLEM ConvForward{N * (H - 2) * (W - 2), K, 9 * (Cs + Cu), {skip, up, Cs, Hs, Ws, oy, ox, Cs + Cu, H, W}, \
     w, b, out, H - 2, W - 2, relu}
 // grid = (ceil(N*Ho*Wo / BM), ceil(K / BN)), block = 256
-extern "C" __global__ void __launch_bounds__(256) conv3x3_forward_kernel3_128x128(CONV_FORWARD_PARAMS) { igemm_fp32<ConvForward, 128, 128>(CONV_FORWARD_PROBLEM); }
-extern "C" __global__ void __launch_bounds__(256) conv3x3_forward_kernel3_128x64(CONV_FORWARD_PARAMS) { igemm_fp32<ConvForward, 128, 64>(CONV_FORWARD_PROBLEM); }
-extern "C" __global__ void __launch_bounds__(256) conv3x3_forward_kernel3_64x64(CONV_FORWARD_PARAMS) { igemm_fp32<ConvForward, 64, 64>(CONV_FORWARD_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_forward_kernel3_128x128(CONV_FORWARD_PARAMS) { igemm_fp32<ConvForward, 128, 128>(CONV_FORWARD_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_forward_kernel3_128x64(CONV_FORWARD_PARAMS) { igemm_fp32<ConvForward, 128, 64>(CONV_FORWARD_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_forward_kernel3_64x64(CONV_FORWARD_PARAMS) { igemm_fp32<ConvForward, 64, 64>(CONV_FORWARD_PROBLEM); }
 extern "C" __global__ void __launch_bounds__(256) conv3x3_forward_kernel4_128x128(CONV_FORWARD_PARAMS) { igemm_tf32<ConvForward, 128, 128>(CONV_FORWARD_PROBLEM); }
 extern "C" __global__ void __launch_bounds__(256) conv3x3_forward_kernel4_128x64(CONV_FORWARD_PARAMS) { igemm_tf32<ConvForward, 128, 64>(CONV_FORWARD_PROBLEM); }
 extern "C" __global__ void __launch_bounds__(256) conv3x3_forward_kernel4_64x64(CONV_FORWARD_PARAMS) { igemm_tf32<ConvForward, 64, 64>(CONV_FORWARD_PROBLEM); }
@@ -286,19 +291,20 @@ struct ConvBackwardData {
         int q = m % (H * W);
         return {m / (H * W), q / W, q % W};
     }
-    __device__ float load_a(const ARow& p, int r) const {
-        int k = r / 9, ij = r - 9 * k, i = ij / 3, y = p.y - i, x = p.x - (ij - 3 * i);
-        int Ho = H - 2, Wo = W - 2;
+    struct KPos { int k, ij, i, j; };  // r = k*9 + ij, ij = i*3 + j
+    __device__ KPos k_pos(int r) const {
+        int k = r / 9, ij = r - 9 * k;
+        return {k, ij, ij / 3, ij % 3};
+    }
+    __device__ float load_a(const ARow& p, const KPos& t) const {
+        int Ho = H - 2, Wo = W - 2, y = p.y - t.i, x = p.x - t.j, k = t.k;
         if (y < 0 || y >= Ho || x < 0 || x >= Wo) return 0.0f;
         size_t o = ((size_t)(p.n * K + k) * Ho + y) * Wo + x;
         return (out == nullptr || out[o] > 0.0f) ? dout[o] : 0.0f;
     }
     using BCol = int;
     __device__ BCol b_col(int c) const { return c * 9; }
-    __device__ float load_b(BCol c9, int r) const {
-        int k = r / 9;
-        return w[k * N * 9 + c9 + r - 9 * k];
-    }
+    __device__ float load_b(BCol c9, const KPos& t) const { return w[t.k * N * 9 + c9 + t.ij]; }
     using CRow = ARow;
     __device__ CRow c_row(int m) const { return a_row(m); }
     __device__ void store(const CRow& p, int c, float v) const {
@@ -317,9 +323,9 @@ struct ConvBackwardData {
     float *dup, int N, int Cs, int Cu, int H, int W, int K
 #define CONV_BACKWARD_DATA_PROBLEM ConvBackwardData{N * H * W, Cs + Cu, 9 * K, dout, out, w, mask, dskip, dup, Cs, H, W, K}
 // grid = (ceil(N*H*W / BM), ceil(C / BN)), block = 256
-extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_data_kernel2_128x128(CONV_BACKWARD_DATA_PARAMS) { igemm_fp32<ConvBackwardData, 128, 128>(CONV_BACKWARD_DATA_PROBLEM); }
-extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_data_kernel2_128x64(CONV_BACKWARD_DATA_PARAMS) { igemm_fp32<ConvBackwardData, 128, 64>(CONV_BACKWARD_DATA_PROBLEM); }
-extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_data_kernel2_64x64(CONV_BACKWARD_DATA_PARAMS) { igemm_fp32<ConvBackwardData, 64, 64>(CONV_BACKWARD_DATA_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_backward_data_kernel2_128x128(CONV_BACKWARD_DATA_PARAMS) { igemm_fp32<ConvBackwardData, 128, 128>(CONV_BACKWARD_DATA_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_backward_data_kernel2_128x64(CONV_BACKWARD_DATA_PARAMS) { igemm_fp32<ConvBackwardData, 128, 64>(CONV_BACKWARD_DATA_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_backward_data_kernel2_64x64(CONV_BACKWARD_DATA_PARAMS) { igemm_fp32<ConvBackwardData, 64, 64>(CONV_BACKWARD_DATA_PROBLEM); }
 extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_data_kernel3_128x128(CONV_BACKWARD_DATA_PARAMS) { igemm_tf32<ConvBackwardData, 128, 128>(CONV_BACKWARD_DATA_PROBLEM); }
 extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_data_kernel3_128x64(CONV_BACKWARD_DATA_PARAMS) { igemm_tf32<ConvBackwardData, 128, 64>(CONV_BACKWARD_DATA_PROBLEM); }
 extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_data_kernel3_64x64(CONV_BACKWARD_DATA_PARAMS) { igemm_tf32<ConvBackwardData, 64, 64>(CONV_BACKWARD_DATA_PROBLEM); }
@@ -340,15 +346,16 @@ struct ConvBackwardWeight {
         int c = m / 9, ij = m - 9 * c;
         return {c, ij / 3, ij % 3};
     }
-    __device__ float load_a(const ARow& t, int p) const {
+    struct KPos { int n, q, y, x; };  // pixel p = n*Ho*Wo + q, q = y*Wo + x
+    __device__ KPos k_pos(int p) const {
         int n = p / (Ho * Wo), q = p - n * Ho * Wo, y = q / Wo;
-        return in.at(n, t.c, y + t.i, q - y * Wo + t.j);
+        return {n, q, y, q - y * Wo};
     }
+    __device__ float load_a(const ARow& t, const KPos& p) const { return in.at(p.n, t.c, p.y + t.i, p.x + t.j); }
     using BCol = int;
     __device__ BCol b_col(int k) const { return k; }
-    __device__ float load_b(BCol k, int p) const {
-        int n = p / (Ho * Wo);
-        size_t o = (size_t)(n * N + k) * Ho * Wo + p - n * Ho * Wo;
+    __device__ float load_b(BCol k, const KPos& p) const {
+        size_t o = (size_t)(p.n * N + k) * Ho * Wo + p.q;
         return (out == nullptr || out[o] > 0.0f) ? dout[o] : 0.0f;
     }
     using CRow = int;
@@ -363,8 +370,8 @@ struct ConvBackwardWeight {
     {skip, up, Cs, Hs, Ws, oy, ox, Cs + Cu, H, W}, dout, out, dw, db, H - 2, W - 2}
 // grid = (ceil(9*C / BM), ceil(K / BN), splits of the pixels), block = 256
 extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_weight_kernel3_128x128(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_fp32<ConvBackwardWeight, 128, 128>(CONV_BACKWARD_WEIGHT_PROBLEM); }
-extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_weight_kernel3_128x64(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_fp32<ConvBackwardWeight, 128, 64>(CONV_BACKWARD_WEIGHT_PROBLEM); }
-extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_weight_kernel3_64x64(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_fp32<ConvBackwardWeight, 64, 64>(CONV_BACKWARD_WEIGHT_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_backward_weight_kernel3_128x64(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_fp32<ConvBackwardWeight, 128, 64>(CONV_BACKWARD_WEIGHT_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_backward_weight_kernel3_64x64(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_fp32<ConvBackwardWeight, 64, 64>(CONV_BACKWARD_WEIGHT_PROBLEM); }
 extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_weight_kernel4_128x128(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_tf32<ConvBackwardWeight, 128, 128>(CONV_BACKWARD_WEIGHT_PROBLEM); }
 extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_weight_kernel4_128x64(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_tf32<ConvBackwardWeight, 128, 64>(CONV_BACKWARD_WEIGHT_PROBLEM); }
 extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_weight_kernel4_64x64(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_tf32<ConvBackwardWeight, 64, 64>(CONV_BACKWARD_WEIGHT_PROBLEM); }

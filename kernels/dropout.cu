@@ -30,3 +30,19 @@ extern "C" __global__ void dropout_backward_kernel1(const float* dout, float* dx
     if (i >= n) return;
     dx[i] = dropout_uniform(seed, i) >= p ? dout[i] * scale : 0.0f;
 }
+
+// Variant 2: the seed is read from device memory (seed[0]), so a step captured once as a CUDA
+// graph draws a fresh mask on every replay (a kernel argument would be frozen into the graph).
+extern "C" __global__ void dropout_forward_kernel2(const float* x, float* out, int n, float p, float scale,
+                                                   const unsigned long long* seed) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    out[i] = dropout_uniform(*seed, i) >= p ? x[i] * scale : 0.0f;
+}
+
+extern "C" __global__ void dropout_backward_kernel2(const float* dout, float* dx, int n, float p, float scale,
+                                                    const unsigned long long* seed) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    dx[i] = dropout_uniform(*seed, i) >= p ? dout[i] * scale : 0.0f;
+}

@@ -29,11 +29,14 @@
 //   int M, N, R;
 //   static constexpr bool kAContigK, kBContigK;   // operand contiguous along r in memory
 //   static constexpr bool kColSums;               // also accumulate sum_r B[r][n] (bias gradient)
-//   ARow a_row(int m); float load_a(const ARow&, int r);   // a_row once per thread, load_a per element
-//   BCol b_col(int n); float load_b(const BCol&, int r);
+//   ARow a_row(int m); BCol b_col(int n);        // once per thread: what depends on m (or n) only
+//   KPos k_pos(int r);                            // what depends on r only (pixel or tap decomposition)
+//   float load_a(const ARow&, const KPos&); float load_b(const BCol&, const KPos&);
 //   CRow c_row(int m); void store(const CRow&, int n, float v);
 //   void col_sum(int n, float s);                  // when kColSums
 // load_a/load_b are only asked for m < M, n < N, r < R; rows and columns past the edge load as 0.
+// With the r-contiguous mapping every load of a thread in one step has the same r (thread % BK),
+// so k_pos, which may divide by runtime sizes, is computed once per step and shared by A and B.
 #pragma once
 #include "common.cuh"
 #include <mma.h>
@@ -47,8 +50,9 @@ struct Loads {
     static constexpr int COUNT = BK * MN / IGEMM_THREADS;  // elements per thread per step
     static_assert(BK * MN % IGEMM_THREADS == 0 && IGEMM_THREADS % MN == 0, "tile does not fit 256 threads");
     // the element a thread loads in its s-th load: k-row and m-column within the tile
+    static_assert(IGEMM_THREADS % BK == 0, "the r-contiguous mapping keeps a thread on one k-row");
     __device__ static int kk(int s) {
-        return kContigK ? (threadIdx.x + s * IGEMM_THREADS) % BK : threadIdx.x / MN + s * (IGEMM_THREADS / MN);
+        return kContigK ? threadIdx.x % BK : threadIdx.x / MN + s * (IGEMM_THREADS / MN);
     }
     __device__ static int mm(int s) {
         return kContigK ? (threadIdx.x + s * IGEMM_THREADS) / BK : threadIdx.x % MN;
@@ -92,12 +96,12 @@ struct Stage {
         #pragma unroll
         for (int s = 0; s < LA::COUNT; ++s) {
             int r = r0 + LA::kk(s);
-            areg[s] = (aok[s] && r < r1) ? p.load_a(arow[s], r) : 0.0f;
+            areg[s] = (aok[s] && r < r1) ? p.load_a(arow[s], p.k_pos(r)) : 0.0f;
         }
         #pragma unroll
         for (int s = 0; s < LB::COUNT; ++s) {
             int r = r0 + LB::kk(s);
-            breg[s] = (bok[s] && r < r1) ? p.load_b(bcol[s], r) : 0.0f;
+            breg[s] = (bok[s] && r < r1) ? p.load_b(bcol[s], p.k_pos(r)) : 0.0f;
             if (P::kColSums) bsum[s] += breg[s];
         }
     }

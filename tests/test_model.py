@@ -80,33 +80,49 @@ def test_reference_model_vs_finite_differences(rng, dropout):
 
 
 @pytest.mark.parametrize("engine", ["emu", "numpy", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_model_gradients_match_reference(engine, rng):
-    """One training step of a small U-Net: loss and every parameter gradient vs the float64 model."""
-    m = UNet(depth=3, base_channels=4, dropout=0.5, engine=engine, seed=5)
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_model_gradients_match_reference(engine, rng, fuse, precision):
+    """One training step of a small U-Net: loss and every parameter gradient vs the float64 model.
+    tf32 is compared with the exact (fp32) model: rounding the operands of 18 convolutions moves
+    the activations by ~1e-4 at the output and the weight gradients, sums of many products that
+    largely cancel, by a few percent in this 4-channel net (3-8 % measured; the float64 model
+    with the same tf32 rounding does not track it better, since a rounding that flips early is
+    amplified downstream; over 12 random problems the worst gradient was 0.6-14 % off). So, on one
+    fixed problem (3 % there): loss within 1e-3, every gradient within 20 % and aligned (cosine >
+    0.98) — a wrong kernel is off by ~100 %."""
+    if precision == "tf32":
+        rng = np.random.default_rng(0)
+    m = UNet(depth=3, base_channels=4, dropout=0.5, engine=engine, seed=5, fuse=fuse, precision=precision)
     x, labels, weights = small_problem(rng, base=4)
-    ref = m.reference()
+    ref = UNet(depth=3, base_channels=4, dropout=0.5, engine="numpy", seed=5).reference()
     rloss, rgrads = ref.loss_and_grads(x.astype(np.float64), labels, weights.astype(np.float64), dropout_seed=99)
     xp = m.xp
     loss, grads = m.loss_and_grads(xp.asarray(x), xp.asarray(labels), xp.asarray(weights), dropout_seed=99)
-    assert np.isfinite(loss) and abs(loss - rloss) <= 1e-5 * abs(rloss)
+    tol, loss_tol = (1e-4, 1e-5) if precision == "fp32" else (0.2, 1e-3)
+    assert np.isfinite(loss) and abs(loss - rloss) <= loss_tol * abs(rloss)
     assert list(grads) == list(m.params)
     for k, g in grads.items():
         g = g.get() if hasattr(g, "get") else g
         assert g.shape == m.params[k].shape and g.dtype == np.float32
-        assert rel_err(g, rgrads[k]) < 1e-4, k
+        assert rel_err(g, rgrads[k]) < tol, (k, rel_err(g, rgrads[k]))
+        cos = float(np.vdot(g, rgrads[k]) / (np.linalg.norm(g) * np.linalg.norm(rgrads[k])))
+        assert cos > 0.98, (k, cos)
 
 
 @pytest.mark.parametrize("engine", ["emu", "numpy"])
-def test_inference_uses_the_fused_concat_and_agrees(engine, rng):
-    """With fuse_concat, forward() without a cache reads skip and up directly in each up-level's
-    first conv; the training path materialises the concatenation. Both give the same logits."""
-    m = UNet(depth=3, base_channels=3, dropout=0.0, engine=engine, seed=8)
-    x, _, _ = small_problem(rng, base=3)
-    unfused = m.forward(x)
-    m.fuse_concat = True
-    fused = m.forward(x)
-    assert np.array_equal(unfused, m.forward(x, _cache={}))  # the training path never fuses
-    assert np.allclose(fused, unfused, rtol=1e-5, atol=1e-6)
+def test_fused_and_plain_paths_agree(engine, rng):
+    """fuse=True (concat read in place, ReLU masks in backward-data epilogues) and fuse=False (the
+    op chain with crop_concat) give the same logits, loss and gradients."""
+    x, labels, weights = small_problem(rng, base=3)
+    results = []
+    for fuse in (True, False):
+        m = UNet(depth=3, base_channels=3, dropout=0.0, engine=engine, seed=8, fuse=fuse)
+        results.append((m.forward(x), *m.loss_and_grads(x, labels, weights)))
+    (l1, loss1, g1), (l2, loss2, g2) = results
+    assert rel_err(l1, l2) < 1e-6 and abs(loss1 - loss2) <= 1e-6 * abs(loss2)
+    for k in g1:
+        assert rel_err(g1[k], g2[k]) < 1e-5, k
 
 
 def test_forward_shapes_and_train_flag(rng):

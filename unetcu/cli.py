@@ -77,9 +77,10 @@ def _cmd_train(a) -> int:
         source = f"{a.data}: {len(train_s)} training, {len(val_s)} validation images"
     print(f"data: {source}")
     model = UNet(in_channels=1, n_classes=a.classes, depth=depth, base_channels=base,
-                 dropout=0.0 if a.no_dropout else 0.5, engine=engine, seed=a.seed)
+                 dropout=0.0 if a.no_dropout else 0.5, engine=engine, seed=a.seed, precision=a.precision)
     cfg = TrainConfig(steps=steps, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay, clip=a.clip, batch=a.batch, tile=tile,
-                      augment=a.augment, w0=a.w0, sigma=a.sigma, val_every=a.val_every, ckpt_every=a.ckpt_every, seed=a.seed, out=a.out)
+                      augment=a.augment, w0=a.w0, sigma=a.sigma, val_every=a.val_every, ckpt_every=a.ckpt_every, seed=a.seed, out=a.out,
+                      cuda_graph=a.cuda_graph)
     try:
         history = train(model, train_s, val_s, cfg, resume=a.resume, progress=not a.no_progress)
     except TrainingDiverged as e:
@@ -96,7 +97,7 @@ def _cmd_train(a) -> int:
 def _cmd_predict(a) -> int:
     from .predict import predict_files
     predict_files(a.model, a.images, a.out, engine=a.engine, tile=a.tile, batch=a.batch, tta=a.tta,
-                  progress=not a.no_progress)
+                  progress=not a.no_progress, precision=a.precision)
     return 0
 
 
@@ -157,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", choices=("auto", "paper", "small", "tiny"), default="auto",
                    help="network size (default: paper on a GPU, small on a CPU)")
     t.add_argument("--engine", choices=("numpy", "emu", "cuda"), help="default: cuda if a GPU is usable, else numpy")
+    t.add_argument("--precision", choices=("fp32", "tf32"), default="fp32",
+                   help="3x3 convolutions in fp32 (default) or tf32 (tensor cores; ~1e-3 relative error, as cuDNN with TF32 on)")
+    t.add_argument("--cuda-graph", action="store_true",
+                   help="capture the training step once as a CUDA graph and replay it (cuda engine only)")
     t.add_argument("--steps", type=int, help="training steps (default: paper 10000, small 1500, tiny 300)")
     t.add_argument("--lr", type=float, default=0.001, help="learning rate (default 0.001)")
     t.add_argument("--momentum", type=float, default=0.99, help="SGD momentum (default 0.99, the paper's)")
@@ -186,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+", help="PNG/TIFF images (a multi-page TIFF gives one output per page)")
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--engine", choices=("numpy", "emu", "cuda"), help="default: cuda if a GPU is usable, else numpy")
+    pr.add_argument("--precision", choices=("fp32", "tf32"), default="fp32",
+                    help="3x3 convolutions in fp32 (default) or tf32 (tensor cores; ~1e-3 relative error, as cuDNN with TF32 on)")
     pr.add_argument("--tile", type=int, help="input tile size (default: 572 for the paper net, else about 388 output)")
     pr.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
     pr.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips (8x slower)")

@@ -100,27 +100,34 @@ def valid_input_size(min_output: int, depth: int = 5) -> int:
 
 # ---- the model -----------------------------------------------------------------------------------
 class UNet:
-    # Inference reads skip and up directly in each expanding level's first conv instead of writing
-    # the concatenation. Off until a tiled fused kernel exists: the plain fused variant 1 (thread
-    # per output) is not expected to beat crop_concat + the tiled conv forward (variant 2) that the
-    # unfused path uses; neither has been timed on a GPU yet.
-    fuse_concat = False
+    """fuse: compute each expanding level's first conv straight from the skip map and the
+    up-sampled map (forward, backward-data and backward-weight; the concatenated tensor and its
+    gradient are never stored), and apply a conv's input ReLU gradient in the epilogue of its
+    backward-data instead of in the previous conv's two backward kernels. Off: the plain op chain
+    (crop_concat, then the conv). Same numbers either way (tested); the fused path moves fewer bytes.
+    precision: "fp32" or "tf32" for the 3x3 convolutions (tf32: tensor cores, ~1e-3 relative error,
+    as cuDNN with TF32 on). Neither is part of the saved model."""
 
-    def __init__(self, in_channels=1, n_classes=2, depth=5, base_channels=64, dropout=0.5, engine=None, seed=0):
+    def __init__(self, in_channels=1, n_classes=2, depth=5, base_channels=64, dropout=0.5, engine=None, seed=0,
+                 fuse=True, precision="fp32"):
         if depth < 1 or base_channels < 1 or in_channels < 1 or n_classes < 2:
             raise ValueError("UNet: need depth >= 1, base_channels >= 1, in_channels >= 1, n_classes >= 2")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"UNet: dropout must lie in [0, 1), got {dropout}")
+        if precision not in ("fp32", "tf32"):
+            raise ValueError(f"UNet: precision must be 'fp32' or 'tf32', got {precision!r}")
         self.config = dict(in_channels=int(in_channels), n_classes=int(n_classes), depth=int(depth),
                            base_channels=int(base_channels), dropout=float(dropout), seed=int(seed))
         self.engine = resolve_engine(engine)
         self.xp = array_module(self.engine)
         self.ops = kernel_ops
+        self.fuse = bool(fuse)
+        self.precision = precision
         self.params = self._init_params(np.random.default_rng(seed))
 
     def reference(self) -> "UNet":
         """A float64 copy of this model computed by unetcu.reference: the oracle for gradient checks."""
-        ref = UNet(engine="numpy", **self.config)
+        ref = UNet(engine="numpy", fuse=self.fuse, precision=self.precision, **self.config)
         ref.ops = Float64Ops
         ref.params = OrderedDict((k, np.asarray(_to_host(v), dtype=np.float64)) for k, v in self.params.items())
         return ref
@@ -180,13 +187,14 @@ class UNet:
         (its mask drawn from dropout_seed)."""
         self._check_input(x)
         e, p, c = self.engine, self.params, self.config
+        conv = dict(relu=True, engine=e, precision=self.precision)
         keep = _cache is not None
         cache = _cache if keep else {}
         a = x
         for l in range(c["depth"]):
             for j in (1, 2):
                 name = f"down{l}.conv{j}"
-                out = self.ops.conv3x3_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], relu=True, engine=e)
+                out = self.ops.conv3x3_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], **conv)
                 if keep:
                     cache[name] = (a, out)
                 a = out
@@ -206,38 +214,41 @@ class UNet:
             if keep:
                 cache[name] = a
             skip = cache[f"skip{l}"]
-            fused = self.fuse_concat and not keep
-            if not fused:  # backward needs the concatenated input of conv1
-                a = self.ops.crop_concat_forward(skip, up, engine=e)
-                if keep:
-                    cache[f"concat{l}"] = skip.shape
-            else:  # inference: conv1 reads skip and up directly, the concatenation is never written
-                name = f"up{l}.conv1"
-                a = self.ops.conv3x3_forward_concat(skip, up, p[f"{name}.weight"], p[f"{name}.bias"], relu=True, engine=e)
-            for j in ((2,) if fused else (1, 2)):
-                name = f"up{l}.conv{j}"
-                out = self.ops.conv3x3_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], relu=True, engine=e)
-                if keep:
-                    cache[name] = (a, out)
-                a = out
+            name = f"up{l}.conv1"
+            if self.fuse:  # conv1 reads skip and up directly: the concatenation is never written
+                out = self.ops.conv3x3_forward_concat(skip, up, p[f"{name}.weight"], p[f"{name}.bias"], **conv)
+                inp = (skip, up)
+            else:
+                inp = self.ops.crop_concat_forward(skip, up, engine=e)
+                out = self.ops.conv3x3_forward(inp, p[f"{name}.weight"], p[f"{name}.bias"], **conv)
+            if keep:
+                cache[name] = (inp, out)
+            a = out
+            name = f"up{l}.conv2"
+            out = self.ops.conv3x3_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], **conv)
+            if keep:
+                cache[name] = (a, out)
+            a = out
         if keep:
             cache["head"] = a
         return self.ops.conv1x1_forward(a, p["head.weight"], p["head.bias"], engine=e)
 
-    def loss_and_grads(self, x, labels, weights, dropout_seed=0, train=True):
+    def loss_and_grads(self, x, labels, weights, dropout_seed=0, train=True, sync=True):
         """One forward + backward pass. labels (N, h, w) int32 classes, weights (N, h, w) float32 at
-        the output size. Returns (loss per pixel, grads keyed like params)."""
+        the output size. Returns (loss per pixel, grads keyed like params).
+        sync=False reads nothing back from the device (a CUDA graph captures it): the loss is then
+        (loss (1,) array, bad-label flag (1,) array), see ops.softmax_xent; dropout_seed may be a
+        (1,) uint64 array, read by the kernels from memory."""
         e, p, c = self.engine, self.params, self.config
         cache = {}
         logits = self.forward(x, train=train, dropout_seed=dropout_seed, _cache=cache)
-        loss, d = self.ops.softmax_xent(logits, labels, weights, engine=e)
+        loss, d = self.ops.softmax_xent(logits, labels, weights, engine=e, **({} if sync else {"sync": False}))
         g = OrderedDict((k, None) for k in p)
         g["head.weight"], g["head.bias"] = self.ops.conv1x1_backward_weight(d, cache["head"], engine=e)
         d = self.ops.conv1x1_backward_data(d, p["head.weight"], engine=e)
         dskips = {}
         for l in range(c["depth"] - 1):  # expanding levels in reverse forward order: 0, 1, ...
-            d = self._conv_pair_backward(f"up{l}", d, cache, g)
-            dskips[l], d = self.ops.crop_concat_backward(d, cache[f"concat{l}"], engine=e)
+            d, dskips[l] = self._conv_pair_backward(f"up{l}", d, cache, g)
             name = f"up{l}.upconv"
             g[f"{name}.weight"], g[f"{name}.bias"] = self.ops.upconv2x2_backward_weight(d, cache[name], engine=e)
             d = self.ops.upconv2x2_backward_data(d, p[f"{name}.weight"], engine=e)
@@ -246,19 +257,41 @@ class UNet:
                 if "dropout" in cache:
                     d = self.ops.dropout_backward(d, c["dropout"], cache["dropout"], engine=e)
             else:
-                d = self.ops.maxpool2x2_backward(d, cache[f"pool{l}"], engine=e) + dskips[l]
-            d = self._conv_pair_backward(f"down{l}", d, cache, g, need_input_grad=l > 0)
+                d = self.ops.maxpool2x2_backward(d, cache[f"pool{l}"], engine=e)
+                dwin, (oy, ox) = dskips[l]  # the skip's gradient: its cropped window only
+                d[:, :, oy:oy + dwin.shape[2], ox:ox + dwin.shape[3]] += dwin
+            d, _ = self._conv_pair_backward(f"down{l}", d, cache, g, need_input_grad=l > 0)
         return loss, g
 
     def _conv_pair_backward(self, level, d, cache, g, need_input_grad=True):
+        """conv2 then conv1 of a level. Returns (the gradient of conv1's input, or of its up part when
+        the input was a concatenation; for a concatenation (the skip window's gradient, its offsets))."""
         e, p = self.engine, self.params
-        for j in (2, 1):
-            name = f"{level}.conv{j}"
-            a, out = cache[name]
-            g[f"{name}.weight"], g[f"{name}.bias"] = self.ops.conv3x3_backward_weight(d, a, out, engine=e)
-            if j == 2 or need_input_grad:
-                d = self.ops.conv3x3_backward_data(d, p[f"{name}.weight"], out, engine=e)
-        return d
+        kw = dict(engine=e, precision=self.precision)
+        (a2, out2), (a1, out1) = cache[f"{level}.conv2"], cache[f"{level}.conv1"]
+        # conv2's input is conv1's ReLU output: with fuse, conv2's backward-data applies that ReLU's
+        # gradient in its epilogue, and conv1's backward kernels skip reading out1
+        mask = out1 if self.fuse else None
+        name = f"{level}.conv2"
+        g[f"{name}.weight"], g[f"{name}.bias"] = self.ops.conv3x3_backward_weight(d, a2, out2, **kw)
+        d = self.ops.conv3x3_backward_data(d, p[f"{name}.weight"], out2, mask=mask, **kw)
+        out1 = None if self.fuse else out1
+        name = f"{level}.conv1"
+        w = p[f"{name}.weight"]
+        if isinstance(a1, tuple):  # fused concat: (skip, up)
+            skip, up = a1
+            g[f"{name}.weight"], g[f"{name}.bias"] = self.ops.conv3x3_backward_weight_concat(d, skip, up, out1, **kw)
+            dwin, dup = self.ops.conv3x3_backward_data_concat(d, w, skip.shape[1], out1, **kw)
+            return dup, (dwin, R.crop_offsets(skip.shape[2:], up.shape[2:]))
+        g[f"{name}.weight"], g[f"{name}.bias"] = self.ops.conv3x3_backward_weight(d, a1, out1, **kw)
+        if not need_input_grad:
+            return None, None
+        d = self.ops.conv3x3_backward_data(d, w, out1, **kw)
+        if level.startswith("up"):  # the input was crop_concat(skip, up)
+            skip = cache[f"skip{level[2:]}"]
+            dskip, dup = self.ops.crop_concat_backward(d, skip.shape, engine=e)
+            return dup, (dskip, (0, 0))
+        return d, None
 
     def predict_proba(self, x):
         """Class probabilities (N, n_classes, h, w), inference mode."""
@@ -318,11 +351,18 @@ class UNet:
 class Float64Ops:
     """The op layer's signatures over unetcu.reference, in whatever precision the inputs have
     (float64 for the reference model). Parameter gradients are returned fresh."""
-    conv3x3_forward = staticmethod(lambda x, w, b, relu=True, engine=None: R.conv3x3_forward(x, w, b, relu))
-    conv3x3_forward_concat = staticmethod(lambda s, u, w, b, relu=True, engine=None:
-                                          R.conv3x3_forward(R.crop_concat_forward(s, u), w, b, relu))
-    conv3x3_backward_data = staticmethod(lambda d, w, out=None, engine=None: R.conv3x3_backward_data(d, w, out))
-    conv3x3_backward_weight = staticmethod(lambda d, x, out=None, engine=None: R.conv3x3_backward_weight(d, x, out))
+    conv3x3_forward = staticmethod(lambda x, w, b, relu=True, engine=None, precision="fp32":
+                                   R.conv3x3_forward(x, w, b, relu, precision))
+    conv3x3_forward_concat = staticmethod(lambda s, u, w, b, relu=True, engine=None, precision="fp32":
+                                          R.conv3x3_forward(R.crop_concat_forward(s, u), w, b, relu, precision))
+    conv3x3_backward_data = staticmethod(lambda d, w, out=None, mask=None, engine=None, precision="fp32":
+                                         R.relu_mask(R.conv3x3_backward_data(d, w, out, precision), mask))
+    conv3x3_backward_data_concat = staticmethod(lambda d, w, cs, out=None, engine=None, precision="fp32": (
+        lambda dx: (dx[:, :cs], dx[:, cs:]))(R.conv3x3_backward_data(d, w, out, precision)))
+    conv3x3_backward_weight = staticmethod(lambda d, x, out=None, engine=None, precision="fp32":
+                                           R.conv3x3_backward_weight(d, x, out, precision))
+    conv3x3_backward_weight_concat = staticmethod(lambda d, s, u, out=None, engine=None, precision="fp32":
+                                                  R.conv3x3_backward_weight(d, R.crop_concat_forward(s, u), out, precision))
     maxpool2x2_forward = staticmethod(lambda x, engine=None: R.maxpool2x2_forward(x))
     maxpool2x2_backward = staticmethod(lambda d, am, engine=None: R.maxpool2x2_backward(d, am))
     upconv2x2_forward = staticmethod(lambda x, w, b, engine=None: R.upconv2x2_forward(x, w, b))

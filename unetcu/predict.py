@@ -43,8 +43,12 @@ def write_results(out: Path, name: str, probs: np.ndarray):
     return n
 
 
-def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, tta=False, progress=True):
+def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, tta=False, progress=True,
+                  precision="fp32"):
     model = UNet.load(model_path, engine=engine)
+    if precision not in ("fp32", "tf32"):
+        raise ValueError(f"precision must be 'fp32' or 'tf32', got {precision!r}")
+    model.precision = precision
     if model.config["in_channels"] != 1:
         raise ValueError(f"{model_path}: the model takes {model.config['in_channels']} channels; files give 1")
     inputs = load_images(images)  # reads and checks every file first

@@ -60,6 +60,7 @@ class TrainConfig:
     ckpt_every: int = 250
     seed: int = 0
     out: str = "runs/unet"
+    cuda_graph: bool = False      # replay the whole step as one CUDA graph (cuda engine only)
 
 
 @dataclass
@@ -190,6 +191,12 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
     log(f"training {model.n_params:,} parameters on engine '{model.engine}': tile {cfg.tile} -> {o}, batch {cfg.batch}, "
         f"{len(data)} training / {len(val_samples)} validation images, lr {cfg.lr}, momentum {cfg.momentum}, "
         f"augment {cfg.augment}, steps {start}..{cfg.steps}")
+    graph_step = None
+    if cfg.cuda_graph:
+        if model.engine != "cuda":
+            raise ValueError(f"--cuda-graph needs the cuda engine; this model runs on '{model.engine}'")
+        from .graph import GraphStep
+        graph_step = GraphStep(model, velocity, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip)
     ckpt = out / "checkpoint.npz"
     bar = Progress(cfg.steps, start, enabled=progress)
     t_start = time.perf_counter()
@@ -197,15 +204,22 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
     for step in range(start + 1, cfg.steps + 1):
         x, lab, wt = draw_batch(data, cfg, model, rng)
         dropout_seed = int(rng.integers(2**63))
-        loss, grads = model.loss_and_grads(x, lab, wt, dropout_seed=dropout_seed)
+        if graph_step is not None:  # the update is part of the graph: a bad loss is known only after it
+            loss, bad = graph_step(x, lab, wt, dropout_seed)
+            if bad:
+                raise ValueError(f"step {step}: a label lies outside the model's {model.config['n_classes']} classes")
+        else:
+            loss, grads = model.loss_and_grads(x, lab, wt, dropout_seed=dropout_seed)
         if not math.isfinite(loss):
             kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
             raise TrainingDiverged(f"loss became {loss} at step {step}; training stopped ({kept}). "
                                    "Lower the learning rate (--lr).")
-        if cfg.clip > 0:
-            clip_gradients(grads, cfg.clip, model.xp)
-        for k, p in model.params.items():
-            ops.sgd_momentum_update(p, grads[k], velocity[k], cfg.lr, cfg.momentum, cfg.weight_decay, engine=model.engine)
+        if graph_step is None:
+            if cfg.clip > 0:
+                clip_gradients(grads, cfg.clip, model.xp)
+            for k, p in model.params.items():
+                ops.sgd_momentum_update(p, grads[k], velocity[k], cfg.lr, cfg.momentum, cfg.weight_decay,
+                                        engine=model.engine)
         row = dict(step=step, loss=loss, seconds=time.perf_counter() - t_start)
         if val_samples and (step % cfg.val_every == 0 or step == cfg.steps):
             row["val_loss"], row["val_iou"] = evaluate(model, val_samples, cfg)
@@ -221,10 +235,18 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
     return history
 
 
-def clip_gradients(grads, max_norm: float, xp=np) -> float:
+def clip_gradients(grads, max_norm: float, xp=np, sync=True):
     """Scale all gradients in place so that their global L2 norm is at most max_norm; returns the
-    norm before clipping."""
-    norm = float(xp.sqrt(sum(xp.sum(g.astype(np.float64) ** 2) for g in grads.values())))
+    norm before clipping (a float; with sync=False a (1,) device array, and the scale
+    min(1, max_norm / norm) is applied on the device without reading anything back)."""
+    sq = sum(xp.sum(g.astype(np.float64) ** 2) for g in grads.values())
+    if not sync:
+        norm = xp.sqrt(xp.reshape(sq, (1,)))
+        scale = xp.minimum(1.0, max_norm / xp.maximum(norm, 1e-30)).astype(np.float32)
+        for g in grads.values():
+            g *= scale
+        return norm
+    norm = float(xp.sqrt(sq))
     if norm > max_norm:
         scale = np.float32(max_norm / norm)
         for g in grads.values():

@@ -22,6 +22,8 @@ picks (pick_splits).
 """
 from __future__ import annotations
 
+import functools
+
 from .. import reference
 from ._core import (accumulate_reference, as_np, check, check_size, empty, grid1d, i32, kernel, param_grads,
                     pick_variant, resolve)
@@ -49,11 +51,17 @@ def kernel_names(name: str) -> list[str]:
     return [f"{name}_{bm}x{bn}" for bm, bn in TILES] if name in IGEMM else [name]
 
 
+@functools.lru_cache(maxsize=None)
+def _device_sms(device: int) -> int:
+    import cupy
+    return cupy.cuda.Device(device).attributes["MultiProcessorCount"]
+
+
 def _sms(engine: str) -> int:
     if engine != "cuda":
         return H100_SMS
     import cupy
-    return cupy.cuda.Device().attributes["MultiProcessorCount"]
+    return _device_sms(cupy.cuda.Device().id)
 
 
 def _cdiv(a: int, b: int) -> int:

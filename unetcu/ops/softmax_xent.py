@@ -17,9 +17,11 @@ FORWARD_BACKWARD = {1: "softmax_xent_forward_backward_kernel1"}
 SOFTMAX = {1: "softmax_forward_kernel1"}
 
 
-def softmax_xent(logits, labels, weights, engine=None, variant=None):
+def softmax_xent(logits, labels, weights, engine=None, variant=None, sync=True):
     """logits (N, K, H, W) float32, labels (N, H, W) int32, weights (N, H, W) float32
-    -> (loss as a Python float, dlogits (N, K, H, W))."""
+    -> (loss as a Python float, dlogits (N, K, H, W)).
+    sync=False reads nothing back (for a captured CUDA graph): returns ((loss, bad), dlogits) with
+    loss a (1,) float32 array and bad a (1,) int32 array, nonzero if a label was outside [0, K)."""
     op = "softmax_xent"
     engine = resolve(engine)
     logits = check(op, "logits", logits, engine, (None,) * 4, names=("N", "K", "H", "W"))
@@ -28,13 +30,19 @@ def softmax_xent(logits, labels, weights, engine=None, variant=None):
     weights = check(op, "weights", weights, engine, (n, h, w), names=("N", "H", "W"))
     check_size(op, logits.size)
     if engine == "numpy":
+        if not sync:
+            bad = np.array([int(((labels < 0) | (labels >= k)).any())], np.int32)
+            if bad[0]:  # the reference raises on bad labels; report them the way the kernel does
+                return (np.array([np.nan], np.float32), bad), np.zeros(logits.shape, np.float32)
         loss, d = reference.softmax_xent(logits, labels, weights)
-        return float(loss), as_np(d)
+        return (float(loss), as_np(d)) if sync else ((np.array([loss], np.float32), bad), as_np(d))
     dlogits = empty(engine, logits.shape)
     loss = zeros(engine, (1,))
     bad = zeros(engine, (1,), np.int32)
     kernel(FILE, pick_variant(op, FORWARD_BACKWARD, variant), engine)(
         *grid1d(n * h * w), (logits, labels, weights, dlogits, loss, bad, i32(n), i32(k), i32(h * w)))
+    if not sync:
+        return (loss, bad), dlogits
     if int(bad[0]):
         lo, hi = int(labels.min()), int(labels.max())
         raise ValueError(f"{op}: labels must lie in [0, {k}), found {lo}..{hi}")

@@ -1,0 +1,81 @@
+"""The training step as one CUDA graph: captured once, replayed with a single launch per step.
+
+A U-Net step is ~150 kernel launches (23 convolutions in three directions, pools, up-convs, the
+loss, clipping, 46 SGD updates) plus their Python: at batch 1 the smaller layers take microseconds
+and the launches start to show. A CUDA graph replays the whole sequence from one launch.
+
+What capture needs, and how it is met here:
+  - fixed addresses: the batch is copied into static input buffers; parameters, momentum and the
+    gradient buffers keep theirs (SGD updates the parameters in place);
+  - no host reads inside: the loss and the bad-label flag stay on the device (softmax_xent
+    sync=False), clipping scales on the device, the dropout seed is read from device memory;
+  - memory that stays put: every buffer the step allocates comes from a private CuPy memory pool
+    that nothing else draws from. The first call runs the step eagerly (a real step: kernels get
+    compiled and the pool gets exactly the blocks the step needs), then captures it; replays
+    allocate nothing.
+CUDA only (the emulator has no graphs); the step must keep its shapes (one GraphStep per batch
+shape).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import ops
+from .train import clip_gradients
+
+
+class GraphStep:
+    """step(x, labels, weights, dropout_seed) -> (loss, bad_label) as Python values; each call is
+    one SGD step of `model` (forward, loss, backward, optional clipping, momentum update)."""
+
+    def __init__(self, model, velocity, lr, momentum=0.99, weight_decay=0.0, clip=0.0):
+        if model.engine != "cuda":
+            raise ValueError(f"GraphStep: CUDA graphs need the cuda engine, the model runs on '{model.engine}'")
+        import cupy
+        self.cp = cupy
+        self.model, self.velocity = model, velocity
+        self.lr, self.momentum, self.weight_decay, self.clip = lr, momentum, weight_decay, clip
+        self.pool = cupy.cuda.MemoryPool()
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+        self.graph = None
+        self.inputs = None  # static x, labels, weights, seed
+        self.outputs = None  # the captured step's (loss, bad) arrays
+
+    def _body(self):
+        x, lab, wt, seed = self.inputs
+        (loss, bad), grads = self.model.loss_and_grads(x, lab, wt, dropout_seed=seed, sync=False)
+        if self.clip > 0:
+            clip_gradients(grads, self.clip, self.cp, sync=False)
+        for k, p in self.model.params.items():
+            ops.sgd_momentum_update(p, grads[k], self.velocity[k], self.lr, self.momentum, self.weight_decay,
+                                    engine="cuda")
+        return loss, bad
+
+    def __call__(self, x, labels, weights, dropout_seed: int):
+        cp = self.cp
+        cp.cuda.get_current_stream().synchronize()  # the inputs may still be in the making there
+        with self.stream:
+            if self.inputs is None:
+                self.inputs = (cp.empty(x.shape, np.float32), cp.empty(labels.shape, np.int32),
+                               cp.empty(weights.shape, np.float32), cp.empty(1, np.uint64))
+            x0, l0, w0, s0 = self.inputs
+            for buf, a in ((x0, x), (l0, labels), (w0, weights)):
+                if buf.shape != a.shape:
+                    raise ValueError(f"GraphStep: captured for inputs of shape {buf.shape}, got {a.shape}")
+                buf[...] = cp.asarray(a)
+            s0[...] = np.uint64(dropout_seed)
+            if self.graph is None:
+                with cp.cuda.using_allocator(self.pool.malloc):
+                    loss, bad = self._body()  # eager: compiles, fills the private pool, is a real step
+                    result = (float(loss[0]), int(bad[0]))
+                    del loss, bad
+                    self.stream.begin_capture()
+                    try:
+                        self.outputs = self._body()
+                    finally:
+                        self.graph = self.stream.end_capture()
+                self.stream.synchronize()
+                return result
+            self.graph.launch(stream=self.stream)
+            loss, bad = self.outputs
+            return float(loss[0]), int(bad[0])  # the one read back per step
