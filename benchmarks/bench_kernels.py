@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -31,10 +32,11 @@ def host(a):
 
 
 class Bench:
-    def __init__(self, engine, torch, reps):
-        self.engine, self.torch, self.reps = engine, torch, reps
+    def __init__(self, engine, torch, reps, save=None):
+        self.engine, self.torch, self.reps, self.save = engine, torch, reps, save
         self.xp = runtime.xp(engine) if engine != "numpy" else np
         self.rows = []
+        self.baseline = {}
         self.rng = np.random.default_rng(0)
 
     def rand(self, *shape, scale=1.0):
@@ -64,13 +66,17 @@ class Bench:
                     return
             row["ms"] = self.time(ours)
             if theirs is not None:
-                t = self.torch
-                t.backends.cudnn.allow_tf32 = False
-                row["cudnn_ms"] = self.time(theirs)
-                if theirs_tf32 is not None:
-                    t.backends.cudnn.allow_tf32 = True
-                    row["cudnn_tf32_ms"] = self.time(theirs_tf32)
+                key = (name, direction, shape)  # cuDNN is timed once per case, however many variants
+                if key not in self.baseline:
+                    t = self.torch
                     t.backends.cudnn.allow_tf32 = False
+                    base = {"cudnn_ms": self.time(theirs)}
+                    if theirs_tf32 is not None:
+                        t.backends.cudnn.allow_tf32 = True
+                        base["cudnn_tf32_ms"] = self.time(theirs_tf32)
+                        t.backends.cudnn.allow_tf32 = False
+                    self.baseline[key] = base
+                row.update(self.baseline[key])
                 same = row["cudnn_tf32_ms"] if precision == "tf32" else row["cudnn_ms"]
                 row["ratio_vs_cudnn"] = same / row["ms"]
             if kind == "compute":
@@ -81,6 +87,8 @@ class Bench:
             row["error"] = f"{type(e).__name__}: {e}"
         self.rows.append(row)
         self._print(row)
+        if self.save:
+            self.save(self.rows)
 
     def _print(self, r):
         if "TFLOPs" in r:
@@ -110,8 +118,8 @@ def relu_mask_fusion(b, L, e, fl):
                       ops.conv3x3_backward_data(d[i], w[i], **e)), 2 * fl, "compute")
 
 
-def run(engine, tile, depth, base, batch, reps, torch, sweep=False):
-    b = Bench(engine, torch, reps)
+def run(engine, tile, depth, base, batch, reps, torch, sweep=False, save=None):
+    b = Bench(engine, torch, reps, save)
     e = dict(engine=engine)
     t = torch
     tt = (lambda a: t.from_dlpack(a)) if t is not None else None
@@ -262,14 +270,20 @@ def main(argv=None):
         ceil = {}
         print(f"kernel benchmark on the CPU, engine '{engine}', tiny shapes (tile {tile}, depth {depth}, {base} channels): "
               "CPU timings, not comparable with GPU figures or with cuDNN")
-    rows = run(engine, tile, depth, base, a.batch, reps, torch, sweep=a.tiles)
+    header = dict(machine=info, engine=engine, tile=tile, batch=a.batch, ceilings=ceil)
+    save = None
+    if a.json:  # rewritten after every case, so a run stopped by a time limit keeps what it measured
+        def save(rows):
+            with open(a.json + ".tmp", "w") as f:
+                json.dump(dict(header, rows=rows), f, indent=1)
+            os.replace(a.json + ".tmp", a.json)
+    rows = run(engine, tile, depth, base, a.batch, reps, torch, sweep=a.tiles, save=save)
     slow = sorted((r for r in rows if "ratio_vs_cudnn" in r), key=lambda r: r["ratio_vs_cudnn"])[:3]
     if slow:
         print("slowest relative to cuDNN: " + "; ".join(f"{r['op']} {r['layer']} {r['direction']} v{r['variant']} x{r['ratio_vs_cudnn']:.2f}" for r in slow))
     errors = [r for r in rows if "error" in r]
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(dict(machine=info, engine=engine, tile=tile, batch=a.batch, ceilings=ceil, rows=rows), f, indent=1)
+    if save:
+        save(rows)
     if errors:
         print(f"{len(errors)} case(s) failed (see 'error' above)", file=sys.stderr)
         return 1

@@ -1,6 +1,8 @@
 """Step benchmark: our whole training step (forward, loss, backward, SGD) and the inference
 forward, against a PyTorch U-Net of the identical architecture (cudnn.benchmark on), batch 1 and
-4, fp32 (TF32 off) — our kernels have no TF32 path yet; PyTorch's TF32 time is listed beside.
+4, in fp32 (TF32 off on both sides) and tf32 (our tf32 kernels vs PyTorch with TF32 on). Our step
+also as one CUDA graph (--cuda-graph in training) and without the fusions (fuse=False), so what
+each saves is measured in the same run.
 Also the peak GPU memory of both, the elastic warp of a 572 tile (Numba on the GPU vs
 scipy.ndimage on the CPU, and elasticdeform if installed) and the weight-map time.
 
@@ -32,28 +34,34 @@ def our_step(model, x, lab, wt, velocity):
     return loss
 
 
-def bench_ours(engine, preset, batch, reps, warmup=2):
+def bench_ours(engine, preset, batch, reps, warmup=2, precision="fp32", fuse=True, graph=False):
     depth, base, tile = PRESETS[preset]
     o = output_size(tile, depth)
-    m = UNet(depth=depth, base_channels=base, engine=engine, seed=0)
+    m = UNet(depth=depth, base_channels=base, engine=engine, seed=0, precision=precision, fuse=fuse)
     xp = m.xp
     rng = np.random.default_rng(0)
     x = xp.asarray(rng.standard_normal((batch, 1, tile, tile)).astype(np.float32))
     lab = xp.asarray(rng.integers(0, 2, (batch, o, o)).astype(np.int32))
     wt = xp.asarray(rng.uniform(1, 5, (batch, o, o)).astype(np.float32))
     vel = {k: xp.zeros_like(v) for k, v in m.params.items()}
+    step = lambda: our_step(m, x, lab, wt, vel)
+    if graph:
+        from unetcu.graph import GraphStep
+        gs = GraphStep(m, vel, 1e-4, 0.99)
+        step = lambda: gs(x, lab, wt, 1)[0]
     res = {}
     if engine == "cuda":
         import cupy
         pool = cupy.get_default_memory_pool()
         pool.free_all_blocks()
-        res["step_ms"] = gpu_median_ms(lambda: our_step(m, x, lab, wt, vel), warmup=warmup, reps=reps)
-        res["forward_ms"] = gpu_median_ms(lambda: m.forward(x), warmup=warmup, reps=reps)
-        res["peak_MB"] = pool.total_bytes() / 2**20  # the pool keeps every block the step needed
+        res["step_ms"] = gpu_median_ms(step, warmup=warmup, reps=reps)
+        if not graph:
+            res["forward_ms"] = gpu_median_ms(lambda: m.forward(x), warmup=warmup, reps=reps)
+        res["peak_MB"] = (pool.total_bytes() + (gs.pool.total_bytes() if graph else 0)) / 2**20
     else:
-        res["step_ms"] = cpu_median_ms(lambda: our_step(m, x, lab, wt, vel), reps=reps)
+        res["step_ms"] = cpu_median_ms(step, reps=reps)
         res["forward_ms"] = cpu_median_ms(lambda: m.forward(x), reps=reps)
-    res["loss"] = float(our_step(m, x, lab, wt, vel))
+    res["loss"] = float(step())
     return res
 
 
@@ -138,14 +146,20 @@ def main(argv=None):
     if engine == "cuda":
         torch = torch_or_none()
         reps, warmup = (3, 1) if a.quick else (15, 2)
-        print(f"step benchmark on {info.get('gpu')} ({info['date']}): paper U-Net, 572 tile, fp32")
+        print(f"step benchmark on {info.get('gpu')} ({info['date']}): paper U-Net, 572 tile, fp32 and tf32")
         for batch in (1, 4):
-            r = dict(preset="paper", batch=batch, ours=bench_ours("cuda", "paper", batch, reps, warmup))
-            if torch is not None:
-                r["torch_fp32"] = bench_torch(torch, "paper", batch, reps, tf32=False)
-                r["torch_tf32"] = bench_torch(torch, "paper", batch, reps, tf32=True)
-                r["ratio_vs_torch_fp32"] = r["torch_fp32"]["step_ms"] / r["ours"]["step_ms"]
-            rows.append(r)
+            for prec in ("fp32", "tf32"):
+                r = dict(preset="paper", batch=batch, precision=prec,
+                         ours=bench_ours("cuda", "paper", batch, reps, warmup, precision=prec))
+                for label, kw in (("ours_graph", dict(graph=True)), ("ours_unfused", dict(fuse=False))):
+                    try:
+                        r[label] = bench_ours("cuda", "paper", batch, reps, warmup, precision=prec, **kw)
+                    except Exception as e:  # recorded, never dropped
+                        r[label] = {"error": f"{type(e).__name__}: {e}"}
+                if torch is not None:
+                    r["torch"] = bench_torch(torch, "paper", batch, reps, tf32=prec == "tf32")
+                    r["ratio_vs_torch"] = r["torch"]["step_ms"] / r["ours"]["step_ms"]
+                rows.append(r)
     else:
         reps = 3
         print("step benchmark on the CPU, tiny preset, engines numpy and emu: CPU timings, not comparable with GPU figures")
@@ -153,13 +167,18 @@ def main(argv=None):
             rows.append(dict(preset="tiny", batch=1, engine=eng, ours=bench_ours(eng, "tiny", 1, reps)))
     for r in rows:
         o = r["ours"]
-        line = f"{r['preset']:<6} batch {r['batch']} {r.get('engine', engine):<6} ours: step {o['step_ms']:9.2f} ms, forward {o['forward_ms']:9.2f} ms"
+        line = (f"{r['preset']:<6} batch {r['batch']} {r.get('engine', engine):<6} {r.get('precision', 'fp32')} "
+                f"ours: step {o['step_ms']:9.2f} ms, forward {o['forward_ms']:9.2f} ms")
         if "peak_MB" in o:
             line += f", peak {o['peak_MB']:.0f} MB"
-        if "torch_fp32" in r:
-            tf, tt = r["torch_fp32"], r["torch_tf32"]
-            line += (f" | PyTorch fp32: step {tf['step_ms']:.2f} ms, forward {tf['forward_ms']:.2f} ms, peak {tf['peak_MB']:.0f} MB"
-                     f" | tf32: step {tt['step_ms']:.2f} ms | ratio (torch fp32 / ours) x{r['ratio_vs_torch_fp32']:.2f}")
+        for label in ("ours_graph", "ours_unfused"):
+            if label in r:
+                g = r[label]
+                line += f" | {label[5:]}: " + (f"step {g['step_ms']:.2f} ms" if "step_ms" in g else g["error"])
+        if "torch" in r:
+            t = r["torch"]
+            line += (f" | PyTorch {r['precision']}: step {t['step_ms']:.2f} ms, forward {t['forward_ms']:.2f} ms, "
+                     f"peak {t['peak_MB']:.0f} MB | ratio (torch / ours) x{r['ratio_vs_torch']:.2f}")
         print(line, flush=True)
     aug = bench_augment(engine, 3)
     print(f"weight map 512x512 ({aug['weightmap_cells']} cells): {aug['weightmap_512_ms']:.1f} ms (CPU); elastic warp 572 tile: "

@@ -32,11 +32,11 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to OUTDIR/NAME.
 rm -f "$OUTDIR/status.txt"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUTDIR/gpu.txt" 2>&1; cat "$OUTDIR/gpu.txt"
 step engines 30 python3 -m unetcu.cli engines
-step gpu_tests 130 python3 -m pytest -q -m gpu -x tests
+step gpu_tests 140 python3 -m pytest -q -m gpu -x tests
 if command -v compute-sanitizer >/dev/null; then
-  step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x tests/test_ops.py -m gpu -k "chain and cuda"
+  step memcheck 45 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x tests/test_ops.py -m gpu -k "chain and cuda"
 fi
-step kernels 140 python3 benchmarks/bench_kernels.py --engine cuda --quick --json "$OUTDIR/kernels.json"
+step kernels 170 python3 benchmarks/bench_kernels.py --engine cuda --quick --tiles --json "$OUTDIR/kernels.json"
 step step 90 python3 benchmarks/bench_step.py --engine cuda --quick --json "$OUTDIR/step.json"
 step results 20 python3 benchmarks/make_results.py "$OUTDIR" --out "$OUTDIR/RESULTS.md"
 

@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 def _load(d: Path, name: str):
     for p in (d / name, d / name.split(".")[0] / name):
@@ -35,14 +37,15 @@ def kernels_section(k, plot_name):
            f"Measured {m['date']}, commit {m.get('commit')}, on {m['machine']} with {m['cpus']} cores (CPU timings).", ""]
     if k.get("ceilings"):
         out += ["Ceilings measured in the same run: " + ", ".join(f"{a} {_fmt(b, 1)}" for a, b in k["ceilings"].items()), ""]
-    out += ["| op | layer | direction | variant | shape | ms | TFLOP/s or GB/s | cuDNN fp32 ms | cuDNN tf32 ms | cuDNN / ours |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    out += ["| op | layer | direction | variant | precision | shape | ms | TFLOP/s or GB/s | cuDNN fp32 ms | cuDNN tf32 ms "
+            "| cuDNN / ours (same precision) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in k["rows"]:
         if "TFLOPs" in r:
             perf = f"{r['TFLOPs']:.2f} TFLOP/s" if r["TFLOPs"] >= 0.1 else f"{r['TFLOPs'] * 1e3:.2f} GFLOP/s"
         else:
             perf = f"{r['GBps']:.1f} GB/s" if "GBps" in r else r.get("error", "")
-        out.append(f"| {r['op']} | {r['layer']} | {r['direction']} | {r['variant']} | {r['shape']} | {_fmt(r.get('ms'))} | "
+        out.append(f"| {r['op']} | {r['layer']} | {r['direction']} | {r['variant']} | {r.get('precision', 'fp32')} | {r['shape']} | {_fmt(r.get('ms'))} | "
                    f"{perf} | {_fmt(r.get('cudnn_ms'))} | {_fmt(r.get('cudnn_tf32_ms'))} | {_fmt(r.get('ratio_vs_cudnn'), 2)} |")
     if plot_name:
         out += ["", f"![per-layer TFLOP/s]({plot_name})"]
@@ -59,21 +62,25 @@ def plot_layers(k, path):
         return False
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
     for ax, d in zip(axes, ("forward", "backward_data", "backward_weight")):
-        rs = [r for r in rows if r["direction"] == d]
-        best = {}
-        for r in rs:  # the fastest variant per layer
-            if r["layer"] not in best or r["TFLOPs"] > best[r["layer"]]["TFLOPs"]:
-                best[r["layer"]] = r
-        layers = list(best)
-        ours = [best[l]["TFLOPs"] for l in layers]
-        ax.bar(range(len(layers)), ours, width=0.4, label="unetcu (best variant)")
-        if all("cudnn_ms" in best[l] for l in layers):
-            cud = [best[l]["TFLOPs"] * best[l]["ratio_vs_cudnn"] for l in layers]
-            ax.bar([i + 0.4 for i in range(len(layers))], cud, width=0.4, label="cuDNN fp32")
-        ax.set_xticks(range(len(layers)), layers, rotation=70, fontsize=7)
+        for j, prec in enumerate(("fp32", "tf32")):
+            rs = [r for r in rows if r["direction"] == d and r.get("precision", "fp32") == prec]
+            best = {}
+            for r in rs:  # the fastest variant per layer
+                if r["layer"] not in best or r["TFLOPs"] > best[r["layer"]]["TFLOPs"]:
+                    best[r["layer"]] = r
+            if not best:
+                continue
+            layers = list(best)
+            x0 = [i + 0.2 * (2 * j) for i in range(len(layers))]
+            ax.bar(x0, [best[l]["TFLOPs"] for l in layers], width=0.2, label=f"unetcu {prec} (best variant)")
+            if all("ratio_vs_cudnn" in best[l] for l in layers):
+                ax.bar([x + 0.2 for x in x0], [best[l]["TFLOPs"] * best[l]["ratio_vs_cudnn"] for l in layers], width=0.2,
+                       label=f"cuDNN {prec}")
+            ax.set_xticks(range(len(layers)), layers, rotation=70, fontsize=7)
         ax.set_title(f"conv3x3 {d}")
         ax.set_ylabel("TFLOP/s")
-        ax.legend(fontsize=8)
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
     m = k["machine"]
     where = (f"{m.get('gpu')}, {m['date']}" if k["engine"] == "cuda"
              else f"CPU, engine {k['engine']}, tiny shapes, {m['date']}: not GPU speeds")
@@ -87,20 +94,69 @@ def plot_layers(k, path):
 def step_section(s):
     m = s["machine"]
     out = [f"## Training step ({'GPU: ' + str(m.get('gpu')) if s['engine'] == 'cuda' else 'CPU: not comparable with GPU figures'})", "",
-           f"Measured {m['date']}, commit {m.get('commit')}.", "",
-           "| preset | batch | engine | our step ms | our forward ms | our peak MB | PyTorch fp32 step ms | PyTorch fp32 forward ms | PyTorch peak MB | PyTorch tf32 step ms | PyTorch fp32 / ours |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           f"Measured {m['date']}, commit {m.get('commit')}. PyTorch in the same precision as the row "
+           "(fp32: TF32 off; tf32: TF32 on for convolutions and matmuls). graph: the step as one CUDA graph; "
+           "unfused: fuse=False (crop_concat materialised, ReLU masks read in both backward kernels).", "",
+           "| preset | batch | engine | precision | our step ms | graph step ms | unfused step ms | our forward ms | our peak MB "
+           "| PyTorch step ms | PyTorch forward ms | PyTorch peak MB | PyTorch / ours |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in s["steps"]:
-        o, tf, tt = r["ours"], r.get("torch_fp32", {}), r.get("torch_tf32", {})
-        out.append(f"| {r['preset']} | {r['batch']} | {r.get('engine', s['engine'])} | {_fmt(o['step_ms'], 2)} | {_fmt(o['forward_ms'], 2)} | "
-                   f"{_fmt(o.get('peak_MB'), 0)} | {_fmt(tf.get('step_ms'), 2)} | {_fmt(tf.get('forward_ms'), 2)} | {_fmt(tf.get('peak_MB'), 0)} | "
-                   f"{_fmt(tt.get('step_ms'), 2)} | {_fmt(r.get('ratio_vs_torch_fp32'), 2)} |")
+        o, t = r["ours"], r.get("torch", {})
+        g, u = r.get("ours_graph", {}), r.get("ours_unfused", {})
+        out.append(f"| {r['preset']} | {r['batch']} | {r.get('engine', s['engine'])} | {r.get('precision', 'fp32')} | "
+                   f"{_fmt(o['step_ms'], 2)} | {_fmt(g.get('step_ms'), 2) or g.get('error', '')} | "
+                   f"{_fmt(u.get('step_ms'), 2) or u.get('error', '')} | {_fmt(o.get('forward_ms'), 2)} | "
+                   f"{_fmt(o.get('peak_MB'), 0)} | {_fmt(t.get('step_ms'), 2)} | {_fmt(t.get('forward_ms'), 2)} | "
+                   f"{_fmt(t.get('peak_MB'), 0)} | {_fmt(r.get('ratio_vs_torch'), 2)} |")
     a = s.get("augment")
     if a:
         out += ["", f"Weight map of a 512x512 image with {a['weightmap_cells']} cells: {a['weightmap_512_ms']:.1f} ms (CPU). "
                 f"Elastic warp of a 572 tile (image bicubic, labels nearest, weights bilinear): ours {a['warp_ours_ms']:.2f} ms "
                 f"on {a['warp_ours_where']}; scipy.ndimage {a['warp_scipy_cpu_ms']:.1f} ms on the CPU"
                 + (f"; elasticdeform {a['warp_elasticdeform_cpu_ms']:.1f} ms" if a.get("warp_elasticdeform_cpu_ms") else "; elasticdeform not installed") + "."]
+    return out
+
+
+def conv_ratio_section(k):
+    """Per layer, the default variant (default tile) of each direction and precision: ratio to cuDNN
+    in the same precision, and the layers below 1.0x."""
+    from unetcu import ops
+    cols = [(d, p) for d in ("forward", "backward_data", "backward_weight") for p in ("fp32", "tf32")]
+    default = {(d, p): ops.default_variant(f"conv3x3_{d}", p) for d, p in cols}
+    table, layers = {}, []
+    for r in k["rows"]:
+        if r["op"] != "conv3x3" or (r["direction"], r.get("precision", "fp32")) not in default:
+            continue
+        key = (r["direction"], r.get("precision", "fp32"))
+        if r["variant"] != default[key]:
+            continue
+        if r["layer"] not in layers:
+            layers.append(r["layer"])
+        table[r["layer"], key] = r
+    if not table:
+        return []
+    gpu = k["engine"] == "cuda"
+    out = ["## conv3x3 per layer: default variants vs cuDNN in the same precision", "",
+           "cuDNN time / our time (> 1: we are faster), default variant and tile of each direction; "
+           + ("" if gpu else "CPU run: no cuDNN, so only our times (ms) are shown.") , "",
+           "| layer | " + " | ".join(f"{d} {p} (v{default[d, p]})" for d, p in cols) + " |",
+           "|---|" + "---|" * len(cols)]
+    below = []
+    for layer in layers:
+        cells = []
+        for c in cols:
+            r = table.get((layer, c))
+            if r is None:
+                cells.append("")
+            elif "ratio_vs_cudnn" in r:
+                cells.append(f"x{r['ratio_vs_cudnn']:.2f}")
+                if r["ratio_vs_cudnn"] < 1.0:
+                    below.append(f"{layer} {c[0]} {c[1]} x{r['ratio_vs_cudnn']:.2f}")
+            else:
+                cells.append(r.get("error", f"{_fmt(r.get('ms'))} ms"))
+        out.append(f"| {layer} | " + " | ".join(cells) + " |")
+    if gpu:
+        out += ["", f"Below 1.0x ({len(below)}): " + ("; ".join(below) if below else "none") + "."]
     return out
 
 
@@ -141,6 +197,7 @@ def main(argv=None):
              "(`benchmarks/device_check.sh` on a GPU machine); do not edit by hand.", ""]
     if k:
         plot = out.with_name("layers.png")
+        lines += conv_ratio_section(k) + [""]
         lines += kernels_section(k, plot.name if plot_layers(k, plot) else None) + [""]
     if s:
         lines += step_section(s) + [""]

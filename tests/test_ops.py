@@ -226,11 +226,14 @@ def test_precision_and_variant_must_agree():
 
 
 def test_tile_heuristic_fills_the_machine():
-    # the paper's first layer (570x570 pixels, 64 channels): big tiles, and never 128 wide over 64 channels
+    # the paper's first layers (570x570 pixels, 64 channels): never 128 wide over 64 channels
     assert C3.pick_tile(570 * 570, 64) == (128, 64)
     # the bottleneck (28x28 pixels, 1024 channels): 128x128 would give 7 x 8 = 56 blocks for 132 SMs
     assert C3.pick_tile(28 * 28, 1024) == (64, 64)
-    assert C3.pick_tile(140 * 140, 256) == (128, 128)
+    # 138x138 pixels, 256 channels: 128x128 is 298 blocks = 2 waves, the second 13 % full
+    assert C3.pick_tile(138 * 138, 256) == (128, 64)
+    # a wide layer whose 128x128 blocks fill whole waves keeps the big tile
+    assert C3.pick_tile(128 * 264 * 4, 128) == (128, 128)
     # backward-weight of the first layer: a 9 x 64 product over 325k pixels is split
     assert C3.pick_splits(9, 64, 570 * 570, (64, 64)) == 264
     assert C3.pick_splits(9 * 1024, 1024, 784, (128, 128)) == 1

@@ -105,8 +105,9 @@ class UNet:
     gradient are never stored), and apply a conv's input ReLU gradient in the epilogue of its
     backward-data instead of in the previous conv's two backward kernels. Off: the plain op chain
     (crop_concat, then the conv). Same numbers either way (tested); the fused path moves fewer bytes.
-    precision: "fp32" or "tf32" for the 3x3 convolutions (tf32: tensor cores, ~1e-3 relative error,
-    as cuDNN with TF32 on). Neither is part of the saved model."""
+    precision: "fp32" or "tf32" for the 3x3 convolutions (tf32: tensor cores, ~3e-4 relative error
+    per convolution; weight gradients of a whole net move by a few percent, see kernels/README.md).
+    Neither is part of the saved model."""
 
     def __init__(self, in_channels=1, n_classes=2, depth=5, base_channels=64, dropout=0.5, engine=None, seed=0,
                  fuse=True, precision="fp32"):

@@ -13,9 +13,9 @@ Variants (fp32 unless marked; see kernels/README.md for the path from the first 
 The *_concat ops are the same convolutions when the input is crop_concat(skip, up): the implicit-
 GEMM kernels read the two maps directly, so the concatenation and its gradient are never stored.
 
-precision: "fp32" (default) or "tf32" (inputs rounded to tf32, a 10-bit mantissa, products summed
-in fp32; relative error ~1e-3, like cuDNN/PyTorch with TF32 on). It picks the default variant of
-that precision; a variant of the other precision is refused.
+precision: "fp32" (default) or "tf32" (the products' operands rounded to tf32, a 10-bit mantissa,
+products summed in fp32: relative error ~3e-4 per convolution, measured). It picks the default
+variant of that precision; a variant of the other precision is refused.
 tile: (BM, BN) of the implicit-GEMM kernels, one of TILES; None picks per layer (pick_tile).
 splits: how many slices of the pixels backward-weight's implicit GEMM reduces in parallel; None
 picks (pick_splits).
@@ -68,16 +68,24 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+# A guess of each tile's throughput relative to 128x128 when the SM is busy: the 8x8 register tile
+# does 64 FMAs per 10 shared-memory reads, 8x4 does 32 per 9, 4x4 16 per 5. To be calibrated on a
+# GPU with `unetcu bench kernels --tiles`.
+TILE_EFFICIENCY = {(128, 128): 1.0, (128, 64): 0.85, (64, 64): 0.7}
+
+
 def pick_tile(m: int, n: int, sms: int = H100_SMS) -> tuple[int, int]:
-    """The largest tile that still gives every SM two blocks (more reuse of each loaded element
-    per FMA, while the machine stays full); a 128-wide N tile only when N > 64, since a 64-channel
-    layer would leave half of it empty. Else the smallest tile."""
-    for bm, bn in TILES:
+    """The tile with the least predicted time: (waves of blocks, two resident per SM) x (work per
+    block) / TILE_EFFICIENCY. Whole waves matter: 298 blocks of 128x128 on 132 SMs are two waves
+    whose second is 13 % full. A 128-wide N tile only when N > 64 (else half of it is empty)."""
+    best = None
+    for (bm, bn), eff in TILE_EFFICIENCY.items():
         if bn > 64 and n <= 64:
             continue
-        if _cdiv(m, bm) * _cdiv(n, bn) >= 2 * sms:
-            return bm, bn
-    return TILES[-1]
+        cost = _cdiv(_cdiv(m, bm) * _cdiv(n, bn), 2 * sms) * bm * bn / eff
+        if best is None or cost < best[0]:
+            best = (cost, (bm, bn))
+    return best[1]
 
 
 def pick_splits(m: int, n: int, pixels: int, tile, sms: int = H100_SMS) -> int:
