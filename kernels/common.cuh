@@ -27,3 +27,11 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     if (warp == 0) v = warp_sum(v);
     return v;
 }
+
+// 16-byte loads. The caller checks alignment once (aligned16, uniform per block); the assert
+// makes the emulator, whose CPU would not fault, fail where a GPU would.
+__device__ __forceinline__ bool aligned16(const void* p) { return ((size_t)p & 15) == 0; }
+__device__ __forceinline__ float4 load_float4(const float* p) {
+    assert(aligned16(p));
+    return *reinterpret_cast<const float4*>(p);
+}

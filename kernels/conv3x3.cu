@@ -231,7 +231,7 @@ struct ConvInput {
 // (contiguous along r), C -> out[n, k, oy, ox] with bias and ReLU in the epilogue.
 struct ConvForward {
     int M, N, R;
-    static constexpr bool kAContigK = false, kBContigK = true, kColSums = false;
+    static constexpr bool kAContigK = false, kBContigK = true, kColSums = false, kBVec = true;
     ConvInput in;
     const float *w, *b;
     float* out;
@@ -250,6 +250,9 @@ struct ConvForward {
     using BCol = int;
     __device__ BCol b_col(int k) const { return k * R; }
     __device__ float load_b(BCol wrow, const KPos& t) const { return w[wrow + t.r]; }
+    // w[k, r..r+3] in one load: rows of R = 9C floats stay 16-byte aligned when C % 4 == 0
+    __device__ bool b_vec() const { return R % 4 == 0 && aligned16(w); }
+    __device__ float4 load_b4(BCol wrow, int r) const { return load_float4(w + wrow + r); }
     using CRow = size_t;  // offset of out[n, 0, oy, ox]
     __device__ CRow c_row(int m) const {
         int hw = Ho * Wo;
@@ -282,7 +285,7 @@ extern "C" __global__ void __launch_bounds__(256) conv3x3_forward_kernel4_64x64(
 // out: c < Cs -> dskip (N, Cs, H, W) (the cropped window only), the rest -> dup (N, C - Cs, H, W).
 struct ConvBackwardData {
     int M, N, R;
-    static constexpr bool kAContigK = false, kBContigK = true, kColSums = false;
+    static constexpr bool kAContigK = false, kBContigK = true, kColSums = false, kBVec = false;
     const float *dout, *out, *w, *mask;
     float *dskip, *dup;
     int Cs, H, W, K;
@@ -305,6 +308,8 @@ struct ConvBackwardData {
     using BCol = int;
     __device__ BCol b_col(int c) const { return c * 9; }
     __device__ float load_b(BCol c9, const KPos& t) const { return w[t.k * N * 9 + c9 + t.ij]; }
+    __device__ bool b_vec() const { return false; }  // B's r-runs are 9 long (one k): no float4s
+    __device__ float4 load_b4(BCol, int) const { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
     using CRow = ARow;
     __device__ CRow c_row(int m) const { return a_row(m); }
     __device__ void store(const CRow& p, int c, float v) const {
@@ -336,7 +341,7 @@ extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_data_kernel3_
 // the op's contract anyway); the column sums of B are db (fused, one atomic per k and block).
 struct ConvBackwardWeight {
     int M, N, R;
-    static constexpr bool kAContigK = true, kBContigK = true, kColSums = true;
+    static constexpr bool kAContigK = true, kBContigK = true, kColSums = true, kBVec = true;
     ConvInput in;
     const float *dout, *out;
     float *dw, *db;
@@ -357,6 +362,21 @@ struct ConvBackwardWeight {
     __device__ float load_b(BCol k, const KPos& p) const {
         size_t o = (size_t)(p.n * N + k) * Ho * Wo + p.q;
         return (out == nullptr || out[o] > 0.0f) ? dout[o] : 0.0f;
+    }
+    // g[n, k, p..p+3] in one load: 4-pixel groups never straddle two images when Ho*Wo % 4 == 0
+    __device__ bool b_vec() const {
+        return (Ho * Wo) % 4 == 0 && aligned16(dout) && (out == nullptr || aligned16(out));
+    }
+    __device__ float4 load_b4(BCol k, int p) const {
+        int n = p / (Ho * Wo);
+        size_t o = (size_t)(n * N + k) * Ho * Wo + p - n * Ho * Wo;
+        float4 g = load_float4(dout + o);
+        if (out != nullptr) {
+            float4 f = load_float4(out + o);
+            g.x = f.x > 0.0f ? g.x : 0.0f; g.y = f.y > 0.0f ? g.y : 0.0f;
+            g.z = f.z > 0.0f ? g.z : 0.0f; g.w = f.w > 0.0f ? g.w : 0.0f;
+        }
+        return g;
     }
     using CRow = int;
     __device__ CRow c_row(int m) const { return m; }

@@ -34,6 +34,8 @@
 //   float load_a(const ARow&, const KPos&); float load_b(const BCol&, const KPos&);
 //   CRow c_row(int m); void store(const CRow&, int n, float v);
 //   void col_sum(int n, float s);                  // when kColSums
+//   static constexpr bool kBVec; bool b_vec(); float4 load_b4(const BCol&, int r);
+//                                                 // optional 16-byte loads of B[r..r+3][n]
 // load_a/load_b are only asked for m < M, n < N, r < R; rows and columns past the edge load as 0.
 // With the r-contiguous mapping every load of a thread in one step has the same r (thread % BK),
 // so k_pos, which may divide by runtime sizes, is computed once per step and shared by A and B.
@@ -68,14 +70,30 @@ __device__ __forceinline__ void igemm_split(int R, int* r0, int* r1) {
 }
 
 // Global -> registers -> shared memory for both operands of one step. TF32: round when storing.
+//
+// B has a second, vectorised mapping for problems that offer load_b4 (P::kBVec) when the sizes
+// allow it (p.b_vec(): B's columns contiguous along r in groups of 4, 16-byte aligned): each
+// thread loads float4s of 4 consecutive r of one column, (BK/4) lanes per column, so a step's B
+// is BK*BN/4 16-byte loads instead of BK*BN 4-byte ones. Its registers share breg.
 template <class P, int BM, int BN, int BK, bool TF32>
 struct Stage {
     using LA = Loads<BM, BK, P::kAContigK>;
     using LB = Loads<BN, BK, P::kBContigK>;
+    static constexpr int BV = BK / 4;                                    // float4s per column and step
+    static constexpr int B4_SLOTS = BV * BN;
+    static constexpr int B4_COUNT = P::kBVec ? CEIL_DIV(B4_SLOTS, IGEMM_THREADS) : 0;
+    static constexpr int BREG = LB::COUNT > 4 * B4_COUNT ? LB::COUNT : 4 * B4_COUNT;
+    static constexpr int BSUM = LB::COUNT > B4_COUNT ? LB::COUNT : B4_COUNT;
     typename P::ARow arow[LA::COUNT];
-    typename P::BCol bcol[LB::COUNT];
-    bool aok[LA::COUNT], bok[LB::COUNT];
-    float areg[LA::COUNT], breg[LB::COUNT], bsum[LB::COUNT];
+    typename P::BCol bcol[LB::COUNT > B4_COUNT ? LB::COUNT : B4_COUNT];
+    bool aok[LA::COUNT], bok[BSUM];
+    bool vec;
+    float areg[LA::COUNT], breg[BREG], bsum[BSUM];
+
+    // the vector mapping: slot e = thread + s*256 holds r = 4*(e % BV) .. +3 of column e / BV
+    __device__ static int e4(int s) { return threadIdx.x + s * IGEMM_THREADS; }
+    __device__ static int kk4(int s) { return 4 * (e4(s) % BV); }
+    __device__ static int nn4(int s) { return e4(s) / BV; }
 
     __device__ void init(const P& p, int m0, int n0) {
         #pragma unroll
@@ -84,11 +102,12 @@ struct Stage {
             aok[s] = m < p.M;
             arow[s] = p.a_row(aok[s] ? m : p.M - 1);
         }
+        vec = P::kBVec && p.b_vec();  // uniform across the block
         #pragma unroll
-        for (int s = 0; s < LB::COUNT; ++s) {
-            int n = n0 + LB::mm(s);
-            bok[s] = n < p.N;
-            bcol[s] = p.b_col(bok[s] ? n : p.N - 1);
+        for (int s = 0; s < BSUM; ++s) {
+            int n = n0 + (vec ? nn4(s) : LB::mm(s));
+            bok[s] = n < p.N && (vec ? s < B4_COUNT && e4(s) < B4_SLOTS : s < LB::COUNT);
+            bcol[s] = p.b_col(n < p.N ? n : p.N - 1);
             bsum[s] = 0.0f;
         }
     }
@@ -98,6 +117,23 @@ struct Stage {
             int r = r0 + LA::kk(s);
             areg[s] = (aok[s] && r < r1) ? p.load_a(arow[s], p.k_pos(r)) : 0.0f;
         }
+        if (vec) {
+            #pragma unroll
+            for (int s = 0; s < B4_COUNT; ++s) {
+                int r = r0 + kk4(s);
+                float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                if (bok[s] && r + 3 < r1) {
+                    v = p.load_b4(bcol[s], r);
+                } else if (bok[s]) {  // the last, partial group of the reduction
+                    v.x = r < r1 ? p.load_b(bcol[s], p.k_pos(r)) : 0.0f;
+                    v.y = r + 1 < r1 ? p.load_b(bcol[s], p.k_pos(r + 1)) : 0.0f;
+                    v.z = r + 2 < r1 ? p.load_b(bcol[s], p.k_pos(r + 2)) : 0.0f;
+                }
+                breg[4 * s] = v.x; breg[4 * s + 1] = v.y; breg[4 * s + 2] = v.z; breg[4 * s + 3] = v.w;
+                if (P::kColSums) bsum[s] += (v.x + v.y) + (v.z + v.w);
+            }
+            return;
+        }
         #pragma unroll
         for (int s = 0; s < LB::COUNT; ++s) {
             int r = r0 + LB::kk(s);
@@ -105,22 +141,35 @@ struct Stage {
             if (P::kColSums) bsum[s] += breg[s];
         }
     }
+    __device__ static float cvt(float v) { return TF32 ? nvcuda::wmma::__float_to_tf32(v) : v; }
     __device__ void stash(float (*As)[BM + 4], float (*Bs)[BN + 4]) {
         #pragma unroll
-        for (int s = 0; s < LA::COUNT; ++s) As[LA::kk(s)][LA::mm(s)] = TF32 ? nvcuda::wmma::__float_to_tf32(areg[s]) : areg[s];
+        for (int s = 0; s < LA::COUNT; ++s) As[LA::kk(s)][LA::mm(s)] = cvt(areg[s]);
+        if (vec) {
+            #pragma unroll
+            for (int s = 0; s < B4_COUNT; ++s)
+                if (e4(s) < B4_SLOTS) {
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) Bs[kk4(s) + q][nn4(s)] = cvt(breg[4 * s + q]);
+                }
+            return;
+        }
         #pragma unroll
-        for (int s = 0; s < LB::COUNT; ++s) Bs[LB::kk(s)][LB::mm(s)] = TF32 ? nvcuda::wmma::__float_to_tf32(breg[s]) : breg[s];
+        for (int s = 0; s < LB::COUNT; ++s) Bs[LB::kk(s)][LB::mm(s)] = cvt(breg[s]);
     }
-    // Column sums of B (the bias gradient): the BK threads sharing a column are consecutive lanes
-    // (kContigK mapping), so a shuffle reduction leaves one atomic per column and block.
+    // Column sums of B (the bias gradient): the threads sharing a column are consecutive lanes (BK
+    // of them, or BK/4 with float4s), so a shuffle reduction leaves one atomic per column and block.
     __device__ void finish_col_sums(const P& p, int n0) {
         static_assert(!P::kColSums || (P::kBContigK && BK <= 32), "column sums need the r-contiguous B mapping");
         if (!P::kColSums || blockIdx.x != 0) return;  // one block row owns the bias (uniform per block)
+        const int lanes = vec ? BV : BK, count = vec ? B4_COUNT : LB::COUNT;
         #pragma unroll
-        for (int s = 0; s < LB::COUNT; ++s) {
+        for (int s = 0; s < BSUM; ++s) {
+            if (s >= count) break;  // uniform
             float v = bsum[s];
-            for (int off = BK / 2; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-            if (LB::kk(s) == 0 && bok[s]) p.col_sum(n0 + LB::mm(s), v);
+            for (int off = lanes / 2; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+            bool first = vec ? kk4(s) == 0 : LB::kk(s) == 0;
+            if (first && bok[s]) p.col_sum(n0 + (vec ? nn4(s) : LB::mm(s)), v);
         }
     }
 };

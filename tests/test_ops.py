@@ -43,9 +43,9 @@ def f32(rng, *shape, scale=1.0):
 
 
 # the smallest has several outputs: one output near zero would make a relative error meaningless;
-# the last has more than 64 output channels, so the implicit GEMMs' N tiles and every thread's
-# loads are all exercised
-CONV_SHAPES = [(1, 1, 4, 5, 1), (2, 3, 11, 13, 5), (2, 5, 20, 19, 9), (1, 7, 8, 9, 67)]  # N, C, H, W, K
+# (1, 7, 8, 9, 67) has more than 64 output channels, so the implicit GEMMs' N tiles and every
+# thread's loads are all exercised; (2, 4, 10, 8, 6) takes the 16-byte paths (9C and Ho*Wo multiples of 4)
+CONV_SHAPES = [(1, 1, 4, 5, 1), (2, 3, 11, 13, 5), (2, 5, 20, 19, 9), (1, 7, 8, 9, 67), (2, 4, 10, 8, 6)]  # N, C, H, W, K
 
 
 def conv_cases(op):
