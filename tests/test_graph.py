@@ -89,5 +89,8 @@ def test_graph_step_matches_the_eager_step(rng):
             ops.sgd_momentum_update(p, grads[k], ve[k], 1e-3, 0.99, engine="cuda")
         gloss, bad = step(x, lab, w, 100 + i)
         assert bad == 0 and abs(gloss - loss) <= 1e-4 * abs(loss), (i, gloss, loss)
+        if i == 1:
+            held = (step.pool.total_bytes(), step.pool.used_bytes())
+    assert (step.pool.total_bytes(), step.pool.used_bytes()) == held  # replays allocate nothing
     for k in eager.params:  # backward-weight sums with atomics: equal up to float reordering
         assert rel_err(graphed.params[k].get(), eager.params[k].get()) < 1e-4, k
