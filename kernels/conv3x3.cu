@@ -210,8 +210,9 @@ extern "C" __global__ void conv3x3_backward_weight_kernel2(const float* dout, co
 // reads both directly, so the concatenated tensor and its gradient are never written (a fusion
 // cuDNN cannot do). One kernel per tile shape (BM x BN), picked per layer by the op layer.
 // fp32 kernels ask for two resident blocks per SM (__launch_bounds__(256, 2): at most 128
-// registers), except backward-weight 128x128, which spills 12 bytes under that cap (NVRTC 13.0);
-// the tf32 ones would spill too (128x128: 186-232 registers) and run one 8-warp block per SM.
+// registers), except backward-weight 128x128, which spills 12 bytes under that cap (NVRTC 13.0)
+// and says (256, 1) (with no minimum, ptxas chose 128 registers and spilled anyway); the tf32
+// ones would spill too (128x128: 184-228 registers) and run one 8-warp block per SM.
 #include "igemm.cuh"
 
 // The conv input x (N, C, H, W): channels c < Cs come from the window at (oy, ox) of
@@ -389,7 +390,7 @@ struct ConvBackwardWeight {
 #define CONV_BACKWARD_WEIGHT_PROBLEM ConvBackwardWeight{9 * (Cs + Cu), K, N * (H - 2) * (W - 2), \
     {skip, up, Cs, Hs, Ws, oy, ox, Cs + Cu, H, W}, dout, out, dw, db, H - 2, W - 2}
 // grid = (ceil(9*C / BM), ceil(K / BN), splits of the pixels), block = 256
-extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_weight_kernel3_128x128(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_fp32<ConvBackwardWeight, 128, 128>(CONV_BACKWARD_WEIGHT_PROBLEM); }
+extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_backward_weight_kernel3_128x128(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_fp32<ConvBackwardWeight, 128, 128>(CONV_BACKWARD_WEIGHT_PROBLEM); }
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_backward_weight_kernel3_128x64(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_fp32<ConvBackwardWeight, 128, 64>(CONV_BACKWARD_WEIGHT_PROBLEM); }
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_backward_weight_kernel3_64x64(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_fp32<ConvBackwardWeight, 64, 64>(CONV_BACKWARD_WEIGHT_PROBLEM); }
 extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_weight_kernel4_128x128(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_tf32<ConvBackwardWeight, 128, 128>(CONV_BACKWARD_WEIGHT_PROBLEM); }
