@@ -1,4 +1,5 @@
-// igemm.cuh - the implicit-GEMM core of the fast conv3x3 kernels (conv3x3.cu, variants >= 3/2/3).
+// igemm.cuh - the implicit-GEMM core of the fast conv3x3 kernels (conv3x3.cu: forward variants 3-4,
+// backward-data 2-3, backward-weight 3-4). kernels/README.md walks through it.
 //
 // A valid 3x3 convolution is a matrix product C (M x N) = A (M x R) @ B (R x N) whose operands are
 // never built in memory: a "problem" struct says how to fetch A[m][r] and B[r][n] straight from the
@@ -51,8 +52,8 @@ template <int MN, int BK, bool kContigK>
 struct Loads {
     static constexpr int COUNT = BK * MN / IGEMM_THREADS;  // elements per thread per step
     static_assert(BK * MN % IGEMM_THREADS == 0 && IGEMM_THREADS % MN == 0, "tile does not fit 256 threads");
-    // the element a thread loads in its s-th load: k-row and m-column within the tile
     static_assert(IGEMM_THREADS % BK == 0, "the r-contiguous mapping keeps a thread on one k-row");
+    // the element a thread loads in its s-th load: k-row and m-column within the tile
     __device__ static int kk(int s) {
         return kContigK ? threadIdx.x % BK : threadIdx.x / MN + s * (IGEMM_THREADS / MN);
     }
