@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: known fixes, the GPU tests (with compute-sanitizer memcheck on one),
 # the kernel and step benchmarks against cuDNN, full logs + JSON in the output folder, a compact
-# table last. Time-boxed to about 8 minutes in all.
+# table last, and ncu counters of the default conv kernels. Time-boxed to about 8 minutes in all.
 #
 #   benchmarks/device_check.sh [OUTDIR]      (OUTDIR: else $OUT, else bench-out/)
 #
@@ -31,14 +31,17 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to OUTDIR/NAME.
 
 rm -f "$OUTDIR/status.txt"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUTDIR/gpu.txt" 2>&1; cat "$OUTDIR/gpu.txt"
-step engines 30 python3 -m unetcu.cli engines
-step gpu_tests 140 python3 -m pytest -q -m gpu -x tests
+step engines 20 python3 -m unetcu.cli engines
+step gpu_tests 120 python3 -m pytest -q -m gpu -x tests
 if command -v compute-sanitizer >/dev/null; then
-  step memcheck 45 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x tests/test_ops.py -m gpu -k "chain and cuda"
+  step memcheck 40 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x tests/test_ops.py -m gpu -k "chain and cuda"
 fi
-step kernels 170 python3 benchmarks/bench_kernels.py --engine cuda --quick --tiles --json "$OUTDIR/kernels.json"
-step step 90 python3 benchmarks/bench_step.py --engine cuda --quick --json "$OUTDIR/step.json"
-step results 20 python3 benchmarks/make_results.py "$OUTDIR" --out "$OUTDIR/RESULTS.md"
+step kernels 150 python3 benchmarks/bench_kernels.py --engine cuda --quick --tiles --json "$OUTDIR/kernels.json"
+step step 80 python3 benchmarks/bench_step.py --engine cuda --quick --json "$OUTDIR/step.json"
+if command -v ncu >/dev/null; then  # counters of the default conv kernels: what limits each
+  step profile 45 ncu --clock-control none --csv --section SpeedOfLight --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats --kernel-name regex:conv3x3_ --launch-skip-before-match 0 python3 benchmarks/profile_conv.py
+fi
+step results 15 python3 benchmarks/make_results.py "$OUTDIR" --out "$OUTDIR/RESULTS.md"
 
 echo
 echo "=== summary ($OUTDIR)"
