@@ -39,7 +39,7 @@ fi
 step kernels 150 python3 benchmarks/bench_kernels.py --engine cuda --quick --tiles --json "$OUTDIR/kernels.json"
 step step 80 python3 benchmarks/bench_step.py --engine cuda --quick --json "$OUTDIR/step.json"
 if command -v ncu >/dev/null; then  # counters of the default conv kernels: what limits each
-  step profile 45 ncu --clock-control none --csv --section SpeedOfLight --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats --kernel-name regex:conv3x3_ --launch-skip-before-match 0 python3 benchmarks/profile_conv.py
+  step profile 45 ncu --clock-control none --csv --section SpeedOfLight --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats --kernel-name regex:conv3x3_ python3 benchmarks/profile_conv.py
 fi
 step results 15 python3 benchmarks/make_results.py "$OUTDIR" --out "$OUTDIR/RESULTS.md"
 

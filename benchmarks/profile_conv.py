@@ -4,8 +4,8 @@ counters (ncu); prints nothing else of interest. device_check.sh runs it under
     ncu --clock-control none --csv --metrics <list> python3 benchmarks/profile_conv.py
 
 Layers: down1.conv2 (128 -> 128 at 282², a big layer), down4.conv2 (1024 -> 1024 at 30², the
-bottleneck) and up0.conv1 (the fused concat, 64 + 64 -> 64 at 392²). One warm-up call per kernel
-(so compilation stays out of the profile) and one profiled call, in fp32 and tf32.
+bottleneck) and up0.conv1 (the fused concat, 64 + 64 -> 64 at 392²): one call per kernel, fp32
+and tf32 (compilation is host work and stays out of a kernel profile).
 """
 from __future__ import annotations
 
@@ -31,19 +31,17 @@ def main(argv=None):
     for name, (c, hw, k) in layers.items():
         x, w, b, d = rand(1, c, hw, hw), rand(k, c, 3, 3), rand(k), rand(1, k, hw - 2, hw - 2)
         for prec in ("fp32", "tf32"):
-            for _ in range(2):
-                ops.conv3x3_forward(x, w, b, engine=e, precision=prec)
-                ops.conv3x3_backward_data(d, w, engine=e, precision=prec)
-                ops.conv3x3_backward_weight(d, x, engine=e, precision=prec)
+            ops.conv3x3_forward(x, w, b, engine=e, precision=prec)
+            ops.conv3x3_backward_data(d, w, engine=e, precision=prec)
+            ops.conv3x3_backward_weight(d, x, engine=e, precision=prec)
         print(f"{name}: ran forward, backward-data, backward-weight in fp32 and tf32", flush=True)
     # the fused concat of up0.conv1: skip 64 x 568², up 64 x 392²
     cs, hs, cu, h = (64, 568, 64, 392) if e == "cuda" else (3, 14, 2, 8)
     s, u = rand(1, cs, hs, hs), rand(1, cu, h, h)
     w, b, d = rand(cu, cs + cu, 3, 3), rand(cu), rand(1, cu, h - 2, h - 2)
-    for _ in range(2):
-        ops.conv3x3_forward_concat(s, u, w, b, engine=e)
-        ops.conv3x3_backward_data_concat(d, w, cs, engine=e)
-        ops.conv3x3_backward_weight_concat(d, s, u, engine=e)
+    ops.conv3x3_forward_concat(s, u, w, b, engine=e)
+    ops.conv3x3_backward_data_concat(d, w, cs, engine=e)
+    ops.conv3x3_backward_weight_concat(d, s, u, engine=e)
     print("up0.conv1 (fused concat): ran forward, backward-data, backward-weight in fp32", flush=True)
     if e == "cuda":
         xp.cuda.Device().synchronize()
