@@ -39,3 +39,11 @@ def test_harness_runs_on_cpu_and_results_are_generated(tmp_path):
     assert r.returncode == 0, r.stderr
     text = (tmp_path / "RESULTS.md").read_text()
     assert "not comparable with GPU figures" in text and "| conv3x3 |" in text
+
+
+def test_profile_script_runs_on_the_emulator():
+    """device_check.sh runs benchmarks/profile_conv.py under ncu; here its tiny emulator form."""
+    r = subprocess.run([sys.executable, str(BENCH / "profile_conv.py"), "--engine", "emu"], capture_output=True, text=True,
+                       timeout=300, cwd=str(BENCH.parent))
+    assert r.returncode == 0, r.stderr
+    assert "fused concat" in r.stdout
