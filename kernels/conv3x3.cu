@@ -338,14 +338,17 @@ extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_data_kernel3_
 
 // Backward-weight: M = 9*C (m = c*9 + i*3 + j, dw's inner index), N = K, R = N*Ho*Wo pixels.
 // A[m][p] = x[n, c, oy+i, ox+j], B[p][k] = g[n, k, oy, ox] (both contiguous along p),
-// C -> dw[k, m] += (atomics: the pixel reduction is split over blockIdx.z, and accumulation is
-// the op's contract anyway); the column sums of B are db (fused, one atomic per k and block).
+// C -> dw[k, m] +=, and the column sums of B -> db[k] += (the bias gradient, fused).
+// The pixel reduction may be split over blockIdx.z. Then each split writes its partial dw and db
+// to a workspace (ws: splits x K x M, wsb: splits x K) and conv3x3_backward_weight_reduce_kernel1
+// adds them in split order: no atomics, so the result is the same bits on every run. Unsplit,
+// every element has exactly one writer and is accumulated in place.
 struct ConvBackwardWeight {
     int M, N, R;
     static constexpr bool kAContigK = true, kBContigK = true, kColSums = true, kBVec = true;
     ConvInput in;
     const float *dout, *out;
-    float *dw, *db;
+    float *dw, *db, *ws, *wsb;  // ws == nullptr: unsplit, accumulate into dw and db
     int Ho, Wo;
     struct ARow { int c, i, j; };
     __device__ ARow a_row(int m) const {
@@ -381,18 +384,40 @@ struct ConvBackwardWeight {
     }
     using CRow = int;
     __device__ CRow c_row(int m) const { return m; }
-    __device__ void store(CRow m, int k, float v) const { atomicAdd(&dw[k * M + m], v); }
-    __device__ void col_sum(int k, float s) const { atomicAdd(&db[k], s); }
+    __device__ void store(CRow m, int k, float v) const {
+        if (ws != nullptr) ws[((size_t)blockIdx.z * N + k) * M + m] = v;
+        else dw[k * M + m] += v;
+    }
+    __device__ void col_sum(int k, float s) const {
+        if (ws != nullptr) wsb[blockIdx.z * N + k] = s;
+        else db[k] += s;
+    }
 };
 
 #define CONV_BACKWARD_WEIGHT_PARAMS const float *dout, const float *out, const float *skip, const float *up, float *dw, \
-    float *db, int N, int Cs, int Hs, int Ws, int Cu, int H, int W, int K, int oy, int ox
+    float *db, float *ws, float *wsb, int N, int Cs, int Hs, int Ws, int Cu, int H, int W, int K, int oy, int ox
 #define CONV_BACKWARD_WEIGHT_PROBLEM ConvBackwardWeight{9 * (Cs + Cu), K, N * (H - 2) * (W - 2), \
-    {skip, up, Cs, Hs, Ws, oy, ox, Cs + Cu, H, W}, dout, out, dw, db, H - 2, W - 2}
-// grid = (ceil(9*C / BM), ceil(K / BN), splits of the pixels), block = 256
+    {skip, up, Cs, Hs, Ws, oy, ox, Cs + Cu, H, W}, dout, out, dw, db, ws, wsb, H - 2, W - 2}
+// grid = (ceil(9*C / BM), ceil(K / BN), splits of the pixels), block = 256; ws/wsb: nullptr when unsplit
 extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_backward_weight_kernel3_128x128(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_fp32<ConvBackwardWeight, 128, 128>(CONV_BACKWARD_WEIGHT_PROBLEM); }
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_backward_weight_kernel3_128x64(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_fp32<ConvBackwardWeight, 128, 64>(CONV_BACKWARD_WEIGHT_PROBLEM); }
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_backward_weight_kernel3_64x64(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_fp32<ConvBackwardWeight, 64, 64>(CONV_BACKWARD_WEIGHT_PROBLEM); }
 extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_weight_kernel4_128x128(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_tf32<ConvBackwardWeight, 128, 128>(CONV_BACKWARD_WEIGHT_PROBLEM); }
 extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_weight_kernel4_128x64(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_tf32<ConvBackwardWeight, 128, 64>(CONV_BACKWARD_WEIGHT_PROBLEM); }
 extern "C" __global__ void __launch_bounds__(256) conv3x3_backward_weight_kernel4_64x64(CONV_BACKWARD_WEIGHT_PARAMS) { igemm_tf32<ConvBackwardWeight, 64, 64>(CONV_BACKWARD_WEIGHT_PROBLEM); }
+
+// The split reduction of backward-weight, in a fixed order: dw[i] += sum_z ws[z][i] and
+// db[k] += sum_z wsb[z][k]. ws is (splits, n), wsb (splits, K); a 1-D grid over n (>= K).
+extern "C" __global__ void conv3x3_backward_weight_reduce_kernel1(const float* ws, const float* wsb, float* dw, float* db,
+                                                                  int splits, int n, int K) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float s = 0.0f;
+    for (int z = 0; z < splits; ++z) s += ws[(size_t)z * n + i];
+    dw[i] += s;
+    if (i < K) {
+        float t = 0.0f;
+        for (int z = 0; z < splits; ++z) t += wsb[z * K + i];
+        db[i] += t;
+    }
+}

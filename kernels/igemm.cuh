@@ -9,7 +9,7 @@
 //
 // Decomposition: a block of 256 threads computes a BM x BN tile of C (blockIdx.x over M, .y over N)
 // over a slice of the reduction (blockIdx.z splits R, for products whose R is long and M x N
-// short). The reduction advances BK at a time; each step's A (BK x BM) and B (BK x BN) are staged
+// short; each split stores its own partial tile, and the problem decides where it goes). The reduction advances BK at a time; each step's A (BK x BM) and B (BK x BN) are staged
 // in shared memory k-major (As[k][m], Bs[k][n]) and every thread multiplies out of them:
 //   - fp32 (igemm_fp32): a 16x16 grid of threads, each a TM x TN = BM/16 x BN/16 register tile of
 //     C; per k it reads TM values of A and TN of B (as float4) for TM*TN FMAs.
@@ -184,8 +184,7 @@ __device__ __forceinline__ void igemm_fp32(const P& p) {
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
     int r0, r1;
-    igemm_split<BK>(p.R, &r0, &r1);
-    if (r0 >= r1) return;  // an empty split (uniform across the block)
+    igemm_split<BK>(p.R, &r0, &r1);  // an empty split (r0 >= r1) still stores its zeros
     Stage<P, BM, BN, BK, false> st;
     st.init(p, m0, n0);
     float acc[TM][TN];
@@ -248,7 +247,6 @@ __device__ __forceinline__ void igemm_tf32(const P& p) {
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
     int r0, r1;
     igemm_split<BK>(p.R, &r0, &r1);
-    if (r0 >= r1) return;
     Stage<P, BM, BN, BK, true> st;
     st.init(p, m0, n0);
     wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[FM][FN];

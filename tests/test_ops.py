@@ -498,3 +498,15 @@ def test_other_ops_paper_sizes_gpu(rng):
     rloss, rd = R.softmax_xent(z.astype(np.float64), lab, wts.astype(np.float64))
     assert abs(loss - rloss) <= 1e-4 * rloss
     close(d, rd)
+
+
+@pytest.mark.gpu
+def test_conv3x3_backward_weight_is_deterministic_gpu(rng):
+    """The paper's second layer splits its 323k-pixel reduction over ~53 blocks; the partial sums
+    are added in a fixed order, so two runs give the same bits (atomics would not)."""
+    import cupy
+    dout, x = cupy.asarray(f32(rng, 1, 64, 568, 568)), cupy.asarray(f32(rng, 1, 64, 570, 570))
+    for prec in ("fp32", "tf32"):
+        a = ops.conv3x3_backward_weight(dout, x, engine="cuda", precision=prec)
+        b = ops.conv3x3_backward_weight(dout, x, engine="cuda", precision=prec)
+        assert all(bool((p == q).all()) for p, q in zip(a, b)), prec

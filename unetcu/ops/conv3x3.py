@@ -91,7 +91,8 @@ def pick_tile(m: int, n: int, sms: int = H100_SMS) -> tuple[int, int]:
 def pick_splits(m: int, n: int, pixels: int, tile, sms: int = H100_SMS) -> int:
     """Backward-weight's product is short (M = 9C, N = K) with a long reduction (N*Ho*Wo pixels,
     325k for a 572 tile's first layers): split the pixels over blocks until every SM has two,
-    keeping at least 512 pixels per split so the atomics stay a small part of the work."""
+    keeping at least 512 pixels per split so the workspace (splits x K x 9C partial sums, added
+    in order by a second kernel) stays a small part of the traffic."""
     tiles = _cdiv(m, tile[0]) * _cdiv(n, tile[1])
     return max(1, min(_cdiv(2 * sms, tiles), pixels // 512))
 
@@ -306,11 +307,16 @@ def _backward_weight(op, variants, dout, skip, up, oy, ox, out, dw, db, engine, 
         bm, bn = tuple(tile) if tile is not None else (128 if m > 64 else 64, 128 if k > 64 else 64)
         bm, bn = _tile(op, (bm, bn), m, k, engine)
         z = int(splits) if splits is not None else pick_splits(m, k, pixels, (bm, bn), _sms(engine))
+        # split: partial sums to a workspace, added in a fixed order by the reduce kernel (deterministic)
+        work, workb = (empty(engine, (z, k, m)), empty(engine, (z, k))) if z > 1 else (None, None)
         s, u, cs, hs, ws, cu, hh, ww, oy, ox = _sources(skip, up, oy, ox)
         kernel(FILE, f"{name}_{bm}x{bn}", engine)(
             (_cdiv(m, bm), _cdiv(k, bn), z), (256,),
-            (dout, out, s, u, dw, db, i32(n), i32(cs), i32(hs), i32(ws), i32(cu), i32(hh), i32(ww), i32(k), i32(oy),
-             i32(ox)))
+            (dout, out, s, u, dw, db, work, workb, i32(n), i32(cs), i32(hs), i32(ws), i32(cu), i32(hh), i32(ww), i32(k),
+             i32(oy), i32(ox)))
+        if z > 1:
+            kernel(FILE, "conv3x3_backward_weight_reduce_kernel1", engine)(
+                *grid1d(k * m), (work, workb, dw, db, i32(z), i32(k * m), i32(k)))
     elif name.endswith("1"):
         kernel(FILE, name, engine)(*grid1d(dw.size), (dout, out, skip, dw, *sizes))
         kernel(FILE, "conv3x3_backward_bias_kernel1", engine)((k,), (256,), (dout, out, db, i32(n), i32(h - 2), i32(wd - 2), i32(k)))
