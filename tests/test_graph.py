@@ -92,5 +92,5 @@ def test_graph_step_matches_the_eager_step(rng):
         if i == 1:
             held = (step.pool.total_bytes(), step.pool.used_bytes())
     assert (step.pool.total_bytes(), step.pool.used_bytes()) == held  # replays allocate nothing
-    for k in eager.params:  # backward-weight sums with atomics: equal up to float reordering
-        assert rel_err(graphed.params[k].get(), eager.params[k].get()) < 1e-4, k
+    for k in eager.params:  # the same kernels in the same order: equal (a tolerance, not bits, to be safe)
+        assert rel_err(graphed.params[k].get(), eager.params[k].get()) < 1e-6, k
