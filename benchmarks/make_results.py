@@ -149,9 +149,9 @@ def conv_ratio_section(k):
             if r is None:
                 cells.append("")
             elif "ratio_vs_cudnn" in r:
-                cells.append(f"x{r['ratio_vs_cudnn']:.2f}")
+                cells.append(f"x{r['ratio_vs_cudnn']:.3g}")
                 if r["ratio_vs_cudnn"] < 1.0:
-                    below.append(f"{layer} {c[0]} {c[1]} x{r['ratio_vs_cudnn']:.2f}")
+                    below.append(f"{layer} {c[0]} {c[1]} x{r['ratio_vs_cudnn']:.3g}")
             else:
                 cells.append(r.get("error", f"{_fmt(r.get('ms'))} ms"))
         out.append(f"| {layer} | " + " | ".join(cells) + " |")
