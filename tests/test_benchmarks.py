@@ -47,3 +47,15 @@ def test_profile_script_runs_on_the_emulator():
                        timeout=300, cwd=str(BENCH.parent))
     assert r.returncode == 0, r.stderr
     assert "fused concat" in r.stdout
+
+
+def test_harness_agrees_with_torch_where_torch_is_installed():
+    """bench_kernels' baselines (conv2d, conv2d_input, conv2d_weight, ...) compute what our ops
+    compute: run its comparison code with PyTorch on the CPU (skipped where torch is absent, as in CI;
+    on the GPU machine the same code runs against cuDNN)."""
+    torch = __import__("pytest").importorskip("torch")
+    import bench_kernels
+    rows = bench_kernels.run("numpy", 44, 2, 4, 1, 1, torch)
+    assert not [r for r in rows if "error" in r]
+    checked = [r for r in rows if "check_rel_err" in r]
+    assert len(checked) > 20 and all(r["check_rel_err"] <= (1e-4 if r["precision"] == "fp32" else 5e-3) for r in checked)
