@@ -59,9 +59,10 @@ class GraphStep:
                 self.inputs = (cp.empty(x.shape, np.float32), cp.empty(labels.shape, np.int32),
                                cp.empty(weights.shape, np.float32), cp.empty(1, np.uint64))
             x0, l0, w0, s0 = self.inputs
-            for buf, a in ((x0, x), (l0, labels), (w0, weights)):
-                if buf.shape != a.shape:
-                    raise ValueError(f"GraphStep: captured for inputs of shape {buf.shape}, got {a.shape}")
+            for name, buf, a in (("x", x0, x), ("labels", l0, labels), ("weights", w0, weights)):
+                if buf.shape != a.shape or buf.dtype != a.dtype:
+                    raise ValueError(f"GraphStep: {name} must be {buf.dtype} {buf.shape} (the captured step's), "
+                                     f"got {a.dtype} {a.shape}")
                 buf[...] = cp.asarray(a)
             s0[...] = np.uint64(dropout_seed)
             if self.graph is None:
@@ -71,9 +72,11 @@ class GraphStep:
                     del loss, bad
                     self.stream.begin_capture()
                     try:
-                        self.outputs = self._body()
-                    finally:
-                        self.graph = self.stream.end_capture()
+                        outputs = self._body()
+                    except BaseException:
+                        self.stream.end_capture()  # leave capture mode; the partial graph is dropped
+                        raise
+                    self.graph, self.outputs = self.stream.end_capture(), outputs
                 self.stream.synchronize()
                 return result
             self.graph.launch(stream=self.stream)
