@@ -16,10 +16,9 @@
 //   - tf32 (igemm_tf32): 8 warps as 4 x 2, each a (BM/4) x (BN/2) tile of 16x16 wmma accumulators,
 //     m16n16k8 tensor-core products with fp32 accumulation; A and B are rounded to tf32 (round to
 //     nearest) once, when they are written to shared memory.
-// Double buffering without cp.async: the next step's global loads go to registers before this
-// step's math and to the other shared buffer after it, so their latency hides behind the FMAs;
-// one __syncthreads per step suffices (a buffer is rewritten only after the barrier that ends
-// the step that read it).
+// Double buffering without cp.async (Stage::run, shared by both): the next step's global loads go
+// to registers before this step's math and to the other shared buffer after it, so their latency
+// hides behind the FMAs.
 //
 // Coalescing: an operand stored contiguously along m (or n) is loaded with consecutive threads on
 // consecutive m; one contiguous along r (kContigK) with consecutive threads on consecutive r. Rows
@@ -158,6 +157,24 @@ struct Stage {
         #pragma unroll
         for (int s = 0; s < LB::COUNT; ++s) Bs[LB::kk(s)][LB::mm(s)] = cvt(breg[s]);
     }
+    // The double-buffered reduction over [r0, r1): step(buf) multiplies out of As[buf] and Bs[buf]
+    // while the next step's global loads are in flight in registers; they go to the other buffer
+    // after it. One barrier per step: a buffer is rewritten only after the barrier that ends the
+    // step that read it.
+    template <class Step>
+    __device__ void run(const P& p, int r0, int r1, float (*As)[BK][BM + 4], float (*Bs)[BK][BN + 4], Step step) {
+        fetch(p, r0, r1);
+        stash(As[0], Bs[0]);
+        __syncthreads();
+        int buf = 0;
+        for (int r = r0; r < r1; r += BK, buf ^= 1) {
+            bool more = r + BK < r1;
+            if (more) fetch(p, r + BK, r1);
+            step(buf);
+            if (more) stash(As[buf ^ 1], Bs[buf ^ 1]);
+            __syncthreads();
+        }
+    }
     // Column sums of B (the bias gradient): the threads sharing a column are consecutive lanes (BK
     // of them, or BK/4 with float4s), so a shuffle reduction leaves one atomic per column and block.
     __device__ void finish_col_sums(const P& p, int n0) {
@@ -193,13 +210,7 @@ __device__ __forceinline__ void igemm_fp32(const P& p) {
         #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
 
-    st.fetch(p, r0, r1);
-    st.stash(As[0], Bs[0]);
-    __syncthreads();
-    int buf = 0;
-    for (int r = r0; r < r1; r += BK, buf ^= 1) {
-        bool more = r + BK < r1;
-        if (more) st.fetch(p, r + BK, r1);  // in flight during the math below
+    st.run(p, r0, r1, As, Bs, [&](int buf) {
         #pragma unroll
         for (int kk = 0; kk < BK; ++kk) {
             // thread (tx, ty) owns rows m = tx + 16 i (so a warp's stores of C are 16 consecutive m)
@@ -217,9 +228,7 @@ __device__ __forceinline__ void igemm_fp32(const P& p) {
                 #pragma unroll
                 for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
         }
-        if (more) st.stash(As[buf ^ 1], Bs[buf ^ 1]);
-        __syncthreads();
-    }
+    });
     st.finish_col_sums(p, n0);
     #pragma unroll
     for (int i = 0; i < TM; ++i) {
@@ -255,13 +264,7 @@ __device__ __forceinline__ void igemm_tf32(const P& p) {
         #pragma unroll
         for (int j = 0; j < FN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
 
-    st.fetch(p, r0, r1);
-    st.stash(As[0], Bs[0]);
-    __syncthreads();
-    int buf = 0;
-    for (int r = r0; r < r1; r += BK, buf ^= 1) {
-        bool more = r + BK < r1;
-        if (more) st.fetch(p, r + BK, r1);
+    st.run(p, r0, r1, As, Bs, [&](int buf) {
         #pragma unroll
         for (int kk = 0; kk < BK; kk += 8) {
             // As[k][m] is A column-major (ldm BM + 4); Bs[k][n] is B row-major (ldm BN + 4)
@@ -276,9 +279,7 @@ __device__ __forceinline__ void igemm_tf32(const P& p) {
                 #pragma unroll
                 for (int j = 0; j < FN; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
         }
-        if (more) st.stash(As[buf ^ 1], Bs[buf ^ 1]);
-        __syncthreads();
-    }
+    });
     st.finish_col_sums(p, n0);
     // Epilogue: each 16x16 accumulator goes through the warp's staging tile (column-major, so
     // lanes 0-15 and 16-31 then store 16 consecutive m of one column each).
