@@ -135,12 +135,24 @@ def _grad(op, dout, out, engine, shape):
     return dout, out
 
 
-def _sources(skip, up, oy, ox):
-    """The kernels' (skip, up, Cs, Hs, Ws, Cu, H, W, oy, ox) arguments; a plain input x is skip=x, Cu=0."""
+def _input_dims(skip, up):
+    """(N, C, H, W) of the conv's input: skip itself (up None) or crop_concat(skip, up)."""
+    c = skip.shape[1] + (0 if up is None else up.shape[1])
+    h, w = (skip if up is None else up).shape[2:]
+    return skip.shape[0], c, h, w
+
+
+def _reference_input(skip, up):
+    return skip if up is None else reference.crop_concat_forward(skip, up)
+
+
+def _source_args(skip, up, oy, ox, k):
+    """The two-source kernels' pointers (skip, up) and sizes (N, Cs, Hs, Ws, Cu, H, W, K, oy, ox);
+    a plain input x is skip = up = x with Cu = 0."""
     n, cs, hs, ws = skip.shape
     if up is None:
-        return skip, skip, cs, hs, ws, 0, hs, ws, 0, 0
-    return skip, up, cs, hs, ws, up.shape[1], up.shape[2], up.shape[3], oy, ox
+        return (skip, skip), tuple(i32(v) for v in (n, cs, hs, ws, 0, hs, ws, k, 0, 0))
+    return (skip, up), tuple(i32(v) for v in (n, cs, hs, ws, *up.shape[1:], k, oy, ox))
 
 
 # ---- forward -------------------------------------------------------------------------------------
@@ -162,38 +174,30 @@ def conv3x3_forward_concat(skip, up, w, b, relu=True, engine=None, variant=None,
 
 
 def _forward(op, variants, skip, up, oy, ox, w, b, relu, engine, variant, precision, tile):
-    n = skip.shape[0]
-    c = skip.shape[1] + (0 if up is None else up.shape[1])
-    h, wd = (skip if up is None else up).shape[2:]
+    n, c, h, wd = _input_dims(skip, up)
     w = check(op, "w", w, engine, (None, c, 3, 3), names=("K", "C" if up is None else "Cs+Cu", 3, 3))
     k = w.shape[0]
     b = check(op, "b", b, engine, (k,), names=("K",))
     check_size(op, n * max(c, k) * skip.shape[2] * skip.shape[3])
     name = _variant(op, variants, variant, precision, tile)
     if engine == "numpy":
-        x = skip if up is None else reference.crop_concat_forward(skip, up)
-        return as_np(reference.conv3x3_forward(x, w, b, relu, precision))
+        return as_np(reference.conv3x3_forward(_reference_input(skip, up), w, b, relu, precision))
     out = empty(engine, (n, k, h - 2, wd - 2))
-    srcs = _sources(skip, up, oy, ox)
-    if name in IGEMM:
-        m = n * (h - 2) * (wd - 2)
-        bm, bn = _tile(op, tile, m, k, engine)
-        s, u, cs, hs, ws, cu, hh, ww, oy, ox = srcs
-        kernel(FILE, f"{name}_{bm}x{bn}", engine)(
-            (_cdiv(m, bm), _cdiv(k, bn), 1), (256,),
-            (s, u, w, b, out, i32(n), i32(cs), i32(hs), i32(ws), i32(cu), i32(hh), i32(ww), i32(k), i32(oy), i32(ox),
-             i32(bool(relu))))
-    elif up is not None:  # conv3x3_forward_concat_kernel1
-        s, u, cs, hs, ws, cu, hh, ww, oy, ox = srcs
-        kernel(FILE, name, engine)(*grid1d(out.size), (s, u, w, b, out, i32(n), i32(cs), i32(hs), i32(ws), i32(cu),
-                                                       i32(hh), i32(ww), i32(k), i32(oy), i32(ox), i32(bool(relu))))
-    else:
-        args = (skip, w, b, out, i32(n), i32(c), i32(h), i32(wd), i32(k), i32(bool(relu)))
-        if name.endswith("1"):
-            grid, block = grid1d(out.size)
+    if name in IGEMM or up is not None:  # the two-source kernels: implicit GEMM, or concat variant 1
+        srcs, geom = _source_args(skip, up, oy, ox, k)
+        if name in IGEMM:
+            m = n * (h - 2) * (wd - 2)
+            bm, bn = _tile(op, tile, m, k, engine)
+            name, grid, block = f"{name}_{bm}x{bn}", (_cdiv(m, bm), _cdiv(k, bn), 1), (256,)
         else:
-            grid, block = (_cdiv(wd - 2, 16) * _cdiv(h - 2, 16), _cdiv(k, 8), n), (16, 16)
-        kernel(FILE, name, engine)(grid, block, args)
+            grid, block = grid1d(out.size)
+        kernel(FILE, name, engine)(grid, block, (*srcs, w, b, out, *geom, i32(bool(relu))))
+        return out
+    if name.endswith("1"):
+        grid, block = grid1d(out.size)
+    else:
+        grid, block = (_cdiv(wd - 2, 16) * _cdiv(h - 2, 16), _cdiv(k, 8), n), (16, 16)
+    kernel(FILE, name, engine)(grid, block, (skip, w, b, out, i32(n), i32(c), i32(h), i32(wd), i32(k), i32(bool(relu))))
     return out
 
 
@@ -286,9 +290,7 @@ def conv3x3_backward_weight_concat(dout, skip, up, out=None, dw=None, db=None, e
 
 
 def _backward_weight(op, variants, dout, skip, up, oy, ox, out, dw, db, engine, variant, precision, tile, splits):
-    n = skip.shape[0]
-    c = skip.shape[1] + (0 if up is None else up.shape[1])
-    h, wd = (skip if up is None else up).shape[2:]
+    n, c, h, wd = _input_dims(skip, up)
     dout = check(op, "dout", dout, engine, (n, None, h - 2, wd - 2), names=("N", "K", "H-2", "W-2"))
     k = dout.shape[1]
     dout, out = _grad(op, dout, out, engine, dout.shape)
@@ -298,22 +300,19 @@ def _backward_weight(op, variants, dout, skip, up, oy, ox, out, dw, db, engine, 
     if splits is not None and (name not in IGEMM or int(splits) < 1):
         raise ValueError(f"{op}: splits= needs an implicit-GEMM variant and a count >= 1, got {splits!r} for {name}")
     if engine == "numpy":
-        x = skip if up is None else reference.crop_concat_forward(skip, up)
-        return accumulate_reference(dw, db, reference.conv3x3_backward_weight(dout, x, out, precision))
+        return accumulate_reference(dw, db, reference.conv3x3_backward_weight(dout, _reference_input(skip, up), out,
+                                                                              precision))
     sizes = (i32(n), i32(c), i32(h), i32(wd), i32(k))
     if name in IGEMM:
         m, pixels = 9 * c, n * (h - 2) * (wd - 2)
         # no "two blocks per SM" rule here: the split over pixels fills the machine instead
-        bm, bn = tuple(tile) if tile is not None else (128 if m > 64 else 64, 128 if k > 64 else 64)
-        bm, bn = _tile(op, (bm, bn), m, k, engine)
+        bm, bn = _tile(op, tile, m, k, engine) if tile is not None else (128 if m > 64 else 64, 128 if k > 64 else 64)
         z = int(splits) if splits is not None else pick_splits(m, k, pixels, (bm, bn), _sms(engine))
         # split: partial sums to a workspace, added in a fixed order by the reduce kernel (deterministic)
         work, workb = (empty(engine, (z, k, m)), empty(engine, (z, k))) if z > 1 else (None, None)
-        s, u, cs, hs, ws, cu, hh, ww, oy, ox = _sources(skip, up, oy, ox)
+        srcs, geom = _source_args(skip, up, oy, ox, k)
         kernel(FILE, f"{name}_{bm}x{bn}", engine)(
-            (_cdiv(m, bm), _cdiv(k, bn), z), (256,),
-            (dout, out, s, u, dw, db, work, workb, i32(n), i32(cs), i32(hs), i32(ws), i32(cu), i32(hh), i32(ww), i32(k),
-             i32(oy), i32(ox)))
+            (_cdiv(m, bm), _cdiv(k, bn), z), (256,), (dout, out, *srcs, dw, db, work, workb, *geom))
         if z > 1:
             kernel(FILE, "conv3x3_backward_weight_reduce_kernel1", engine)(
                 *grid1d(k * m), (work, workb, dw, db, i32(z), i32(k * m), i32(k)))
