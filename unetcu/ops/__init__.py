@@ -7,7 +7,7 @@ raise ValueError naming the op, the argument and the expected shape; other dtype
 TypeError; non-contiguous inputs are copied. Parameter gradients (dw, db) are accumulated (+=)
 into the arrays you pass (or new zero arrays), activation gradients are returned fresh.
 """
-from ._core import OP_ENGINES, resolve as resolve_engine
+from ._core import OP_ENGINES, default_variant as _default_variant, resolve as resolve_engine
 from .conv1x1 import conv1x1_backward_data, conv1x1_backward_weight, conv1x1_forward
 from .conv3x3 import (conv3x3_backward_data, conv3x3_backward_data_concat, conv3x3_backward_weight,
                       conv3x3_backward_weight_concat, conv3x3_forward, conv3x3_forward_concat)
@@ -45,8 +45,7 @@ TF32_VARIANTS = {op: {v for v, name in vs.items() if name in _c3.TF32} for op, v
 
 def default_variant(op: str, precision: str = "fp32") -> int:
     """The variant an op runs when variant=None."""
-    from ._core import default_variant as _dv
-    return _dv(VARIANTS[op], precision, _c3.TF32)
+    return _default_variant(VARIANTS[op], precision, _c3.TF32)
 
 
 def kernel_names(op: str, variant: int) -> list[str]:

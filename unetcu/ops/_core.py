@@ -96,7 +96,7 @@ def pick_variant(op: str, variants: dict, variant, precision: str = "fp32", tf32
     that a precision is never changed behind the caller's back."""
     if precision not in PRECISIONS:
         raise ValueError(f"{op}: precision must be one of {PRECISIONS}, got {precision!r}")
-    mine = sorted(v for v, name in variants.items() if (name in tf32) == (precision == "tf32"))
+    mine = _of_precision(variants, precision, tf32)
     if variant is None:
         if not mine:
             raise ValueError(f"{op}: no {precision} variant")
@@ -110,9 +110,13 @@ def pick_variant(op: str, variants: dict, variant, precision: str = "fp32", tf32
     return variants[variant]
 
 
+def _of_precision(variants: dict, precision: str, tf32) -> list[int]:
+    return sorted(v for v, name in variants.items() if (name in tf32) == (precision == "tf32"))
+
+
 def default_variant(variants: dict, precision: str = "fp32", tf32=frozenset()) -> int:
     """The number pick_variant(..., None, precision) chooses."""
-    return max(v for v, name in variants.items() if (name in tf32) == (precision == "tf32"))
+    return _of_precision(variants, precision, tf32)[-1]
 
 
 def i32(v) -> np.int32:
