@@ -25,7 +25,7 @@ import numpy as np
 
 from . import ops as kernel_ops
 from . import reference as R
-from .ops._core import resolve as resolve_engine, xp as array_module
+from .ops._core import PRECISIONS, resolve as resolve_engine, xp as array_module
 
 FORMAT = "unetcu-model-v1"
 
@@ -115,8 +115,8 @@ class UNet:
             raise ValueError("UNet: need depth >= 1, base_channels >= 1, in_channels >= 1, n_classes >= 2")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"UNet: dropout must lie in [0, 1), got {dropout}")
-        if precision not in ("fp32", "tf32"):
-            raise ValueError(f"UNet: precision must be 'fp32' or 'tf32', got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"UNet: precision must be one of {PRECISIONS}, got {precision!r}")
         self.config = dict(in_channels=int(in_channels), n_classes=int(n_classes), depth=int(depth),
                            base_channels=int(base_channels), dropout=float(dropout), seed=int(seed))
         self.engine = resolve_engine(engine)

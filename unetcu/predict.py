@@ -13,6 +13,7 @@ from scipy import ndimage as ndi
 
 from .data import load_images
 from .model import UNet
+from .ops._core import PRECISIONS
 from .tiling import predict_probs
 
 
@@ -46,8 +47,8 @@ def write_results(out: Path, name: str, probs: np.ndarray):
 def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, tta=False, progress=True,
                   precision="fp32"):
     model = UNet.load(model_path, engine=engine)
-    if precision not in ("fp32", "tf32"):
-        raise ValueError(f"precision must be 'fp32' or 'tf32', got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     model.precision = precision
     if model.config["in_channels"] != 1:
         raise ValueError(f"{model_path}: the model takes {model.config['in_channels']} channels; files give 1")
