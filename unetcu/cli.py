@@ -127,6 +127,11 @@ def _cmd_bench(a) -> int:
     return subprocess.call([sys.executable, str(script), *a.args], cwd=str(bench_dir), env=env)
 
 
+PRECISION_ARG = dict(choices=("fp32", "tf32"), default="fp32",
+                     help="3x3 convolutions in fp32 (default) or tf32 (tensor cores, operands rounded to 10 mantissa "
+                          "bits: ~3e-4 relative error per convolution)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unetcu", description="U-Net on hand-written CUDA kernels, with a CPU emulator for the same kernels.")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
@@ -158,8 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", choices=("auto", "paper", "small", "tiny"), default="auto",
                    help="network size (default: paper on a GPU, small on a CPU)")
     t.add_argument("--engine", choices=("numpy", "emu", "cuda"), help="default: cuda if a GPU is usable, else numpy")
-    t.add_argument("--precision", choices=("fp32", "tf32"), default="fp32",
-                   help="3x3 convolutions in fp32 (default) or tf32 (tensor cores, operands rounded to 10 mantissa bits: ~3e-4 relative error per convolution)")
+    t.add_argument("--precision", **PRECISION_ARG)
     t.add_argument("--cuda-graph", action="store_true",
                    help="capture the training step once as a CUDA graph and replay it (cuda engine only)")
     t.add_argument("--steps", type=int, help="training steps (default: paper 10000, small 1500, tiny 300)")
@@ -191,8 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+", help="PNG/TIFF images (a multi-page TIFF gives one output per page)")
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--engine", choices=("numpy", "emu", "cuda"), help="default: cuda if a GPU is usable, else numpy")
-    pr.add_argument("--precision", choices=("fp32", "tf32"), default="fp32",
-                    help="3x3 convolutions in fp32 (default) or tf32 (tensor cores, operands rounded to 10 mantissa bits: ~3e-4 relative error per convolution)")
+    pr.add_argument("--precision", **PRECISION_ARG)
     pr.add_argument("--tile", type=int, help="input tile size (default: 572 for the paper net, else about 388 output)")
     pr.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
     pr.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips (8x slower)")
