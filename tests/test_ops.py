@@ -93,8 +93,10 @@ def test_conv3x3_forward(engine, rng, variant, tile, shape, relu):
                                  precision(op, variant)))
 
 
-CONCAT_SHAPES = [((6, 7), (1, 1, 2, 4, 5, 1)), ((13, 12), (2, 3, 4, 9, 8, 5)),
-                 ((21, 21), (2, 5, 3, 15, 15, 7))]  # skip (Hs, Ws), (N, Cs, Cu, H, W, K)
+# skip (Hs, Ws), (N, Cs, Cu, H, W, K); the smallest has 4 output channels: with one, the ReLU could
+# leave a single output of 0.009 from terms of 6, whose fp32 rounding alone is 1.3e-5 relative
+CONCAT_SHAPES = [((6, 7), (1, 1, 2, 4, 5, 4)), ((13, 12), (2, 3, 4, 9, 8, 5)),
+                 ((21, 21), (2, 5, 3, 15, 15, 7))]
 
 
 @pytest.mark.parametrize("variant,tile", conv_cases("conv3x3_forward_concat"))
