@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from collections import OrderedDict
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from . import ops as kernel_ops
 from . import reference as R
+from .files import atomic_write
 from .ops._core import PRECISIONS, resolve as resolve_engine, xp as array_module
 
 FORMAT = "unetcu-model-v1"
@@ -308,17 +308,12 @@ class UNet:
         meta = dict(format=FORMAT, config=self.config, state=state or {})
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         path = os.fspath(path)
-        d = os.path.dirname(os.path.abspath(path))
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, write)
 
     @classmethod
     def load(cls, path, engine=None, with_state=False):

@@ -3,30 +3,17 @@ results. Every input is read and checked before anything is written, and every o
 written to a temporary name and renamed, so a failure leaves no half-written results."""
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from .data import load_images
+from .files import atomic_write
 from .model import UNet
 from .ops._core import PRECISIONS
 from .tiling import predict_probs
-
-
-def _atomic(path: Path, write):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_results(out: Path, name: str, probs: np.ndarray):
@@ -38,9 +25,9 @@ def write_results(out: Path, name: str, probs: np.ndarray):
     if n >= 2**16:
         raise ValueError(f"{name}: {n} objects do not fit a 16-bit instance image")
     scale = 255 // max(1, k - 1)
-    _atomic(out / f"{name}_prob.tif", lambda p: tifffile.imwrite(p, probs.astype(np.float32)))
-    _atomic(out / f"{name}_labels.png", lambda p: Image.fromarray((labels * scale).astype(np.uint8)).save(p, format="PNG"))
-    _atomic(out / f"{name}_instances.png", lambda p: Image.fromarray(inst.astype(np.uint16)).save(p, format="PNG"))
+    atomic_write(out / f"{name}_prob.tif", lambda p: tifffile.imwrite(p, probs.astype(np.float32)))
+    atomic_write(out / f"{name}_labels.png", lambda p: Image.fromarray((labels * scale).astype(np.uint8)).save(p, format="PNG"))
+    atomic_write(out / f"{name}_instances.png", lambda p: Image.fromarray(inst.astype(np.uint16)).save(p, format="PNG"))
     return n
 
 
