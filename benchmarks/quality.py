@@ -76,7 +76,7 @@ def main(argv=None):
         cfg = TrainConfig(steps=steps, lr=a.lr, tile=tile, val_every=max(steps // 3, 1), ckpt_every=steps,
                           out=str(Path(a.out) / name), seed=0, w0=0.0 if name == "isbi2012" else 10.0, clip=a.clip)
         t0 = time.perf_counter()
-        train(model, tr, te[:2], cfg, progress=True, log=print)
+        train(model, tr, te[:2], cfg, progress=True, log=print, overwrite=True)  # a rerun replaces its own runs
         t_train = time.perf_counter() - t0
         rows = []
         t0 = time.perf_counter()

@@ -20,10 +20,19 @@ def _cmd_demo(a) -> int:
 
 def _cmd_engines(a) -> int:
     from . import runtime, emu
+    from .ops import resolve_engine
     ok, why = runtime.gpu_status()
+    env = os.environ.get("UNETCU_ENGINE")
     print(f"cuda : {'usable' if ok else 'not usable'} ({why})")
-    print(f"emu  : usable (g++ CPU emulator, {emu.num_threads()} OS thread(s), order {emu.get_order()[0]})")
-    print(f"default kernel engine: {runtime.default_engine()}")
+    print(f"emu  : usable (these CUDA kernels on the CPU through the g++ emulator, {emu.num_threads()} OS thread(s), "
+          f"order {emu.get_order()[0]}; slow: for checking kernels)")
+    print("numpy: usable (the float32 reference on the CPU; trains the small preset at a few steps/s)")
+    if env:
+        reason = f"UNETCU_ENGINE={env}"
+    else:
+        reason = "a GPU is usable" if ok else "no GPU is usable; --engine or UNETCU_ENGINE chooses another"
+    print(f"train, predict use: {resolve_engine(None)} ({reason})")
+    print(f"demo and runtime.compile use: {runtime.default_engine()} (kernels need cuda or emu)")
     print(f"kernels: {runtime.kernels_dir()}")
     print(f"CUDA include dir for <mma.h>: {runtime.cuda_include_dir() or 'not found'}")
     return 0
@@ -46,51 +55,171 @@ def _cmd_asan(a) -> int:
     return 127
 
 
-def _engine_default():
-    from .ops import resolve_engine
-    return resolve_engine(None)
+# ---- train ---------------------------------------------------------------------------------------
+# Every train option is parsed with default None, so that an option given on the command line can be
+# told from a default: a resumed run takes the options it was started with from its checkpoint.
+TRAIN_DEFAULTS = dict(data="synthetic", val_data=None, val_fraction=0.2, labels="auto", classes=2, preset="auto",
+                      engine=None, precision="fp32", cuda_graph=False, steps=None, lr=0.001, momentum=0.99,
+                      weight_decay=0.0, clip=1.0, batch=1, tile=None, augment="elastic", w0=10.0, sigma=5.0,
+                      no_dropout=False, n_synthetic=16, val_every=100, ckpt_every=250, seed=0, out=None,
+                      no_progress=False, overwrite=False)
+# what a resumed run may change; every other option given with --resume must equal the run's own
+RESUME_MAY_CHANGE = {"steps", "lr", "weight_decay", "clip", "val_every", "ckpt_every", "engine", "precision",
+                     "cuda_graph", "out", "no_progress", "overwrite"}
+STEPS = {"paper": 10000, "small": 1500, "tiny": 300}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _train_options(a):
+    """(options, resumed): the options of this run, a dict over TRAIN_DEFAULTS' keys; `resumed` is
+    (model, momentum, state) of --resume's checkpoint, or None."""
+    from .model import UNet
+    given = {k: v for k, v in vars(a).items() if k in TRAIN_DEFAULTS and v is not None}
+    if not a.resume:
+        opts = {**TRAIN_DEFAULTS, **given}
+        opts["out"] = opts["out"] or "runs/unet"
+        return opts, None
+    resumed = UNet.load(a.resume, engine=given.get("engine"), with_state=True)
+    state = resumed[2]
+    saved = {k: v for k, v in state.get("config", {}).items() if k in TRAIN_DEFAULTS}
+    saved.update(state.get("config", {}).get("run", {}))
+    if "run" not in state.get("config", {}):  # written before checkpoints recorded their run's options
+        saved = {k: v for k, v in saved.items() if k not in ("out",)}
+    for k, v in given.items():
+        if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != v:
+            raise ValueError(f"--resume {a.resume}: {_flag(k)} {v} differs from the run's {saved[k]!r}; a resumed run keeps "
+                             f"its data, network and sampling (omit {_flag(k)}, or start a new run)")
+    opts = {**TRAIN_DEFAULTS, **saved, **given}
+    opts["out"] = given.get("out") or os.path.dirname(os.path.abspath(a.resume))
+    return opts, resumed
+
+
+def _check_fits(engine, tile, batch, depth, base, n_classes, training, what):
+    """Refuse a tile and batch whose feature maps cannot fit in the engine's memory."""
+    from . import runtime
+    from .model import activation_bytes
+    need = activation_bytes(tile, depth, base, n_classes, batch=batch, training=training)
+    have = runtime.available_bytes(engine)
+    if have is not None and need > 0.9 * have:
+        raise ValueError(f"--tile {tile} with --batch {batch} needs about {_bytes(need)} for {what}, and engine {engine} "
+                         f"has {_bytes(have)} available: use a smaller --tile or --batch")
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
 
 
 def _cmd_train(a) -> int:
+    from pathlib import Path
     from . import data as D
-    from .model import UNet
-    from .train import PRESETS, TrainConfig, TrainingDiverged, train
-    engine = a.engine or _engine_default()
-    preset = a.preset if a.preset != "auto" else ("paper" if engine == "cuda" else "small")
-    depth, base, tile = PRESETS[preset]
-    tile = a.tile or tile
-    steps = a.steps or {"paper": 10000, "small": 1500, "tiny": 300}[preset]
-    if a.data == "synthetic":
-        size = (max(256, tile // 2), max(256, tile // 2))
-        train_s = D.synthetic_dataset(a.n_synthetic, size, seed=a.seed * 2 + 1)
-        val_s = D.synthetic_dataset(max(1, a.n_synthetic // 8), size, seed=a.seed * 2 + 2)
-        source = f"{len(train_s)} synthetic images of {size[0]}x{size[1]} (seed {a.seed})"
+    from .model import UNet, output_size
+    from .ops import resolve_engine
+    from .train import PRESETS, TrainConfig, TrainingDiverged, TrainingInterrupted, check_out, train
+    o, resumed = _train_options(a)
+    engine = resolve_engine(o["engine"])
+    if resumed:
+        net = resumed[0].config
+        preset = o["preset"] if o["preset"] != "auto" else "custom"
+        depth, base, tile = net["depth"], net["base_channels"], o["tile"]
+        n_classes, dropout = net["n_classes"], net["dropout"]
     else:
-        allsamples = D.load_folder(a.data, a.labels)
-        if a.val_data:
-            train_s, val_s = allsamples, D.load_folder(a.val_data, a.labels)
+        preset = o["preset"] if o["preset"] != "auto" else ("paper" if engine == "cuda" else "small")
+        depth, base, tile = PRESETS[preset]
+        tile = o["tile"] or tile
+        n_classes, dropout = o["classes"], 0.0 if o["no_dropout"] else 0.5
+    steps = o["steps"] or STEPS.get(preset, 1000)
+    # every check before anything is generated, loaded or created
+    try:
+        output_size(tile, depth)
+    except ValueError as e:
+        raise ValueError(f"--tile: {e}") from None
+    _check_fits(engine, tile, o["batch"], depth, base, n_classes, True, "one training step")
+    check_out(o["out"], a.resume, o["overwrite"])
+    if o["cuda_graph"] and engine != "cuda":
+        raise ValueError(f"--cuda-graph needs the cuda engine; this run uses {engine}")
+    if o["data"] == "synthetic":
+        size = (max(256, tile // 2), max(256, tile // 2))
+        train_s = D.synthetic_dataset(o["n_synthetic"], size, seed=o["seed"] * 2 + 1)
+        val_s = D.synthetic_dataset(max(1, o["n_synthetic"] // 8), size, seed=o["seed"] * 2 + 2)
+        source = f"{len(train_s)} synthetic images of {size[0]}x{size[1]} (seed {o['seed']})"
+        data_opt = "synthetic"
+    else:
+        data_opt = os.path.abspath(o["data"])
+        allsamples = D.load_folder(data_opt, o["labels"])
+        if o["val_data"]:
+            o["val_data"] = os.path.abspath(o["val_data"])
+            train_s, val_s = allsamples, D.load_folder(o["val_data"], o["labels"])
         else:
-            nval = int(round(a.val_fraction * len(allsamples)))
-            if a.val_fraction > 0 and len(allsamples) > 1:
+            nval = int(round(o["val_fraction"] * len(allsamples)))
+            if o["val_fraction"] > 0 and len(allsamples) > 1:
                 nval = min(max(1, nval), len(allsamples) - 1)
             train_s, val_s = allsamples[:len(allsamples) - nval], allsamples[len(allsamples) - nval:]
-        source = f"{a.data}: {len(train_s)} training, {len(val_s)} validation images"
+        source = f"{o['data']}: {len(train_s)} training, {len(val_s)} validation images"
     print(f"data: {source}")
-    model = UNet(in_channels=1, n_classes=a.classes, depth=depth, base_channels=base,
-                 dropout=0.0 if a.no_dropout else 0.5, engine=engine, seed=a.seed, precision=a.precision)
-    cfg = TrainConfig(steps=steps, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay, clip=a.clip, batch=a.batch, tile=tile,
-                      augment=a.augment, w0=a.w0, sigma=a.sigma, val_every=a.val_every, ckpt_every=a.ckpt_every, seed=a.seed, out=a.out,
-                      cuda_graph=a.cuda_graph)
+    if resumed:
+        model = resumed[0]
+        model.precision = o["precision"]
+    else:
+        model = UNet(in_channels=1, n_classes=n_classes, depth=depth, base_channels=base, dropout=dropout, engine=engine,
+                     seed=o["seed"], precision=o["precision"])
+    run = {k: o[k] for k in ("val_data", "val_fraction", "labels", "classes", "n_synthetic", "no_dropout")}
+    run.update(data=data_opt, preset=preset)
+    cfg = TrainConfig(steps=steps, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"], clip=o["clip"],
+                      batch=o["batch"], tile=tile, augment=o["augment"], w0=o["w0"], sigma=o["sigma"],
+                      val_every=o["val_every"], ckpt_every=o["ckpt_every"], seed=o["seed"], out=o["out"],
+                      cuda_graph=o["cuda_graph"], run=run)
+    out = Path(o["out"])
     try:
-        history = train(model, train_s, val_s, cfg, resume=a.resume, progress=not a.no_progress)
+        history = train(model, train_s, val_s, cfg, resume=a.resume, progress=not o["no_progress"],
+                        log=print, overwrite=o["overwrite"])
     except TrainingDiverged as e:
         print(f"unetcu train: {e}", file=sys.stderr)
         return 3
+    except TrainingInterrupted as e:
+        if e.checkpoint is None:
+            print("unetcu train: interrupted before the first step finished; nothing was saved", file=sys.stderr)
+        else:
+            print(f"unetcu train: interrupted; step {e.step} saved in {e.checkpoint} (logs in {out}/); "
+                  f"resume with: unetcu train --resume {e.checkpoint}", file=sys.stderr)
+        return 130
     last = [r for r in history if "val_iou" in r]
     if last:
         print(f"validation: loss {last[-1]['val_loss']:.4f}, IoU {last[-1]['val_iou']:.4f} at step {last[-1]['step']}")
-    print(f"wrote {a.out}/checkpoint.npz, log.csv, curves.png" + (", samples.png" if val_s else ""))
-    print(f"next: unetcu predict {a.out}/checkpoint.npz IMAGES... --out predictions")
+    print(f"wrote {out}/checkpoint.npz, log.csv, curves.png" + (", samples.png" if val_s else ""))
+    print(f"next: unetcu predict {out}/checkpoint.npz IMAGES... --out predictions")
+    return 0
+
+
+def _cmd_synth(a) -> int:
+    from pathlib import Path
+    import numpy as np
+    from PIL import Image
+    from .data import synthetic_cells
+    from .files import atomic_write
+    out = Path(a.out)
+    names = [f"synth_{i:03d}.png" for i in range(a.count)]
+    targets = [out / sub / n for sub in ("images", "labels") for n in names]
+    existing = [t for t in targets if t.exists()]
+    if existing and not a.overwrite:
+        raise FileExistsError(f"{existing[0]} exists ({len(existing)} of the {len(targets)} files to write do): "
+                              "choose another folder or pass --overwrite")
+    for sub in ("images", "labels"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        img, inst = synthetic_cells((a.size, a.size), seed=a.seed * 100003 + i)
+        if inst.max() >= 2**16:
+            raise ValueError(f"{name}: {inst.max()} cells do not fit a 16-bit label image; use a smaller --size")
+        # 8-bit gray image; 16-bit instance ids (0 = background), both lossless PNG
+        atomic_write(out / "images" / name, lambda p: Image.fromarray(np.round(img * 255).astype(np.uint8)).save(p, format="PNG"))
+        atomic_write(out / "labels" / name, lambda p: Image.fromarray(inst.astype(np.uint16)).save(p, format="PNG"))
+    print(f"wrote {a.count} images of {a.size}x{a.size} to {out}/images and their instance labels "
+          f"(16-bit PNG, 0 = background) to {out}/labels")
     return 0
 
 
@@ -127,19 +256,45 @@ def _cmd_bench(a) -> int:
     return subprocess.call([sys.executable, str(script), *a.args], cwd=str(bench_dir), env=env)
 
 
-PRECISION_ARG = dict(choices=("fp32", "tf32"), default="fp32",
+PRECISION_ARG = dict(choices=("fp32", "tf32"),
                      help="3x3 convolutions in fp32 (default) or tf32 (tensor cores, operands rounded to 10 mantissa "
                           "bits: ~3e-4 relative error per convolution)")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `unetcu train: argument --steps: must be ... (see unetcu train -h)`."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} -h)\n")
+
+
+def number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
+    """An argparse type: int or float within [lo, hi] (open ends where asked); NaN never passes."""
+    name = "an integer" if kind is int else "a number"
+    rng = [f"{'>' if lo_open else '>='} {lo}" if lo is not None else "", f"{'<' if hi_open else '<='} {hi}" if hi is not None else ""]
+    want = f"{name} " + " and ".join(r for r in rng if r)
+
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}") from None
+        ok = v == v and (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi))
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}")
+        return v
+    parse.__name__ = name
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unetcu", description="U-Net on hand-written CUDA kernels, with a CPU emulator for the same kernels.")
+    p = Parser(prog="unetcu", description="U-Net on hand-written CUDA kernels, with a CPU emulator for the same kernels.")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     d = sub.add_parser("demo", help="run the demo kernels (SGEMM, reduction, softmax, wmma) and check them against NumPy",
                        description="Run kernels/demo.cu on an engine and compare each result with NumPy.")
     d.add_argument("--engine", choices=("cuda", "emu"), help="default: cuda if a GPU is usable, else emu")
-    d.add_argument("--size", type=int, default=64, help="problem size (default 64)")
-    d.add_argument("--seed", type=int, default=0, help="random seed for inputs and the random thread order")
+    d.add_argument("--size", type=number(int, 8, 1024), default=64, help="problem size, 8..1024 (default 64)")
+    d.add_argument("--seed", type=number(int, 0), default=0, help="random seed for inputs and the random thread order")
     d.add_argument("--order", choices=("forward", "reverse", "random"), default="forward",
                    help="emulator thread order inside a block (default forward)")
     d.set_defaults(func=_cmd_demo)
@@ -152,40 +307,58 @@ def build_parser() -> argparse.ArgumentParser:
                               "tiny = depth 3, 8 channels, 92 tile (smoke tests).\n"
                               "Data folders hold images/ and labels/ (or train/images, train/labels); images and labels\n"
                               "pair by file name or by their last number. Writes OUT/checkpoint.npz (for predict and\n"
-                              "--resume), OUT/log.csv, OUT/curves.png and OUT/samples.png.")
-    t.add_argument("--data", default="synthetic", help="'synthetic' (default) or a folder of images/ and labels/")
+                              "--resume), OUT/log.csv (a row per step), OUT/curves.png (redrawn at each validation) and\n"
+                              "OUT/samples.png. A folder that holds a run is never overwritten without --overwrite.\n"
+                              "Ctrl-C saves the last finished step and says how to resume.")
+    t.add_argument("--data", help="'synthetic' (default) or a folder of images/ and labels/")
     t.add_argument("--val-data", help="a separate validation folder (default: the last --val-fraction of --data)")
-    t.add_argument("--val-fraction", type=float, default=0.2, help="share of --data held out for validation (default 0.2)")
-    t.add_argument("--labels", choices=("auto", "binary", "instance", "classes"), default="auto",
+    t.add_argument("--val-fraction", type=number(float, 0, 1, hi_open=True),
+                   help="share of --data held out for validation, in [0, 1) (default 0.2)")
+    t.add_argument("--labels", choices=("auto", "binary", "instance", "classes"),
                    help="how to read label images: binary (0/255 foreground), instance (0 = background, 1..n objects), "
                         "classes (pixel values are class ids), auto = binary if two values else instance")
-    t.add_argument("--classes", type=int, default=2, help="number of classes (default 2: background, object)")
-    t.add_argument("--preset", choices=("auto", "paper", "small", "tiny"), default="auto",
+    t.add_argument("--classes", type=number(int, 2, 256), help="number of classes, 2..256 (default 2: background, object)")
+    t.add_argument("--preset", choices=("auto", "paper", "small", "tiny"),
                    help="network size (default: paper on a GPU, small on a CPU)")
     t.add_argument("--engine", choices=("numpy", "emu", "cuda"), help="default: cuda if a GPU is usable, else numpy")
     t.add_argument("--precision", **PRECISION_ARG)
-    t.add_argument("--cuda-graph", action="store_true",
+    t.add_argument("--cuda-graph", action="store_true", default=None,
                    help="capture the training step once as a CUDA graph and replay it (cuda engine only)")
-    t.add_argument("--steps", type=int, help="training steps (default: paper 10000, small 1500, tiny 300)")
-    t.add_argument("--lr", type=float, default=0.001, help="learning rate (default 0.001)")
-    t.add_argument("--momentum", type=float, default=0.99, help="SGD momentum (default 0.99, the paper's)")
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--clip", type=float, default=1.0, help="clip the gradients' global L2 norm to this value (default 1; 0: off)")
-    t.add_argument("--batch", type=int, default=1, help="tiles per step (default 1, the paper's)")
-    t.add_argument("--tile", type=int, help="input tile size (default: the preset's)")
-    t.add_argument("--augment", choices=("elastic", "flips", "none"), default="elastic",
+    t.add_argument("--steps", type=number(int, 1), help="training steps, >= 1 (default: paper 10000, small 1500, tiny 300)")
+    t.add_argument("--lr", type=number(float, 0, lo_open=True), help="learning rate, > 0 (default 0.001)")
+    t.add_argument("--momentum", type=number(float, 0, 1, hi_open=True), help="SGD momentum in [0, 1) (default 0.99, the paper's)")
+    t.add_argument("--weight-decay", type=number(float, 0), help="L2 weight decay, >= 0 (default 0)")
+    t.add_argument("--clip", type=number(float, 0),
+                   help="clip the gradients' global L2 norm to this value (default 1; 0: off)")
+    t.add_argument("--batch", type=number(int, 1), help="tiles per step, >= 1 (default 1, the paper's)")
+    t.add_argument("--tile", type=number(int, 1), help="input tile size (default: the preset's)")
+    t.add_argument("--augment", choices=("elastic", "flips", "none"),
                    help="elastic = elastic warp + rotation + shift + flips + gray values (default)")
-    t.add_argument("--w0", type=float, default=10.0, help="weight of the border term of the weight map (default 10; 0 = class balancing only)")
-    t.add_argument("--sigma", type=float, default=5.0, help="width of the border term in pixels (default 5)")
-    t.add_argument("--no-dropout", action="store_true", help="switch off dropout at the end of the contracting path")
-    t.add_argument("--n-synthetic", type=int, default=16, help="synthetic training images (default 16)")
-    t.add_argument("--val-every", type=int, default=100, help="validate every N steps (default 100)")
-    t.add_argument("--ckpt-every", type=int, default=250, help="checkpoint every N steps (default 250)")
-    t.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint (same losses as without the break)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default="runs/unet", help="output folder (default runs/unet)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--w0", type=number(float, 0), help="weight of the border term of the weight map, >= 0 (default 10; 0 = class balancing only)")
+    t.add_argument("--sigma", type=number(float, 0, lo_open=True), help="width of the border term in pixels, > 0 (default 5)")
+    t.add_argument("--no-dropout", action="store_true", default=None, help="switch off dropout at the end of the contracting path")
+    t.add_argument("--n-synthetic", type=number(int, 1, 100000), help="synthetic training images (default 16)")
+    t.add_argument("--val-every", type=number(int, 1), help="validate every N steps, >= 1 (default 100)")
+    t.add_argument("--ckpt-every", type=number(int, 1), help="checkpoint every N steps, >= 1 (default 250)")
+    t.add_argument("--resume", metavar="CHECKPOINT",
+                   help="continue the run of this checkpoint with its own options (same losses as without the break); "
+                        "--steps, --lr, --clip, --weight-decay, --val-every, --ckpt-every, --engine, --precision may change")
+    t.add_argument("--seed", type=number(int, 0), help="seed of the initial weights, synthetic images and every random draw (default 0)")
+    t.add_argument("--out", help="output folder (default runs/unet; with --resume, the checkpoint's folder)")
+    t.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace the run already in --out (without it, a folder holding a run is refused)")
+    t.add_argument("--no-progress", action="store_true", default=None, help="no progress bar")
     t.set_defaults(func=_cmd_train)
+    sy = sub.add_parser("synth", help="write example images and instance labels (synthetic touching cells)",
+                        description="Write COUNT synthetic images of touching cells to OUT/images (8-bit PNG) and their "
+                                    "instance labels to OUT/labels (16-bit PNG, 0 = background, 1..n = cells): a data "
+                                    "folder for train --data, predict and evaluate. Deterministic by --seed.")
+    sy.add_argument("out", help="output folder")
+    sy.add_argument("--count", type=number(int, 1, 10000), default=8, help="number of images (default 8)")
+    sy.add_argument("--size", type=number(int, 16, 8192), default=256, help="image side in pixels, 16..8192 (default 256)")
+    sy.add_argument("--seed", type=number(int, 0), default=100, help="seed (default 100; train's synthetic images use others)")
+    sy.add_argument("--overwrite", action="store_true", help="replace files of the same names")
+    sy.set_defaults(func=_cmd_synth)
     pr = sub.add_parser("predict", help="segment images with a trained model (overlap-tile)",
                         description="Segment images of any size with overlap-tile inference (mirrored borders). For each "
                                     "input NAME writes NAME_prob.tif (float32 class probabilities, one page per class), "
@@ -195,9 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+", help="PNG/TIFF images (a multi-page TIFF gives one output per page)")
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--engine", choices=("numpy", "emu", "cuda"), help="default: cuda if a GPU is usable, else numpy")
-    pr.add_argument("--precision", **PRECISION_ARG)
-    pr.add_argument("--tile", type=int, help="input tile size (default: 572 for the paper net, else about 388 output)")
-    pr.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
+    pr.add_argument("--precision", default="fp32", **PRECISION_ARG)
+    pr.add_argument("--tile", type=number(int, 1), help="input tile size (default: 572 for the paper net, else about 388 output)")
+    pr.add_argument("--batch", type=number(int, 1), default=4, help="tiles per forward pass, >= 1 (default 4)")
     pr.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips (8x slower)")
     pr.add_argument("--no-progress", action="store_true")
     pr.set_defaults(func=_cmd_predict)
@@ -237,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):  # a line at a time into a log file or a pipe, not at exit
+        sys.stdout.reconfigure(line_buffering=True)
     p = build_parser()
     a = p.parse_args(argv)
     if not getattr(a, "func", None):
@@ -248,6 +423,9 @@ def main(argv=None) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"unetcu {a.cmd}: {msg}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"unetcu {a.cmd}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -98,6 +98,31 @@ def valid_input_size(min_output: int, depth: int = 5) -> int:
     return _input_for_bottleneck(b, depth)
 
 
+def activation_bytes(tile: int, depth: int, base_channels: int, n_classes: int = 2, in_channels: int = 1,
+                     batch: int = 1, training: bool = True) -> int:
+    """About how many bytes the activations of one forward pass (training: and their gradients)
+    take for `batch` tiles of tile x tile pixels: every feature map in float32, counted once (twice
+    when training). An estimate to refuse impossible sizes up front, not an exact peak. Raises
+    ValueError (from output_size) for an invalid tile."""
+    output_size(tile, depth)
+    total, s = in_channels * tile * tile, tile
+    sizes = []
+    for level in range(depth):  # contracting: conv1, conv2, pool
+        c = base_channels << level
+        total += c * ((s - 2) ** 2 + (s - 4) ** 2)
+        sizes.append(s - 4)
+        if level < depth - 1:
+            s = (s - 4) // 2
+            total += c * s * s
+    u = sizes[-1]
+    for level in range(depth - 2, -1, -1):  # expanding: up-conv, concat, conv1, conv2
+        c = base_channels << level
+        total += c * (3 * (2 * u) ** 2 + (2 * u - 2) ** 2 + (2 * u - 4) ** 2)
+        u = 2 * u - 4
+    total += n_classes * u * u
+    return 4 * batch * total * (2 if training else 1)
+
+
 # ---- the model -----------------------------------------------------------------------------------
 class UNet:
     """fuse: compute each expanding level's first conv straight from the skip map and the
@@ -118,7 +143,9 @@ class UNet:
         if precision not in PRECISIONS:
             raise ValueError(f"UNet: precision must be one of {PRECISIONS}, got {precision!r}")
         self.config = dict(in_channels=int(in_channels), n_classes=int(n_classes), depth=int(depth),
-                           base_channels=int(base_channels), dropout=float(dropout), seed=int(seed))
+                           base_channels=int(base_channels), dropout=float(dropout))
+        # the seed only draws the initial weights: it is not part of the network (a run resumed or
+        # fine-tuned under another seed is the same network)
         self.engine = resolve_engine(engine)
         self.xp = array_module(self.engine)
         self.ops = kernel_ops

@@ -6,11 +6,12 @@ emulator (engine "emu"). Both return a module whose kernels are called like cupy
 
 Arrays are NumPy arrays on "emu" and CuPy arrays on "cuda"; scalars are NumPy scalars on both.
 
-Engine choice: an explicit engine= wins; else UNETCU_KERNEL_ENGINE; else "cuda" when CuPy sees a
-usable GPU, else "emu". Asking for "cuda" without a GPU is an error, never a silent fallback.
+Engine choice: an explicit engine= wins; else UNETCU_ENGINE when it names a kernel engine; else
+"cuda" when CuPy sees a usable GPU, else "emu". Asking for "cuda" without a GPU is an error, never a silent fallback.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import glob
 import io
@@ -41,12 +42,16 @@ def gpu_status() -> tuple[bool, str]:
     except ImportError as e:
         return False, f"CuPy is not installed ({e}); install unetcu[cuda13] or unetcu[cuda12]"
     try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False, "CuPy is installed but there is no NVIDIA driver here (libcuda.so.1 cannot be loaded)"
+    try:
         n = cupy.cuda.runtime.getDeviceCount()
         if n < 1:
             return False, "CuPy found no CUDA device"
         cupy.cuda.Device(0).compute_capability  # touches the driver
         return True, f"{n} CUDA device(s)"
-    except Exception as e:  # CUDARuntimeError, driver missing, ...
+    except Exception as e:  # CUDARuntimeError, driver too old, ...
         return False, f"CuPy cannot use a GPU: {type(e).__name__}: {e}"
 
 
@@ -54,9 +59,27 @@ def gpu_available() -> bool:
     return gpu_status()[0]
 
 
+def available_bytes(engine: str) -> int | None:
+    """Memory a job may still take: the GPU's free memory on "cuda", else the host's MemAvailable
+    (Linux /proc/meminfo); None if unknown."""
+    if engine == "cuda":
+        import cupy
+        return int(cupy.cuda.Device().mem_info[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def default_engine() -> str:
-    env = os.environ.get("UNETCU_KERNEL_ENGINE")
-    if env:
+    """The kernel engine when none is given: UNETCU_ENGINE if it names one ("numpy" has no kernels:
+    emu), else cuda on a usable GPU, else emu."""
+    env = os.environ.get("UNETCU_ENGINE")
+    if env in KERNEL_ENGINES:
         return resolve_engine(env)
     return "cuda" if gpu_available() else "emu"
 
@@ -69,8 +92,9 @@ def resolve_engine(engine: str | None) -> str:
     if engine == "cuda":
         ok, why = gpu_status()
         if not ok:
-            raise RuntimeError(f"engine 'cuda' was asked for but no GPU is usable: {why}. "
-                               "Use engine='emu' to run the same kernels on the CPU.")
+            raise RuntimeError(f"engine cuda needs a GPU and no GPU is usable: {why}. Without a GPU use engine numpy "
+                               "(--engine numpy: trains and predicts on the CPU) or emu (--engine emu: these CUDA "
+                               "kernels emulated on the CPU, for checking them; slow)")
     return engine
 
 

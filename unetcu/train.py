@@ -17,17 +17,25 @@ atomics, so their last bits may differ).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
+import shutil
+import signal
 import sys
+import threading
 import time
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import augment, ops
 from .data import Sample
+from .files import atomic_write
+from .metrics import iou
 from .model import UNet, output_size
 from .weightmap import class_balance, weight_map
 
@@ -61,6 +69,8 @@ class TrainConfig:
     seed: int = 0
     out: str = "runs/unet"
     cuda_graph: bool = False      # replay the whole step as one CUDA graph (cuda engine only)
+    run: dict = field(default_factory=dict)  # how the run was started (data source, preset): saved in the
+    #                                          checkpoint so that --resume needs nothing else
 
 
 @dataclass
@@ -115,30 +125,42 @@ def draw_batch(data: list[Prepared], cfg: TrainConfig, model: UNet, rng: np.rand
 
 
 class Progress:
-    """A one-line progress bar on a terminal; a line every ~5% elsewhere (CI logs)."""
+    """A one-line progress bar on a terminal. Elsewhere (a log file, CI) a line after the first step,
+    then every ~5% of the run or every 30 s, whichever comes first."""
 
-    def __init__(self, total, start=0, stream=sys.stderr, enabled=True):
+    def __init__(self, total, start=0, stream=sys.stderr, enabled=True, every_s=30.0):
         self.total, self.start, self.stream, self.enabled = total, start, stream, enabled
-        self.t0 = time.perf_counter()
+        self.t0 = self.t_line = time.perf_counter()
         self.tty = getattr(stream, "isatty", lambda: False)()
-        self.every = max(1, total // 20)
+        self.every, self.every_s = max(1, (total - start) // 20), every_s
+        self.open_line = False
 
     def update(self, step, **info):
         if not self.enabled:
             return
+        now = time.perf_counter()
         done = step - self.start
-        rate = done / max(time.perf_counter() - self.t0, 1e-9)
+        rate = done / max(now - self.t0, 1e-9)
         eta = (self.total - step) / rate if rate > 0 else float("inf")
         bar = "#" * int(30 * step / self.total)
         text = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
         line = f"step {step}/{self.total} [{bar:<30}] {text} {rate:.2f} steps/s ETA {_fmt_time(eta)}"
         if self.tty:
             self.stream.write("\r" + line[:160].ljust(160))
+            self.open_line = step != self.total
             if step == self.total:
                 self.stream.write("\n")
-        elif step % self.every == 0 or step == self.total:
+        elif done == 1 or done % self.every == 0 or step == self.total or now - self.t_line >= self.every_s:
             self.stream.write(line + "\n")
+            self.t_line = now
         self.stream.flush()
+
+    def close(self):
+        """End a bar left open on a terminal (so the next message starts on its own line)."""
+        if self.enabled and self.open_line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.open_line = False
 
 
 def _fmt_time(s):
@@ -148,27 +170,98 @@ def _fmt_time(s):
 
 
 def evaluate(model: UNet, samples: list[Sample], cfg: TrainConfig, tile=None):
-    """Mean per-pixel weighted loss and foreground IoU over whole images (overlap-tile)."""
+    """(mean per-pixel weighted loss, mean foreground IoU) over whole images (overlap-tile), each
+    image's IoU by metrics.iou, as `unetcu evaluate` computes it (1 when both are empty)."""
     from .tiling import predict_probs
-    losses, inter, union = [], 0, 0
+    losses, ious = [], []
     for s in samples:
         probs = predict_probs(model, s.image, tile=tile or cfg.tile)
         cls = s.classes()
         w = class_balance(cls, model.config["n_classes"]) if s.semantic else weight_map(s.instances, cfg.w0, cfg.sigma, model.config["n_classes"])
         p = np.clip(np.take_along_axis(probs, cls[None].astype(np.int64), 0)[0], 1e-12, 1)
         losses.append(float(-(w * np.log(p)).mean()))
-        pred = probs.argmax(0)
-        inter += int(((pred > 0) & (cls > 0)).sum())
-        union += int(((pred > 0) | (cls > 0)).sum())
-    return float(np.mean(losses)), inter / max(union, 1)
+        ious.append(iou(probs.argmax(0) > 0, cls > 0))
+    return float(np.mean(losses)), float(np.mean(ious))
+
+
+RUN_FILES = ("checkpoint.npz", "log.csv", "curves.png", "samples.png")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training: `step` is the last finished step, `checkpoint` the file that holds
+    it (None when no step had finished). The logs are written up to that step."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        super().__init__(step, checkpoint)
+        self.step, self.checkpoint = step, checkpoint
+
+
+def check_out(out, resume=None, overwrite=False):
+    """Refuse (FileExistsError) to train into a folder that holds another run's files, unless the run
+    continues there (resume from out/checkpoint.npz) or overwrite is asked for: a new run must never
+    replace a trained model by accident."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder")
+    found = [f for f in RUN_FILES if (out / f).exists()]
+    ckpt = out / "checkpoint.npz"
+    if not found or overwrite or (resume and ckpt.exists() and os.path.samefile(resume, ckpt)):
+        return
+    raise FileExistsError(f"{out} already holds a training run ({', '.join(found)}): continue it with --resume {ckpt}, "
+                          "train into another --out, or replace it with --overwrite")
+
+
+class _Interrupts:
+    """Ctrl-C (SIGINT) while a step updates the weights is held until the update is complete, so the
+    weights, momentum and generator state saved after an interrupt are always those after a whole
+    step; anywhere else it interrupts at once. Installed only in the main thread and only over
+    Python's default handler (an application's own handler, or an ignored SIGINT, is left alone)."""
+
+    def __init__(self):
+        self.critical = self.pending = False
+        self.old = None
+
+    def __enter__(self):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+
+    def _handle(self, signum, frame):
+        if self.critical:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def hold(self):
+        self.critical = True
+        try:
+            yield
+        finally:
+            self.critical = False
+            if self.pending:
+                self.pending = False
+                raise KeyboardInterrupt
 
 
 def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], cfg: TrainConfig,
-          resume: str | None = None, progress: bool = True, log=print):
-    """Train in place; returns the history (list of dicts). Writes into cfg.out: checkpoint.npz
-    (weights + momentum + state), log.csv, curves.png, samples.png."""
+          resume: str | None = None, progress: bool = True, log=print, overwrite: bool = False):
+    """Train in place; returns the history (list of dicts, one per step).
+
+    Writes into cfg.out: checkpoint.npz (weights + momentum + generator state + history + cfg, every
+    cfg.ckpt_every steps and at the end), log.csv (a row per step, as it goes), curves.png (redrawn
+    at each validation) and samples.png (at the end). Every file is replaced atomically.
+    Raises FileExistsError if cfg.out holds another run (see check_out; overwrite=True replaces it),
+    ValueError for a checkpoint of another network, TrainingDiverged on a NaN/Inf loss, and
+    TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C, after saving the last finished step.
+    Nothing is created in cfg.out before every check has passed."""
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out, resume, overwrite)
     o = output_size(cfg.tile, model.config["depth"])
     rng = np.random.default_rng(cfg.seed)
     velocity = {k: model.xp.zeros_like(v) for k, v in model.params.items()}
@@ -183,52 +276,89 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
         start = int(state.get("step", 0))
         rng.bit_generator.state = state["rng"]
         history = state.get("history", [])
-        log(f"resumed from {resume} at step {start}")
     if not train_samples:
         raise ValueError("no training images")
     check_classes(list(train_samples) + list(val_samples), model.config["n_classes"])
+    if start >= cfg.steps:
+        raise ValueError(f"--resume {resume}: the run is at step {start} already; give --steps above {start} to go on")
     data = prepare(train_samples, cfg, model)
-    log(f"training {model.n_params:,} parameters on engine '{model.engine}': tile {cfg.tile} -> {o}, batch {cfg.batch}, "
-        f"{len(data)} training / {len(val_samples)} validation images, lr {cfg.lr}, momentum {cfg.momentum}, "
-        f"augment {cfg.augment}, steps {start}..{cfg.steps}")
     graph_step = None
     if cfg.cuda_graph:
         if model.engine != "cuda":
             raise ValueError(f"--cuda-graph needs the cuda engine; this model runs on '{model.engine}'")
         from .graph import GraphStep
         graph_step = GraphStep(model, velocity, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip)
+
+    created = not out.exists()
+    if overwrite:
+        for f in RUN_FILES:
+            if not resume or not (out / f).exists() or not os.path.samefile(resume, out / f):
+                (out / f).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        log(f"resumed from {resume} at step {start}")
+    log(f"training {model.n_params:,} parameters on engine '{model.engine}': tile {cfg.tile} -> {o}, batch {cfg.batch}, "
+        f"{len(data)} training / {len(val_samples)} validation images, lr {cfg.lr}, momentum {cfg.momentum}, "
+        f"augment {cfg.augment}, steps {start}..{cfg.steps}")
     ckpt = out / "checkpoint.npz"
+    csv_log = CsvLog(out / "log.csv", history)
     bar = Progress(cfg.steps, start, enabled=progress)
-    t_start = time.perf_counter()
-    step = start
-    for step in range(start + 1, cfg.steps + 1):
-        x, lab, wt = draw_batch(data, cfg, model, rng)
-        dropout_seed = int(rng.integers(2**63))
-        if graph_step is not None:  # the update is part of the graph: a bad loss is known only after it
-            loss, bad = graph_step(x, lab, wt, dropout_seed)
-            if bad:
-                raise ValueError(f"step {step}: a label lies outside the model's {model.config['n_classes']} classes")
-        else:
-            loss, grads = model.loss_and_grads(x, lab, wt, dropout_seed=dropout_seed)
-        if not math.isfinite(loss):
-            kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
-            raise TrainingDiverged(f"loss became {loss} at step {step}; training stopped ({kept}). "
-                                   "Lower the learning rate (--lr).")
-        if graph_step is None:
-            if cfg.clip > 0:
-                clip_gradients(grads, cfg.clip, model.xp)
-            for k, p in model.params.items():
-                ops.sgd_momentum_update(p, grads[k], velocity[k], cfg.lr, cfg.momentum, cfg.weight_decay,
-                                        engine=model.engine)
+    t_start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)  # seconds go on across a resume
+    done, done_rng = start, rng.bit_generator.state
+
+    def save(step, rng_state):
+        state = dict(step=step, rng=rng_state, history=history, config=asdict(cfg))
+        model.save(ckpt, momentum=velocity, state=_jsonable(state))
+
+    def step_done(step, loss):  # the step's row, and the state a checkpoint of this step holds
         row = dict(step=step, loss=loss, seconds=time.perf_counter() - t_start)
-        if val_samples and (step % cfg.val_every == 0 or step == cfg.steps):
-            row["val_loss"], row["val_iou"] = evaluate(model, val_samples, cfg)
         history.append(row)
-        bar.update(step, loss=loss, **({"val_iou": row["val_iou"]} if "val_iou" in row else {}))
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            state = dict(step=step, rng=rng.bit_generator.state, history=history, config=asdict(cfg))
-            model.save(ckpt, momentum=velocity, state=_jsonable(state))
-    write_log(history, out / "log.csv")
+        return step, rng.bit_generator.state, row
+
+    interrupts = _Interrupts()
+    try:
+        with interrupts:
+            for step in range(start + 1, cfg.steps + 1):
+                x, lab, wt = draw_batch(data, cfg, model, rng)
+                dropout_seed = int(rng.integers(2**63))
+                if graph_step is not None:  # the update is part of the graph: a bad loss is known only after it
+                    with interrupts.hold():
+                        loss, bad = graph_step(x, lab, wt, dropout_seed)
+                        done, done_rng, row = step_done(step, loss)
+                    if bad:
+                        raise ValueError(f"step {step}: a label lies outside the model's {model.config['n_classes']} classes")
+                else:
+                    loss, grads = model.loss_and_grads(x, lab, wt, dropout_seed=dropout_seed)
+                if not math.isfinite(loss):
+                    kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
+                    raise TrainingDiverged(f"loss became {loss} at step {step}; training stopped ({kept}). "
+                                           "Lower the learning rate (--lr).")
+                if graph_step is None:
+                    with interrupts.hold():
+                        if cfg.clip > 0:
+                            clip_gradients(grads, cfg.clip, model.xp)
+                        for k, p in model.params.items():
+                            ops.sgd_momentum_update(p, grads[k], velocity[k], cfg.lr, cfg.momentum, cfg.weight_decay,
+                                                    engine=model.engine)
+                        done, done_rng, row = step_done(step, loss)  # before a held Ctrl-C is raised
+                if val_samples and (step % cfg.val_every == 0 or step == cfg.steps):
+                    row["val_loss"], row["val_iou"] = evaluate(model, val_samples, cfg)
+                csv_log.append(row)
+                if "val_iou" in row:
+                    plot_curves(history, out / "curves.png")
+                bar.update(step, loss=loss, **({"val_iou": row["val_iou"]} if "val_iou" in row else {}))
+                if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                    save(step, done_rng)
+    except KeyboardInterrupt:
+        bar.close()
+        if history and history[-1]["step"] > csv_log.last:  # interrupted after the update, before the log
+            csv_log.append(history[-1])
+        if done > start:
+            save(done, done_rng)
+            plot_curves(history, out / "curves.png")
+        elif created:  # not one step finished in a new folder: leave nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise TrainingInterrupted(done, ckpt if ckpt.exists() else None) from None
     plot_curves(history, out / "curves.png")
     if val_samples:
         plot_samples(model, val_samples[:3], out / "samples.png", cfg)
@@ -258,50 +388,95 @@ def _jsonable(x):
     return json.loads(json.dumps(x, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
 
 
-def write_log(history, path):
-    keys = ["step", "loss", "val_loss", "val_iou", "seconds"]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
+class CsvLog:
+    """log.csv, a row per step as training goes (so a long run can be watched). Opening it rewrites
+    the file atomically from `history` (a resumed run's earlier steps), then rows are appended."""
+    KEYS = ["step", "loss", "val_loss", "val_iou", "seconds"]
+
+    def __init__(self, path, history=()):
+        self.path = Path(path)
+        self.last = history[-1]["step"] if history else 0
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.KEYS, lineterminator="\n")
         w.writeheader()
         for row in history:
-            w.writerow({k: row.get(k, "") for k in keys})
+            w.writerow({k: row.get(k, "") for k in self.KEYS})
+        atomic_write(self.path, lambda p: Path(p).write_text(buf.getvalue()))
+
+    def append(self, row):
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.KEYS, lineterminator="\n").writerow({k: row.get(k, "") for k in self.KEYS})
+        self.last = row["step"]
+
+
+def _savefig(fig, path):
+    atomic_write(path, lambda p: fig.savefig(p, dpi=100, format=Path(path).suffix[1:]))
+
+
+def loss_axis(loss, val_loss=()) -> tuple[float, float]:
+    """(bottom, top) of the log loss axis: from the 2nd percentile of the positive losses / 1.5 (a
+    few near-zero steps would stretch the axis over decades and flatten the curve) to 1.5 x the
+    largest finite loss, at least one decade."""
+    loss = np.asarray(loss, dtype=np.float64)
+    finite = np.concatenate([loss[np.isfinite(loss)], np.asarray(val_loss, dtype=np.float64)])
+    pos = finite[finite > 0]
+    if not pos.size:
+        return 1e-3, 1.0
+    lo = float(np.percentile(pos, 2)) / 1.5
+    return lo, max(lo * 10, float(pos.max()) * 1.5)
 
 
 def plot_curves(history, path):
+    """Training loss (per step and a running mean) and validation loss on a log axis, validation
+    IoU beside it. The loss axis spans the 2nd..100th percentile of the steps' losses (a single
+    near-zero step would otherwise stretch it over decades); steps below it are counted in the legend."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
     steps = [r["step"] for r in history]
-    loss = np.array([r["loss"] for r in history])
-    ax[0].plot(steps, loss, lw=0.5, alpha=0.4, label="training loss (per step)")
+    loss = np.array([r["loss"] for r in history], dtype=np.float64)
+    v = [r for r in history if "val_loss" in r]
+    lo, hi = loss_axis(loss, [r["val_loss"] for r in v])
+    below = int((loss < lo).sum())
+    ax[0].plot(steps, loss, lw=0.5, alpha=0.4,
+               label="training loss (per step)" + (f"; {below} below the axis" if below else ""))
     k = max(1, len(loss) // 50)
     if len(loss) >= k:
         ax[0].plot(steps[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), label=f"mean of {k}")
-    v = [r for r in history if "val_loss" in r]
     if v:
         ax[0].plot([r["step"] for r in v], [r["val_loss"] for r in v], "o-", label="validation loss")
         ax[1].plot([r["step"] for r in v], [r["val_iou"] for r in v], "o-", color="C2")
     ax[0].set_xlabel("step"), ax[0].set_ylabel("weighted cross-entropy per pixel"), ax[0].set_yscale("log"), ax[0].legend()
-    ax[1].set_xlabel("step"), ax[1].set_ylabel("validation IoU (foreground)"), ax[1].set_ylim(0, 1), ax[1].grid(alpha=0.3)
+    ax[0].set_ylim(lo, hi)
+    ax[1].set_xlabel("step"), ax[1].set_ylabel("validation IoU (foreground, mean over images)"), ax[1].set_ylim(0, 1)
+    ax[1].grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _savefig(fig, path)
     plt.close(fig)
 
 
 def plot_samples(model, samples, path, cfg):
-    """Image, truth and prediction side by side for a few validation images."""
+    """Image, truth and prediction side by side for a few validation images; objects in colours of
+    their own (the truth's instances; the prediction's connected components), so cells the net
+    merges show as one colour."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from .metrics import segments
     from .tiling import predict_probs
+    from .viz import colour_instances
     fig, ax = plt.subplots(len(samples), 3, figsize=(9, 3 * len(samples)), squeeze=False)
     for i, s in enumerate(samples):
         pred = predict_probs(model, s.image, tile=cfg.tile).argmax(0)
-        for j, (a, title) in enumerate(((s.image, "image"), (s.classes(), "truth"), (pred, "prediction"))):
+        truth = s.instances if not s.semantic else segments(s.classes() > 0)
+        n_true, n_pred = int(np.unique(truth[truth > 0]).size), int(segments(pred > 0).max())
+        panels = ((s.image, f"{s.name}: image"), (colour_instances(truth), f"truth: {n_true} objects"),
+                  (colour_instances(segments(pred > 0)), f"prediction: {n_pred} objects"))
+        for j, (a, title) in enumerate(panels):
             ax[i, j].imshow(a, cmap="gray", interpolation="nearest")
-            ax[i, j].set_title(f"{s.name}: {title}" if j == 0 else title, fontsize=8)
+            ax[i, j].set_title(title, fontsize=8)
             ax[i, j].axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _savefig(fig, path)
     plt.close(fig)

@@ -1,0 +1,283 @@
+"""A training run's lifecycle: nothing trained is overwritten, Ctrl-C saves the last finished step
+and resumes exactly, logs are written as the run goes, --resume needs only the checkpoint, every
+numeric option is range-checked before anything is created, the engine report is the one train
+and predict use, and the files are readable by the umask's rules."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from unetcu import UNet
+from unetcu.data import synthetic_dataset
+from unetcu.train import PRESETS, TrainConfig, TrainingInterrupted, loss_axis, train
+
+TINY = ("--preset", "tiny", "--n-synthetic", "3", "--engine", "numpy", "--no-progress")
+
+
+def run(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "unetcu.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600, env=env)
+
+
+def one_line(r):
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+# ---- overwrite -----------------------------------------------------------------------------------
+def test_a_run_is_never_overwritten_without_overwrite(tmp_path):
+    out = tmp_path / "run"
+    r = run("train", *TINY, "--steps", "4", "--val-every", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    before = (out / "checkpoint.npz").read_bytes()
+    r = run("train", *TINY, "--steps", "1", "--out", str(out))
+    assert r.returncode == 1 and "already holds a training run" in one_line(r) and "--overwrite" in r.stderr
+    assert (out / "checkpoint.npz").read_bytes() == before
+    r = run("train", *TINY, "--steps", "1", "--out", str(out), "--seed", "7", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    _, _, state = UNet.load(out / "checkpoint.npz", with_state=True)
+    assert state["step"] == 1 and len(rows(out / "log.csv")) == 1  # the old run's log went with it
+
+
+# ---- Ctrl-C, live logs, resume from the checkpoint alone -------------------------------------------
+def test_ctrl_c_saves_logs_and_resumes_from_the_checkpoint_alone(tmp_path):
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "unetcu.cli", "train", "--preset", "tiny", "--n-synthetic", "3",
+                          "--engine", "numpy", "--steps", "100000", "--val-every", "5", "--ckpt-every", "1000",
+                          "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    seen = 0
+    while time.time() - t0 < 300:  # the log grows while the run goes on, curves.png appears at the first validation
+        if (out / "log.csv").exists():
+            seen = len(rows(out / "log.csv"))
+            if seen >= 12 and (out / "curves.png").exists():
+                break
+        time.sleep(0.2)
+    assert seen >= 12, "log.csv did not grow while training"
+    assert not (out / "checkpoint.npz").exists()  # the first checkpoint would come at step 1000
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[0].startswith("step 1/100000")  # the first progress line, on a non-terminal
+    last = stderr.strip().splitlines()[-1]
+    assert "interrupted" in last and f"resume with: unetcu train --resume {out / 'checkpoint.npz'}" in last
+    _, _, state = UNet.load(out / "checkpoint.npz", with_state=True)
+    log = rows(out / "log.csv")
+    assert state["step"] == int(log[-1]["step"]) >= seen and len(log) == state["step"]
+    assert [int(r["step"]) for r in log] == list(range(1, state["step"] + 1))
+    assert (out / "curves.png").stat().st_size > 0
+    k = state["step"]
+
+    r = run("train", "--resume", str(out / "checkpoint.npz"), "--steps", str(k + 3), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert f"resumed from {out / 'checkpoint.npz'} at step {k}" in r.stdout
+    log = rows(out / "log.csv")
+    assert [int(r["step"]) for r in log] == list(range(1, k + 4))
+    assert float(log[k]["seconds"]) > float(log[k - 1]["seconds"])  # the clock goes on, it does not restart
+    _, _, state = UNet.load(out / "checkpoint.npz", with_state=True)
+    assert state["step"] == k + 3 and state["config"]["run"]["preset"] == "tiny"
+
+
+def _tiny_run(tmp_path, name, steps=10, resume=None, val=()):
+    depth, base, tile = PRESETS["tiny"]
+    m = UNet(depth=depth, base_channels=base, engine="numpy", seed=3)
+    cfg = TrainConfig(steps=steps, tile=tile, val_every=4, ckpt_every=1000, out=str(tmp_path / name), seed=4)
+    return train(m, synthetic_dataset(3, (128, 128), seed=5), list(val), cfg, resume=resume, progress=False,
+                 log=lambda *a: None)
+
+
+@pytest.mark.parametrize("where", ["forward", "update", "validation"])
+def test_interrupt_anywhere_in_a_step_resumes_exactly(tmp_path, monkeypatch, where):
+    """SIGINT in the forward pass loses that step; in the middle of the weight update it is held
+    until the update is complete (the saved state is never half a step); during validation the step
+    is kept. The resumed run repeats the uninterrupted run's losses bit for bit."""
+    val = synthetic_dataset(1, (64, 64), seed=9)
+    full = [r["loss"] for r in _tiny_run(tmp_path, "full", val=val)]
+    from unetcu import ops, train as T
+    calls = {"n": 0}
+    target = {"forward": (UNet, "loss_and_grads"), "update": (ops, "sgd_momentum_update"),
+              "validation": (T, "evaluate")}[where]
+    real = getattr(*target)
+    nparams = len(UNet(depth=3, base_channels=8, engine="numpy").params)
+    fire_at = {"forward": 6, "update": 5 * nparams + 3, "validation": 1}[where]
+
+    def planted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == fire_at:
+            os.kill(os.getpid(), signal.SIGINT)  # a real signal, delivered through the trainer's handler
+        return real(*a, **k)
+
+    monkeypatch.setattr(*target, planted)
+    with pytest.raises(TrainingInterrupted) as e:
+        _tiny_run(tmp_path, "cut", val=val)
+    monkeypatch.setattr(*target, real)
+    expect = {"forward": 5, "update": 6, "validation": 4}[where]
+    assert e.value.step == expect and e.value.checkpoint == tmp_path / "cut" / "checkpoint.npz"
+    assert [int(r["step"]) for r in rows(tmp_path / "cut" / "log.csv")] == list(range(1, expect + 1))
+    resumed = _tiny_run(tmp_path, "cut", resume=str(tmp_path / "cut" / "checkpoint.npz"), val=val)
+    assert [r["loss"] for r in resumed] == full
+
+
+def test_interrupt_before_the_first_step_leaves_no_folder(tmp_path, monkeypatch):
+    def planted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(UNet, "loss_and_grads", planted)
+    with pytest.raises(TrainingInterrupted) as e:
+        _tiny_run(tmp_path, "never")
+    assert e.value.step == 0 and e.value.checkpoint is None
+    assert not (tmp_path / "never").exists()
+
+
+def test_resume_checks(tmp_path):
+    out = tmp_path / "run"
+    r = run("train", *TINY, "--steps", "3", "--val-every", "3", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    ck = str(out / "checkpoint.npz")
+    cases = [
+        (("--resume", ck, "--tile", "44"), "--tile 44 differs from the run's 92"),
+        (("--resume", ck, "--preset", "small"), "--preset small differs from the run's 'tiny'"),
+        (("--resume", ck, "--seed", "5"), "--seed 5 differs from the run's 0"),
+        (("--resume", ck, "--steps", "3"), "at step 3 already"),
+        (("--resume", str(tmp_path / "missing.npz")), "no model file"),
+        (("--resume", str(out / "log.csv")), "not a readable unetcu model file"),
+    ]
+    for args, msg in cases:
+        new = tmp_path / "elsewhere"
+        r = run("train", *args, "--out", str(new), "--no-progress")
+        assert r.returncode == 1 and msg in one_line(r), (args, r.stderr)
+        assert not new.exists(), args  # a failed resume creates nothing
+    # the seed is not part of the network: the same architecture under another seed is the same network
+    assert UNet(depth=2, base_channels=2, seed=1).config == UNet(depth=2, base_channels=2, seed=2).config
+
+
+# ---- arguments -----------------------------------------------------------------------------------
+BAD_ARGS = [
+    (("train", "--steps", "-3"), "--steps: must be an integer >= 1, got '-3'"),
+    (("train", "--steps", "0"), "--steps: must be an integer >= 1"),
+    (("train", "--tile", "0"), "--tile: must be an integer >= 1"),
+    (("train", "--batch", "0"), "--batch: must be an integer >= 1"),
+    (("train", "--val-every", "0"), "--val-every: must be an integer >= 1"),
+    (("train", "--ckpt-every", "-1"), "--ckpt-every: must be an integer >= 1"),
+    (("train", "--lr", "nan"), "--lr: must be a number > 0"),
+    (("train", "--lr", "0"), "--lr: must be a number > 0"),
+    (("train", "--momentum", "1"), "--momentum: must be a number >= 0 and < 1"),
+    (("train", "--val-fraction", "1.5"), "--val-fraction: must be a number >= 0 and < 1"),
+    (("train", "--sigma", "0"), "--sigma: must be a number > 0"),
+    (("train", "--w0", "-1"), "--w0: must be a number >= 0"),
+    (("train", "--clip", "-0.5"), "--clip: must be a number >= 0"),
+    (("train", "--classes", "1"), "--classes: must be an integer >= 2"),
+    (("train", "--n-synthetic", "0"), "--n-synthetic: must be an integer >= 1"),
+    (("train", "--seed", "-1"), "--seed: must be an integer >= 0"),
+    (("train", "--steps", "ten"), "--steps: must be an integer >= 1, got 'ten'"),
+    (("predict", "m.npz", "x.png", "--out", "p", "--batch", "-1"), "--batch: must be an integer >= 1"),
+    (("predict", "m.npz", "x.png", "--out", "p", "--batch", "0"), "--batch: must be an integer >= 1"),
+    (("predict", "m.npz", "x.png", "--out", "p", "--tile", "0"), "--tile: must be an integer >= 1"),
+    (("demo", "--size", "0"), "--size: must be an integer >= 8 and <= 1024"),
+    (("synth", "ex", "--count", "0"), "--count: must be an integer >= 1"),
+    (("synth", "ex", "--size", "3"), "--size: must be an integer >= 16"),
+]
+
+
+@pytest.mark.parametrize("args,msg", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
+def test_numeric_options_are_range_checked(tmp_path, args, msg):
+    r = run(*args, cwd=tmp_path)
+    assert r.returncode == 2 and msg in one_line(r), r.stderr
+    assert not any(tmp_path.iterdir())  # no folder, no file
+
+
+def test_impossible_sizes_are_refused_before_anything_is_made(tmp_path):
+    for args, msg in [(("--preset", "tiny", "--tile", "1000000"), "needs about"),
+                      (("--preset", "tiny", "--tile", "101"), "input size 101 is not valid"),
+                      (("--preset", "tiny", "--batch", "100000000"), "needs about")]:
+        r = run("train", *args, "--engine", "numpy", cwd=tmp_path)
+        assert r.returncode == 1 and msg in one_line(r), r.stderr
+        assert not any(tmp_path.iterdir())
+        assert "data:" not in r.stdout  # nothing generated before the options were known to be valid
+
+
+# ---- engines -------------------------------------------------------------------------------------
+def test_engine_report_is_what_train_uses(tmp_path):
+    from unetcu import runtime
+    env = {k: v for k, v in os.environ.items() if k != "UNETCU_ENGINE"}
+    r = run("engines", env=env)
+    assert r.returncode == 0
+    want = "cuda" if runtime.gpu_available() else "numpy"
+    assert f"train, predict use: {want} (" in r.stdout
+    r = run("engines", env=dict(env, UNETCU_ENGINE="emu"))
+    assert "train, predict use: emu (UNETCU_ENGINE=emu)" in r.stdout
+    assert "demo and runtime.compile use: emu" in r.stdout
+    if not runtime.gpu_available():
+        r = run("train", "--engine", "cuda", "--out", str(tmp_path / "o"))
+        line = one_line(r)
+        assert r.returncode == 1 and "no GPU is usable" in line and "--engine numpy" in line and "engine='" not in line
+        assert not (tmp_path / "o").exists()
+
+
+# ---- files people can open -----------------------------------------------------------------------
+def test_files_follow_the_umask(tmp_path):
+    from unetcu.files import atomic_write
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "a.txt", lambda p: open(p, "w").write("x"))
+        UNet(depth=2, base_channels=2, engine="numpy").save(tmp_path / "m.npz")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "m.npz").stat().st_mode & 0o777 == 0o640
+    # a failed write leaves the old file and no temporary file
+    def fail(p):
+        open(p, "w").write("half")
+        raise OSError("disk full")
+    with pytest.raises(OSError):
+        atomic_write(tmp_path / "a.txt", fail)
+    assert (tmp_path / "a.txt").read_text() == "x" and sorted(f.name for f in tmp_path.iterdir()) == ["a.txt", "m.npz"]
+
+
+def test_loss_axis_ignores_a_few_near_zero_steps():
+    loss = np.r_[np.linspace(2.0, 0.1, 300), 1e-5]
+    lo, hi = loss_axis(loss)
+    assert 0.05 < lo < 0.1 and 2.0 < hi <= 3.0
+    assert loss_axis([0.0, np.nan]) == (1e-3, 1.0)
+    lo, hi = loss_axis([0.5, 0.5])  # a flat curve still gets a decade
+    assert hi / lo >= 10
+
+
+def test_colour_instances(rng):
+    from unetcu.viz import colour_instances
+    inst = rng.integers(0, 40, (23, 31))
+    rgb = colour_instances(inst)
+    assert rgb.shape == (23, 31, 3) and rgb.dtype == np.uint8
+    assert (rgb[inst == 0] == 0).all() and (rgb[inst > 0].max(1) > 0).all()
+    colours = {k: tuple(rgb[inst == k][0]) for k in np.unique(inst) if k > 0}
+    assert len(set(colours.values())) == len(colours)  # every object its own colour
+    img = rng.standard_normal((23, 31))
+    over = colour_instances(inst, img)
+    g = np.clip((img - np.percentile(img, 1)) / (np.percentile(img, 99) - np.percentile(img, 1)), 0, 1) * 255
+    assert np.abs(over[inst == 0].astype(float) - np.round(g[inst == 0])[:, None]).max() <= 1  # background: the image
+
+
+def test_synth_writes_a_data_folder(tmp_path):
+    from PIL import Image
+    r = run("synth", str(tmp_path / "ex"), "--count", "2", "--size", "70")
+    assert r.returncode == 0, r.stderr
+    for i in range(2):
+        img = np.asarray(Image.open(tmp_path / "ex" / "images" / f"synth_{i:03d}.png"))
+        lab = np.asarray(Image.open(tmp_path / "ex" / "labels" / f"synth_{i:03d}.png"))
+        assert img.shape == lab.shape == (70, 70) and img.dtype == np.uint8 and img.std() > 0
+        assert lab.dtype == np.uint16 and lab.max() >= 2 and lab.min() == 0
+    before = (tmp_path / "ex" / "labels" / "synth_000.png").read_bytes()
+    r = run("synth", str(tmp_path / "ex"), "--count", "2", "--size", "90")
+    assert r.returncode == 1 and "exists" in one_line(r)
+    assert (tmp_path / "ex" / "labels" / "synth_000.png").read_bytes() == before
