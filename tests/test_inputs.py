@@ -253,3 +253,39 @@ def test_rgb_tiff_folder_gives_one_sample(tmp_path, rgb):
     Image.fromarray(disks(H, W)).save(tmp_path / "labels" / "x.png")
     s = D.load_folder(tmp_path)
     assert len(s) == 1 and s[0].image.shape == (H, W)
+
+
+# ---- neighbours: other encodings of the same layouts ---------------------------------------------
+def test_palette_and_miniswhite_tiff(tmp_path, rng):
+    idx = rng.integers(0, 4, (H, W), dtype=np.uint8)
+    cmap = np.zeros((3, 256), np.uint16)
+    cmap[:, :4] = rng.integers(0, 256, (3, 4)) * 257  # 16-bit colour map of 8-bit colours
+    tifffile.imwrite(tmp_path / "p.tif", idx, photometric="palette", colormap=cmap)
+    assert np.allclose(read_image(tmp_path / "p.tif"), luma(cmap[:, idx].transpose(1, 2, 0) / 257), atol=1e-4)
+    assert np.array_equal(read_image(tmp_path / "p.tif", "label"), idx)
+    tifffile.imwrite(tmp_path / "w.tif", idx, photometric="miniswhite")
+    with pytest.raises(InputError, match=r"w\.tif: TIFF photometric MINISWHITE .*shape \(37, 53\)"):
+        ImageFile(tmp_path / "w.tif")
+
+
+def test_pillow_written_tiffs(tmp_path, rng, gray, rgb):
+    """LZW TIFFs (as the Cell Tracking Challenge's) and bilevel images: read by the same rules
+    whether tifffile or (without imagecodecs) Pillow decodes the pixels."""
+    pages = [rng.integers(0, 255, (H, W), dtype=np.uint8) for _ in range(3)]
+    Image.fromarray(pages[0]).save(tmp_path / "s.tif", compression="tiff_lzw", save_all=True,
+                                   append_images=[Image.fromarray(p) for p in pages[1:]])
+    assert np.array_equal(read_image(tmp_path / "s.tif"), np.stack(pages))
+    Image.fromarray(rgb).save(tmp_path / "rgb.tif", compression="tiff_lzw")
+    f = ImageFile(tmp_path / "rgb.tif")
+    assert (f.n_pages, f.hw) == (1, (H, W)) and np.allclose(next(f.pages()), luma(rgb), atol=1e-4)
+    Image.fromarray(gray > 128).save(tmp_path / "b.png")  # mode "1"
+    assert np.array_equal(read_image(tmp_path / "b.png"), (gray > 128).astype(np.uint8))
+
+
+def test_lossy_tiff_label_refused(tmp_path):
+    Image.fromarray(disks()).save(tmp_path / "m.tif", compression="jpeg")
+    with pytest.raises(InputError, match=r"m\.tif: a label image in a lossy format"):
+        open_label(tmp_path / "m.tif", "binary")
+    Image.fromarray(disks()).save(tmp_path / "m.webp", lossless=True)  # a WebP file is refused by its format
+    with pytest.raises(InputError, match=r"m\.webp: a label image in a lossy format \(WEBP\)"):
+        open_label(tmp_path / "m.webp", "auto")
