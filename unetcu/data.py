@@ -1,6 +1,10 @@
 """Data: the synthetic touching-cells generator (the default dataset, so `unetcu train` works with
 nothing downloaded) and loaders for PNG/TIFF folders and multi-page TIFF stacks.
 
+Files are read under one input-format policy (README "Input formats", `ImageFile`): the file's own
+metadata decides pages and channels, colour becomes ITU-R 601 luma, alpha is dropped, anything
+else is refused naming the file and its shape; label values are audited for their mode.
+
 A sample is (image, instances, name): image float32 (H, W) standardised per image (zero mean,
 unit variance; the same at training and prediction), instances int32 (H, W) with 0 = background
 and 1..n = objects. Binary label images (e.g. ISBI 2012: 0 = membrane, 255 = interior) become
