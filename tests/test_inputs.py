@@ -289,3 +289,14 @@ def test_lossy_tiff_label_refused(tmp_path):
     Image.fromarray(disks()).save(tmp_path / "m.webp", lossless=True)  # a WebP file is refused by its format
     with pytest.raises(InputError, match=r"m\.webp: a label image in a lossy format \(WEBP\)"):
         open_label(tmp_path / "m.webp", "auto")
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_prob_tif_reads_back_as_one_page_per_class(tmp_path, rng, k):
+    """Neighbour of the RGB-TIFF case on the output side: 3 or 4 class pages must not become RGB(A)."""
+    from unetcu.predict import write_results
+    p = rng.random((k, H, W)).astype(np.float32)
+    p /= p.sum(0)
+    write_results(tmp_path, "x", p, rng.standard_normal((H, W)))
+    f = ImageFile(tmp_path / "x_prob.tif")
+    assert (f.n_pages, f.hw) == (k, (H, W)) and np.array_equal(read_image(tmp_path / "x_prob.tif"), p)

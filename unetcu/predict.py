@@ -65,7 +65,8 @@ def write_results(out: Path, name: str, probs: np.ndarray, img: np.ndarray | Non
     if n >= 2**16:
         raise ValueError(f"{name}: {n} objects do not fit a 16-bit instance image")
     scale = 255 // max(1, k - 1)
-    atomic_write(out / f"{name}_prob.tif", lambda p: tifffile.imwrite(p, probs.astype(np.float32)))
+    atomic_write(out / f"{name}_prob.tif", lambda p: tifffile.imwrite(p, probs.astype(np.float32), photometric="minisblack"))
+    # (minisblack: without it tifffile stores 3 or 4 classes as one RGB(A) image, not pages)
     atomic_write(out / f"{name}_labels.png", lambda p: Image.fromarray((labels * scale).astype(np.uint8)).save(p, format="PNG"))
     atomic_write(out / f"{name}_instances.png", lambda p: Image.fromarray(inst.astype(np.uint16)).save(p, format="PNG"))
     if img is not None:
