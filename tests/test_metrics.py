@@ -74,3 +74,40 @@ def test_evaluate_files(tmp_path):
     assert r["seg"] <= 1.0
     with pytest.raises(FileNotFoundError):
         M.evaluate_files(tmp_path / "nope", tmp_path / "gt")
+
+
+def test_empty_cases(rng):
+    """No ground-truth foreground: agreement scores perfect in every metric, a prediction with
+    foreground there scores as wrong; the same numbers from M.evaluate, evaluate_files and M.iou
+    (the trainer's validation uses M.iou too)."""
+    empty = np.zeros((13, 17), int)
+    assert M.iou(empty > 0, empty > 0) == 1.0
+    assert M.seg_score(empty, empty) == 1.0
+    assert M.rand_score(empty, empty) == 1.0 and M.info_score(empty, empty) == 1.0
+    assert M.pixel_error(empty > 0, empty > 0) == 0.0
+    assert M.pixel_error_fscore(np.zeros((13, 17)), empty > 0) == 0.0
+    r = M.evaluate(empty, pred_inst=empty)
+    assert r == dict(pixel_error=0.0, pixel_error_fscore=0.0, iou=1.0, seg=1.0, rand_error=0.0, info_error=0.0)
+    r = M.evaluate(empty, prob_fg=rng.uniform(0, 0.4, empty.shape))  # all below 0.5: all background
+    assert r["iou"] == 1.0 and r["seg"] == 1.0 and r["pixel_error"] == 0.0
+    some = empty.copy()
+    some[2:5, 3:9] = 1  # 18 pixels predicted where the truth has none
+    assert M.iou(some > 0, empty > 0) == 0.0 and M.seg_score(empty, some) == 0.0
+    assert M.pixel_error(some > 0, empty > 0) == pytest.approx(18 / (13 * 17))
+    assert M.pixel_error_fscore(some.astype(float), empty > 0, (0.5,)) == 1.0
+    # truth has objects, prediction none: everything wrong
+    assert M.iou(empty > 0, some > 0) == 0.0 and M.seg_score(some, empty) == 0.0
+
+
+def test_evaluate_files_empty_and_mismatch(tmp_path):
+    from PIL import Image
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    Image.fromarray(np.zeros((21, 19), np.uint16)).save(tmp_path / "pred" / "a_instances.png")
+    Image.fromarray(np.zeros((21, 19), np.uint8)).save(tmp_path / "gt" / "a.png")
+    (r,) = M.evaluate_files(tmp_path / "pred", tmp_path / "gt")
+    assert r[1]["iou"] == 1.0 and r[1]["seg"] == 1.0
+    Image.fromarray(np.zeros((20, 19), np.uint8)).save(tmp_path / "gt" / "a.png")
+    with pytest.raises(ValueError, match=r"prediction .*a_instances\.png \(1 page of 21x19\) and label .*a\.png "
+                                         r"\(1 page of 20x19\) differ in size"):
+        M.evaluate_files(tmp_path / "pred", tmp_path / "gt")

@@ -226,7 +226,7 @@ def _cmd_synth(a) -> int:
 def _cmd_predict(a) -> int:
     from .predict import predict_files
     predict_files(a.model, a.images, a.out, engine=a.engine, tile=a.tile, batch=a.batch, tta=a.tta,
-                  progress=not a.no_progress, precision=a.precision)
+                  progress=not a.no_progress, precision=a.precision, overwrite=a.overwrite)
     return 0
 
 
@@ -362,16 +362,22 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="segment images with a trained model (overlap-tile)",
                         description="Segment images of any size with overlap-tile inference (mirrored borders). For each "
                                     "input NAME writes NAME_prob.tif (float32 class probabilities, one page per class), "
-                                    "NAME_labels.png (class per pixel; for 2 classes 0/255) and NAME_instances.png "
-                                    "(16-bit connected components of the foreground).")
+                                    "NAME_labels.png (class per pixel; for 2 classes 0/255), NAME_instances.png "
+                                    "(16-bit connected components of the foreground) and NAME_overlay.png (a colour "
+                                    "preview: each object in its own colour over the gray image). Refuses, before "
+                                    "writing anything, an output that would replace an input or an existing file "
+                                    "(unless --overwrite). Colour becomes gray by ITU-R 601 luma, alpha is dropped; "
+                                    "see the README's Input formats.")
     pr.add_argument("model", help="a checkpoint.npz written by unetcu train")
-    pr.add_argument("images", nargs="+", help="PNG/TIFF images (a multi-page TIFF gives one output per page)")
+    pr.add_argument("images", nargs="+", help="PNG/TIFF/JPEG/BMP images (a multi-page TIFF gives one output per page)")
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--engine", choices=("numpy", "emu", "cuda"), help="default: cuda if a GPU is usable, else numpy")
     pr.add_argument("--precision", default="fp32", **PRECISION_ARG)
     pr.add_argument("--tile", type=number(int, 1), help="input tile size (default: 572 for the paper net, else about 388 output)")
     pr.add_argument("--batch", type=number(int, 1), default=4, help="tiles per forward pass, >= 1 (default 4)")
     pr.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips (8x slower)")
+    pr.add_argument("--overwrite", action="store_true",
+                    help="replace existing output files (never an input file)")
     pr.add_argument("--no-progress", action="store_true")
     pr.set_defaults(func=_cmd_predict)
     ev = sub.add_parser("evaluate", help="score predictions against label images (pixel error, IoU, SEG, Rand, VI)",
@@ -381,8 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(thresholds 0.0..1.0 by 0.1 on probability maps; ground-truth background ignored).")
     ev.add_argument("pred", help="a prediction file or folder (NAME_prob.tif, NAME_instances.png or label images)")
     ev.add_argument("labels", help="a label image or folder; pairs by name or by last number")
-    ev.add_argument("--label-mode", choices=("auto", "binary", "instance"), default="auto",
-                    help="how to read labels (auto: binary if two values, else instance ids)")
+    ev.add_argument("--label-mode", choices=("auto", "binary", "instance", "threshold"), default="auto",
+                    help="how to read labels (auto: binary if two values, else instance ids; threshold: foreground "
+                         "where value > midpoint of min and max, for masks saved lossily)")
     ev.add_argument("--json", help="also write the scores to this JSON file")
     ev.set_defaults(func=_cmd_evaluate)
     b = sub.add_parser("bench", help="run a benchmark: kernels, step, emulator or quality (from a source checkout)",

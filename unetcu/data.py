@@ -1,6 +1,10 @@
 """Data: the synthetic touching-cells generator (the default dataset, so `unetcu train` works with
 nothing downloaded) and loaders for PNG/TIFF folders and multi-page TIFF stacks.
 
+Files are read under one input-format policy (README "Input formats", `ImageFile`): the file's own
+metadata decides pages and channels, colour becomes ITU-R 601 luma, alpha is dropped, anything
+else is refused naming the file and its shape; label values are audited for their mode.
+
 A sample is (image, instances, name): image float32 (H, W) standardised per image (zero mean,
 unit variance; the same at training and prediction), instances int32 (H, W) with 0 = background
 and 1..n = objects. Binary label images (e.g. ISBI 2012: 0 = membrane, 255 = interior) become
@@ -52,8 +56,8 @@ def classes_from_instances(instances: np.ndarray) -> np.ndarray:
 
 def standardise(img: np.ndarray) -> np.ndarray:
     img = np.asarray(img, dtype=np.float64)
-    if img.ndim == 3:  # colour -> gray
-        img = img[..., :3].mean(axis=-1)
+    if img.ndim != 2:  # colour becomes gray when a file is read (ImageFile), never here
+        raise ValueError(f"standardise: expected a 2-D image, got shape {img.shape}")
     s = img.std()
     return ((img - img.mean()) / (s if s > 0 else 1.0)).astype(np.float32)
 
@@ -131,63 +135,294 @@ def synthetic_dataset(count: int, size=(256, 256), seed: int = 0) -> list[Sample
 
 
 # ---- files ---------------------------------------------------------------------------------------
-def read_image(path) -> np.ndarray:
-    """A 2-D array (or the pages of a multi-page TIFF as (P, H, W)), in the file's own dtype."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such image file: {path}")
-    ext = path.suffix.lower()
-    try:
-        if ext in (".tif", ".tiff"):
-            a = _read_tiff(path)
-        else:
-            from PIL import Image
-            with Image.open(path) as im:
-                a = np.asarray(im)
-    except Exception as e:  # any decoder error is the same thing to the user: unreadable
-        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-    if a.ndim == 3 and a.shape[-1] in (3, 4) and ext not in (".tif", ".tiff"):
-        a = a[..., :3].mean(axis=-1)
-    if a.ndim not in (2, 3) or 0 in a.shape:
-        raise ValueError(f"{path}: expected a 2-D image or a stack of them, got shape {a.shape}")
-    return a
+# The input-format policy (README "Input formats"): every file becomes pages of 2-D (H, W) arrays.
+# Pillow's mode and tifffile's series axes decide which axis is pages and which is channels; a
+# layout that the table does not cover is refused with the file name and its shape.
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, the weights of Pillow's "L" conversion
+_PAGE_AXES = set("QIZTAPRHLVM")  # tifffile axes read as pages (in file order); C/S/E are channels
+_PIL_MODES = ("1", "L", "I", "F", "LA", "P", "PA", "RGB", "RGBA", "RGBX")
+_LOSSY_PIL = {"JPEG", "MPO", "JPEG2000", "WEBP"}
 
 
-LABEL_MODES = ("auto", "binary", "instance", "classes")
+class InputError(ValueError):
+    """An input file unetcu refuses to read: the message names the file (and page) and why."""
 
 
-def _read_tiff(path: Path) -> np.ndarray:
-    """tifffile first; Pillow for what tifffile cannot decode without the optional imagecodecs
-    package (LZW-compressed TIFFs such as the Cell Tracking Challenge's)."""
-    import tifffile
-    try:
-        return tifffile.imread(str(path))
-    except ValueError as e:
-        if "imagecodecs" not in str(e):
+def _describe(n_pages: int, hw) -> str:
+    size = f"{hw[0]}x{hw[1]}"
+    return f"{n_pages} pages of {size}" if n_pages != 1 else f"1 page of {size}"
+
+
+def _values(values, k=6) -> str:
+    v = [f"{x:g}" for x in values[:k]]
+    return ", ".join(v) + (", ..." if len(values) > k else "")
+
+
+def gray_from_rgb(rgb: np.ndarray, role: str, where: str) -> np.ndarray:
+    """(H, W, 3) -> (H, W): channels that are all equal are taken exactly (in the file's dtype),
+    else ITU-R 601-2 luma as float32. Labels must not be colour."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    if np.array_equal(r, g) and np.array_equal(r, b):
+        return np.ascontiguousarray(r)
+    if role == "label":
+        raise InputError(f"{where}: a colour label image (RGB channels differ, shape {rgb.shape}); "
+                         "save labels with one channel (gray, 16-bit or palette)")
+    return (rgb[..., :3].astype(np.float64) @ np.array(LUMA)).astype(np.float32)
+
+
+def _pil_page(im, role: str, where: str) -> np.ndarray:
+    """One Pillow frame -> (H, W) by its mode."""
+    mode = im.mode
+    if mode in ("1", "L", "I", "F") or mode.startswith("I;16"):
+        a = np.asarray(im)
+        return a.astype(np.uint8) if a.dtype == bool else a
+    if mode in ("LA", "PA", "P"):
+        a = np.asarray(im)
+        idx = a[..., 0] if a.ndim == 3 else a  # alpha dropped
+        if mode == "LA" or role == "label":  # gray, or palette indices as label ids
+            return np.ascontiguousarray(idx)
+        pal = np.asarray(im.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
+        if idx.max() >= len(pal):
+            raise InputError(f"{where}: palette index {idx.max()} outside its {len(pal)}-colour palette")
+        return gray_from_rgb(pal[idx], role, where)
+    if mode in ("RGB", "RGBA", "RGBX"):
+        return gray_from_rgb(np.asarray(im)[..., :3], role, where)
+    raise InputError(f"{where}: Pillow mode {mode!r} (size {im.size[1]}x{im.size[0]}) is not a layout unetcu "
+                     "reads; save it as gray, gray+alpha, RGB(A), palette, 16-bit or float")
+
+
+class ImageFile:
+    """One image file opened under the input-format policy: `n_pages` pages of `hw` = (H, W);
+    `pages()` reads them one at a time (each checked: finite values), so a stack never has to be
+    in memory at once. role 'label' keeps palette indices as values and refuses colour."""
+
+    def __init__(self, path, role: str = "image"):
+        path = Path(path)
+        self.path, self.role = path, role
+        if path.is_dir():
+            raise InputError(f"{path} is a folder, not an image file (give the files in it, e.g. {path}/*.png)")
+        if not path.is_file():
+            raise FileNotFoundError(f"no such image file: {path}")
+        self.is_tiff = path.suffix.lower() in (".tif", ".tiff")
+        try:
+            self._open_tiff() if self.is_tiff else self._open_pil()
+        except InputError:
             raise
-    from PIL import Image, ImageSequence
-    with Image.open(path) as im:
-        pages = [np.asarray(p) for p in ImageSequence.Iterator(im)]
+        except Exception as e:  # any decoder error is the same thing to the user: unreadable
+            raise InputError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+        if 0 in self.hw or self.n_pages == 0:
+            raise InputError(f"{path}: an empty image (shape {self.shape})")
+
+    def where(self, k: int) -> str:
+        return f"{self.path} page {k}" if self.n_pages > 1 else str(self.path)
+
+    def describe(self) -> str:
+        return _describe(self.n_pages, self.hw)
+
+    # -- Pillow formats (PNG, JPEG, BMP, ...)
+    def _open_pil(self):
+        from PIL import Image
+        with Image.open(self.path) as im:
+            self.format, self.mode = im.format, im.mode
+            n = getattr(im, "n_frames", 1)
+            self.hw = (im.size[1], im.size[0])
+            self.shape = (self.hw if self.mode in ("1", "L", "P", "I", "F") or self.mode.startswith("I;16")
+                          else self.hw + (len(im.getbands()),))
+            if n > 1:
+                raise InputError(f"{self.path}: an animated {im.format} with {n} frames; save stacks as multi-page TIFF")
+            self.layout = f"Pillow mode {self.mode}"
+            if not (self.mode in _PIL_MODES or self.mode.startswith("I;16")):
+                raise InputError(f"{self.path}: Pillow mode {self.mode!r} (size {self.hw[0]}x{self.hw[1]}) is not a layout "
+                                 "unetcu reads; save it as gray, gray+alpha, RGB(A), palette, 16-bit or float")
+        self.n_pages = 1
+        self.lossy = self.format in _LOSSY_PIL
+        self._pil = True
+
+    # -- TIFF through tifffile's series (axes from the file's metadata)
+    def _open_tiff(self):
+        import tifffile
+        self._pil = False
+        with tifffile.TiffFile(str(self.path)) as t:
+            series = t.series
+            if not series:
+                raise InputError(f"{self.path}: a TIFF without images")
+            if len(series) > 1:
+                shapes = ", ".join(str(s.shape) for s in series[:4])
+                raise InputError(f"{self.path}: a TIFF with {len(series)} image series of different shapes ({shapes}); "
+                                 "unetcu reads one stack of equal-sized pages")
+            s = series[0]
+            kf = s.keyframe
+            axes, shape, kaxes = s.axes, tuple(s.shape), kf.axes
+            self.shape, self.axes, self.format = shape, axes, "TIFF"
+            self.lossy = any(w in kf.compression.name for w in ("JPEG", "WEBP"))
+            if not axes.endswith(kaxes) or kaxes not in ("YX", "YXS", "SYX"):
+                raise InputError(f"{self.path}: TIFF axes {axes} (shape {shape}) are not a layout unetcu reads")
+            outer, oshape = axes[:len(axes) - len(kaxes)], shape[:len(axes) - len(kaxes)]
+            for ax, n in zip(outer, oshape):
+                if ax not in _PAGE_AXES and n > 1:
+                    raise InputError(f"{self.path}: {n} channels (TIFF axes {axes}, shape {shape}); the model takes one "
+                                     "channel: save one channel per file")
+            if np.dtype(kf.dtype).kind not in "buif":
+                raise InputError(f"{self.path}: pixel type {kf.dtype} (shape {shape}) is not a layout unetcu reads")
+            ns = shape[axes.index("S")] if "S" in axes else 1
+            pm = int(kf.photometric)
+            kinds = [int(e) for e in kf.extrasamples]
+            extra = len(kinds)
+            if any(e != 2 for e in kinds):  # 2 = unassociated alpha; 1 (premultiplied) and 0 (other data) refused
+                raise InputError(f"{self.path}: TIFF extra samples {[e.name for e in kf.extrasamples]} (axes {axes}, "
+                                 f"shape {shape}) are not a layout unetcu reads: only an unassociated alpha is dropped")
+            # photometric: 0 min-is-white, 1 min-is-black, 2 RGB, 3 palette
+            if pm == 1 and ns - extra == 1:
+                self.layout = "gray" + ("+alpha" if extra else "")
+            elif pm == 2 and ns - extra == 3:
+                self.layout = "RGB" + ("A" if extra else "")
+            elif pm == 3 and ns == 1:
+                self.layout = "palette"
+                self._colormap = kf.colormap
+            else:
+                raise InputError(f"{self.path}: TIFF photometric {kf.photometric.name} with {ns} samples per pixel "
+                                 f"(axes {axes}, shape {shape}) is not a layout unetcu reads")
+            self.hw = (shape[axes.index("Y")], shape[axes.index("X")])
+            self.n_pages = int(np.prod(oshape, dtype=np.int64)) if oshape else 1
+            self._kaxes = kaxes
+
+    def _tiff_page(self, a: np.ndarray, where: str) -> np.ndarray:
+        if self._kaxes == "SYX":
+            a = np.moveaxis(a, 0, -1)
+        if a.ndim == 3:
+            a = gray_from_rgb(a, self.role, where) if self.layout.startswith("RGB") else np.ascontiguousarray(a[..., 0])
+        if self.layout == "palette" and self.role != "label":
+            cmap = np.asarray(self._colormap, dtype=np.float64)  # (3, 2**bits), 16-bit
+            a = gray_from_rgb(np.moveaxis(cmap[:, a], 0, -1) / 257.0, self.role, where)
+        return a
+
+    def _raw_pages(self):
+        done = 0
+        if not self._pil:
+            import tifffile
+            with tifffile.TiffFile(str(self.path)) as t:
+                for k in range(self.n_pages):
+                    try:
+                        a = t.asarray(key=k, series=0)
+                    except ValueError as e:
+                        if "imagecodecs" not in str(e):
+                            raise
+                        break  # a compression tifffile cannot decode without imagecodecs: Pillow reads it
+                    yield self._tiff_page(a, self.where(k))
+                    done += 1
+            if done == self.n_pages:
+                return
+        from PIL import Image
+        with Image.open(self.path) as im:
+            for k in range(done, self.n_pages):
+                im.seek(k)
+                yield _pil_page(im, self.role, self.where(k))
+
+    def pages(self):
+        """Yield each page as a 2-D array in the file's dtype (float32 for converted colour)."""
+        it = self._raw_pages()
+        k = 0
+        while True:
+            try:
+                a = next(it)
+            except StopIteration:
+                break
+            except InputError:
+                raise
+            except Exception as e:
+                raise InputError(f"cannot read image {self.where(k)}: {type(e).__name__}: {e}") from None
+            if a.shape != self.hw:
+                raise InputError(f"{self.where(k)}: page of shape {a.shape}, expected {self.hw} (shape {self.shape})")
+            if a.dtype.kind == "f":
+                bad = a.size - int(np.count_nonzero(np.isfinite(a)))
+                if bad:
+                    raise InputError(f"{self.where(k)}: {bad} non-finite pixel values (NaN or Inf); "
+                                     "unetcu needs finite values")
+            if not a.dtype.isnative:
+                a = a.astype(a.dtype.newbyteorder("="))
+            yield a
+            k += 1
+        if k != self.n_pages:
+            raise InputError(f"{self.path}: read {k} pages, expected {self.n_pages} (shape {self.shape})")
+
+
+def read_image(path, role: str = "image") -> np.ndarray:
+    """The whole file under the input-format policy: (H, W), or (P, H, W) for several pages."""
+    f = ImageFile(path, role)
+    pages = list(f.pages())
     return pages[0] if len(pages) == 1 else np.stack(pages)
 
 
-def instances_from_label_image(lab: np.ndarray, mode: str = "auto") -> np.ndarray:
-    """Label image -> instances. mode 'binary': foreground = nonzero, objects = its connected
-    components; 'instance': the ids as they are; 'auto': binary if the image holds two values
-    (e.g. 0/255), else instance; 'classes': the values are class ids, returned as they are."""
+LABEL_MODES = ("auto", "binary", "instance", "classes", "threshold")
+
+
+def open_label(path, mode: str) -> ImageFile:
+    """A label file; lossy formats are refused (their values are changed by compression) unless
+    the rule is 'threshold'."""
+    if mode not in LABEL_MODES:
+        raise ValueError(f"label mode must be one of {', '.join(LABEL_MODES)}, got {mode!r}")
+    f = ImageFile(path, "label")
+    if f.lossy and mode != "threshold":
+        raise InputError(f"{path}: a label image in a lossy format ({f.format}); compression changes label values: "
+                         "save labels as PNG or uncompressed/LZW TIFF (or read it with label mode 'threshold')")
+    return f
+
+
+def _damaged_binary(lab, values) -> bool:
+    """A two-valued mask after lossy compression: each value between its extremes lies scattered
+    in many small pieces (JPEG/WebP masks: 10 to 70 pieces per value), where an instance mask has
+    about one piece per id (at most 1.5 on average in DSB 2018 and DIC-HeLa)."""
+    if values[-1] - values[0] > 2**16:
+        return False
+    mid = (lab != values[0]) & (lab != values[-1])
+    ids = np.where(mid, lab.astype(np.int64) - int(values[0]), 0)
+    pieces = sum(ndi.label(ids[sl] == k)[1] for k, sl in enumerate(ndi.find_objects(ids), 1) if sl is not None)
+    return pieces > 3 * (len(values) - 2)
+
+
+def instances_from_label_image(lab: np.ndarray, mode: str = "auto", where: str = "label image") -> np.ndarray:
+    """Label image (H, W) -> instances, after an audit of its values for the mode (a refusal
+    names `where`). 'binary': two values, foreground = the larger (or nonzero), objects = its
+    connected components; 'instance': 0 = background, 1..n object ids; 'classes': class ids as
+    they are; 'auto': binary if two values, else instance; 'threshold' (the explicit rule for
+    lossy masks): foreground where value > the midpoint of min and max, then components."""
     lab = np.asarray(lab)
-    if lab.ndim == 3:
-        lab = lab[..., 0]
+    if mode not in LABEL_MODES:
+        raise ValueError(f"label mode must be one of {', '.join(LABEL_MODES)}, got {mode!r}")
+    if lab.ndim != 2:
+        raise InputError(f"{where}: expected a 2-D label image, got shape {lab.shape}")
+    if lab.dtype.kind == "f":
+        bad = lab.size - int(np.count_nonzero(np.isfinite(lab)))
+        if bad:
+            raise InputError(f"{where}: {bad} non-finite label values (NaN or Inf)")
     values = np.unique(lab)
+    if mode == "threshold":
+        fg = lab > (float(values[0]) + float(values[-1])) / 2 if len(values) > 1 else np.zeros(lab.shape, bool)
+        return ndi.label(fg)[0].astype(np.int32)
+    if lab.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
+        frac = values[values != np.round(values)]
+        raise InputError(f"{where}: label values must be whole numbers; found {_values(frac)} "
+                         f"({len(values)} distinct values) — a probability map?")
     if mode == "auto":
-        mode = "binary" if len(values) <= 2 else "instance"
+        if len(values) <= 2:
+            mode = "binary"
+        elif _damaged_binary(lab, values):
+            raise InputError(f"{where}: {len(values)} distinct values ({_values(values)}), each in many scattered "
+                             "pieces: a binary mask damaged by lossy compression? Save it losslessly, "
+                             "or use label mode 'threshold'")
+        else:
+            mode = "instance"
     if mode == "binary":
+        if len(values) > 2:
+            raise InputError(f"{where}: {len(values)} distinct values ({_values(values)}); a binary mask has 2 "
+                             "— lossy compression? (save it losslessly, or use label mode 'threshold')")
         comp, _ = ndi.label(lab > values.min() if len(values) == 2 else lab > 0)
         return comp.astype(np.int32)
-    if mode not in ("instance", "classes"):
-        raise ValueError(f"label mode must be one of {', '.join(LABEL_MODES)}, got {mode!r}")
-    if lab.min() < 0:
-        raise ValueError("label values must be non-negative")
+    if values[0] < 0:
+        raise InputError(f"{where}: negative label values ({_values(values[values < 0])}); {mode} labels are "
+                         "0 = background and positive ids")
+    if values[-1] >= 2**31:
+        raise InputError(f"{where}: label value {values[-1]:g} does not fit 32-bit ids")
     return lab.astype(np.int32)
 
 
@@ -227,43 +462,49 @@ def find_pairs(root) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def load_folder(root, label_mode: str = "auto") -> list[Sample]:
-    """Every (image, label) pair of a folder as Samples. Multi-page TIFFs give one sample per page."""
+def _pair(ip, lp, label_mode: str):
+    """(image file, label file) opened and checked to match page for page."""
+    fi, fl = ImageFile(ip), open_label(lp, label_mode)
+    if fi.n_pages != fl.n_pages or fi.hw != fl.hw:
+        raise InputError(f"image {ip} ({fi.describe()}) and label {lp} ({fl.describe()}) differ")
+    return fi, fl
+
+
+def _samples(fi: ImageFile, fl: ImageFile, label_mode: str, stem: str) -> list[Sample]:
     out = []
-    for ip, lp in find_pairs(root):
-        img, lab = read_image(ip), read_image(lp)
-        imgs = img if img.ndim == 3 and lp.suffix.lower() in (".tif", ".tiff") and lab.ndim == 3 else [img]
-        labs = lab if lab.ndim == 3 and len(imgs) > 1 else [lab]
-        if len(imgs) != len(labs):
-            raise ValueError(f"{ip.name}: {len(imgs)} image pages but {len(labs)} label pages")
-        for k, (a, b) in enumerate(zip(imgs, labs)):
-            if a.shape[:2] != b.shape[:2]:
-                raise ValueError(f"{ip.name}: image {a.shape[:2]} and label {b.shape[:2]} differ in size")
-            name = ip.stem if len(imgs) == 1 else f"{ip.stem}-{k:03d}"
-            out.append(Sample(standardise(a), instances_from_label_image(b, label_mode), name, label_mode == "classes"))
+    for k, (a, b) in enumerate(zip(fi.pages(), fl.pages())):
+        name = stem if fi.n_pages == 1 else f"{stem}-{k:03d}"
+        out.append(Sample(standardise(a), instances_from_label_image(b, label_mode, fl.where(k)), name,
+                          label_mode == "classes"))
     return out
+
+
+def load_folder(root, label_mode: str = "auto") -> list[Sample]:
+    """Every (image, label) pair of a folder as Samples. Multi-page files give one sample per page;
+    an image and its label must have the same pages of the same size."""
+    pairs = [_pair(ip, lp, label_mode) for ip, lp in find_pairs(root)]  # every layout checked first
+    return [s for fi, fl in pairs for s in _samples(fi, fl, label_mode, fi.path.stem)]
 
 
 def load_stack(images_tif, labels_tif, label_mode: str = "auto") -> list[Sample]:
     """A pair of multi-page TIFF stacks (e.g. ISBI's train-volume.tif / train-labels.tif)."""
-    imgs, labs = read_image(images_tif), read_image(labels_tif)
-    imgs = imgs if imgs.ndim == 3 else imgs[None]
-    labs = labs if labs.ndim == 3 else labs[None]
-    if imgs.shape != labs.shape:
-        raise ValueError(f"stacks differ: images {imgs.shape}, labels {labs.shape}")
+    fi, fl = _pair(images_tif, labels_tif, label_mode)
     stem = Path(images_tif).stem
-    return [Sample(standardise(a), instances_from_label_image(b, label_mode), f"{stem}-{k:03d}", label_mode == "classes")
-            for k, (a, b) in enumerate(zip(imgs, labs))]
+    return [Sample(s.image, s.instances, f"{stem}-{k:03d}", s.semantic)
+            for k, s in enumerate(_samples(fi, fl, label_mode, stem))]
+
+
+def page_names(f: ImageFile) -> list[str]:
+    """Output names of a file's pages: its stem, or stem-000, stem-001, ... for several pages."""
+    stem = f.path.stem
+    return [stem] if f.n_pages == 1 else [f"{stem}-{k:03d}" for k in range(f.n_pages)]
 
 
 def load_images(paths) -> list[tuple[str, np.ndarray]]:
-    """For prediction: (name, standardised image) for each file (every page of a TIFF stack)."""
+    """(name, standardised image) for each page of each file (all in memory: predict streams
+    through ImageFile instead)."""
     out = []
     for p in paths:
-        a = read_image(p)
-        if a.ndim == 3 and Path(p).suffix.lower() in (".tif", ".tiff"):
-            out += [(f"{Path(p).stem}-{k:03d}", standardise(x)) for k, x in enumerate(a)]
-        else:
-            out.append((Path(p).stem, standardise(a)))
+        f = ImageFile(p)
+        out += [(n, standardise(a)) for n, a in zip(page_names(f), f.pages())]
     return out
-

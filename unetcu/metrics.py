@@ -2,10 +2,17 @@
 
 - pixel_error: the plain misclassification rate of the foreground/background map (1 - accuracy);
   pixel_error_fscore: 1 - the maximal pixel F-score over the thresholds 0.0..1.0 by 0.1 (ISBI).
-- iou: Jaccard index of the foreground.
+- iou: Jaccard index of the foreground. The one definition used everywhere (evaluate, the
+  trainer's validation, benchmarks).
 - seg: the cell tracking challenge's SEG: each ground-truth object is matched with the predicted
   object that covers more than half of it; its Jaccard index (0 without a match), averaged over
   the ground-truth objects.
+
+Empty cases (no ground-truth foreground), each defined so that agreement scores perfect: iou is
+1.0 when both maps are empty and 0.0 when only the prediction has foreground; seg is 1.0 when
+neither has objects and 0.0 when only the prediction has; pixel errors are the share of wrong
+pixels (0.0 when both are empty); rand and info scores are 1.0 (errors 0.0), since only
+ground-truth foreground pixels count.
 - rand / info: foreground-restricted Rand and information-theoretic scores (ISBI 2012): only
   pixels with ground truth != 0 count; predicted segments are the connected components of the
   thresholded foreground map, its background pixels forming one more segment.
@@ -38,6 +45,7 @@ def pixel_error_fscore(prob_fg: np.ndarray, true_fg: np.ndarray, thresholds=THRE
 
 
 def iou(pred_fg: np.ndarray, true_fg: np.ndarray) -> float:
+    """|pred & true| / |pred | true| of two foreground maps; 1.0 when both are empty."""
     p, t = np.asarray(pred_fg, bool), np.asarray(true_fg, bool)
     union = (p | t).sum()
     return float((p & t).sum() / union) if union else 1.0
@@ -86,10 +94,12 @@ def info_score(true_lab: np.ndarray, pred_lab: np.ndarray) -> float:
 
 
 def seg_score(true_inst: np.ndarray, pred_inst: np.ndarray) -> float:
-    """SEG: mean Jaccard of each ground-truth object with the prediction covering > 50 % of it."""
+    """SEG: mean Jaccard of each ground-truth object with the prediction covering > 50 % of it.
+    Without ground-truth objects: 1.0 if the prediction has none either, else 0.0."""
+    true_inst, pred_inst = np.asarray(true_inst), np.asarray(pred_inst)
     ids = [k for k in np.unique(true_inst) if k != 0]
     if not ids:
-        return float("nan")
+        return 0.0 if np.any(pred_inst != 0) else 1.0
     c = contingency(true_inst, pred_inst).tolil()
     pred_sizes = np.bincount(pred_inst.ravel().astype(np.int64), minlength=int(pred_inst.max()) + 1)
     true_sizes = np.bincount(true_inst.ravel().astype(np.int64))
@@ -118,11 +128,11 @@ def evaluate(true_inst: np.ndarray, prob_fg: np.ndarray | None = None, pred_inst
     true_inst = np.asarray(true_inst)
     true_fg = true_inst > 0
     if prob_fg is None and pred_inst is None:
-        raise ValueError("evaluate: give prob_fg or pred_inst")
+        raise ValueError("give prob_fg or pred_inst")
     if prob_fg is not None:
         prob_fg = np.asarray(prob_fg, dtype=np.float64)
         if prob_fg.shape != true_inst.shape:
-            raise ValueError(f"evaluate: prediction {prob_fg.shape} and labels {true_inst.shape} differ in size")
+            raise ValueError(f"prediction {prob_fg.shape} and labels {true_inst.shape} differ in size")
         segs = {t: segments(prob_fg > t) for t in thresholds}
         hard = segs[0.5] if 0.5 in segs else segments(prob_fg > 0.5)
         vr = max(rand_score(true_inst, s) for s in segs.values())
@@ -131,7 +141,7 @@ def evaluate(true_inst: np.ndarray, prob_fg: np.ndarray | None = None, pred_inst
     else:
         hard = np.asarray(pred_inst)
         if hard.shape != true_inst.shape:
-            raise ValueError(f"evaluate: prediction {hard.shape} and labels {true_inst.shape} differ in size")
+            raise ValueError(f"prediction {hard.shape} and labels {true_inst.shape} differ in size")
         vr, vi = rand_score(true_inst, hard), info_score(true_inst, hard)
         pe_f = pixel_error_fscore(hard > 0, true_fg, (0.5,))
     return dict(pixel_error=pixel_error(hard > 0, true_fg), pixel_error_fscore=pe_f, iou=iou(hard > 0, true_fg),
@@ -177,7 +187,7 @@ def _prediction_files(path):
 def evaluate_files(pred_path, label_path, label_mode: str = "auto"):
     """[(name, metrics)] for predictions paired with label images by name or by last number."""
     from pathlib import Path
-    from .data import IMAGE_EXTS, _key, instances_from_label_image, read_image
+    from .data import IMAGE_EXTS, ImageFile, InputError, _key, instances_from_label_image, open_label
     preds = _prediction_files(pred_path)
     lp = Path(label_path)
     if not lp.exists():
@@ -197,13 +207,24 @@ def evaluate_files(pred_path, label_path, label_mode: str = "auto"):
             lab = cand[0] if len(cand) == 1 else (labels[0] if len(labels) == 1 and len(preds) == 1 else None)
         if lab is None:
             raise ValueError(f"no label image for prediction {f.name} (pairing by name or by last number)")
-        true = instances_from_label_image(read_image(lab), label_mode)
-        a = read_image(f)
+        fl = open_label(lab, label_mode)
+        if fl.n_pages != 1:
+            raise InputError(f"label {lab} has {fl.n_pages} pages of {fl.hw[0]}x{fl.hw[1]}; evaluate takes one page "
+                             "per label image")
+        true = instances_from_label_image(next(fl.pages()), label_mode, str(lab))
+        fp = ImageFile(f, "image" if kind == "prob" else "label")
+        pages = list(fp.pages())
         if kind == "prob":
-            if a.ndim != 3 or a.shape[0] < 2:
-                raise ValueError(f"{f.name}: expected class probabilities (classes, H, W), got shape {a.shape}")
-            rows.append((name, evaluate(true, prob_fg=1.0 - a[0])))
+            if len(pages) < 2:
+                raise InputError(f"{f}: expected class probabilities (one page per class), got {fp.describe()}")
+            a = pages
+        elif len(pages) != 1:
+            raise InputError(f"{f}: expected one page of labels, got {fp.describe()}")
+        if fp.hw != true.shape:
+            raise InputError(f"prediction {f} ({fp.describe()}) and label {lab} ({fl.describe()}) differ in size")
+        if kind == "prob":
+            rows.append((name, evaluate(true, prob_fg=1.0 - np.asarray(a[0], np.float64))))
         else:
-            inst = a if kind == "instances" else segments(a > 0)
+            inst = pages[0] if kind == "instances" else segments(pages[0] > 0)
             rows.append((name, evaluate(true, pred_inst=inst)))
     return rows

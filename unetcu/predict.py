@@ -1,22 +1,62 @@
 """`unetcu predict`: segment image files with a trained model, by overlap-tile, and write the
-results. Every input is read and checked before anything is written, and every output file is
-written to a temporary name and renamed, so a failure leaves no half-written results."""
+results.
+
+Before anything is written, every input is opened and every page read once and checked (layout,
+finite values), and every output name is checked: predict never writes over one of its inputs,
+and never over an existing file unless --overwrite. Then it streams: read, predict and write one
+page at a time, so memory stays near one page's working set however many pages come in. Each
+output file is written to a temporary name and renamed, so a failure leaves no half-written file."""
 from __future__ import annotations
 
+import colorsys
+import os
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from .data import load_images
+from .data import ImageFile, page_names, standardise
 from .files import atomic_write
 from .model import UNet
 from .ops._core import PRECISIONS
 from .tiling import predict_probs
 
+OUTPUTS = ("_prob.tif", "_labels.png", "_instances.png", "_overlay.png")
+_MAGIC = {b"\x89PNG": "a PNG image", b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image", b"\xff\xd8\xff": "a JPEG image",
+          b"BM": "a BMP image", b"GIF8": "a GIF image"}
 
-def write_results(out: Path, name: str, probs: np.ndarray):
+
+def check_model_file(path) -> None:
+    """Refuse what cannot be a checkpoint before UNet.load tries it (a checkpoint is an .npz zip)."""
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{p} is a folder; expected a checkpoint.npz written by `unetcu train`")
+    if p.is_file() and not zipfile.is_zipfile(p):
+        with open(p, "rb") as f:
+            head = f.read(8)
+        kind = next((v for k, v in _MAGIC.items() if head.startswith(k)), "not an .npz archive")
+        raise ValueError(f"{p}: not a readable unetcu model file ({kind}); expected a checkpoint.npz written by "
+                         "`unetcu train` (the model comes first, then the images)")
+
+
+def overlay(img: np.ndarray, inst: np.ndarray) -> np.ndarray:
+    """RGB uint8 preview: the image in gray (1st..99th percentile stretched) with each instance
+    blended half-and-half with its own colour (hues spaced by the golden ratio)."""
+    g = np.asarray(img, np.float64)
+    lo, hi = np.percentile(g, (1, 99))
+    g = np.clip((g - lo) / (hi - lo if hi > lo else 1.0), 0, 1) * 255
+    rgb = np.repeat(g[..., None], 3, axis=-1)
+    n = int(inst.max())
+    if n:
+        colours = np.array([colorsys.hsv_to_rgb((k * 0.618033988749895) % 1.0, 0.85, 1.0) for k in range(1, n + 1)]) * 255
+        m = inst > 0
+        rgb[m] = 0.5 * rgb[m] + 0.5 * colours[inst[m] - 1]
+    return np.round(rgb).astype(np.uint8)
+
+
+def write_results(out: Path, name: str, probs: np.ndarray, img: np.ndarray | None = None):
     import tifffile
     from PIL import Image
     k = probs.shape[0]
@@ -25,32 +65,73 @@ def write_results(out: Path, name: str, probs: np.ndarray):
     if n >= 2**16:
         raise ValueError(f"{name}: {n} objects do not fit a 16-bit instance image")
     scale = 255 // max(1, k - 1)
-    atomic_write(out / f"{name}_prob.tif", lambda p: tifffile.imwrite(p, probs.astype(np.float32)))
+    atomic_write(out / f"{name}_prob.tif", lambda p: tifffile.imwrite(p, probs.astype(np.float32), photometric="minisblack"))
+    # (minisblack: without it tifffile stores 3 or 4 classes as one RGB(A) image, not pages)
     atomic_write(out / f"{name}_labels.png", lambda p: Image.fromarray((labels * scale).astype(np.uint8)).save(p, format="PNG"))
     atomic_write(out / f"{name}_instances.png", lambda p: Image.fromarray(inst.astype(np.uint16)).save(p, format="PNG"))
+    if img is not None:
+        atomic_write(out / f"{name}_overlay.png", lambda p: Image.fromarray(overlay(img, inst)).save(p, format="PNG"))
     return n
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def check_outputs(out: Path, names, inputs, overwrite: bool) -> list[Path]:
+    """The output paths of these names; refuses one that is an input (always) or that exists
+    (unless overwrite), before anything is written."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; expected a folder for the outputs")
+    targets = [out / f"{n}{s}" for n in names for s in OUTPUTS]
+    existing = [t for t in targets if t.exists() or t.is_symlink()]
+    for t in existing:
+        for i in inputs:
+            if _same_file(t, Path(i)):
+                raise FileExistsError(f"output {t} would overwrite the input {i}; choose another --out "
+                                      "(predict never writes over its inputs)")
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more outputs)" if len(existing) > 1 else ""
+        raise FileExistsError(f"{existing[0]} already exists{more}; predict does not overwrite files: "
+                              "choose another --out, or give --overwrite")
+    return targets
+
+
 def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, tta=False, progress=True,
-                  precision="fp32"):
+                  precision="fp32", overwrite=False):
+    check_model_file(model_path)
     model = UNet.load(model_path, engine=engine)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     model.precision = precision
     if model.config["in_channels"] != 1:
         raise ValueError(f"{model_path}: the model takes {model.config['in_channels']} channels; files give 1")
-    inputs = load_images(images)  # reads and checks every file first
-    names = [n for n, _ in inputs]
-    dup = {n for n in names if names.count(n) > 1}
+    files = [ImageFile(p) for p in images]  # every layout checked
+    names = [page_names(f) for f in files]
+    flat = [n for ns in names for n in ns]
+    dup = {n for n in flat if flat.count(n) > 1}
     if dup:
         raise ValueError(f"two inputs would write the same outputs: {', '.join(sorted(dup))}")
     if tile is not None:
         model.output_size(tile)  # a clear error for an invalid tile before any work
     out = Path(out_dir)
+    check_outputs(out, flat, images, overwrite)
+    for f in files:  # every page read once and checked (finite values) before anything is written
+        for _ in f.pages():
+            pass
     out.mkdir(parents=True, exist_ok=True)
-    for i, (name, img) in enumerate(inputs, 1):
-        probs = predict_probs(model, img, tile=tile, batch=batch, tta=tta)
-        n = write_results(out, name, probs)
-        if progress:
-            print(f"[{i}/{len(inputs)}] {name}: {img.shape[0]}x{img.shape[1]}, {n} objects -> {out}/{name}_*", file=sys.stderr)
-    return names
+    i = 0
+    for f, ns in zip(files, names):
+        for name, page in zip(ns, f.pages()):
+            i += 1
+            img = standardise(page)
+            del page
+            probs = predict_probs(model, img, tile=tile, batch=batch, tta=tta)
+            n = write_results(out, name, probs, img)
+            if progress:
+                print(f"[{i}/{len(flat)}] {name}: {img.shape[0]}x{img.shape[1]}, {n} objects -> {out}/{name}_*",
+                      file=sys.stderr)
+    return flat
