@@ -198,13 +198,20 @@ def test_numeric_options_are_range_checked(tmp_path, args, msg):
 
 
 def test_impossible_sizes_are_refused_before_anything_is_made(tmp_path):
-    for args, msg in [(("--preset", "tiny", "--tile", "1000000"), "needs about"),
+    for args, msg in [(("--preset", "tiny", "--tile", "1000000"), "need about 683.9 TiB for one training step"),
                       (("--preset", "tiny", "--tile", "101"), "input size 101 is not valid"),
-                      (("--preset", "tiny", "--batch", "100000000"), "needs about")]:
+                      (("--preset", "tiny", "--batch", "100000000"), "need about")]:
         r = run("train", *args, "--engine", "numpy", cwd=tmp_path)
         assert r.returncode == 1 and msg in one_line(r), r.stderr
         assert not any(tmp_path.iterdir())
         assert "data:" not in r.stdout  # nothing generated before the options were known to be valid
+    UNet(depth=3, base_channels=8, engine="numpy").save(tmp_path / "m.npz")
+    from PIL import Image
+    Image.fromarray(np.arange(30 * 40, dtype=np.uint8).reshape(30, 40)).save(tmp_path / "x.png")
+    for args in (("--batch", "100000000"), ("--tile", "100004")):
+        r = run("predict", "m.npz", "x.png", "--out", "p", "--engine", "numpy", *args, cwd=tmp_path)
+        assert r.returncode == 1 and "for one forward pass" in one_line(r), r.stderr
+        assert not (tmp_path / "p").exists()
 
 
 # ---- engines -------------------------------------------------------------------------------------

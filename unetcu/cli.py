@@ -97,28 +97,10 @@ def _train_options(a):
     return opts, resumed
 
 
-def _check_fits(engine, tile, batch, depth, base, n_classes, training, what):
-    """Refuse a tile and batch whose feature maps cannot fit in the engine's memory."""
-    from . import runtime
-    from .model import activation_bytes
-    need = activation_bytes(tile, depth, base, n_classes, batch=batch, training=training)
-    have = runtime.available_bytes(engine)
-    if have is not None and need > 0.9 * have:
-        raise ValueError(f"--tile {tile} with --batch {batch} needs about {_bytes(need)} for {what}, and engine {engine} "
-                         f"has {_bytes(have)} available: use a smaller --tile or --batch")
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-
-
 def _cmd_train(a) -> int:
     from pathlib import Path
     from . import data as D
-    from .model import UNet, output_size
+    from .model import UNet, check_memory, output_size
     from .ops import resolve_engine
     from .train import PRESETS, TrainConfig, TrainingDiverged, TrainingInterrupted, check_out, train
     o, resumed = _train_options(a)
@@ -139,7 +121,7 @@ def _cmd_train(a) -> int:
         output_size(tile, depth)
     except ValueError as e:
         raise ValueError(f"--tile: {e}") from None
-    _check_fits(engine, tile, o["batch"], depth, base, n_classes, True, "one training step")
+    check_memory(engine, tile, o["batch"], depth, base, n_classes, training=True)
     check_out(o["out"], a.resume, o["overwrite"])
     if o["cuda_graph"] and engine != "cuda":
         raise ValueError(f"--cuda-graph needs the cuda engine; this run uses {engine}")
@@ -314,9 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-data", help="a separate validation folder (default: the last --val-fraction of --data)")
     t.add_argument("--val-fraction", type=number(float, 0, 1, hi_open=True),
                    help="share of --data held out for validation, in [0, 1) (default 0.2)")
-    t.add_argument("--labels", choices=("auto", "binary", "instance", "classes"),
-                   help="how to read label images: binary (0/255 foreground), instance (0 = background, 1..n objects), "
-                        "classes (pixel values are class ids), auto = binary if two values else instance")
+    t.add_argument("--labels", choices=("auto", "binary", "instance", "classes", "threshold"),
+                   help="how to read label images: binary (exactly two values, the higher is foreground), instance "
+                        "(0 = background, 1..n objects), classes (pixel values are class ids), threshold (foreground "
+                        "where value > the midpoint of min and max: for masks saved lossily), auto = binary if two "
+                        "values else instance (see the README's Input formats)")
     t.add_argument("--classes", type=number(int, 2, 256), help="number of classes, 2..256 (default 2: background, object)")
     t.add_argument("--preset", choices=("auto", "paper", "small", "tiny"),
                    help="network size (default: paper on a GPU, small on a CPU)")

@@ -123,6 +123,28 @@ def activation_bytes(tile: int, depth: int, base_channels: int, n_classes: int =
     return 4 * batch * total * (2 if training else 1)
 
 
+def check_memory(engine: str, tile: int, batch: int, depth: int, base_channels: int, n_classes: int = 2,
+                 in_channels: int = 1, training: bool = True):
+    """Refuse (ValueError) a tile and batch whose feature maps (activation_bytes) need more than 90% of
+    the memory the engine has left (runtime.available_bytes): before anything is generated or
+    allocated, instead of a failed multi-terabyte allocation deep inside a step."""
+    from .runtime import available_bytes
+    need = activation_bytes(tile, depth, base_channels, n_classes, in_channels, batch, training)
+    have = available_bytes(engine)
+    if have is not None and need > 0.9 * have:
+        what = "one training step" if training else "one forward pass"
+        raise ValueError(f"{batch} tile(s) of {tile}x{tile} (--batch {batch}, --tile {tile}) need about {_bytes(need)} for {what}; engine {engine} "
+                         f"has {_bytes(have)} available: use a smaller --tile or --batch")
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
 # ---- the model -----------------------------------------------------------------------------------
 class UNet:
     """fuse: compute each expanding level's first conv straight from the skip map and the

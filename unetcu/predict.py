@@ -8,7 +8,6 @@ page at a time, so memory stays near one page's working set however many pages c
 output file is written to a temporary name and renamed, so a failure leaves no half-written file."""
 from __future__ import annotations
 
-import colorsys
 import os
 import sys
 import zipfile
@@ -19,9 +18,10 @@ from scipy import ndimage as ndi
 
 from .data import ImageFile, page_names, standardise
 from .files import atomic_write
-from .model import UNet
+from .model import UNet, check_memory
 from .ops._core import PRECISIONS
-from .tiling import predict_probs
+from .tiling import default_tile, predict_probs
+from .viz import colour_instances
 
 OUTPUTS = ("_prob.tif", "_labels.png", "_instances.png", "_overlay.png")
 _MAGIC = {b"\x89PNG": "a PNG image", b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image", b"\xff\xd8\xff": "a JPEG image",
@@ -41,21 +41,6 @@ def check_model_file(path) -> None:
                          "`unetcu train` (the model comes first, then the images)")
 
 
-def overlay(img: np.ndarray, inst: np.ndarray) -> np.ndarray:
-    """RGB uint8 preview: the image in gray (1st..99th percentile stretched) with each instance
-    blended half-and-half with its own colour (hues spaced by the golden ratio)."""
-    g = np.asarray(img, np.float64)
-    lo, hi = np.percentile(g, (1, 99))
-    g = np.clip((g - lo) / (hi - lo if hi > lo else 1.0), 0, 1) * 255
-    rgb = np.repeat(g[..., None], 3, axis=-1)
-    n = int(inst.max())
-    if n:
-        colours = np.array([colorsys.hsv_to_rgb((k * 0.618033988749895) % 1.0, 0.85, 1.0) for k in range(1, n + 1)]) * 255
-        m = inst > 0
-        rgb[m] = 0.5 * rgb[m] + 0.5 * colours[inst[m] - 1]
-    return np.round(rgb).astype(np.uint8)
-
-
 def write_results(out: Path, name: str, probs: np.ndarray, img: np.ndarray | None = None):
     import tifffile
     from PIL import Image
@@ -70,7 +55,7 @@ def write_results(out: Path, name: str, probs: np.ndarray, img: np.ndarray | Non
     atomic_write(out / f"{name}_labels.png", lambda p: Image.fromarray((labels * scale).astype(np.uint8)).save(p, format="PNG"))
     atomic_write(out / f"{name}_instances.png", lambda p: Image.fromarray(inst.astype(np.uint16)).save(p, format="PNG"))
     if img is not None:
-        atomic_write(out / f"{name}_overlay.png", lambda p: Image.fromarray(overlay(img, inst)).save(p, format="PNG"))
+        atomic_write(out / f"{name}_overlay.png", lambda p: Image.fromarray(colour_instances(inst, img)).save(p, format="PNG"))
     return n
 
 
@@ -117,6 +102,9 @@ def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, 
         raise ValueError(f"two inputs would write the same outputs: {', '.join(sorted(dup))}")
     if tile is not None:
         model.output_size(tile)  # a clear error for an invalid tile before any work
+    c = model.config  # the largest tile predict_probs would pick, when none is given
+    check_memory(model.engine, tile or default_tile(c["depth"], (10**9, 10**9)), batch, c["depth"], c["base_channels"],
+                 c["n_classes"], c["in_channels"], training=False)
     out = Path(out_dir)
     check_outputs(out, flat, images, overwrite)
     for f in files:  # every page read once and checked (finite values) before anything is written
