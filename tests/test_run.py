@@ -288,3 +288,16 @@ def test_synth_writes_a_data_folder(tmp_path):
     r = run("synth", str(tmp_path / "ex"), "--count", "2", "--size", "90")
     assert r.returncode == 1 and "exists" in one_line(r)
     assert (tmp_path / "ex" / "labels" / "synth_000.png").read_bytes() == before
+
+
+def test_resume_of_a_folder_run_from_elsewhere(tmp_path):
+    """The data folder is recorded absolute: a resume from another directory finds it, and naming
+    the same folder another way is no conflict."""
+    assert run("synth", "ex", "--count", "3", "--size", "64", cwd=tmp_path).returncode == 0
+    r = run("train", *TINY, "--data", "ex", "--steps", "2", "--val-every", "2", "--out", "run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ck = str(tmp_path / "run" / "checkpoint.npz")
+    r = run("train", "--resume", ck, "--steps", "4", "--data", str(tmp_path / "ex"), "--no-progress", cwd=tmp_path.parent)
+    assert r.returncode == 0, r.stderr
+    assert f"data: {tmp_path / 'ex'}: 2 training, 1 validation images" in r.stdout
+    assert [int(x["step"]) for x in rows(tmp_path / "run" / "log.csv")] == [1, 2, 3, 4]

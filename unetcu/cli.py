@@ -78,6 +78,9 @@ def _train_options(a):
     (model, momentum, state) of --resume's checkpoint, or None."""
     from .model import UNet
     given = {k: v for k, v in vars(a).items() if k in TRAIN_DEFAULTS and v is not None}
+    for k in ("data", "val_data"):  # folders are kept absolute, so a resume from elsewhere compares them right
+        if k in given and given[k] != "synthetic":
+            given[k] = os.path.abspath(given[k])
     if not a.resume:
         opts = {**TRAIN_DEFAULTS, **given}
         opts["out"] = opts["out"] or "runs/unet"
@@ -132,10 +135,9 @@ def _cmd_train(a) -> int:
         source = f"{len(train_s)} synthetic images of {size[0]}x{size[1]} (seed {o['seed']})"
         data_opt = "synthetic"
     else:
-        data_opt = os.path.abspath(o["data"])
+        data_opt = o["data"]
         allsamples = D.load_folder(data_opt, o["labels"])
         if o["val_data"]:
-            o["val_data"] = os.path.abspath(o["val_data"])
             train_s, val_s = allsamples, D.load_folder(o["val_data"], o["labels"])
         else:
             nval = int(round(o["val_fraction"] * len(allsamples)))
