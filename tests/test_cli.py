@@ -220,3 +220,13 @@ def test_messages_say_what_was_expected(small_model, tmp_path):
     one_line_error(run("evaluate", str(tmp_path / "pred"), str(tmp_path / "gt")), "a.jpg: a label image in a lossy format")
     r = run("evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--label-mode", "threshold")
     assert r.returncode == 0, r.stderr
+
+
+def test_evaluate_plain_instance_labels_against_themselves(tmp_path):
+    """Label images of another tool keep their instance ids: touching cells scored against
+    themselves are perfect (SEG 1, errors 0), not merged into connected components."""
+    assert run("synth", str(tmp_path / "ex"), "--count", "2", "--size", "96").returncode == 0
+    r = run("evaluate", str(tmp_path / "ex" / "labels"), str(tmp_path / "ex" / "labels"))
+    assert r.returncode == 0, r.stderr
+    mean = r.stdout.strip().splitlines()[-1].split()
+    assert mean[0] == "mean" and [float(v) for v in mean[1:]] == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0], r.stdout

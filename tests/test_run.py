@@ -90,12 +90,12 @@ def test_ctrl_c_saves_logs_and_resumes_from_the_checkpoint_alone(tmp_path):
     assert state["step"] == k + 3 and state["config"]["run"]["preset"] == "tiny"
 
 
-def _tiny_run(tmp_path, name, steps=10, resume=None, val=()):
+def _tiny_run(tmp_path, name, steps=10, resume=None, val=(), overwrite=False):
     depth, base, tile = PRESETS["tiny"]
     m = UNet(depth=depth, base_channels=base, engine="numpy", seed=3)
     cfg = TrainConfig(steps=steps, tile=tile, val_every=4, ckpt_every=1000, out=str(tmp_path / name), seed=4)
     return train(m, synthetic_dataset(3, (128, 128), seed=5), list(val), cfg, resume=resume, progress=False,
-                 log=lambda *a: None)
+                 log=lambda *a: None, overwrite=overwrite)
 
 
 @pytest.mark.parametrize("where", ["forward", "update", "validation"])
@@ -138,6 +138,40 @@ def test_interrupt_before_the_first_step_leaves_no_folder(tmp_path, monkeypatch)
         _tiny_run(tmp_path, "never")
     assert e.value.step == 0 and e.value.checkpoint is None
     assert not (tmp_path / "never").exists()
+
+
+def test_overwrite_replaces_nothing_before_the_first_step(tmp_path, monkeypatch):
+    _tiny_run(tmp_path, "old", steps=3)
+    before = {f.name: f.read_bytes() for f in (tmp_path / "old").iterdir()}
+
+    def planted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(UNet, "loss_and_grads", planted)
+    with pytest.raises(TrainingInterrupted) as e:
+        _tiny_run(tmp_path, "old", overwrite=True)
+    assert e.value.step == 0
+    assert {f.name: f.read_bytes() for f in (tmp_path / "old").iterdir()} == before
+
+
+def test_a_ctrl_c_swallowed_by_a_callback_still_stops_the_run(tmp_path, monkeypatch):
+    """A KeyboardInterrupt raised inside a C callback (llvmlite's, while Numba compiles) is printed
+    and dropped by that library: the trainer still stops after the step it happened in."""
+    from unetcu import train as T
+    real, calls = T.draw_batch, {"n": 0}
+
+    def planted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.5)  # the handler runs here, and its exception is swallowed below
+            except KeyboardInterrupt:
+                pass
+        return real(*a, **k)
+    monkeypatch.setattr(T, "draw_batch", planted)
+    with pytest.raises(TrainingInterrupted) as e:
+        _tiny_run(tmp_path, "cb")
+    assert e.value.step == 3 and e.value.checkpoint is not None
 
 
 def test_resume_checks(tmp_path):

@@ -31,7 +31,11 @@ def _cmd_engines(a) -> int:
         reason = f"UNETCU_ENGINE={env}"
     else:
         reason = "a GPU is usable" if ok else "no GPU is usable; --engine or UNETCU_ENGINE chooses another"
-    print(f"train, predict use: {resolve_engine(None)} ({reason})")
+    try:
+        print(f"train, predict use: {resolve_engine(None)} ({reason})")
+    except (ValueError, RuntimeError) as e:
+        print(f"train, predict use: none: {e}")
+        return 1
     print(f"demo and runtime.compile use: {runtime.default_engine()} (kernels need cuda or emu)")
     print(f"kernels: {runtime.kernels_dir()}")
     print(f"CUDA include dir for <mma.h>: {runtime.cuda_include_dir() or 'not found'}")
@@ -132,7 +136,7 @@ def _cmd_train(a) -> int:
         size = (max(256, tile // 2), max(256, tile // 2))
         train_s = D.synthetic_dataset(o["n_synthetic"], size, seed=o["seed"] * 2 + 1)
         val_s = D.synthetic_dataset(max(1, o["n_synthetic"] // 8), size, seed=o["seed"] * 2 + 2)
-        source = f"{len(train_s)} synthetic images of {size[0]}x{size[1]} (seed {o['seed']})"
+        source = f"{len(train_s)} training + {len(val_s)} validation synthetic images of {size[0]}x{size[1]} (seed {o['seed']})"
         data_opt = "synthetic"
     else:
         data_opt = o["data"]
@@ -284,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
     t = sub.add_parser("train", help="train a U-Net (default: synthetic touching cells, no download needed)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Train a U-Net with SGD (momentum 0.99), one large tile per step, the paper's weight "
+                       description="Train a U-Net with SGD (momentum 0.99), one large tile per step, the paper's weight\n"
                                    "maps (w0=10, sigma=5) and elastic deformations.",
                        epilog="Presets: paper = depth 5, 64 base channels, 572 tile (31 M parameters; the default on a GPU);\n"
                               "small = depth 4, 16 channels, 188 tile (the default on a CPU: ~5 steps/s on 2 cores);\n"
@@ -364,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips (8x slower)")
     pr.add_argument("--overwrite", action="store_true",
                     help="replace existing output files (never an input file)")
-    pr.add_argument("--no-progress", action="store_true")
+    pr.add_argument("--no-progress", action="store_true", help="no line per image on stderr")
     pr.set_defaults(func=_cmd_predict)
     ev = sub.add_parser("evaluate", help="score predictions against label images (pixel error, IoU, SEG, Rand, VI)",
                         description="Score predictions against ground truth with the ISBI 2012 and cell tracking "

@@ -145,7 +145,7 @@ def evaluate(true_inst: np.ndarray, prob_fg: np.ndarray | None = None, pred_inst
         vr, vi = rand_score(true_inst, hard), info_score(true_inst, hard)
         pe_f = pixel_error_fscore(hard > 0, true_fg, (0.5,))
     return dict(pixel_error=pixel_error(hard > 0, true_fg), pixel_error_fscore=pe_f, iou=iou(hard > 0, true_fg),
-                seg=seg_score(true_inst, hard), rand_error=1 - vr, info_error=1 - vi)
+                seg=seg_score(true_inst, hard), rand_error=max(0.0, 1 - vr), info_error=max(0.0, 1 - vi))  # not -1e-16
 
 
 METRIC_NAMES = ("pixel_error", "pixel_error_fscore", "iou", "seg", "rand_error", "info_error")
@@ -165,7 +165,8 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
 # ---- files (unetcu evaluate) ---------------------------------------------------------------------
 def _prediction_files(path):
     """{name: (kind, file)} of a prediction file or folder written by `unetcu predict` (NAME_prob.tif
-    preferred, else NAME_instances.png, else NAME_labels.png), or of plain label images."""
+    preferred, else NAME_instances.png, else NAME_labels.png), or of plain label images (kind
+    'plain': read by the label mode, like the ground truth, so another tool's instance ids count)."""
     from pathlib import Path
     from .data import IMAGE_EXTS
     p = Path(path)
@@ -177,8 +178,8 @@ def _prediction_files(path):
         for f in files:
             if f.suffix.lower() in IMAGE_EXTS and f.stem.endswith(suffix):
                 found.setdefault(f.stem[: -len(suffix)], (kind, f))
-    if not found:
-        found = {f.stem: ("labels", f) for f in files if f.suffix.lower() in IMAGE_EXTS}
+    if not found:  # label images of another tool: read as the ground truth is (instance ids kept)
+        found = {f.stem: ("plain", f) for f in files if f.suffix.lower() in IMAGE_EXTS}
     if not found:
         raise FileNotFoundError(f"{p}: no prediction images")
     return found
@@ -225,6 +226,9 @@ def evaluate_files(pred_path, label_path, label_mode: str = "auto"):
         if kind == "prob":
             rows.append((name, evaluate(true, prob_fg=1.0 - np.asarray(a[0], np.float64))))
         else:
-            inst = pages[0] if kind == "instances" else segments(pages[0] > 0)
+            if kind == "plain":
+                inst = instances_from_label_image(pages[0], label_mode, str(f))
+            else:  # predict's instance ids, or the components of its class map
+                inst = pages[0] if kind == "instances" else segments(pages[0] > 0)
             rows.append((name, evaluate(true, pred_inst=inst)))
     return rows

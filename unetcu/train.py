@@ -21,7 +21,6 @@ import io
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -207,7 +206,8 @@ def check_out(out, resume=None, overwrite=False):
     ckpt = out / "checkpoint.npz"
     if not found or overwrite or (resume and ckpt.exists() and os.path.samefile(resume, ckpt)):
         return
-    raise FileExistsError(f"{out} already holds a training run ({', '.join(found)}): continue it with --resume {ckpt}, "
+    go_on = f"continue it with --resume {ckpt}, " if ckpt.exists() else ""
+    raise FileExistsError(f"{out} already holds a training run ({', '.join(found)}): {go_on}"
                           "train into another --out, or replace it with --overwrite")
 
 
@@ -232,9 +232,14 @@ class _Interrupts:
             signal.signal(signal.SIGINT, self.old)
 
     def _handle(self, signum, frame):
-        if self.critical:
-            self.pending = True
-        else:
+        self.pending = True
+        if not self.critical:
+            raise KeyboardInterrupt
+
+    def check(self):
+        """Raise a Ctrl-C that came but was lost: a KeyboardInterrupt raised inside a C callback
+        (llvmlite's, while Numba compiles the warp in the first step) is printed and dropped."""
+        if self.pending:
             raise KeyboardInterrupt
 
     @contextmanager
@@ -259,7 +264,8 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
     Raises FileExistsError if cfg.out holds another run (see check_out; overwrite=True replaces it),
     ValueError for a checkpoint of another network, TrainingDiverged on a NaN/Inf loss, and
     TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C, after saving the last finished step.
-    Nothing is created in cfg.out before every check has passed."""
+    Nothing is created in cfg.out, and with overwrite nothing of the old run removed, before the
+    first step has finished."""
     out = Path(cfg.out)
     check_out(out, resume, overwrite)
     o = output_size(cfg.tile, model.config["depth"])
@@ -289,19 +295,22 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
         from .graph import GraphStep
         graph_step = GraphStep(model, velocity, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip)
 
-    created = not out.exists()
-    if overwrite:
-        for f in RUN_FILES:
-            if not resume or not (out / f).exists() or not os.path.samefile(resume, out / f):
-                (out / f).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
     if resume:
         log(f"resumed from {resume} at step {start}")
     log(f"training {model.n_params:,} parameters on engine '{model.engine}': tile {cfg.tile} -> {o}, batch {cfg.batch}, "
         f"{len(data)} training / {len(val_samples)} validation images, lr {cfg.lr}, momentum {cfg.momentum}, "
         f"augment {cfg.augment}, steps {start}..{cfg.steps}")
     ckpt = out / "checkpoint.npz"
-    csv_log = CsvLog(out / "log.csv", history)
+    csv_log = None
+
+    def open_run():  # at the first finished step: until then nothing is created, and nothing replaced
+        nonlocal csv_log
+        if overwrite:
+            for f in RUN_FILES:
+                if not resume or not (out / f).exists() or not os.path.samefile(resume, out / f):
+                    (out / f).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        csv_log = CsvLog(out / "log.csv", history[:-1])
     bar = Progress(cfg.steps, start, enabled=progress)
     t_start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)  # seconds go on across a resume
     done, done_rng = start, rng.bit_generator.state
@@ -319,6 +328,7 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
     try:
         with interrupts:
             for step in range(start + 1, cfg.steps + 1):
+                interrupts.check()
                 x, lab, wt = draw_batch(data, cfg, model, rng)
                 dropout_seed = int(rng.integers(2**63))
                 if graph_step is not None:  # the update is part of the graph: a bad loss is known only after it
@@ -329,6 +339,7 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
                         raise ValueError(f"step {step}: a label lies outside the model's {model.config['n_classes']} classes")
                 else:
                     loss, grads = model.loss_and_grads(x, lab, wt, dropout_seed=dropout_seed)
+                loss = float(loss) + 0.0  # -0.0 (a perfect tile) reads as 0
                 if not math.isfinite(loss):
                     kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
                     raise TrainingDiverged(f"loss became {loss} at step {step}; training stopped ({kept}). "
@@ -341,6 +352,8 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
                             ops.sgd_momentum_update(p, grads[k], velocity[k], cfg.lr, cfg.momentum, cfg.weight_decay,
                                                     engine=model.engine)
                         done, done_rng, row = step_done(step, loss)  # before a held Ctrl-C is raised
+                if csv_log is None:
+                    open_run()
                 if val_samples and (step % cfg.val_every == 0 or step == cfg.steps):
                     row["val_loss"], row["val_iou"] = evaluate(model, val_samples, cfg)
                 csv_log.append(row)
@@ -351,13 +364,13 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
                     save(step, done_rng)
     except KeyboardInterrupt:
         bar.close()
-        if history and history[-1]["step"] > csv_log.last:  # interrupted after the update, before the log
-            csv_log.append(history[-1])
         if done > start:
+            if csv_log is None:
+                open_run()
+            if history[-1]["step"] > csv_log.last:  # interrupted after the update, before the log
+                csv_log.append(history[-1])
             save(done, done_rng)
             plot_curves(history, out / "curves.png")
-        elif created:  # not one step finished in a new folder: leave nothing behind
-            shutil.rmtree(out, ignore_errors=True)
         raise TrainingInterrupted(done, ckpt if ckpt.exists() else None) from None
     plot_curves(history, out / "curves.png")
     if val_samples:
@@ -447,9 +460,12 @@ def plot_curves(history, path):
     if v:
         ax[0].plot([r["step"] for r in v], [r["val_loss"] for r in v], "o-", label="validation loss")
         ax[1].plot([r["step"] for r in v], [r["val_iou"] for r in v], "o-", color="C2")
-    ax[0].set_xlabel("step"), ax[0].set_ylabel("weighted cross-entropy per pixel"), ax[0].set_yscale("log"), ax[0].legend()
+    ax[0].set_xlabel("step"), ax[0].set_ylabel("weighted cross-entropy per pixel"), ax[0].set_yscale("log")
+    ax[0].legend(fontsize=7, framealpha=0.6)
+    if not v:
+        ax[1].text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ax[1].transAxes, color="0.4")
     ax[0].set_ylim(lo, hi)
-    ax[1].set_xlabel("step"), ax[1].set_ylabel("validation IoU (foreground, mean over images)"), ax[1].set_ylim(0, 1)
+    ax[1].set_xlabel("step"), ax[1].set_ylabel("validation IoU (mean)"), ax[1].set_ylim(0, 1)
     ax[1].grid(alpha=0.3)
     fig.tight_layout()
     _savefig(fig, path)
