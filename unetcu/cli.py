@@ -221,13 +221,25 @@ def _cmd_predict(a) -> int:
 def _cmd_evaluate(a) -> int:
     import json
     from .metrics import METRIC_NAMES, evaluate_files, format_table
+    from pathlib import Path
+    from .files import atomic_write
+    if a.json:  # refused before any work: never an input, never an existing file without --overwrite
+        j = Path(a.json)
+        if j.is_dir():
+            raise IsADirectoryError(f"--json {j} is a folder; expected a file name")
+        for given in (a.pred, a.labels):
+            g = Path(given)
+            if j.exists() and (j.resolve() == g.resolve() or (g.is_dir() and j.resolve().parent == g.resolve())):
+                raise FileExistsError(f"--json {j} is one of the inputs ({g}); choose another file name")
+        if j.exists() and not a.overwrite:
+            raise FileExistsError(f"--json {j} already exists; choose another name or give --overwrite")
     rows = evaluate_files(a.pred, a.labels, a.label_mode)
     print(format_table(rows))
     if a.json:
         import numpy as np
         mean = {m: float(np.nanmean([r[m] for _, r in rows])) for m in METRIC_NAMES}
-        with open(a.json, "w") as f:
-            json.dump({"images": dict(rows), "mean": mean}, f, indent=1)
+        text = json.dumps({"images": dict(rows), "mean": mean}, indent=1)
+        atomic_write(a.json, lambda p: Path(p).write_text(text))
     return 0
 
 
@@ -257,7 +269,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
-    """An argparse type: int or float within [lo, hi] (open ends where asked); NaN never passes."""
+    """An argparse type: int or float within [lo, hi] (open ends where asked); NaN and inf never pass."""
     name = "an integer" if kind is int else "a number"
     rng = [f"{'>' if lo_open else '>='} {lo}" if lo is not None else "", f"{'<' if hi_open else '<='} {hi}" if hi is not None else ""]
     want = f"{name} " + " and ".join(r for r in rng if r)
@@ -267,7 +279,7 @@ def number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
             v = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}") from None
-        ok = v == v and (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi))
+        ok = v == v and abs(v) != float("inf") and (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi))
         if not ok:
             raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}")
         return v
@@ -315,17 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cuda-graph", action="store_true", default=None,
                    help="capture the training step once as a CUDA graph and replay it (cuda engine only)")
     t.add_argument("--steps", type=number(int, 1), help="training steps, >= 1 (default: paper 10000, small 1500, tiny 300)")
-    t.add_argument("--lr", type=number(float, 0, lo_open=True), help="learning rate, > 0 (default 0.001)")
+    t.add_argument("--lr", type=number(float, 0, 10, lo_open=True), help="learning rate, in (0, 10] (default 0.001)")
     t.add_argument("--momentum", type=number(float, 0, 1, hi_open=True), help="SGD momentum in [0, 1) (default 0.99, the paper's)")
-    t.add_argument("--weight-decay", type=number(float, 0), help="L2 weight decay, >= 0 (default 0)")
-    t.add_argument("--clip", type=number(float, 0),
+    t.add_argument("--weight-decay", type=number(float, 0, 1), help="L2 weight decay, in [0, 1] (default 0)")
+    t.add_argument("--clip", type=number(float, 0, 1e6),
                    help="clip the gradients' global L2 norm to this value (default 1; 0: off)")
-    t.add_argument("--batch", type=number(int, 1), help="tiles per step, >= 1 (default 1, the paper's)")
-    t.add_argument("--tile", type=number(int, 1), help="input tile size (default: the preset's)")
+    t.add_argument("--batch", type=number(int, 1, 100000), help="tiles per step, 1..100000 (default 1, the paper's)")
+    t.add_argument("--tile", type=number(int, 1, 100000), help="input tile size, 1..100000 (default: the preset's)")
     t.add_argument("--augment", choices=("elastic", "flips", "none"),
                    help="elastic = elastic warp + rotation + shift + flips + gray values (default)")
-    t.add_argument("--w0", type=number(float, 0), help="weight of the border term of the weight map, >= 0 (default 10; 0 = class balancing only)")
-    t.add_argument("--sigma", type=number(float, 0, lo_open=True), help="width of the border term in pixels, > 0 (default 5)")
+    t.add_argument("--w0", type=number(float, 0, 1000), help="weight of the border term of the weight map, 0..1000 (default 10; 0 = class balancing only)")
+    t.add_argument("--sigma", type=number(float, 0.1, 1000), help="width of the border term in pixels, 0.1..1000 (default 5)")
     t.add_argument("--no-dropout", action="store_true", default=None, help="switch off dropout at the end of the contracting path")
     t.add_argument("--n-synthetic", type=number(int, 1, 100000), help="synthetic training images (default 16)")
     t.add_argument("--val-every", type=number(int, 1), help="validate every N steps, >= 1 (default 100)")
@@ -363,8 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--engine", choices=("numpy", "emu", "cuda"), help="default: cuda if a GPU is usable, else numpy")
     pr.add_argument("--precision", default="fp32", **PRECISION_ARG)
-    pr.add_argument("--tile", type=number(int, 1), help="input tile size (default: 572 for the paper net, else about 388 output)")
-    pr.add_argument("--batch", type=number(int, 1), default=4, help="tiles per forward pass, >= 1 (default 4)")
+    pr.add_argument("--tile", type=number(int, 1, 100000), help="input tile size (default: 572 for the paper net, else about 388 output)")
+    pr.add_argument("--batch", type=number(int, 1, 100000), default=4, help="tiles per forward pass, 1..100000 (default 4)")
     pr.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips (8x slower)")
     pr.add_argument("--overwrite", action="store_true",
                     help="replace existing output files (never an input file)")
@@ -380,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--label-mode", choices=("auto", "binary", "instance", "threshold"), default="auto",
                     help="how to read labels (auto: binary if two values, else instance ids; threshold: foreground "
                          "where value > midpoint of min and max, for masks saved lossily)")
-    ev.add_argument("--json", help="also write the scores to this JSON file")
+    ev.add_argument("--json", help="also write the scores to this JSON file (a new file: see --overwrite)")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --json file (never an input)")
     ev.set_defaults(func=_cmd_evaluate)
     b = sub.add_parser("bench", help="run a benchmark: kernels, step, emulator or quality (from a source checkout)",
                        description="Run benchmarks/bench_kernels.py, bench_step.py, bench_emulator.py or quality.py; "

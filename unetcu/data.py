@@ -231,6 +231,15 @@ class ImageFile:
             if n > 1:
                 raise InputError(f"{self.path}: an animated {im.format} with {n} frames; save stacks as multi-page TIFF")
             self.layout = f"Pillow mode {self.mode}"
+            if im.format == "PNG" and self.mode in ("LA", "RGB", "RGBA"):
+                with open(self.path, "rb") as fh:
+                    head = fh.read(26)
+                if len(head) == 26 and head[12:16] == b"IHDR" and head[24] == 16:
+                    # Pillow keeps only the high byte of 16-bit colour / gray+alpha PNGs: ids 1 and 300
+                    # would both become 1, and a 16-bit image would lose its low bits
+                    raise InputError(f"{self.path}: a 16-bit {self.mode} PNG (size {self.hw[0]}x{self.hw[1]}), which "
+                                     "cannot be read without losing its low 8 bits; save it as 16-bit gray PNG "
+                                     "(no alpha) or as TIFF")
             if not (self.mode in _PIL_MODES or self.mode.startswith("I;16")):
                 raise InputError(f"{self.path}: Pillow mode {self.mode!r} (size {self.hw[0]}x{self.hw[1]}) is not a layout "
                                  "unetcu reads; save it as gray, gray+alpha, RGB(A), palette, 16-bit or float")
@@ -248,7 +257,7 @@ class ImageFile:
                 raise InputError(f"{self.path}: a TIFF without images")
             if len(series) > 1:
                 shapes = ", ".join(str(s.shape) for s in series[:4])
-                raise InputError(f"{self.path}: a TIFF with {len(series)} image series of different shapes ({shapes}); "
+                raise InputError(f"{self.path}: a TIFF with {len(series)} image series ({shapes}); "
                                  "unetcu reads one stack of equal-sized pages")
             s = series[0]
             kf = s.keyframe
@@ -447,19 +456,34 @@ def find_pairs(root) -> list[tuple[Path, Path]]:
     labs = sorted(p for p in lab_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if not ims:
         raise FileNotFoundError(f"{im_dir}: no image files ({', '.join(IMAGE_EXTS)})")
-    by_stem = {p.stem: p for p in labs}
-    if all(p.stem in by_stem for p in ims):
-        return [(p, by_stem[p.stem]) for p in ims]
-    by_num = {}
-    for p in labs:
-        by_num.setdefault(_key(p.stem), []).append(p)
-    pairs = []
-    for p in ims:
-        cand = by_num.get(_key(p.stem), [])
-        if len(cand) != 1:
+    found = pair_labels([p.stem for p in ims], labs)
+    for p, lab in zip(ims, found):
+        if lab is None:
             raise ValueError(f"cannot pair image {p.name} with a label in {lab_dir} (by name or by number)")
-        pairs.append((p, cand[0]))
-    return pairs
+    return list(zip(ims, found))
+
+
+def pair_labels(names: list[str], labels: list[Path]) -> list[Path | None]:
+    """The label file of each name: the one with the same stem, else the one (among the labels no
+    other name has by stem) with the same last number (01_t002 <-> 01_man_seg002); None if there
+    is none or more than one. A label that two names would share is refused (ValueError): pairing
+    cellB_01 with cellA_01's label would score or train on the wrong truth."""
+    by_stem = {p.stem: p for p in labels}
+    taken = {n for n in names if n in by_stem}
+    by_num = {}
+    for p in labels:
+        if p.stem not in taken:
+            by_num.setdefault(_key(p.stem), []).append(p)
+    out = []
+    for n in names:
+        cand = [by_stem[n]] if n in by_stem else by_num.get(_key(n), [])
+        out.append(cand[0] if len(cand) == 1 else None)
+    first = {}
+    for n, lab in zip(names, out):
+        if lab is not None and first.setdefault(lab, n) != n:
+            raise ValueError(f"label {lab} would pair with both {first[lab]} and {n} (by name or by last number): "
+                             "give each image and its label the same name")
+    return out
 
 
 def _pair(ip, lp, label_mode: str):

@@ -188,7 +188,7 @@ def _prediction_files(path):
 def evaluate_files(pred_path, label_path, label_mode: str = "auto"):
     """[(name, metrics)] for predictions paired with label images by name or by last number."""
     from pathlib import Path
-    from .data import IMAGE_EXTS, ImageFile, InputError, _key, instances_from_label_image, open_label
+    from .data import IMAGE_EXTS, ImageFile, InputError, instances_from_label_image, open_label, pair_labels
     preds = _prediction_files(pred_path)
     lp = Path(label_path)
     if not lp.exists():
@@ -196,16 +196,11 @@ def evaluate_files(pred_path, label_path, label_mode: str = "auto"):
     labels = sorted(f for f in lp.iterdir() if f.suffix.lower() in IMAGE_EXTS) if lp.is_dir() else [lp]
     if not labels:
         raise FileNotFoundError(f"{lp}: no label images")
-    by_stem = {f.stem: f for f in labels}
-    by_num = {}
-    for f in labels:
-        by_num.setdefault(_key(f.stem), []).append(f)
+    names = sorted(preds)
+    paired = pair_labels(names, labels) if len(names) > 1 or len(labels) > 1 else [labels[0]]  # one file each: a pair
     rows = []
-    for name, (kind, f) in sorted(preds.items()):
-        lab = by_stem.get(name)
-        if lab is None:
-            cand = by_num.get(_key(name), [])
-            lab = cand[0] if len(cand) == 1 else (labels[0] if len(labels) == 1 and len(preds) == 1 else None)
+    for name, lab in zip(names, paired):
+        kind, f = preds[name]
         if lab is None:
             raise ValueError(f"no label image for prediction {f.name} (pairing by name or by last number)")
         fl = open_label(lab, label_mode)

@@ -145,6 +145,23 @@ def _bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+_MAGIC = {b"\x89PNG": "a PNG image", b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image", b"\xff\xd8\xff": "a JPEG image",
+          b"BM": "a BMP image", b"GIF8": "a GIF image"}
+
+
+def check_model_file(path) -> None:
+    """Refuse what cannot be a checkpoint before np.load tries it (a checkpoint is an .npz zip;
+    np.load would answer an image with advice about allow_pickle)."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder; expected a checkpoint.npz written by `unetcu train`")
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(8)
+        kind = next((v for k, v in _MAGIC.items() if head.startswith(k)), "not an .npz archive")
+        raise ValueError(f"{path}: not a readable unetcu model file ({kind}); expected a checkpoint.npz written by "
+                         "`unetcu train` (for predict: the model comes first, then the images)")
+
+
 # ---- the model -----------------------------------------------------------------------------------
 class UNet:
     """fuse: compute each expanding level's first conv straight from the skip map and the
@@ -366,8 +383,10 @@ class UNet:
 
     @classmethod
     def load(cls, path, engine=None, with_state=False):
-        """A UNet from a file written by save(). with_state=True also returns (momentum, state)."""
+        """A UNet from a file written by save(). with_state=True also returns (momentum, state).
+        Raises FileNotFoundError, IsADirectoryError, or ValueError for anything but a checkpoint."""
         path = os.fspath(path)
+        check_model_file(path)
         try:
             with np.load(path) as z:
                 arrays = {k: z[k] for k in z.files}

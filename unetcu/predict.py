@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,23 +23,6 @@ from .tiling import default_tile, predict_probs
 from .viz import colour_instances
 
 OUTPUTS = ("_prob.tif", "_labels.png", "_instances.png", "_overlay.png")
-_MAGIC = {b"\x89PNG": "a PNG image", b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image", b"\xff\xd8\xff": "a JPEG image",
-          b"BM": "a BMP image", b"GIF8": "a GIF image"}
-
-
-def check_model_file(path) -> None:
-    """Refuse what cannot be a checkpoint before UNet.load tries it (a checkpoint is an .npz zip)."""
-    p = Path(path)
-    if p.is_dir():
-        raise IsADirectoryError(f"{p} is a folder; expected a checkpoint.npz written by `unetcu train`")
-    if p.is_file() and not zipfile.is_zipfile(p):
-        with open(p, "rb") as f:
-            head = f.read(8)
-        kind = next((v for k, v in _MAGIC.items() if head.startswith(k)), "not an .npz archive")
-        raise ValueError(f"{p}: not a readable unetcu model file ({kind}); expected a checkpoint.npz written by "
-                         "`unetcu train` (the model comes first, then the images)")
-
-
 def write_results(out: Path, name: str, probs: np.ndarray, img: np.ndarray | None = None):
     import tifffile
     from PIL import Image
@@ -87,7 +69,6 @@ def check_outputs(out: Path, names, inputs, overwrite: bool) -> list[Path]:
 
 def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, tta=False, progress=True,
                   precision="fp32", overwrite=False):
-    check_model_file(model_path)
     model = UNet.load(model_path, engine=engine)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -106,7 +87,7 @@ def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, 
     check_memory(model.engine, tile or default_tile(c["depth"], (10**9, 10**9)), batch, c["depth"], c["base_channels"],
                  c["n_classes"], c["in_channels"], training=False)
     out = Path(out_dir)
-    check_outputs(out, flat, images, overwrite)
+    check_outputs(out, flat, [*images, model_path], overwrite)  # the model is an input too
     for f in files:  # every page read once and checked (finite values) before anything is written
         for _ in f.pages():
             pass

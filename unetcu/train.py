@@ -254,6 +254,18 @@ class _Interrupts:
                 raise KeyboardInterrupt
 
 
+@contextmanager
+def _sigint_ignored():
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+
+
 def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], cfg: TrainConfig,
           resume: str | None = None, progress: bool = True, log=print, overwrite: bool = False):
     """Train in place; returns the history (list of dicts, one per step).
@@ -362,19 +374,20 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
                 bar.update(step, loss=loss, **({"val_iou": row["val_iou"]} if "val_iou" in row else {}))
                 if step % cfg.ckpt_every == 0 or step == cfg.steps:
                     save(step, done_rng)
+            plot_curves(history, out / "curves.png")
+            if val_samples:
+                plot_samples(model, val_samples[:3], out / "samples.png", cfg)
     except KeyboardInterrupt:
         bar.close()
-        if done > start:
-            if csv_log is None:
-                open_run()
-            if history[-1]["step"] > csv_log.last:  # interrupted after the update, before the log
-                csv_log.append(history[-1])
-            save(done, done_rng)
-            plot_curves(history, out / "curves.png")
+        with _sigint_ignored():  # more Ctrl-C while the last step is saved would lose it
+            if done > start:
+                if csv_log is None:
+                    open_run()
+                if history[-1]["step"] > csv_log.last:  # interrupted after the update, before the log
+                    csv_log.append(history[-1])
+                save(done, done_rng)
+                plot_curves(history, out / "curves.png")
         raise TrainingInterrupted(done, ckpt if ckpt.exists() else None) from None
-    plot_curves(history, out / "curves.png")
-    if val_samples:
-        plot_samples(model, val_samples[:3], out / "samples.png", cfg)
     return history
 
 

@@ -1,0 +1,137 @@
+"""Inputs that once gave a wrong result with exit 0, overwrote a file, hung or printed a traceback:
+each is refused in one line now, or read right (found by trying to break the command line)."""
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unetcu import UNet
+from unetcu.data import InputError, find_pairs, read_image
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "unetcu.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def one_line(r):
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def write_png(path, a, colour_type, depth):
+    """A PNG written by hand (Pillow cannot write 16-bit colour or gray+alpha)."""
+    h = a.shape[0]
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    raw = b"".join(b"\0" + a[y].astype(">u2" if depth == 16 else "u1").tobytes() for y in range(h))
+    head = struct.pack(">IIBBBBB", a.shape[1], h, depth, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("colour_type,channels", [(4, 2), (2, 3), (6, 4)], ids=["LA16", "RGB16", "RGBA16"])
+def test_16bit_colour_png_is_refused_not_cut_to_8_bits(tmp_path, rng, colour_type, channels):
+    a = rng.integers(0, 65536, (9, 11, channels)).astype(np.uint16)
+    a[..., 0].flat[:4] = [0, 1, 300, 4464]  # ids that 8 bits would turn into 0, 0, 1, 17
+    write_png(tmp_path / "x.png", a, colour_type, 16)
+    for role in ("image", "label"):
+        with pytest.raises(InputError, match=r"x.png: a 16-bit .* PNG .*low 8 bits"):
+            read_image(tmp_path / "x.png", role)
+    write_png(tmp_path / "g.png", a[..., 0], 0, 16)  # 16-bit gray is read exactly
+    assert np.array_equal(read_image(tmp_path / "g.png", "label"), a[..., 0])
+
+
+def test_pairing_never_gives_one_label_to_two_images(tmp_path):
+    for sub in ("images", "labels"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+    img = np.arange(20 * 24, dtype=np.uint8).reshape(20, 24)
+    for n in ("cellA_01", "cellB_01"):
+        Image.fromarray(img).save(tmp_path / "d" / "images" / f"{n}.png")
+    for n in ("cellA_01", "cellB_02"):
+        Image.fromarray((img > 100).astype(np.uint8) * 255).save(tmp_path / "d" / "labels" / f"{n}.png")
+    # cellA_01's label is cellA_01's by name: cellB_01 has none (it used to get cellA_01's by number)
+    with pytest.raises(ValueError, match="cannot pair image cellB_01.png"):
+        find_pairs(tmp_path / "d")
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for n in ("cellA_01", "cellB_01"):
+        Image.fromarray((img > 100).astype(np.uint16)).save(pred / f"{n}_instances.png")
+    r = run("evaluate", str(pred), str(tmp_path / "d" / "labels"))
+    assert r.returncode == 1 and "no label image for prediction cellB_01_instances.png" in one_line(r)
+    # one label whose number two images share: refused, never given to both
+    (tmp_path / "d" / "labels" / "cellA_01.png").rename(tmp_path / "d" / "labels" / "seg_01.png")
+    with pytest.raises(ValueError, match="seg_01.png would pair with both cellA_01 and cellB_01"):
+        find_pairs(tmp_path / "d")
+    r = run("evaluate", str(pred), str(tmp_path / "d" / "labels"))
+    assert r.returncode == 1 and "would pair with both" in one_line(r)
+    # the DIC-HeLa naming still pairs by number
+    (tmp_path / "d" / "labels" / "cellB_02.png").unlink()
+    (tmp_path / "d" / "images" / "cellB_01.png").unlink()
+    assert [(a.name, b.name) for a, b in find_pairs(tmp_path / "d")] == [("cellA_01.png", "seg_01.png")]
+
+
+def test_outputs_never_replace_an_input(tmp_path):
+    img = np.arange(30 * 20, dtype=np.uint8).reshape(30, 20)
+    Image.fromarray(img).save(tmp_path / "x.png")
+    UNet(depth=2, base_channels=2, engine="numpy").save(tmp_path / "x_overlay.png")  # a model with an output's name
+    model = (tmp_path / "x_overlay.png").read_bytes()
+    r = run("predict", "x_overlay.png", "x.png", "--out", ".", "--overwrite", "--engine", "numpy", cwd=tmp_path)
+    assert r.returncode == 1 and "would overwrite the input" in one_line(r)
+    assert (tmp_path / "x_overlay.png").read_bytes() == model and not (tmp_path / "x_prob.tif").exists()
+    # evaluate --json: never an input, never an existing file without --overwrite, written whole
+    Image.fromarray((img > 100).astype(np.uint16)).save(tmp_path / "p_instances.png")
+    Image.fromarray((img > 90).astype(np.uint8) * 255).save(tmp_path / "lab.png")
+    truth = (tmp_path / "lab.png").read_bytes()
+    for target, msg in (("lab.png", "is one of the inputs"), ("p_instances.png", "is one of the inputs")):
+        r = run("evaluate", "p_instances.png", "lab.png", "--json", target, "--overwrite", cwd=tmp_path)
+        assert r.returncode == 1 and msg in one_line(r)
+    assert (tmp_path / "lab.png").read_bytes() == truth
+    assert run("evaluate", "p_instances.png", "lab.png", "--json", "s.json", cwd=tmp_path).returncode == 0
+    r = run("evaluate", "p_instances.png", "lab.png", "--json", "s.json", cwd=tmp_path)
+    assert r.returncode == 1 and "already exists" in one_line(r)
+    assert run("evaluate", "p_instances.png", "lab.png", "--json", "s.json", "--overwrite", cwd=tmp_path).returncode == 0
+
+
+BAD = [("--tile", "99999999999999999999"), ("--sigma", "inf"), ("--sigma", "1e300"), ("--sigma", "1e-300"),
+       ("--lr", "inf"), ("--lr", "1e308"), ("--w0", "inf"), ("--weight-decay", "1e30"), ("--clip", "inf"),
+       ("--batch", "99999999999")]
+
+
+@pytest.mark.parametrize("opt,value", BAD, ids=[f"{o}={v}" for o, v in BAD])
+def test_infinite_and_huge_options_are_refused_at_once(tmp_path, opt, value):
+    t0 = time.perf_counter()
+    r = run("train", opt, value, "--preset", "tiny", "--engine", "numpy", cwd=tmp_path)
+    assert r.returncode == 2 and f"argument {opt}: must be" in one_line(r)
+    assert time.perf_counter() - t0 < 60 and not any(tmp_path.iterdir())
+
+
+def test_resume_from_an_image_says_what_was_expected(tmp_path):
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(tmp_path / "x.png")
+    r = run("train", "--resume", "x.png", cwd=tmp_path)
+    line = one_line(r)
+    assert r.returncode == 1 and "not a readable unetcu model file (a PNG image)" in line and "pickle" not in line
+
+
+def test_ctrl_c_after_the_last_step_still_reports_the_checkpoint(tmp_path, monkeypatch):
+    from unetcu import train as T
+    from unetcu.data import synthetic_dataset
+
+    def planted(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)
+    monkeypatch.setattr(T, "plot_samples", planted)
+    depth, base, tile = T.PRESETS["tiny"]
+    cfg = T.TrainConfig(steps=3, tile=tile, val_every=3, out=str(tmp_path / "r"))
+    with pytest.raises(T.TrainingInterrupted) as e:
+        T.train(UNet(depth=depth, base_channels=base, engine="numpy"), synthetic_dataset(2, (96, 96), seed=1),
+                synthetic_dataset(1, (96, 96), seed=2), cfg, progress=False, log=lambda *a: None)
+    assert e.value.step == 3 and e.value.checkpoint == tmp_path / "r" / "checkpoint.npz"
