@@ -28,3 +28,13 @@ def test_getting_started_runs_verbatim(tmp_path):
         assert r.returncode == 0, (cmd, r.stderr)
     assert "mean" in r.stdout and "seg" in r.stdout  # evaluate's table over the 8 examples
     assert len(list((tmp_path / "predictions").glob("*_prob.tif"))) == 8
+
+
+def test_readme_shows_the_real_help():
+    """The option lists the README quotes are the parsers' own (regenerate them when options change)."""
+    text = README.read_text()
+    env = dict(os.environ, COLUMNS="100")
+    for cmd, start in (("train", "  --data"), ("synth", "usage:")):
+        h = subprocess.run([sys.executable, "-m", "unetcu.cli", cmd, "-h"], capture_output=True, text=True, env=env).stdout
+        block = h[h.index(start):].rstrip()
+        assert block in text, f"README.md's `unetcu {cmd} -h` differs from the parser's"
