@@ -135,3 +135,38 @@ def test_ctrl_c_after_the_last_step_still_reports_the_checkpoint(tmp_path, monke
         T.train(UNet(depth=depth, base_channels=base, engine="numpy"), synthetic_dataset(2, (96, 96), seed=1),
                 synthetic_dataset(1, (96, 96), seed=2), cfg, progress=False, log=lambda *a: None)
     assert e.value.step == 3 and e.value.checkpoint == tmp_path / "r" / "checkpoint.npz"
+
+
+def test_interrupted_predict_and_synth_leave_no_partial_set(tmp_path, monkeypatch):
+    """Ctrl-C in predict keeps the pages whose four outputs are complete and none of the page it
+    was writing; in synth, nothing of the run (no image without its label, no empty folder)."""
+    from unetcu import cli, data, predict
+    UNet(depth=2, base_channels=2, engine="numpy").save(tmp_path / "m.npz")
+    for k in range(3):
+        Image.fromarray(np.arange(20 * 26, dtype=np.uint8).reshape(20, 26) * (k + 1)).save(tmp_path / f"x{k}.png")
+    real, calls = predict.atomic_write, {"n": 0}
+
+    def planted(path, write):
+        calls["n"] += 1
+        if calls["n"] == 6:  # the 2nd output of the 2nd page
+            raise KeyboardInterrupt
+        return real(path, write)
+    monkeypatch.setattr(predict, "atomic_write", planted)
+    with pytest.raises(predict.PredictInterrupted) as e:
+        predict.predict_files(tmp_path / "m.npz", [tmp_path / f"x{k}.png" for k in range(3)], tmp_path / "out",
+                              engine="numpy", progress=False)
+    assert e.value.done == ["x0"] and e.value.left == ["x1", "x2"]
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == sorted(f"x0{s}" for s in predict.OUTPUTS)
+    monkeypatch.setattr(predict, "atomic_write", real)
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+    n = {"k": 0}
+    real_cells = data.synthetic_cells
+
+    def cells(*a, **k):
+        n["k"] += 1
+        return stop() if n["k"] == 3 else real_cells(*a, **k)
+    monkeypatch.setattr(data, "synthetic_cells", cells)
+    assert cli.main(["synth", str(tmp_path / "s" / "ex"), "--count", "4", "--size", "32"]) == 130
+    assert not (tmp_path / "s" / "ex").exists()

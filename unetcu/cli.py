@@ -197,24 +197,43 @@ def _cmd_synth(a) -> int:
     if existing and not a.overwrite:
         raise FileExistsError(f"{existing[0]} exists ({len(existing)} of the {len(targets)} files to write do): "
                               "choose another folder or pass --overwrite")
-    for sub in ("images", "labels"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(names):
-        img, inst = synthetic_cells((a.size, a.size), seed=a.seed * 100003 + i)
-        if inst.max() >= 2**16:
-            raise ValueError(f"{name}: {inst.max()} cells do not fit a 16-bit label image; use a smaller --size")
-        # 8-bit gray image; 16-bit instance ids (0 = background), both lossless PNG
-        atomic_write(out / "images" / name, lambda p: Image.fromarray(np.round(img * 255).astype(np.uint8)).save(p, format="PNG"))
-        atomic_write(out / "labels" / name, lambda p: Image.fromarray(inst.astype(np.uint16)).save(p, format="PNG"))
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file; expected a folder for images/ and labels/")
+    made = [d for d in (out, out / "images", out / "labels") if not d.exists()]
+    written = []
+    try:
+        for d in made:
+            d.mkdir(parents=True)
+        for i, name in enumerate(names):
+            img, inst = synthetic_cells((a.size, a.size), seed=a.seed * 100003 + i)
+            if inst.max() >= 2**16:
+                raise ValueError(f"{name}: {inst.max()} cells do not fit a 16-bit label image; use a smaller --size")
+            # 8-bit gray image; 16-bit instance ids (0 = background), both lossless PNG
+            written.append(atomic_write(out / "images" / name,
+                                        lambda p: Image.fromarray(np.round(img * 255).astype(np.uint8)).save(p, format="PNG")))
+            written.append(atomic_write(out / "labels" / name,
+                                        lambda p: Image.fromarray(inst.astype(np.uint16)).save(p, format="PNG")))
+    except BaseException:  # Ctrl-C or an error: no image without its label, no empty folders
+        for f in written:
+            f.unlink(missing_ok=True)
+        for d in reversed(made):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise
     print(f"wrote {a.count} images of {a.size}x{a.size} to {out}/images and their instance labels "
           f"(16-bit PNG, 0 = background) to {out}/labels")
     return 0
 
 
 def _cmd_predict(a) -> int:
-    from .predict import predict_files
-    predict_files(a.model, a.images, a.out, engine=a.engine, tile=a.tile, batch=a.batch, tta=a.tta,
-                  progress=not a.no_progress, precision=a.precision, overwrite=a.overwrite)
+    from .predict import PredictInterrupted, predict_files
+    try:
+        predict_files(a.model, a.images, a.out, engine=a.engine, tile=a.tile, batch=a.batch, tta=a.tta,
+                      progress=not a.no_progress, precision=a.precision, overwrite=a.overwrite)
+    except PredictInterrupted as e:
+        print(f"unetcu predict: interrupted after {len(e.done)} of {len(e.done) + len(e.left)} pages: their outputs "
+              f"are complete in {e.out}/, no output of the others (first: {e.left[0]}) was written", file=sys.stderr)
+        return 130
     return 0
 
 

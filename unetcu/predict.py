@@ -95,12 +95,25 @@ def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, 
     i = 0
     for f, ns in zip(files, names):
         for name, page in zip(ns, f.pages()):
-            i += 1
             img = standardise(page)
             del page
-            probs = predict_probs(model, img, tile=tile, batch=batch, tta=tta)
-            n = write_results(out, name, probs, img)
+            try:
+                probs = predict_probs(model, img, tile=tile, batch=batch, tta=tta)
+                n = write_results(out, name, probs, img)
+            except KeyboardInterrupt:  # a page's outputs are all there or none: drop a partial set
+                for suffix in OUTPUTS:
+                    (out / f"{name}{suffix}").unlink(missing_ok=True)
+                raise PredictInterrupted(flat[:i], flat[i:], out) from None
+            i += 1
             if progress:
                 print(f"[{i}/{len(flat)}] {name}: {img.shape[0]}x{img.shape[1]}, {n} objects -> {out}/{name}_*",
                       file=sys.stderr)
     return flat
+
+
+class PredictInterrupted(KeyboardInterrupt):
+    """Ctrl-C during predict: `done` pages have all their outputs in `out`, `left` pages none."""
+
+    def __init__(self, done: list[str], left: list[str], out: Path):
+        super().__init__(len(done), len(left))
+        self.done, self.left, self.out = done, left, out

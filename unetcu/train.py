@@ -154,6 +154,14 @@ class Progress:
             self.t_line = now
         self.stream.flush()
 
+    def begin(self, note=""):
+        """A first line at once, before the first step (which may take a while: compiling, caches)."""
+        if self.enabled:
+            line = f"step {self.start}/{self.total} [{'#' * int(30 * self.start / self.total):<30}] starting{note}"
+            self.stream.write(("\r" + line[:160].ljust(160)) if self.tty else line + "\n")
+            self.open_line = self.tty
+            self.stream.flush()
+
     def close(self):
         """End a bar left open on a terminal (so the next message starts on its own line)."""
         if self.enabled and self.open_line:
@@ -337,6 +345,7 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
         return step, rng.bit_generator.state, row
 
     interrupts = _Interrupts()
+    bar.begin(" (the first step also compiles the elastic warp)" if cfg.augment == "elastic" else "")
     try:
         with interrupts:
             for step in range(start + 1, cfg.steps + 1):
