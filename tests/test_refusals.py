@@ -103,7 +103,7 @@ def test_outputs_never_replace_an_input(tmp_path):
 
 BAD = [("--tile", "99999999999999999999"), ("--sigma", "inf"), ("--sigma", "1e300"), ("--sigma", "1e-300"),
        ("--lr", "inf"), ("--lr", "1e308"), ("--w0", "inf"), ("--weight-decay", "1e30"), ("--clip", "inf"),
-       ("--batch", "99999999999")]
+       ("--batch", "99999999999"), ("--lr", "1e-320"), ("--steps", "99999999999999999999")]
 
 
 @pytest.mark.parametrize("opt,value", BAD, ids=[f"{o}={v}" for o, v in BAD])
@@ -170,3 +170,48 @@ def test_interrupted_predict_and_synth_leave_no_partial_set(tmp_path, monkeypatc
     monkeypatch.setattr(data, "synthetic_cells", cells)
     assert cli.main(["synth", str(tmp_path / "s" / "ex"), "--count", "4", "--size", "32"]) == 130
     assert not (tmp_path / "s" / "ex").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # main() gives Ctrl-C back
+
+
+def test_evaluate_json_needs_a_writable_name(tmp_path):
+    img = np.arange(30 * 20, dtype=np.uint8).reshape(30, 20)
+    Image.fromarray((img > 100).astype(np.uint16)).save(tmp_path / "p_instances.png")
+    Image.fromarray((img > 90).astype(np.uint8) * 255).save(tmp_path / "lab.png")
+    for name, msg in (("", "--json needs a file name"), ("no/dir/s.json", "cannot write no/dir/s.json: no folder no/dir")):
+        r = run("evaluate", "p_instances.png", "lab.png", "--json", name, cwd=tmp_path)
+        assert r.returncode == 1 and msg in one_line(r), r.stderr
+
+
+def test_interrupting_an_overwrite_before_its_first_step_claims_nothing(tmp_path):
+    """The old run stays, and the message does not offer its checkpoint as this run's."""
+    assert run("train", "--preset", "tiny", "--engine", "numpy", "--n-synthetic", "2", "--steps", "2",
+               "--val-every", "2", "--out", "r", "--no-progress", cwd=tmp_path).returncode == 0
+    before = (tmp_path / "r" / "checkpoint.npz").read_bytes()
+    env = dict(os.environ)
+    p = subprocess.Popen([sys.executable, "-c", SLOW_FIRST_STEP, "train", "--preset", "tiny", "--engine", "numpy",
+                          "--n-synthetic", "2", "--steps", "5", "--out", "r", "--overwrite", "--no-progress"],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    t0 = time.time()
+    while "training" not in (p.stdout.readline() or "") and time.time() - t0 < 120:
+        pass
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert one_line(subprocess.CompletedProcess([], 0, "", err)) == \
+        "unetcu train: interrupted before the first step finished; nothing was saved (r/ holds what it held before)"
+    assert (tmp_path / "r" / "checkpoint.npz").read_bytes() == before
+
+
+# the CLI with a first step that takes long (a model whose loss sleeps once), to interrupt it for sure
+SLOW_FIRST_STEP = """
+import sys, time
+from unetcu import cli
+from unetcu.model import UNet
+real = UNet.loss_and_grads
+def slow(self, *a, **k):
+    time.sleep(30)
+    return real(self, *a, **k)
+UNet.loss_and_grads = slow
+sys.exit(cli.main())
+"""

@@ -201,14 +201,15 @@ def test_resume_checks(tmp_path):
 
 # ---- arguments -----------------------------------------------------------------------------------
 BAD_ARGS = [
-    (("train", "--steps", "-3"), "--steps: must be an integer >= 1, got '-3'"),
+    (("train", "--steps", "-3"), "--steps: must be an integer >= 1 and <= 100000000, got '-3'"),
     (("train", "--steps", "0"), "--steps: must be an integer >= 1"),
     (("train", "--tile", "0"), "--tile: must be an integer >= 1"),
     (("train", "--batch", "0"), "--batch: must be an integer >= 1"),
     (("train", "--val-every", "0"), "--val-every: must be an integer >= 1"),
     (("train", "--ckpt-every", "-1"), "--ckpt-every: must be an integer >= 1"),
-    (("train", "--lr", "nan"), "--lr: must be a number > 0 and <= 10"),
-    (("train", "--lr", "0"), "--lr: must be a number > 0"),
+    (("train", "--lr", "nan"), "--lr: must be a number >= 1e-10 and <= 10"),
+    (("train", "--lr", "0"), "--lr: must be a number >= 1e-10"),
+    (("train", "--steps", "99999999999999999999"), "--steps: must be an integer >= 1 and <= 100000000"),
     (("train", "--momentum", "1"), "--momentum: must be a number >= 0 and < 1"),
     (("train", "--val-fraction", "1.5"), "--val-fraction: must be a number >= 0 and < 1"),
     (("train", "--sigma", "0"), "--sigma: must be a number >= 0.1 and <= 1000"),
@@ -217,7 +218,7 @@ BAD_ARGS = [
     (("train", "--classes", "1"), "--classes: must be an integer >= 2"),
     (("train", "--n-synthetic", "0"), "--n-synthetic: must be an integer >= 1"),
     (("train", "--seed", "-1"), "--seed: must be an integer >= 0"),
-    (("train", "--steps", "ten"), "--steps: must be an integer >= 1, got 'ten'"),
+    (("train", "--steps", "ten"), "--steps: must be an integer >= 1 and <= 100000000, got 'ten'"),
     (("predict", "m.npz", "x.png", "--out", "p", "--batch", "-1"), "--batch: must be an integer >= 1"),
     (("predict", "m.npz", "x.png", "--out", "p", "--batch", "0"), "--batch: must be an integer >= 1"),
     (("predict", "m.npz", "x.png", "--out", "p", "--tile", "0"), "--tile: must be an integer >= 1"),

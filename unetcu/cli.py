@@ -170,8 +170,10 @@ def _cmd_train(a) -> int:
         print(f"unetcu train: {e}", file=sys.stderr)
         return 3
     except TrainingInterrupted as e:
+        _ignore_sigint()
         if e.checkpoint is None:
-            print("unetcu train: interrupted before the first step finished; nothing was saved", file=sys.stderr)
+            print("unetcu train: interrupted before the first step finished; nothing was saved"
+                  + (f" ({out}/ holds what it held before)" if out.exists() else ""), file=sys.stderr)
         else:
             print(f"unetcu train: interrupted; step {e.step} saved in {e.checkpoint} (logs in {out}/); "
                   f"resume with: unetcu train --resume {e.checkpoint}", file=sys.stderr)
@@ -231,6 +233,7 @@ def _cmd_predict(a) -> int:
         predict_files(a.model, a.images, a.out, engine=a.engine, tile=a.tile, batch=a.batch, tta=a.tta,
                       progress=not a.no_progress, precision=a.precision, overwrite=a.overwrite)
     except PredictInterrupted as e:
+        _ignore_sigint()
         print(f"unetcu predict: interrupted after {len(e.done)} of {len(e.done) + len(e.left)} pages: their outputs "
               f"are complete in {e.out}/, no output of the others (first: {e.left[0]}) was written", file=sys.stderr)
         return 130
@@ -242,6 +245,8 @@ def _cmd_evaluate(a) -> int:
     from .metrics import METRIC_NAMES, evaluate_files, format_table
     from pathlib import Path
     from .files import atomic_write
+    if a.json == "":
+        raise ValueError("--json needs a file name")
     if a.json:  # refused before any work: never an input, never an existing file without --overwrite
         j = Path(a.json)
         if j.is_dir():
@@ -345,8 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", **PRECISION_ARG)
     t.add_argument("--cuda-graph", action="store_true", default=None,
                    help="capture the training step once as a CUDA graph and replay it (cuda engine only)")
-    t.add_argument("--steps", type=number(int, 1), help="training steps, >= 1 (default: paper 10000, small 1500, tiny 300)")
-    t.add_argument("--lr", type=number(float, 0, 10, lo_open=True), help="learning rate, in (0, 10] (default 0.001)")
+    t.add_argument("--steps", type=number(int, 1, 10**8), help="training steps, 1..1e8 (default: paper 10000, small 1500, tiny 300)")
+    t.add_argument("--lr", type=number(float, 1e-10, 10), help="learning rate, 1e-10..10 (default 0.001)")
     t.add_argument("--momentum", type=number(float, 0, 1, hi_open=True), help="SGD momentum in [0, 1) (default 0.99, the paper's)")
     t.add_argument("--weight-decay", type=number(float, 0, 1), help="L2 weight decay, in [0, 1] (default 0)")
     t.add_argument("--clip", type=number(float, 0, 1e6),
@@ -438,6 +443,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _ignore_sigint():
+    """After a Ctrl-C, more of them while the one-line report is printed would end the process with
+    a traceback or by the signal instead of exit 130."""
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main(argv=None) -> int:
     if hasattr(sys.stdout, "reconfigure"):  # a line at a time into a log file or a pipe, not at exit
         sys.stdout.reconfigure(line_buffering=True)
@@ -446,6 +460,8 @@ def main(argv=None) -> int:
     if not getattr(a, "func", None):
         p.print_help()
         return 2
+    import signal
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         return a.func(a)
     except (RuntimeError, ValueError, FileNotFoundError, OSError) as e:
@@ -453,8 +469,12 @@ def main(argv=None) -> int:
         print(f"unetcu {a.cmd}: {msg}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        _ignore_sigint()
         print(f"unetcu {a.cmd}: interrupted", file=sys.stderr)
         return 130
+    finally:  # main(argv) called from Python gets its Ctrl-C back (the `unetcu` command just exits)
+        if argv is not None and sigint is not None and signal.getsignal(signal.SIGINT) is not sigint:
+            signal.signal(signal.SIGINT, sigint)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ def atomic_write(path, write) -> Path:
     KeyboardInterrupt included, the temporary file is removed and `path` is left as it was.
     Returns `path` as a Path."""
     path = Path(path)
+    if not path.parent.is_dir():  # else mkstemp's error would name the temporary file
+        raise FileNotFoundError(f"cannot write {path}: no folder {path.parent}")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     os.close(fd)
     try:

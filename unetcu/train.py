@@ -233,11 +233,18 @@ class _Interrupts:
         if (threading.current_thread() is threading.main_thread()
                 and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
             self.old = signal.signal(signal.SIGINT, self._handle)
+            self.old_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
         return self
 
     def __exit__(self, *exc):
         if self.old is not None:
             signal.signal(signal.SIGINT, self.old)
+            sys.unraisablehook = self.old_hook
+
+    def _unraisable(self, u):
+        # our KeyboardInterrupt, dropped by a C callback: no traceback on the screen, check() raises it
+        if not (u.exc_type is KeyboardInterrupt and self.pending):
+            self.old_hook(u)
 
     def _handle(self, signum, frame):
         self.pending = True
@@ -396,7 +403,8 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
                     csv_log.append(history[-1])
                 save(done, done_rng)
                 plot_curves(history, out / "curves.png")
-        raise TrainingInterrupted(done, ckpt if ckpt.exists() else None) from None
+        kept = done > start or (resume and ckpt.exists() and os.path.samefile(resume, ckpt))  # not an old run's
+        raise TrainingInterrupted(done, ckpt if kept else None) from None
     return history
 
 
