@@ -522,13 +522,3 @@ def page_names(f: ImageFile) -> list[str]:
     """Output names of a file's pages: its stem, or stem-000, stem-001, ... for several pages."""
     stem = f.path.stem
     return [stem] if f.n_pages == 1 else [f"{stem}-{k:03d}" for k in range(f.n_pages)]
-
-
-def load_images(paths) -> list[tuple[str, np.ndarray]]:
-    """(name, standardised image) for each page of each file (all in memory: predict streams
-    through ImageFile instead)."""
-    out = []
-    for p in paths:
-        f = ImageFile(p)
-        out += [(n, standardise(a)) for n, a in zip(page_names(f), f.pages())]
-    return out
