@@ -244,7 +244,7 @@ def _cmd_evaluate(a) -> int:
     import json
     from .metrics import METRIC_NAMES, evaluate_files, format_table
     from pathlib import Path
-    from .files import atomic_write
+    from .files import atomic_write, same_file
     if a.json == "":
         raise ValueError("--json needs a file name")
     if a.json:  # refused before any work: never an input, never an existing file without --overwrite
@@ -253,7 +253,7 @@ def _cmd_evaluate(a) -> int:
             raise IsADirectoryError(f"--json {j} is a folder; expected a file name")
         for given in (a.pred, a.labels):
             g = Path(given)
-            if j.exists() and (j.resolve() == g.resolve() or (g.is_dir() and j.resolve().parent == g.resolve())):
+            if j.exists() and (same_file(j, g) or (g.is_dir() and same_file(j.parent, g))):
                 raise FileExistsError(f"--json {j} is one of the inputs ({g}); choose another file name")
         if j.exists() and not a.overwrite:
             raise FileExistsError(f"--json {j} already exists; choose another name or give --overwrite")

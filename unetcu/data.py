@@ -144,6 +144,11 @@ _PIL_MODES = ("1", "L", "I", "F", "LA", "P", "PA", "RGB", "RGBA", "RGBX")
 _LOSSY_PIL = {"JPEG", "MPO", "JPEG2000", "WEBP"}
 
 
+def _non_finite(a: np.ndarray) -> int:
+    """How many NaN or +-Inf values (0 for integer arrays)."""
+    return a.size - int(np.count_nonzero(np.isfinite(a))) if a.dtype.kind in "fc" else 0
+
+
 class InputError(ValueError):
     """An input file unetcu refuses to read: the message names the file (and page) and why."""
 
@@ -342,11 +347,10 @@ class ImageFile:
                 raise InputError(f"cannot read image {self.where(k)}: {type(e).__name__}: {e}") from None
             if a.shape != self.hw:
                 raise InputError(f"{self.where(k)}: page of shape {a.shape}, expected {self.hw} (shape {self.shape})")
-            if a.dtype.kind == "f":
-                bad = a.size - int(np.count_nonzero(np.isfinite(a)))
-                if bad:
-                    raise InputError(f"{self.where(k)}: {bad} non-finite pixel values (NaN or Inf); "
-                                     "unetcu needs finite values")
+            bad = _non_finite(a)
+            if bad:
+                raise InputError(f"{self.where(k)}: {bad} non-finite pixel values (NaN or Inf); "
+                                 "unetcu needs finite values")
             if not a.dtype.isnative:
                 a = a.astype(a.dtype.newbyteorder("="))
             yield a
@@ -400,10 +404,9 @@ def instances_from_label_image(lab: np.ndarray, mode: str = "auto", where: str =
         raise ValueError(f"label mode must be one of {', '.join(LABEL_MODES)}, got {mode!r}")
     if lab.ndim != 2:
         raise InputError(f"{where}: expected a 2-D label image, got shape {lab.shape}")
-    if lab.dtype.kind == "f":
-        bad = lab.size - int(np.count_nonzero(np.isfinite(lab)))
-        if bad:
-            raise InputError(f"{where}: {bad} non-finite label values (NaN or Inf)")
+    bad = _non_finite(lab)
+    if bad:
+        raise InputError(f"{where}: {bad} non-finite label values (NaN or Inf)")
     values = np.unique(lab)
     if mode == "threshold":
         fg = lab > (float(values[0]) + float(values[-1])) / 2 if len(values) > 1 else np.zeros(lab.shape, bool)

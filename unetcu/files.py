@@ -38,3 +38,11 @@ def atomic_write(path, write) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def same_file(a, b) -> bool:
+    """Whether two paths name one file (links followed); by resolved path when one does not exist."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()

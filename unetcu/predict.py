@@ -8,7 +8,6 @@ page at a time, so memory stays near one page's working set however many pages c
 output file is written to a temporary name and renamed, so a failure leaves no half-written file."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .data import ImageFile, page_names, standardise
-from .files import atomic_write
+from .files import atomic_write, same_file
 from .model import UNet, check_memory
 from .ops._core import PRECISIONS
 from .tiling import default_tile, predict_probs
@@ -41,13 +40,6 @@ def write_results(out: Path, name: str, probs: np.ndarray, img: np.ndarray | Non
     return n
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return a.resolve() == b.resolve()
-
-
 def check_outputs(out: Path, names, inputs, overwrite: bool) -> list[Path]:
     """The output paths of these names; refuses one that is an input (always) or that exists
     (unless overwrite), before anything is written."""
@@ -57,7 +49,7 @@ def check_outputs(out: Path, names, inputs, overwrite: bool) -> list[Path]:
     existing = [t for t in targets if t.exists() or t.is_symlink()]
     for t in existing:
         for i in inputs:
-            if _same_file(t, Path(i)):
+            if same_file(t, i):
                 raise FileExistsError(f"output {t} would overwrite the input {i}; choose another --out "
                                       "(predict never writes over its inputs)")
     if existing and not overwrite:

@@ -20,7 +20,6 @@ import csv
 import io
 import json
 import math
-import os
 import signal
 import sys
 import threading
@@ -33,7 +32,7 @@ import numpy as np
 
 from . import augment, ops
 from .data import Sample
-from .files import atomic_write
+from .files import atomic_write, same_file
 from .metrics import iou
 from .model import UNet, output_size
 from .weightmap import class_balance, weight_map
@@ -212,7 +211,7 @@ def check_out(out, resume=None, overwrite=False):
         raise FileExistsError(f"--out {out} is a file, not a folder")
     found = [f for f in RUN_FILES if (out / f).exists()]
     ckpt = out / "checkpoint.npz"
-    if not found or overwrite or (resume and ckpt.exists() and os.path.samefile(resume, ckpt)):
+    if not found or overwrite or (resume and ckpt.exists() and same_file(resume, ckpt)):
         return
     go_on = f"continue it with --resume {ckpt}, " if ckpt.exists() else ""
     raise FileExistsError(f"{out} already holds a training run ({', '.join(found)}): {go_on}"
@@ -334,7 +333,7 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
         nonlocal csv_log
         if overwrite:
             for f in RUN_FILES:
-                if not resume or not (out / f).exists() or not os.path.samefile(resume, out / f):
+                if not resume or not (out / f).exists() or not same_file(resume, out / f):
                     (out / f).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         csv_log = CsvLog(out / "log.csv", history[:-1])
@@ -403,7 +402,7 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
                     csv_log.append(history[-1])
                 save(done, done_rng)
                 plot_curves(history, out / "curves.png")
-        kept = done > start or (resume and ckpt.exists() and os.path.samefile(resume, ckpt))  # not an old run's
+        kept = done > start or (resume and ckpt.exists() and same_file(resume, ckpt))  # not an old run's
         raise TrainingInterrupted(done, ckpt if kept else None) from None
     return history
 
