@@ -357,6 +357,7 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
             for step in range(start + 1, cfg.steps + 1):
                 interrupts.check()
                 x, lab, wt = draw_batch(data, cfg, model, rng)
+                interrupts.check()  # the warp compiles in the first draw: a Ctrl-C it swallowed stops here
                 dropout_seed = int(rng.integers(2**63))
                 if graph_step is not None:  # the update is part of the graph: a bad loss is known only after it
                     with interrupts.hold():
