@@ -6,7 +6,8 @@ import pytest
 
 from conftest import rel_err
 from unetcu import UNet, ops
-from unetcu.train import TrainConfig, clip_gradients, train
+from unetcu.optim import clip_gradients
+from unetcu.train import TrainConfig, train
 
 
 @pytest.mark.parametrize("engine", ["emu", "numpy"])

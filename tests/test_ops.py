@@ -353,6 +353,40 @@ def test_sgd_momentum_update(engine, rng):
     close(v, rv)
 
 
+@pytest.mark.parametrize("decoupled", [False, True], ids=["adam", "adamw"])
+def test_adam_update(engine, rng, decoupled):
+    # odd size (not a multiple of the block), moments from earlier steps, gradients of both signs and
+    # of very different sizes: the sqrt(v) + eps denominator is exercised where it matters
+    n = 1003
+    p0, m0 = f32(rng, n), f32(rng, n, scale=0.1)
+    v0 = np.abs(f32(rng, n, scale=0.01)) + np.float32(1e-6)
+    grads = [f32(rng, n) * np.float32(10.0) ** rng.integers(-4, 2, n).astype(np.float32) for _ in range(3)]
+    p, m, v = dev(p0, engine), dev(m0, engine), dev(v0, engine)
+    rp, rm, rv = (a.astype(np.float64) for a in (p0, m0, v0))
+    for t, g in enumerate(grads, start=5):
+        ops.adam_update(p, dev(g, engine), m, v, step=t, lr=3e-3, weight_decay=0.01, decoupled=decoupled, engine=engine)
+        rp, rm, rv = R.adam(rp, g.astype(np.float64), rm, rv, t, 3e-3, weight_decay=0.01, decoupled=decoupled)
+    close(p, rp)
+    close(m, rm)
+    close(v, rv)
+
+
+def test_adam_update_on_the_numpy_engine_stays_float32_in_place(rng):
+    p0, g = f32(rng, 99), f32(rng, 99)
+    p, m, v = p0.copy(), np.zeros(99, np.float32), np.zeros(99, np.float32)
+    assert ops.adam_update(p, g, m, v, step=1, lr=1e-2, engine="numpy") is p
+    assert p.dtype == m.dtype == v.dtype == np.float32
+    close(p, R.adam(p0.astype(np.float64), g.astype(np.float64), np.zeros(99), np.zeros(99), 1, 1e-2)[0])
+
+
+def test_adam_update_refuses_step_0_and_a_strided_moment():
+    p = np.ones(8, np.float32)
+    with pytest.raises(ValueError, match="step counts from 1"):
+        ops.adam_update(p, p.copy(), np.zeros(8, np.float32), np.zeros(8, np.float32), step=0, lr=1e-3, engine="numpy")
+    with pytest.raises(ValueError, match="m must be C-contiguous"):
+        ops.adam_update(p, p.copy(), np.zeros(16, np.float32)[::2], np.zeros(8, np.float32), step=1, lr=1e-3, engine="numpy")
+
+
 # ---- a chain of ops, forward and backward --------------------------------------------------------
 def chain(x, p, labels, weights, engine):
     """conv+ReLU -> pool -> conv+ReLU -> upconv -> crop_concat -> conv+ReLU -> 1x1 -> softmax_xent,

@@ -130,6 +130,35 @@ def test_dropout_statistics_and_gradient(rng):
     assert np.array_equal(R.dropout_backward(r, 0.3, 7) != 0, kept)
 
 
+def test_adam_first_step_moves_each_weight_by_lr_against_its_gradient_sign():
+    # step 1: m = (1-b1) g, v = (1-b2) g^2, the bias corrections undo both factors: lr * g / (|g| + eps)
+    g = np.array([3.0, -1e-3, 0.25])
+    p, m, v = R.adam(np.zeros(3), g, np.zeros(3), np.zeros(3), step=1, lr=0.01)
+    assert np.allclose(p, -0.01 * g / (np.abs(g) + 1e-8), rtol=1e-12)
+    assert np.allclose(m, 0.1 * g) and np.allclose(v, 0.001 * g * g)
+    # AdamW scales the weights by 1 - lr*wd before the step; Adam adds wd*param to the gradient
+    pw, _, _ = R.adam(np.ones(3), g, np.zeros(3), np.zeros(3), 1, 0.01, weight_decay=0.5, decoupled=True)
+    assert np.allclose(pw, 0.995 - 0.01 * np.sign(g), rtol=1e-6)
+    pl, _, _ = R.adam(np.ones(3), g, np.zeros(3), np.zeros(3), 1, 0.01, weight_decay=0.5)
+    assert np.allclose(pl, 1 - 0.01 * np.sign(g + 0.5), rtol=1e-6)
+
+
+@pytest.mark.parametrize("decoupled", [False, True], ids=["adam", "adamw"])
+def test_adam_matches_torch_optim_where_torch_is_installed(rng, decoupled):
+    """The reference is PyTorch's rule (the quality benchmark's peer trains with it). Skipped without torch (CI)."""
+    torch = pytest.importorskip("torch")
+    p0 = rng.standard_normal(50)
+    grads = [rng.standard_normal(50) * 10.0 ** rng.integers(-3, 2, 50) for _ in range(6)]
+    t = torch.tensor(p0, requires_grad=True)
+    opt = (torch.optim.AdamW if decoupled else torch.optim.Adam)([t], lr=1e-2, weight_decay=0.1)
+    p, m, v = p0, np.zeros(50), np.zeros(50)
+    for step, g in enumerate(grads, start=1):
+        t.grad = torch.tensor(g)
+        opt.step()
+        p, m, v = R.adam(p, g, m, v, step, 1e-2, weight_decay=0.1, decoupled=decoupled)
+    assert np.allclose(p, t.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
 def test_sgd_momentum_rule():
     p, v = R.sgd_momentum(np.array([1.0]), np.array([0.5]), np.array([0.2]), lr=0.1, momentum=0.9, weight_decay=0.01)
     assert v[0] == pytest.approx(0.9 * 0.2 - 0.1 * (0.5 + 0.01 * 1.0))

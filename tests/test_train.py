@@ -21,19 +21,36 @@ def test_training_reaches_iou_on_synthetic_cells(tmp_path):
         assert (tmp_path / f).stat().st_size > 0
 
 
-def _tiny(tmp_path, steps, name, resume=None, ckpt_every=5):
+def _tiny(tmp_path, steps, name, resume=None, ckpt_every=5, **kw):
     depth, base, tile = PRESETS["tiny"]
     m = UNet(depth=depth, base_channels=base, engine="numpy", seed=3)
-    cfg = TrainConfig(steps=steps, tile=tile, val_every=1000, ckpt_every=ckpt_every, out=str(tmp_path / name), seed=4)
+    cfg = TrainConfig(steps=steps, tile=tile, val_every=1000, ckpt_every=ckpt_every, out=str(tmp_path / name), seed=4, **kw)
     data = synthetic_dataset(3, (128, 128), seed=5)
     return train(m, data, [], cfg, resume=resume, progress=False, log=lambda *a: None)
 
 
-def test_resume_is_bit_exact(tmp_path):
-    full = _tiny(tmp_path, 12, "full")
-    _tiny(tmp_path, 6, "half", ckpt_every=6)
-    resumed = _tiny(tmp_path, 12, "half", resume=str(tmp_path / "half" / "checkpoint.npz"))
+@pytest.mark.parametrize("recipe", [dict(), dict(optimizer="adam", lr=3e-3, warmup=4, schedule="cosine"),
+                                    dict(optimizer="adamw", weight_decay=0.01, schedule="poly")],
+                         ids=["sgd", "adam-warmup-cosine", "adamw-poly"])
+def test_resume_is_bit_exact(tmp_path, monkeypatch, recipe):
+    """Stopped by Ctrl-C after step 6 of 12 and resumed: the same losses and learning rates (the
+    schedule is that of the whole run; the optimizer's state comes back from the checkpoint)."""
+    from unetcu import train as T
+    full = _tiny(tmp_path, 12, "full", **recipe)
+    real, drawn = T.draw_batch, []
+
+    def ctrl_c_at_step_7(*a):
+        drawn.append(1)
+        if len(drawn) == 7:
+            raise KeyboardInterrupt
+        return real(*a)
+    monkeypatch.setattr(T, "draw_batch", ctrl_c_at_step_7)
+    with pytest.raises(T.TrainingInterrupted):
+        _tiny(tmp_path, 12, "half", ckpt_every=100, **recipe)
+    monkeypatch.setattr(T, "draw_batch", real)
+    resumed = _tiny(tmp_path, 12, "half", resume=str(tmp_path / "half" / "checkpoint.npz"), **recipe)
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+    assert [r["lr"] for r in resumed] == [r["lr"] for r in full]
 
 
 def test_nan_loss_stops_training_and_keeps_last_checkpoint(tmp_path, monkeypatch):
@@ -54,7 +71,7 @@ def test_nan_loss_stops_training_and_keeps_last_checkpoint(tmp_path, monkeypatch
 
 
 def test_clip_gradients(rng):
-    from unetcu.train import clip_gradients
+    from unetcu.optim import clip_gradients
     g = {"a": rng.standard_normal(10).astype(np.float32), "b": rng.standard_normal((3, 4)).astype(np.float32)}
     norm = np.sqrt(sum((v.astype(np.float64) ** 2).sum() for v in g.values()))
     before = {k: v.copy() for k, v in g.items()}
@@ -63,3 +80,37 @@ def test_clip_gradients(rng):
     after = np.sqrt(sum((v.astype(np.float64) ** 2).sum() for v in g.values()))
     assert after == pytest.approx(norm / 4, rel=1e-5)
     assert np.allclose(g["a"] * 4, before["a"], rtol=1e-5)
+
+
+def test_learning_rate_schedules():
+    from unetcu.optim import lr_at
+    lrs = lambda sched, warm: [lr_at(t, 100, 0.01, warm, sched) for t in range(1, 101)]  # noqa: E731
+    assert lrs("constant", 0) == [0.01] * 100
+    w = lrs("constant", 10)
+    assert w[:10] == pytest.approx([0.001 * t for t in range(1, 11)]) and w[10:] == [0.01] * 90
+    c = lrs("cosine", 10)
+    assert c[10] == pytest.approx(0.01) and all(a > b for a, b in zip(c[10:], c[11:])) and 0 < c[-1] < 1e-4
+    p = lrs("poly", 0)
+    assert p[0] == pytest.approx(0.01) and all(a > b > 0 for a, b in zip(p, p[1:]))
+    assert p[49] == pytest.approx(0.01 * 0.51 ** 0.9)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        lr_at(1, 10, 0.01, 0, "step")
+
+
+def test_resume_refuses_another_optimizers_state(tmp_path):
+    _tiny(tmp_path, 3, "sgd", ckpt_every=3)
+    with pytest.raises(ValueError, match="holds the state of sgd, not of adam"):
+        _tiny(tmp_path, 6, "sgd", resume=str(tmp_path / "sgd" / "checkpoint.npz"), optimizer="adam")
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adam_training_reaches_iou_on_synthetic_cells(tmp_path, optimizer):
+    depth, base, tile = PRESETS["tiny"]
+    m = UNet(depth=depth, base_channels=base, engine="numpy", seed=0)
+    cfg = TrainConfig(steps=150, optimizer=optimizer, lr=3e-3, warmup=10, schedule="cosine", clip=0.0, tile=tile,
+                      val_every=150, ckpt_every=150, out=str(tmp_path), seed=0, weight_decay=1e-4)
+    hist = train(m, synthetic_dataset(6, (128, 128), seed=1), synthetic_dataset(2, (128, 128), seed=2), cfg,
+                 progress=False, log=lambda *a: None)
+    losses = np.array([r["loss"] for r in hist])
+    assert losses[-30:].mean() < 0.6 * losses[:10].mean()
+    assert hist[-1]["val_iou"] >= 0.7, hist[-1]

@@ -63,7 +63,8 @@ def _cmd_asan(a) -> int:
 # Every train option is parsed with default None, so that an option given on the command line can be
 # told from a default: a resumed run takes the options it was started with from its checkpoint.
 TRAIN_DEFAULTS = dict(data="synthetic", val_data=None, val_fraction=0.2, labels="auto", classes=2, preset="auto",
-                      engine=None, precision="fp32", cuda_graph=False, steps=None, lr=0.001, momentum=0.99,
+                      engine=None, precision="fp32", cuda_graph=False, steps=None, optimizer="sgd", lr=0.001,
+                      warmup=0, schedule="constant", momentum=0.99,
                       weight_decay=0.0, clip=1.0, batch=1, tile=None, augment="elastic", w0=10.0, sigma=5.0,
                       no_dropout=False, n_synthetic=16, val_every=100, ckpt_every=250, seed=0, out=None,
                       no_progress=False, overwrite=False)
@@ -93,6 +94,8 @@ def _train_options(a):
     state = resumed[2]
     saved = {k: v for k, v in state.get("config", {}).items() if k in TRAIN_DEFAULTS}
     saved.update(state.get("config", {}).get("run", {}))
+    if "optimizer" not in state.get("config", {"optimizer": None}):  # written before there was a choice
+        saved.update(optimizer="sgd", warmup=0, schedule="constant")
     if "run" not in state.get("config", {}):  # written before checkpoints recorded their run's options
         saved = {k: v for k, v in saved.items() if k not in ("out",)}
     for k, v in given.items():
@@ -158,7 +161,8 @@ def _cmd_train(a) -> int:
                      seed=o["seed"], precision=o["precision"])
     run = {k: o[k] for k in ("val_data", "val_fraction", "labels", "classes", "n_synthetic", "no_dropout")}
     run.update(data=data_opt, preset=preset)
-    cfg = TrainConfig(steps=steps, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"], clip=o["clip"],
+    cfg = TrainConfig(steps=steps, optimizer=o["optimizer"], lr=o["lr"], warmup=o["warmup"], schedule=o["schedule"],
+                      momentum=o["momentum"], weight_decay=o["weight_decay"], clip=o["clip"],
                       batch=o["batch"], tile=tile, augment=o["augment"], w0=o["w0"], sigma=o["sigma"],
                       val_every=o["val_every"], ckpt_every=o["ckpt_every"], seed=o["seed"], out=o["out"],
                       cuda_graph=o["cuda_graph"], run=run)
@@ -312,6 +316,7 @@ def number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .optim import OPTIMIZERS, SCHEDULES
     p = Parser(prog="unetcu", description="U-Net on hand-written CUDA kernels, with a CPU emulator for the same kernels.")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     d = sub.add_parser("demo", help="run the demo kernels (SGEMM, reduction, softmax, wmma) and check them against NumPy",
@@ -351,9 +356,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cuda-graph", action="store_true", default=None,
                    help="capture the training step once as a CUDA graph and replay it (cuda engine only)")
     t.add_argument("--steps", type=number(int, 1, 10**8), help="training steps, 1..1e8 (default: paper 10000, small 1500, tiny 300)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help="sgd (momentum, Caffe's rule, the paper's), adam or adamw (PyTorch's rules) (default sgd)")
     t.add_argument("--lr", type=number(float, 1e-10, 10), help="learning rate, 1e-10..10 (default 0.001)")
+    t.add_argument("--warmup", type=number(int, 0, 10**8), help="steps of linear learning-rate warm-up from 0 (default 0)")
+    t.add_argument("--schedule", choices=SCHEDULES,
+                   help="learning rate after the warm-up: constant, cosine (to 0 at the last step) or poly "
+                        "((1-t)^0.9) (default constant)")
     t.add_argument("--momentum", type=number(float, 0, 1, hi_open=True), help="SGD momentum in [0, 1) (default 0.99, the paper's)")
-    t.add_argument("--weight-decay", type=number(float, 0, 1), help="L2 weight decay, in [0, 1] (default 0)")
+    t.add_argument("--weight-decay", type=number(float, 0, 1),
+                   help="weight decay in [0, 1]: L2 for sgd and adam, decoupled for adamw (default 0)")
     t.add_argument("--clip", type=number(float, 0, 1e6),
                    help="clip the gradients' global L2 norm to this value (default 1; 0: off)")
     t.add_argument("--batch", type=number(int, 1, 100000), help="tiles per step, 1..100000 (default 1, the paper's)")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
-from .train import clip_gradients
+from .optim import clip_gradients
 
 
 class GraphStep:

@@ -209,3 +209,18 @@ def sgd_momentum(param, grad, velocity, lr: float, momentum: float = 0.99, weigh
     Returns new (param, velocity)."""
     v = momentum * velocity - lr * (grad + weight_decay * param)
     return param + v, v
+
+
+def adam(param, grad, m, v, step: int, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+         weight_decay: float = 0.0, decoupled: bool = False):
+    """Adam (Kingma & Ba 2015, Algorithm 1) as torch.optim.Adam computes it; decoupled=True is AdamW
+    (Loshchilov & Hutter 2019): the decay scales the weights instead of entering the gradient.
+    step counts from 1. Returns new (param, m, v)."""
+    if decoupled:
+        param = param * (1 - lr * weight_decay)
+    else:
+        grad = grad + weight_decay * param
+    m = beta1 * m + (1 - beta1) * grad
+    v = beta2 * v + (1 - beta2) * grad * grad
+    bc1, bc2 = 1 - beta1 ** step, 1 - beta2 ** step
+    return param - (lr / bc1) * m / (np.sqrt(v) / np.sqrt(bc2) + eps), m, v

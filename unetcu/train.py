@@ -30,11 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import augment, ops
+from . import augment
 from .data import Sample
 from .files import atomic_write, same_file
 from .metrics import iou
 from .model import UNet, output_size
+from .optim import Optimizer, clip_gradients, lr_at
 from .weightmap import class_balance, weight_map
 
 PRESETS = {
@@ -52,8 +53,11 @@ class TrainingDiverged(RuntimeError):
 @dataclass
 class TrainConfig:
     steps: int = 1000
+    optimizer: str = "sgd"        # sgd | adam | adamw (see optim.py)
     lr: float = 0.001
-    momentum: float = 0.99
+    warmup: int = 0               # steps of linear warm-up from 0
+    schedule: str = "constant"    # constant | cosine | poly, after the warm-up
+    momentum: float = 0.99        # sgd only
     weight_decay: float = 0.0
     clip: float = 1.0             # > 0: scale the gradients down to this global L2 norm when above it
     batch: int = 1
@@ -296,15 +300,20 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
     check_out(out, resume, overwrite)
     o = output_size(cfg.tile, model.config["depth"])
     rng = np.random.default_rng(cfg.seed)
-    velocity = {k: model.xp.zeros_like(v) for k, v in model.params.items()}
+    opt = Optimizer(cfg.optimizer, model.params, model.engine, model.xp, cfg.momentum, cfg.weight_decay)
+    lr_at(1, cfg.steps, cfg.lr, cfg.warmup, cfg.schedule)  # an unknown schedule fails here, before any work
+    if cfg.cuda_graph and (cfg.optimizer != "sgd" or cfg.schedule != "constant" or cfg.warmup):
+        raise ValueError("--cuda-graph replays one SGD update at a fixed learning rate: use it with --optimizer sgd "
+                         "--schedule constant --warmup 0")
     start, history = 0, []
     if resume:
         loaded, momentum, state = UNet.load(resume, engine=model.engine, with_state=True)
         if loaded.config != model.config:
             raise ValueError(f"--resume {resume}: its network {loaded.config} differs from this one {model.config}")
         model.params = loaded.params
+        opt = Optimizer(cfg.optimizer, model.params, model.engine, model.xp, cfg.momentum, cfg.weight_decay)
         if momentum:
-            velocity = momentum
+            opt.load_state(momentum, f"--resume {resume}")
         start = int(state.get("step", 0))
         rng.bit_generator.state = state["rng"]
         history = state.get("history", [])
@@ -319,12 +328,12 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
         if model.engine != "cuda":
             raise ValueError(f"--cuda-graph needs the cuda engine; this model runs on '{model.engine}'")
         from .graph import GraphStep
-        graph_step = GraphStep(model, velocity, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip)
+        graph_step = GraphStep(model, opt.state, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip)
 
     if resume:
         log(f"resumed from {resume} at step {start}")
     log(f"training {model.n_params:,} parameters on engine '{model.engine}': tile {cfg.tile} -> {o}, batch {cfg.batch}, "
-        f"{len(data)} training / {len(val_samples)} validation images, lr {cfg.lr}, momentum {cfg.momentum}, "
+        f"{len(data)} training / {len(val_samples)} validation images, {describe(cfg)}, "
         f"augment {cfg.augment}, steps {start}..{cfg.steps}")
     ckpt = out / "checkpoint.npz"
     csv_log = None
@@ -343,10 +352,11 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
 
     def save(step, rng_state):
         state = dict(step=step, rng=rng_state, history=history, config=asdict(cfg))
-        model.save(ckpt, momentum=velocity, state=_jsonable(state))
+        model.save(ckpt, momentum=opt.state, state=_jsonable(state))
 
     def step_done(step, loss):  # the step's row, and the state a checkpoint of this step holds
-        row = dict(step=step, loss=loss, seconds=time.perf_counter() - t_start)
+        row = dict(step=step, loss=loss, lr=lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.schedule),
+                   seconds=time.perf_counter() - t_start)
         history.append(row)
         return step, rng.bit_generator.state, row
 
@@ -376,9 +386,7 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
                     with interrupts.hold():
                         if cfg.clip > 0:
                             clip_gradients(grads, cfg.clip, model.xp)
-                        for k, p in model.params.items():
-                            ops.sgd_momentum_update(p, grads[k], velocity[k], cfg.lr, cfg.momentum, cfg.weight_decay,
-                                                    engine=model.engine)
+                        opt.step(model.params, grads, lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.schedule), step)
                         done, done_rng, row = step_done(step, loss)  # before a held Ctrl-C is raised
                 if csv_log is None:
                     open_run()
@@ -408,23 +416,12 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
     return history
 
 
-def clip_gradients(grads, max_norm: float, xp=np, sync=True):
-    """Scale all gradients in place so that their global L2 norm is at most max_norm; returns the
-    norm before clipping (a float; with sync=False a (1,) device array, and the scale
-    min(1, max_norm / norm) is applied on the device without reading anything back)."""
-    sq = sum(xp.sum(g.astype(np.float64) ** 2) for g in grads.values())
-    if not sync:
-        norm = xp.sqrt(xp.reshape(sq, (1,)))
-        scale = xp.minimum(1.0, max_norm / xp.maximum(norm, 1e-30)).astype(np.float32)
-        for g in grads.values():
-            g *= scale
-        return norm
-    norm = float(xp.sqrt(sq))
-    if norm > max_norm:
-        scale = np.float32(max_norm / norm)
-        for g in grads.values():
-            g *= scale
-    return norm
+def describe(cfg: TrainConfig) -> str:
+    """The optimizer and learning rate of a run in words, for its log."""
+    opt = f"sgd momentum {cfg.momentum}" if cfg.optimizer == "sgd" else cfg.optimizer
+    sched = "" if cfg.schedule == "constant" else f" {cfg.schedule}"
+    warm = f" after {cfg.warmup} warm-up steps" if cfg.warmup else ""
+    return f"{opt}, lr {cfg.lr}{sched}{warm}" + (f", clip {cfg.clip}" if cfg.clip > 0 else "")
 
 
 def _jsonable(x):
@@ -434,7 +431,7 @@ def _jsonable(x):
 class CsvLog:
     """log.csv, a row per step as training goes (so a long run can be watched). Opening it rewrites
     the file atomically from `history` (a resumed run's earlier steps), then rows are appended."""
-    KEYS = ["step", "loss", "val_loss", "val_iou", "seconds"]
+    KEYS = ["step", "loss", "lr", "val_loss", "val_iou", "seconds"]
 
     def __init__(self, path, history=()):
         self.path = Path(path)

@@ -8,6 +8,7 @@ TypeError; non-contiguous inputs are copied. Parameter gradients (dw, db) are ac
 into the arrays you pass (or new zero arrays), activation gradients are returned fresh.
 """
 from ._core import OP_ENGINES, default_variant as _default_variant, resolve as resolve_engine
+from .adam import adam_update
 from .conv1x1 import conv1x1_backward_data, conv1x1_backward_weight, conv1x1_forward
 from .conv3x3 import (conv3x3_backward_data, conv3x3_backward_data_concat, conv3x3_backward_weight,
                       conv3x3_backward_weight_concat, conv3x3_forward, conv3x3_forward_concat)
@@ -21,8 +22,8 @@ from .upconv2x2 import upconv2x2_backward_data, upconv2x2_backward_weight, upcon
 # op -> {variant: kernel name(s)}, for the README, the benchmarks and the tests
 from importlib import import_module as _im
 
-_c1, _c3, _cc, _do, _mp, _sgd, _sx, _up = (_im(f"{__name__}.{m}") for m in (
-    "conv1x1", "conv3x3", "crop_concat", "dropout", "maxpool2x2", "sgd", "softmax_xent", "upconv2x2"))
+_ad, _c1, _c3, _cc, _do, _mp, _sgd, _sx, _up = (_im(f"{__name__}.{m}") for m in (
+    "adam", "conv1x1", "conv3x3", "crop_concat", "dropout", "maxpool2x2", "sgd", "softmax_xent", "upconv2x2"))
 
 VARIANTS = {
     "conv3x3_forward": _c3.FORWARD, "conv3x3_forward_concat": _c3.FORWARD_CONCAT,
@@ -36,7 +37,7 @@ VARIANTS = {
     "conv1x1_forward": _c1.FORWARD, "conv1x1_backward_data": _c1.BACKWARD_DATA,
     "conv1x1_backward_weight": _c1.BACKWARD_WEIGHT,
     "dropout_forward": _do.FORWARD, "dropout_backward": _do.BACKWARD,
-    "sgd_momentum_update": _sgd.UPDATE,
+    "sgd_momentum_update": _sgd.UPDATE, "adam_update": _ad.UPDATE,
 }
 
 # op -> the variant numbers that compute in tf32 (precision="tf32"); every other variant is fp32
@@ -60,4 +61,4 @@ __all__ = ["OP_ENGINES", "VARIANTS", "TF32_VARIANTS", "default_variant", "kernel
            "upconv2x2_forward", "upconv2x2_backward_data", "upconv2x2_backward_weight",
            "crop_concat_forward", "crop_concat_backward", "softmax_xent", "softmax",
            "conv1x1_forward", "conv1x1_backward_data", "conv1x1_backward_weight",
-           "dropout_forward", "dropout_backward", "sgd_momentum_update"]
+           "dropout_forward", "dropout_backward", "sgd_momentum_update", "adam_update"]
