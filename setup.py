@@ -24,12 +24,13 @@ setup(
         "pillow>=9",
         "tifffile>=2022.5",
         "matplotlib>=3.5",
+        "scikit-image>=0.20",  # the watershed of `predict --instances watershed`
     ],
     extras_require={
         # CuPy + an NVRTC of the toolkit generation the driver runs (a newer NVRTC's cubins may not load)
         "cuda13": ["cupy-cuda13x>=14", "nvidia-cuda-nvrtc==13.0.*", "numba-cuda>=0.30"],
         "cuda12": ["cupy-cuda12x>=13", "nvidia-cuda-nvrtc-cu12", "numba-cuda>=0.30"],
-        "test": ["pytest>=7", "scikit-image>=0.20"],
+        "test": ["pytest>=7"],
     },
     entry_points={"console_scripts": ["unetcu=unetcu.cli:main"]},
 )

@@ -3,8 +3,8 @@
     python benchmarks/make_results.py DIR [--out benchmarks/RESULTS.md]
 
 DIR holds kernels.json (bench_kernels.py), step.json (bench_step.py) and optionally quality.json
-(quality.py; also looked for in DIR/quality/) and quality-*.json (more quality runs, whose sets
-are added). Nothing in RESULTS.md is typed by hand.
+(quality.py; also looked for in DIR/quality/), quality-*.json (more quality runs, whose runs are
+added) and ablation/runs.jsonl (ablation.py). Nothing in RESULTS.md is typed by hand.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -161,18 +163,42 @@ def conv_ratio_section(k):
 
 
 def quality_section(q):
-    names = ("pixel_error", "pixel_error_fscore", "iou", "seg", "rand_error", "info_error")
+    """Mean +- standard deviation over seeds per set and arm (the runs of quality.json and quality-*.json)."""
+    names = ("pixel_error", "pixel_error_fscore", "iou", "seg", "seg_watershed", "rand_error", "info_error")
+    runs = q["runs"]
     out = ["## Segmentation quality (benchmarks/quality.py)", "",
            f"Measured {q['date']} on {q['machine']}, engine {q['engine']}, preset {q['preset']}, {q['steps']} steps of "
-           f"one {q['tile']} tile, lr {q['lr']}. Held-out images of the shared data; see the script for the splits. "
-           "w0: the weight map's border term (0 = class balancing only); clip: gradient-norm clipping (0 = off).", "",
-           "| set | train / test images | w0 | clip | train s | predict s/image | " + " | ".join(names) + " |",
+           f"one {q['tile']} tile. Held-out images of the shared data; see the script for the splits. unetcu: "
+           "`unetcu train`'s defaults; peer: a PyTorch U-Net of the same architecture, Adam 1e-3, class-balanced "
+           "cross-entropy, random windows with the 8 rotations/flips (benchmarks/peer.py). Mean +- std over seeds. "
+           "seg: instances as connected components (predict's default); seg_watershed: `predict --instances "
+           "watershed` (seed spacing 0.9 x the training objects' median radius).", "",
+           "| set | arm | seeds | train / test images | train s | predict s/image | " + " | ".join(names) + " |",
            "|---|---|---|---|---|---|" + "---|" * len(names)]
-    for name, r in q["sets"].items():
-        out.append(f"| {name} | {r['train_images']} / {r['test_images']} | {r.get('w0', '')} | {r.get('clip', q.get('clip', 0))} | "
-                   f"{r['train_seconds']:.0f} | {r['predict_seconds_per_image']:.2f} | "
-                   + " | ".join(f"{r['mean'][n]:.4f}" for n in names) + " |")
+    for key in dict.fromkeys((r["set"], r["arm"]) for r in runs):
+        rs = [r for r in runs if (r["set"], r["arm"]) == key]
+        cells = [f"{np.mean([r['mean'][n] for r in rs]):.4f} +- {np.std([r['mean'][n] for r in rs]):.4f}"
+                 if all(n in r["mean"] for r in rs) else "" for n in names]
+        out.append(f"| {key[0]} | {key[1]} | {len(rs)} | {rs[0]['train_images']} / {rs[0]['test_images']} | "
+                   f"{np.mean([r['train_seconds'] for r in rs]):.0f} | {np.mean([r['predict_seconds_per_image'] for r in rs]):.2f} | "
+                   + " | ".join(cells) + " |")
     return out
+
+
+def ablation_section(runs):
+    """The recipe ablation (benchmarks/ablation.py's runs.jsonl), one table per set."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ablation import report
+    r0 = runs[0]
+    return ["## Training recipe ablation (benchmarks/ablation.py)", "",
+            f"Measured {r0.get('date', '')} on {r0.get('machine', '')}: the small network trained in the peer harness "
+            "(PyTorch at its CPU speed on unetcu's tiles, weight maps, overlap-tile prediction and metrics; unetcu's "
+            "gradients equal this net's), one factor changed at a time from unetcu's former recipe (SGD momentum "
+            "0.99, lr 1e-3, clip 1, elastic warp, He init) and from the plain PyTorch recipe (Adam 1e-3, random "
+            "windows with flips, PyTorch's init, w0 0). rand_error, info_error: foreground-restricted, best over "
+            "thresholds; seg: connected components of p > 0.5; seg_ws_prob: seeded watershed from cores p > 0.9; "
+            "seg_ws_dist: watershed from the distance transform's maxima at least 7 px apart (predict's watershed spaces "
+            "them by the training objects' size instead: see the quality table).", report(runs), ""]
 
 
 def main(argv=None):
@@ -184,12 +210,13 @@ def main(argv=None):
     k, s = _load(d, "kernels.json"), _load(d, "step.json")
     q = None
     runs = [r for r in [_load(d, "quality.json")] if r] + [json.loads(p.read_text()) for p in sorted(d.glob("quality-*.json"))]
-    for run in runs:  # later runs add or replace sets (same preset and steps); settings stay per set
-        for r in run["sets"].values():
-            r.setdefault("clip", run.get("clip", 0.0))
-        q = q or run
-        q["sets"].update(run["sets"])
-    if not (k or s or q):
+    for run in runs:  # later files add runs (same preset and steps); a file of the earlier format holds sets
+        rs = run.get("runs") or [dict(set=k, arm=f"unetcu (sgd 0.99, clip {r.get('clip', 0)}; {run['date']})", seed=0, **r)
+                                 for k, r in run["sets"].items()]
+        q = q or dict(run, runs=[])
+        q["runs"] += rs
+    abl = [json.loads(line) for line in open(d / "ablation" / "runs.jsonl")] if (d / "ablation" / "runs.jsonl").exists() else []
+    if not (k or s or q or abl):
         print(f"make_results: no kernels.json, step.json or quality.json in {d}", file=sys.stderr)
         return 1
     lines = ["# unetcu benchmark results", "",
@@ -203,6 +230,8 @@ def main(argv=None):
         lines += step_section(s) + [""]
     if q:
         lines += quality_section(q) + [""]
+    if abl:
+        lines += ablation_section(abl)
     out.write_text("\n".join(lines))
     print(f"wrote {out}")
     return 0

@@ -59,3 +59,47 @@ def test_harness_agrees_with_torch_where_torch_is_installed():
     assert not [r for r in rows if "error" in r]
     checked = [r for r in rows if "check_rel_err" in r]
     assert len(checked) > 20 and all(r["check_rel_err"] <= (1e-4 if r["precision"] == "fp32" else 5e-3) for r in checked)
+
+
+def test_peer_harness_trains_what_unetcu_train_trains_where_torch_is_installed(tmp_path):
+    """The ablation measures recipes in the PyTorch peer harness on the claim that unetcu's recipe run
+    there is unetcu's training: same initial weights, same tiles, same update, so the same losses
+    step by step (dropout off: the two draw their masks differently). Skipped without torch (CI)."""
+    import numpy as np
+    import pytest
+    torch = pytest.importorskip("torch")
+    from peer import Recipe, train_peer
+    from unetcu import UNet
+    from unetcu.data import synthetic_dataset
+    from unetcu.train import TrainConfig, train
+    torch.set_num_threads(1)
+    data = synthetic_dataset(3, (96, 96), seed=7)
+    for i, recipe in enumerate((Recipe.unetcu(dropout=0.0, w0=10.0), Recipe.unetcu(dropout=0.0, w0=10.0, optimizer="adam", clip=0.0))):
+        _, peer = train_peer(data, recipe, 6, 3, 8, 92, seed=3)
+        m = UNet(depth=3, base_channels=8, dropout=0.0, engine="numpy", seed=3)
+        cfg = TrainConfig(steps=6, tile=92, optimizer=recipe.optimizer, clip=recipe.clip, w0=10.0, seed=3,
+                          out=str(tmp_path / f"run{i}"), ckpt_every=100)
+        ours = [r["loss"] for r in train(m, data, [], cfg, progress=False, log=lambda *a: None)]
+        assert np.allclose(peer, ours, rtol=2e-5), (recipe.optimizer, peer, ours)
+        assert len(set(np.round(ours, 3))) > 3  # the losses move: the comparison is not of six equal numbers
+
+
+def test_quality_and_ablation_tables_give_mean_and_spread_over_seeds(tmp_path):
+    """make_results renders quality.py's runs and ablation.py's runs.jsonl as mean +- std per arm."""
+    metrics = ("pixel_error", "pixel_error_fscore", "iou", "seg", "rand_error", "info_error")
+    runs = [dict(set="isbi2012", arm=arm, seed=seed, train_images=20, test_images=5, train_seconds=10.0,
+                 predict_seconds_per_image=1.0, mean={m: v for m in metrics}, images={})
+            for arm, vals in (("unetcu", (0.2, 0.4)), ("peer", (0.5, 0.5))) for seed, v in enumerate(vals)]
+    (tmp_path / "quality.json").write_text(json.dumps(dict(date="d", machine="m", engine="numpy", preset="small",
+                                                           steps=9, tile=188, runs=runs)))
+    (tmp_path / "ablation").mkdir()
+    rows = [dict(set="dic_hela", label="plain", seed=s, steps=9, preset="small", date="d", machine="m", diverged=False,
+                 images={"a": dict(rand_error=v, info_error=v, pixel_error=v, iou=v, seg=v, seg_ws_prob=v, seg_ws_dist=v)})
+            for s, v in enumerate((0.1, 0.3))]
+    (tmp_path / "ablation" / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = subprocess.run([sys.executable, str(BENCH / "make_results.py"), str(tmp_path), "--out", str(tmp_path / "R.md")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "R.md").read_text()
+    assert "| isbi2012 | unetcu | 2 |" in text and "0.3000 +- 0.1000" in text and "0.5000 +- 0.0000" in text
+    assert "| plain | 2 | 0.200 +- 0.100 |" in text

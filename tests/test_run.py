@@ -93,25 +93,27 @@ def test_ctrl_c_saves_logs_and_resumes_from_the_checkpoint_alone(tmp_path):
     assert state["step"] == k + 3 and state["config"]["run"]["preset"] == "tiny"
 
 
-def _tiny_run(tmp_path, name, steps=10, resume=None, val=(), overwrite=False):
+def _tiny_run(tmp_path, name, steps=10, resume=None, val=(), overwrite=False, **kw):
     depth, base, tile = PRESETS["tiny"]
     m = UNet(depth=depth, base_channels=base, engine="numpy", seed=3)
-    cfg = TrainConfig(steps=steps, tile=tile, val_every=4, ckpt_every=1000, out=str(tmp_path / name), seed=4)
+    cfg = TrainConfig(steps=steps, tile=tile, val_every=4, ckpt_every=1000, out=str(tmp_path / name), seed=4, **kw)
     return train(m, synthetic_dataset(3, (128, 128), seed=5), list(val), cfg, resume=resume, progress=False,
                  log=lambda *a: None, overwrite=overwrite)
 
 
-@pytest.mark.parametrize("where", ["forward", "update", "validation"])
+@pytest.mark.parametrize("where", ["forward", "update-sgd", "update-adam", "validation"])
 def test_interrupt_anywhere_in_a_step_resumes_exactly(tmp_path, monkeypatch, where):
     """SIGINT in the forward pass loses that step; in the middle of the weight update it is held
     until the update is complete (the saved state is never half a step); during validation the step
     is kept. The resumed run repeats the uninterrupted run's losses bit for bit."""
     val = synthetic_dataset(1, (64, 64), seed=9)
-    full = [r["loss"] for r in _tiny_run(tmp_path, "full", val=val)]
+    where, _, optimizer = where.partition("-")
+    kw = dict(optimizer=optimizer, warmup=3, schedule="cosine") if optimizer else {}
+    full = [r["loss"] for r in _tiny_run(tmp_path, "full", val=val, **kw)]
     from unetcu import ops, train as T
     calls = {"n": 0}
-    target = {"forward": (UNet, "loss_and_grads"), "update": (ops, "sgd_momentum_update"),
-              "validation": (T, "evaluate")}[where]
+    target = {"forward": (UNet, "loss_and_grads"), "validation": (T, "evaluate"),
+              "update": (ops, "adam_update" if optimizer == "adam" else "sgd_momentum_update")}[where]
     real = getattr(*target)
     nparams = len(UNet(depth=3, base_channels=8, engine="numpy").params)
     fire_at = {"forward": 6, "update": 5 * nparams + 3, "validation": 1}[where]
@@ -124,12 +126,12 @@ def test_interrupt_anywhere_in_a_step_resumes_exactly(tmp_path, monkeypatch, whe
 
     monkeypatch.setattr(*target, planted)
     with pytest.raises(TrainingInterrupted) as e:
-        _tiny_run(tmp_path, "cut", val=val)
+        _tiny_run(tmp_path, "cut", val=val, **kw)
     monkeypatch.setattr(*target, real)
     expect = {"forward": 5, "update": 6, "validation": 4}[where]
     assert e.value.step == expect and e.value.checkpoint == tmp_path / "cut" / "checkpoint.npz"
     assert [int(r["step"]) for r in rows(tmp_path / "cut" / "log.csv")] == list(range(1, expect + 1))
-    resumed = _tiny_run(tmp_path, "cut", resume=str(tmp_path / "cut" / "checkpoint.npz"), val=val)
+    resumed = _tiny_run(tmp_path, "cut", resume=str(tmp_path / "cut" / "checkpoint.npz"), val=val, **kw)
     assert [r["loss"] for r in resumed] == full
 
 

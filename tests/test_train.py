@@ -98,9 +98,12 @@ def test_learning_rate_schedules():
 
 
 def test_resume_refuses_another_optimizers_state(tmp_path):
-    _tiny(tmp_path, 3, "sgd", ckpt_every=3)
+    _tiny(tmp_path, 3, "sgd", ckpt_every=3, optimizer="sgd")
     with pytest.raises(ValueError, match="holds the state of sgd, not of adam"):
         _tiny(tmp_path, 6, "sgd", resume=str(tmp_path / "sgd" / "checkpoint.npz"), optimizer="adam")
+    _tiny(tmp_path, 3, "adam", ckpt_every=3, optimizer="adam")
+    with pytest.raises(ValueError, match="holds the state of adam or adamw, not of sgd"):
+        _tiny(tmp_path, 6, "adam", resume=str(tmp_path / "adam" / "checkpoint.npz"), optimizer="sgd")
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])

@@ -63,9 +63,9 @@ def _cmd_asan(a) -> int:
 # Every train option is parsed with default None, so that an option given on the command line can be
 # told from a default: a resumed run takes the options it was started with from its checkpoint.
 TRAIN_DEFAULTS = dict(data="synthetic", val_data=None, val_fraction=0.2, labels="auto", classes=2, preset="auto",
-                      engine=None, precision="fp32", cuda_graph=False, steps=None, optimizer="sgd", lr=0.001,
-                      warmup=0, schedule="constant", momentum=0.99,
-                      weight_decay=0.0, clip=1.0, batch=1, tile=None, augment="elastic", w0=10.0, sigma=5.0,
+                      engine=None, precision="fp32", cuda_graph=False, steps=None, optimizer="adam", lr=0.001,
+                      warmup=None, schedule="cosine", momentum=0.99,
+                      weight_decay=0.0, clip=0.0, batch=1, tile=None, augment="elastic", w0=10.0, sigma=5.0,
                       no_dropout=False, n_synthetic=16, val_every=100, ckpt_every=250, seed=0, out=None,
                       no_progress=False, overwrite=False)
 # what a resumed run may change; every other option given with --resume must equal the run's own
@@ -94,7 +94,7 @@ def _train_options(a):
     state = resumed[2]
     saved = {k: v for k, v in state.get("config", {}).items() if k in TRAIN_DEFAULTS}
     saved.update(state.get("config", {}).get("run", {}))
-    if "optimizer" not in state.get("config", {"optimizer": None}):  # written before there was a choice
+    if "optimizer" not in state.get("config", {"optimizer": None}):  # written when SGD at a fixed lr was all there was
         saved.update(optimizer="sgd", warmup=0, schedule="constant")
     if "run" not in state.get("config", {}):  # written before checkpoints recorded their run's options
         saved = {k: v for k, v in saved.items() if k not in ("out",)}
@@ -235,7 +235,8 @@ def _cmd_predict(a) -> int:
     from .predict import PredictInterrupted, predict_files
     try:
         predict_files(a.model, a.images, a.out, engine=a.engine, tile=a.tile, batch=a.batch, tta=a.tta,
-                      progress=not a.no_progress, precision=a.precision, overwrite=a.overwrite)
+                      progress=not a.no_progress, precision=a.precision, overwrite=a.overwrite,
+                      instances=a.instances, min_distance=a.min_distance)
     except PredictInterrupted as e:
         _ignore_sigint()
         print(f"unetcu predict: interrupted after {len(e.done)} of {len(e.done) + len(e.left)} pages: their outputs "
@@ -357,17 +358,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="capture the training step once as a CUDA graph and replay it (cuda engine only)")
     t.add_argument("--steps", type=number(int, 1, 10**8), help="training steps, 1..1e8 (default: paper 10000, small 1500, tiny 300)")
     t.add_argument("--optimizer", choices=OPTIMIZERS,
-                   help="sgd (momentum, Caffe's rule, the paper's), adam or adamw (PyTorch's rules) (default sgd)")
+                   help="adam, adamw (PyTorch's rules) or sgd (momentum, Caffe's rule, the paper's) (default adam: "
+                        "see the README's Training)")
     t.add_argument("--lr", type=number(float, 1e-10, 10), help="learning rate, 1e-10..10 (default 0.001)")
-    t.add_argument("--warmup", type=number(int, 0, 10**8), help="steps of linear learning-rate warm-up from 0 (default 0)")
+    t.add_argument("--warmup", type=number(int, 0, 10**8),
+                   help="steps of linear learning-rate warm-up from 0 (default min(100, steps/10))")
     t.add_argument("--schedule", choices=SCHEDULES,
                    help="learning rate after the warm-up: constant, cosine (to 0 at the last step) or poly "
-                        "((1-t)^0.9) (default constant)")
+                        "((1-t)^0.9) (default cosine)")
     t.add_argument("--momentum", type=number(float, 0, 1, hi_open=True), help="SGD momentum in [0, 1) (default 0.99, the paper's)")
     t.add_argument("--weight-decay", type=number(float, 0, 1),
                    help="weight decay in [0, 1]: L2 for sgd and adam, decoupled for adamw (default 0)")
     t.add_argument("--clip", type=number(float, 0, 1e6),
-                   help="clip the gradients' global L2 norm to this value (default 1; 0: off)")
+                   help="clip the gradients' global L2 norm to this value (default 0: off)")
     t.add_argument("--batch", type=number(int, 1, 100000), help="tiles per step, 1..100000 (default 1, the paper's)")
     t.add_argument("--tile", type=number(int, 1, 100000), help="input tile size, 1..100000 (default: the preset's)")
     t.add_argument("--augment", choices=("elastic", "flips", "none"),
@@ -414,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tile", type=number(int, 1, 100000), help="input tile size (default: 572 for the paper net, else about 388 output)")
     pr.add_argument("--batch", type=number(int, 1, 100000), default=4, help="tiles per forward pass, 1..100000 (default 4)")
     pr.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips (8x slower)")
+    pr.add_argument("--instances", choices=("components", "watershed"), default="components",
+                    help="how NAME_instances.png splits the foreground into objects: components (connected, the "
+                         "default) or watershed (touching round objects split at their necks; see the README)")
+    pr.add_argument("--min-distance", type=number(int, 1, 100000), metavar="PX",
+                    help="watershed: least distance between two objects' centres in pixels (default: 0.9 x the "
+                         "median radius of the objects the model was trained on)")
     pr.add_argument("--overwrite", action="store_true",
                     help="replace existing output files (never an input file)")
     pr.add_argument("--no-progress", action="store_true", help="no line per image on stderr")

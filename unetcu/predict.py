@@ -12,22 +12,24 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from .data import ImageFile, page_names, standardise
 from .files import atomic_write, same_file
+from .instances import METHODS as INSTANCE_METHODS, instances as find_instances, min_distance_for
 from .model import UNet, check_memory
 from .ops._core import PRECISIONS
 from .tiling import default_tile, predict_probs
 from .viz import colour_instances
 
 OUTPUTS = ("_prob.tif", "_labels.png", "_instances.png", "_overlay.png")
-def write_results(out: Path, name: str, probs: np.ndarray, img: np.ndarray | None = None):
+def write_results(out: Path, name: str, probs: np.ndarray, img: np.ndarray | None = None, method: str = "components",
+                  min_distance: int = 7):
     import tifffile
     from PIL import Image
     k = probs.shape[0]
     labels = probs.argmax(0)
-    inst, n = ndi.label(labels > 0)
+    inst = find_instances(labels > 0, method, min_distance)
+    n = int(inst.max())
     if n >= 2**16:
         raise ValueError(f"{name}: {n} objects do not fit a 16-bit instance image")
     scale = 255 // max(1, k - 1)
@@ -60,8 +62,18 @@ def check_outputs(out: Path, names, inputs, overwrite: bool) -> list[Path]:
 
 
 def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, tta=False, progress=True,
-                  precision="fp32", overwrite=False):
-    model = UNet.load(model_path, engine=engine)
+                  precision="fp32", overwrite=False, instances="components", min_distance=None):
+    """Segment image files (see the module's docstring); instances: the method of NAME_instances.png,
+    one of unetcu.instances.METHODS; min_distance: the watershed's seed spacing in pixels (default:
+    from the checkpoint's object_radius). Raises ValueError for watershed without either."""
+    if instances not in INSTANCE_METHODS:
+        raise ValueError(f"instances must be one of {INSTANCE_METHODS}, got {instances!r}")
+    model, _, state = UNet.load(model_path, engine=engine, with_state=True)
+    if instances == "watershed" and min_distance is None:
+        if not state.get("object_radius"):
+            raise ValueError(f"{model_path} does not record the size of its training objects (trained on class labels, "
+                             "or by an older unetcu): give --min-distance PX for --instances watershed")
+        min_distance = min_distance_for(state["object_radius"])
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     model.precision = precision
@@ -91,7 +103,7 @@ def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, 
             del page
             try:
                 probs = predict_probs(model, img, tile=tile, batch=batch, tta=tta)
-                n = write_results(out, name, probs, img)
+                n = write_results(out, name, probs, img, instances, min_distance or 7)
             except KeyboardInterrupt:  # a page's outputs are all there or none: drop a partial set
                 for suffix in OUTPUTS:
                     (out / f"{name}{suffix}").unlink(missing_ok=True)

@@ -1,14 +1,14 @@
-"""The autograd-free trainer: SGD with momentum 0.99 on one large tile per step (the paper's choice),
-weighted cross-entropy with the paper's weight maps, elastic augmentation, periodic validation,
-checkpoints, bit-exact resume, a progress bar, a CSV log and PNG plots.
+"""The autograd-free trainer: one large tile per step (the paper's choice), weighted cross-entropy
+with the paper's weight maps, elastic augmentation, periodic validation, checkpoints, bit-exact
+resume, a progress bar, a CSV log and PNG plots.
 
-Learning rate: 0.001 by default (loss normalised per pixel, momentum 0.99); the paper does not
-state its own. Measured on the small preset: on synthetic cells 0.01 diverged after ~200 steps,
-0.003 and 0.001 both trained (validation IoU 0.92 after 600 steps); on DIC-HeLa 0.003 let the
-net die (all ReLUs off, constant output) within the first steps, and 0.001 let it die after ~600
-steps. Clipping the gradients' global L2 norm to 1 (the default; not in the paper) kept it
-training: foreground IoU 0.78 on held-out frames after 1500 steps. For the paper network both
-are untested without a GPU.
+Optimizer (optim.py): Adam, lr 0.001, a linear warm-up over min(100, steps/10) steps, then cosine
+to 0, no clipping, by default; the paper's SGD with momentum 0.99 (Caffe's rule) is --optimizer sgd.
+Chosen by benchmarks/ablation.py (the table in benchmarks/RESULTS.md): on held-out ISBI 2012 and
+DIC-HeLa after 1500 steps of the small net, Adam with the schedule segmented better than SGD 0.99
+(lr 0.001, clipping at 1, the former defaults) and better than a plain PyTorch recipe. Under SGD
+0.99 the small net on DIC-HeLa died without clipping (lr 0.001 after ~600 steps, 0.003 at once);
+the paper network's recipe is untested without a GPU.
 Determinism: every random draw (tile position, augmentation, dropout mask) comes from one NumPy
 generator seeded by `seed`, whose state is saved in each checkpoint, so a resumed run repeats the
 uninterrupted run's losses exactly on the numpy engine (emu and cuda sum the loss with float
@@ -32,6 +32,7 @@ import numpy as np
 
 from . import augment
 from .data import Sample
+from .instances import object_radius
 from .files import atomic_write, same_file
 from .metrics import iou
 from .model import UNet, output_size
@@ -53,13 +54,21 @@ class TrainingDiverged(RuntimeError):
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    optimizer: str = "sgd"        # sgd | adam | adamw (see optim.py)
+    optimizer: str = "adam"       # sgd | adam | adamw (see optim.py); the defaults: benchmarks/RESULTS.md's ablation
     lr: float = 0.001
-    warmup: int = 0               # steps of linear warm-up from 0
-    schedule: str = "constant"    # constant | cosine | poly, after the warm-up
+    warmup: int | None = None     # steps of linear warm-up from 0; None: min(100, steps // 10)
+    schedule: str = "cosine"      # constant | cosine | poly, after the warm-up
     momentum: float = 0.99        # sgd only
     weight_decay: float = 0.0
-    clip: float = 1.0             # > 0: scale the gradients down to this global L2 norm when above it
+    clip: float = 0.0             # > 0: scale the gradients down to this global L2 norm when above it
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.warmup if self.warmup is not None else min(100, self.steps // 10)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step (from 1), see optim.lr_at."""
+        return lr_at(step, self.steps, self.lr, self.warmup_steps, self.schedule)
     batch: int = 1
     tile: int = 188
     augment: str = "elastic"      # elastic | flips | none
@@ -301,8 +310,10 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
     o = output_size(cfg.tile, model.config["depth"])
     rng = np.random.default_rng(cfg.seed)
     opt = Optimizer(cfg.optimizer, model.params, model.engine, model.xp, cfg.momentum, cfg.weight_decay)
-    lr_at(1, cfg.steps, cfg.lr, cfg.warmup, cfg.schedule)  # an unknown schedule fails here, before any work
-    if cfg.cuda_graph and (cfg.optimizer != "sgd" or cfg.schedule != "constant" or cfg.warmup):
+    cfg.lr_at(1)  # an unknown schedule fails here, before any work
+    if cfg.cuda_graph and model.engine != "cuda":
+        raise ValueError(f"--cuda-graph needs the cuda engine; this model runs on '{model.engine}'")
+    if cfg.cuda_graph and (cfg.optimizer != "sgd" or cfg.schedule != "constant" or cfg.warmup_steps):
         raise ValueError("--cuda-graph replays one SGD update at a fixed learning rate: use it with --optimizer sgd "
                          "--schedule constant --warmup 0")
     start, history = 0, []
@@ -323,10 +334,9 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
     if start >= cfg.steps:
         raise ValueError(f"--resume {resume}: the run is at step {start} already; give --steps above {start} to go on")
     data = prepare(train_samples, cfg, model)
+    radius = object_radius([s.instances for s in train_samples if not s.semantic])  # for predict --instances watershed
     graph_step = None
     if cfg.cuda_graph:
-        if model.engine != "cuda":
-            raise ValueError(f"--cuda-graph needs the cuda engine; this model runs on '{model.engine}'")
         from .graph import GraphStep
         graph_step = GraphStep(model, opt.state, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip)
 
@@ -351,11 +361,11 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
     done, done_rng = start, rng.bit_generator.state
 
     def save(step, rng_state):
-        state = dict(step=step, rng=rng_state, history=history, config=asdict(cfg))
+        state = dict(step=step, rng=rng_state, history=history, config=asdict(cfg), object_radius=radius)
         model.save(ckpt, momentum=opt.state, state=_jsonable(state))
 
     def step_done(step, loss):  # the step's row, and the state a checkpoint of this step holds
-        row = dict(step=step, loss=loss, lr=lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.schedule),
+        row = dict(step=step, loss=loss, lr=cfg.lr_at(step),
                    seconds=time.perf_counter() - t_start)
         history.append(row)
         return step, rng.bit_generator.state, row
@@ -386,7 +396,7 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
                     with interrupts.hold():
                         if cfg.clip > 0:
                             clip_gradients(grads, cfg.clip, model.xp)
-                        opt.step(model.params, grads, lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.schedule), step)
+                        opt.step(model.params, grads, cfg.lr_at(step), step)
                         done, done_rng, row = step_done(step, loss)  # before a held Ctrl-C is raised
                 if csv_log is None:
                     open_run()
@@ -420,7 +430,7 @@ def describe(cfg: TrainConfig) -> str:
     """The optimizer and learning rate of a run in words, for its log."""
     opt = f"sgd momentum {cfg.momentum}" if cfg.optimizer == "sgd" else cfg.optimizer
     sched = "" if cfg.schedule == "constant" else f" {cfg.schedule}"
-    warm = f" after {cfg.warmup} warm-up steps" if cfg.warmup else ""
+    warm = f" after {cfg.warmup_steps} warm-up steps" if cfg.warmup_steps else ""
     return f"{opt}, lr {cfg.lr}{sched}{warm}" + (f", clip {cfg.clip}" if cfg.clip > 0 else "")
 
 

@@ -1,0 +1,145 @@
+"""The quality benchmark's peer: a PyTorch U-Net of unetcu's exact architecture (torch_unet.TorchUNet),
+trained by a stated recipe on tiles drawn by unetcu's own pipeline (unetcu.train.draw_batch), and
+evaluated by unetcu's own overlap-tile code and metrics. Benchmark-only; PyTorch is not part of unetcu.
+
+Because unetcu's gradients equal this net's (tests/test_reference.py checks the float64 model),
+a recipe run here with recipe.unetcu() trains what `unetcu train` trains, at PyTorch's CPU speed:
+that is how the ablation (benchmarks/ablation.py) measures many recipes x seeds on two cores.
+
+    recipe = Recipe(optimizer="adam", lr=1e-3, augment="flips")       # the plain PyTorch recipe
+    unet = train_peer(samples, recipe, steps=1500, depth=4, base=16, tile=188, seed=0)
+    probs = predict_probs(TorchPredictor(unet), image, tile=188)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from torch_unet import TorchUNet, weighted_xent
+from unetcu import UNet
+from unetcu.train import TrainConfig, draw_batch, prepare
+
+
+@dataclass
+class Recipe:
+    """How a net is trained. The defaults are the plain recipe most PyTorch users pick."""
+    optimizer: str = "adam"      # adam | adamw | sgd (Caffe's momentum rule, as unetcu's sgd.cu)
+    lr: float = 1e-3
+    momentum: float = 0.99       # sgd only
+    weight_decay: float = 0.0
+    clip: float = 0.0            # > 0: global L2 norm clipping
+    schedule: str = "constant"   # constant | cosine | poly (power 0.9), after the warm-up
+    warmup: int = 0              # steps of linear warm-up from 0
+    augment: str = "flips"       # flips (random window, 8 rotations/flips) | elastic (unetcu's warp) | none
+    elastic_sigma: float = 10.0
+    w0: float = 0.0              # the weight map's border term; 0: class balancing only
+    dropout: float = 0.5
+    init: str = "torch"          # torch (PyTorch's default) | he (unetcu's: N(0, sqrt(2/fan_in)), bias 0)
+
+    @staticmethod
+    def unetcu(**kw) -> "Recipe":
+        """unetcu's defaults of before this benchmark: SGD 0.99, lr 1e-3, clip 1, elastic warp, He init."""
+        return Recipe(**{**dict(optimizer="sgd", lr=1e-3, momentum=0.99, clip=1.0, augment="elastic", init="he"), **kw})
+
+    def label(self) -> str:
+        d, base = asdict(self), asdict(Recipe())
+        return ", ".join(f"{k}={v}" for k, v in d.items() if v != base[k]) or "plain"
+
+
+def lr_at(recipe: Recipe, step: int, steps: int) -> float:
+    """The learning rate of step (1-based) of steps: linear warm-up, then constant, cosine to 0, or
+    poly (1 - t)^0.9, t the fraction of the steps after the warm-up."""
+    if recipe.warmup and step <= recipe.warmup:
+        return recipe.lr * step / recipe.warmup
+    t = (step - recipe.warmup - 1) / max(steps - recipe.warmup, 1)
+    if recipe.schedule == "cosine":
+        return recipe.lr * 0.5 * (1 + math.cos(math.pi * t))
+    if recipe.schedule == "poly":
+        return recipe.lr * (1 - t) ** 0.9
+    return recipe.lr
+
+
+def _pairs(unet: UNet, net: TorchUNet):
+    """(unetcu parameter name, torch parameter) for every parameter of the two nets."""
+    d = unet.config["depth"]
+    out = []
+    for l in range(d):
+        for j in (0, 1):
+            out.append((f"down{l}.conv{j + 1}", net.down[l][j]))
+    for i, l in enumerate(range(d - 2, -1, -1)):
+        out.append((f"up{l}.upconv", net.upconvs[i]))
+        for j in (0, 1):
+            out.append((f"up{l}.conv{j + 1}", net.ups[i][j]))
+    out.append(("head", net.head))
+    return out
+
+
+def to_torch(unet: UNet, net: TorchUNet):
+    with torch.no_grad():
+        for name, m in _pairs(unet, net):
+            m.weight.copy_(torch.from_numpy(np.asarray(unet.params[f"{name}.weight"])))
+            m.bias.copy_(torch.from_numpy(np.asarray(unet.params[f"{name}.bias"])))
+
+
+def to_unet(net: TorchUNet, unet: UNet):
+    for name, m in _pairs(unet, net):
+        unet.params[f"{name}.weight"][...] = m.weight.detach().numpy()
+        unet.params[f"{name}.bias"][...] = m.bias.detach().numpy()
+
+
+class TorchPredictor:
+    """What unetcu.tiling.predict_probs needs of a model, computed by the torch net."""
+
+    def __init__(self, net: TorchUNet, config: dict):
+        self.net, self.config, self.xp = net.eval(), config, np
+
+    def predict_proba(self, x):
+        with torch.no_grad():
+            return torch.softmax(self.net(torch.from_numpy(np.ascontiguousarray(x))), 1).numpy()
+
+
+def train_peer(samples, recipe: Recipe, steps: int, depth: int, base: int, tile: int, seed: int = 0,
+               sigma: float = 5.0, log=None):
+    """Train a TorchUNet on samples (unetcu.data.Sample) for steps of one tile; returns
+    (TorchPredictor, the per-step losses). Tiles, weight maps and the dropout rate follow the recipe;
+    tile positions and augmentation come from default_rng(seed), the initial weights from seed."""
+    torch.manual_seed(seed)
+    unet = UNet(depth=depth, base_channels=base, dropout=recipe.dropout, engine="numpy", seed=seed)
+    net = TorchUNet(depth=depth, base=base, dropout=recipe.dropout)
+    if recipe.init == "he":
+        to_torch(unet, net)
+    elif recipe.init != "torch":
+        raise ValueError(f"init must be torch or he, got {recipe.init!r}")
+    if recipe.optimizer == "sgd":  # Caffe: v <- m v - lr g; p <- p + v  (torch's SGD equals it at a fixed lr)
+        opt = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    elif recipe.optimizer in ("adam", "adamw"):
+        cls = torch.optim.Adam if recipe.optimizer == "adam" else torch.optim.AdamW
+        opt = cls(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    else:
+        raise ValueError(f"optimizer must be sgd, adam or adamw, got {recipe.optimizer!r}")
+    cfg = TrainConfig(steps=steps, tile=tile, augment=recipe.augment, elastic_sigma=recipe.elastic_sigma,
+                      w0=recipe.w0, sigma=sigma, seed=seed)
+    data = prepare(samples, cfg, unet)
+    rng = np.random.default_rng(seed)
+    losses = []
+    net.train()
+    for step in range(1, steps + 1):
+        x, lab, wt = draw_batch(data, cfg, unet, rng)
+        rng.integers(2**63)  # unetcu's trainer draws the dropout seed here: the same tiles for the same seed
+        for g in opt.param_groups:
+            g["lr"] = lr_at(recipe, step, steps)
+        opt.zero_grad()
+        loss = weighted_xent(net(torch.from_numpy(x)), torch.from_numpy(lab).long(), torch.from_numpy(wt))
+        loss.backward()
+        if recipe.clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.clip)
+        opt.step()
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            break
+        if log and (step % max(steps // 5, 1) == 0):
+            log(f"  step {step}/{steps}: loss {np.mean(losses[-50:]):.4f}")
+    return TorchPredictor(net, unet.config), losses
