@@ -338,8 +338,11 @@ def test_kernel_names_parser():
         }
         template <int N> __global__ void templated(float* x) {}
         static __device__ void helper() {}
+        __global__ void mangled_kernel(int n) {}
+        namespace ns { extern "C" __global__ void c_in_ns(int n) {} }
     """)
-    assert emu.kernel_names(src) == ["a_kernel", "b_kernel"]
+    assert emu.kernel_names(src) == ["a_kernel", "b_kernel", "mangled_kernel", "c_in_ns"]
+    assert emu.kernel_linkage(src) == [("a_kernel", True), ("b_kernel", True), ("mangled_kernel", False), ("c_in_ns", True)]
 
 
 # ---- the same kernels on a GPU -------------------------------------------------------------------
