@@ -646,7 +646,7 @@ extern "C" __global__ void cg_ops(const float* x, int n, float* block_sums, floa
     tile_sums[i] = cg::reduce(t8, v, cg::plus<float>());
     tile_max[i] = cg::reduce(t8, (int)(v * 100.0f), cg::greater<int>());
     ballots[i] = t8.ballot(v > 0.0f);
-    votes[i] = t8.any(v > 1.0f) + 2 * t8.all(v > -1.0f);
+    votes[i] = t8.any(v > 1.0f) + 2 * t8.all(v > -1.0f) + 4 * t8.meta_group_rank() + 16 * t8.meta_group_size();
     moved[2 * i] = t8.shfl(v, 3);
     moved[2 * i + 1] = warp.shfl_xor(v, 5) + t8.shfl_down(v, 1) - t8.shfl_up(v, 2);
     cg::sync(t8);
@@ -678,7 +678,8 @@ def test_cooperative_groups(order, rng):
     assert rel_err(ts, np.repeat(t.astype(np.float64).sum(1), 8)) < 1e-6
     assert tm.tolist() == np.repeat((t * np.float32(100)).astype(np.int32).max(1), 8).tolist()
     assert bal.tolist() == np.repeat(((t > 0) * (1 << np.arange(8))).sum(1), 8).tolist()
-    assert votes.tolist() == np.repeat((t > 1).any(1) + 2 * (t > -1).all(1), 8).tolist()
+    tile_in_warp = np.arange(N) % 32 // 8  # t8 is partitioned from a warp: 4 tiles
+    assert votes.tolist() == (np.repeat((t > 1).any(1) + 2 * (t > -1).all(1), 8) + 4 * tile_in_warp + 16 * 4).tolist()
     lane8 = np.arange(N) % 8
     up = np.where(lane8 >= 2, np.roll(x, 2), x)
     down = np.where(lane8 <= 6, np.roll(x, -1), x)

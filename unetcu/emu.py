@@ -4,12 +4,15 @@ A source is turned into one translation unit::
 
     (cuda_emu.h, force-included)
     #line 1 "<the .cu file>"
-    <the source, with `extern __shared__ T name[];` pointed at the dynamic buffer>
+    <the source, with `extern __shared__ T name[];` pointed at the dynamic buffer, a poison
+     statement after each static `__shared__` declaration, and the user headers that declare
+     shared memory inlined (behind #line markers) and rewritten the same way>
     #include "emu_launch.h"
-    <one exported launcher + signature function per kernel>
+    <one exported launcher + signature function per kernel, one accessor per global variable>
 
 compiled to a shared object cached by the content hash of everything that goes into it, and loaded
-with ctypes. `EmuKernel.__call__(grid, block, args, shared_mem=0)` mirrors `cupy.RawKernel`.
+with ctypes. `EmuKernel.__call__(grid, block, args, shared_mem=0)` mirrors `cupy.RawKernel`;
+`EmuModule.get_function` / `get_global` find names as `cupy.RawModule` does.
 
 Knobs (environment variables, or the functions below):
   UNETCU_EMU_ORDER     forward | reverse | random | random:SEED  thread order inside each round
@@ -452,9 +455,10 @@ def build(source: str, options=(), name_expressions=(), filename: str = "kernel.
             f'return (void*)&{v}; }}\n')
     tu = (f'#line 1 "{src_path}"\n{body}\n' + "".join(f"#undef {m}\n" for m in macros) +
           '#include "emu_launch.h"\n' + "".join(launchers))
-    # -fsanitize=shift-exponent: a shift by >= the width is reported at its line (cuda_emu.h)
+    # -fsanitize=shift-exponent: a shift by >= the width is reported at its line by the handler in
+    # cuda_emu.h; the handler cannot be hidden (g++ declares it), -Bsymbolic binds each build to its own
     flags = ["-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-gnu-unique", "-fno-strict-aliasing",
-             "-fsanitize=shift-exponent", "-w", "-I", emu_dirs[0], "-I", emu_dirs[1],
+             "-fsanitize=shift-exponent", "-Wl,-Bsymbolic", "-w", "-I", emu_dirs[0], "-I", emu_dirs[1],
              "-include", str(EMU_DIR / "cuda_emu.h")]
     if sanitize == "address":
         if not _asan_loaded():

@@ -20,7 +20,8 @@
 // Shared memory: `__shared__` is a block-scope `static thread_local` (one copy per OS thread, and
 // one OS thread runs one block at a time); under AddressSanitizer it is plain `static` so ASan puts
 // redzones around it. `extern __shared__ T name[];` is rewritten by the Python builder into a
-// pointer to the launch's dynamic buffer (exactly shared_mem bytes, poisoned with 0xFF = NaN).
+// pointer to the launch's dynamic buffer (exactly shared_mem bytes). Both kinds are poisoned with
+// 0xFF (a float NaN) at every block start, as the GPU gives garbage there, never zeros.
 //
 // Rules for kernels that run here and on the GPU: see kernels/emu/README.md.
 #pragma once
@@ -749,7 +750,7 @@ struct UbsanLoc { const char* file; unsigned line, column; };
 struct UbsanType { unsigned short kind, info; char name[1]; };
 struct UbsanShift { UbsanLoc loc; const UbsanType* lhs; const UbsanType* rhs; };
 }  // namespace emu
-extern "C" __attribute__((visibility("hidden"))) void __ubsan_handle_shift_out_of_bounds(void* data, void* lhs, void* rhs) {
+extern "C" void __ubsan_handle_shift_out_of_bounds(void* data, void* lhs, void* rhs) {
     (void)lhs;
     const emu::UbsanShift* d = (const emu::UbsanShift*)data;
     unsigned bits = d->lhs->kind == 0 ? 1u << (d->lhs->info >> 1) : 0;
@@ -766,7 +767,7 @@ extern "C" __attribute__((visibility("hidden"))) void __ubsan_handle_shift_out_o
     fprintf(stderr, "unetcu emulator: %s\n", what.c_str());
     abort();
 }
-extern "C" __attribute__((visibility("hidden"))) void __ubsan_handle_shift_out_of_bounds_abort(void* data, void* lhs, void* rhs) {
+extern "C" void __ubsan_handle_shift_out_of_bounds_abort(void* data, void* lhs, void* rhs) {
     __ubsan_handle_shift_out_of_bounds(data, lhs, rhs);
 }
 

@@ -27,19 +27,23 @@ public:
 };
 inline thread_block this_thread_block() { return thread_block(); }
 
-// A tile of N consecutive threads (thread rank order) inside one warp.
+// A tile of N consecutive threads (thread rank order) inside one warp. Its rank among the tiles
+// of its parent is fixed when it is made, as the parent may be the block or a larger tile.
 template <unsigned N> class thread_block_tile {
     static_assert(N >= 1 && N <= 32 && (N & (N - 1)) == 0, "thread_block_tile<N>: N is a power of two <= 32");
     unsigned first_lane() const { return emu_detail::block_rank() & 31u & ~(N - 1); }
+    unsigned meta_rank_ = 0, meta_size_ = 1;
 public:
+    thread_block_tile() = default;
+    thread_block_tile(unsigned meta_rank, unsigned meta_size) : meta_rank_(meta_rank), meta_size_(meta_size) {}
     // the tile's lanes within its warp, as the mask of the warp intrinsics
     unsigned mask() const { return (N == 32 ? 0xffffffffu : (1u << N) - 1u) << first_lane(); }
     void sync(EMU_SITE) const { emu::warp_collective(emu::OP_SYNCWARP, mask(), 0, 0, 32, emu_file_, emu_line_); }
     unsigned thread_rank() const { return emu_detail::block_rank() & (N - 1); }
     static constexpr unsigned size() { return N; }
     static constexpr unsigned long long num_threads() { return N; }
-    unsigned meta_group_rank() const { return emu_detail::block_rank() / N; }
-    unsigned meta_group_size() const { return (emu_detail::block_size() + N - 1) / N; }
+    unsigned meta_group_rank() const { return meta_rank_; }
+    unsigned meta_group_size() const { return meta_size_; }
     template <typename T> T shfl(T v, int src, EMU_SITE) const {
         return emu::shfl(emu::OP_SHFL_IDX, mask(), v, src, (int)N, emu_file_, emu_line_);
     }
@@ -73,7 +77,7 @@ inline thread_block_tile<N> tiled_partition(const Parent& parent, EMU_SITE) {
         emu::fail_here(emu::format("tiled_partition<%u> at %s:%d: the parent group's %u threads are not a multiple of %u "
                                    "(CUDA requires the parent size to be evenly divisible by the tile size)",
                                    N, emu_file_, emu_line_, (unsigned)parent.size(), N));
-    return thread_block_tile<N>();
+    return thread_block_tile<N>((unsigned)parent.thread_rank() / N, (unsigned)parent.size() / N);
 }
 class thread_group {};
 template <typename Parent> thread_group tiled_partition(const Parent&, unsigned)
