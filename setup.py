@@ -14,7 +14,7 @@ setup(
     python_requires=">=3.10",
     packages=["unetcu", "unetcu.ops", "unetcu.kernels"],
     package_dir={"unetcu.kernels": "kernels"},
-    package_data={"unetcu.kernels": ["*.cu", "*.cuh", "README.md", "emu/*.h", "emu/README.md", "emu/include/*"]},
+    package_data={"unetcu.kernels": ["*.cu", "*.cuh", "README.md", "emu/*.h", "emu/README.md", "emu/include/*", "emu/include/cooperative_groups/*"]},
     include_package_data=True,
     install_requires=[
         # numba-cuda 0.30 fails on numpy 2.5 (np.row_stack was removed); numba 0.68 supports < 2.5

@@ -247,12 +247,12 @@ def test_assert_raises(bugs, order):
 
 
 @pytest.mark.parametrize("args,match", [
-    (lambda y: (y, 100), r"argument 1 must be a numpy.int32 scalar, got int"),
-    (lambda y: (y, np.int64(100)), r"argument 1 must be a numpy.int32 scalar, got int64"),
-    (lambda y: (y, np.float32(100)), r"argument 1 must be a numpy.int32"),
+    (lambda y: (y, 100), r"argument 1 \(n\) must be a numpy.int32 scalar, got int"),
+    (lambda y: (y, np.int64(100)), r"argument 1 \(n\) must be a numpy.int32 scalar, got int64"),
+    (lambda y: (y, np.float32(100)), r"argument 1 \(n\) must be a numpy.int32"),
     (lambda y: (y,), r"takes 2 arguments"),
     (lambda y: (y, i32(1), i32(2)), r"takes 2 arguments"),
-    (lambda y: (y.astype(np.float64), i32(100)), r"argument 0 points to f32, got an array of float64"),
+    (lambda y: (y.astype(np.float64), i32(100)), r"argument 0 \(y\) points to f32, got an array of float64"),
     (lambda y: (y[::2], i32(50)), r"not C-contiguous"),
     (lambda y: ([1.0], i32(1)), r"needs a NumPy array"),
 ])
@@ -270,7 +270,7 @@ def test_launch_limits(bugs):
         f((1,), (64, 32), (y, i32(1)))
     with pytest.raises(ValueError, match="shared_mem"):
         f((1,), (32,), (y, i32(1)), shared_mem=64 * 1024)
-    with pytest.raises(AttributeError, match="no kernel 'nope'"):
+    with pytest.raises(emu.CUDADriverError, match="^CUDA_ERROR_NOT_FOUND: named symbol not found .*no kernel 'nope'"):
         bugs.get_function("nope")
 
 
@@ -338,8 +338,11 @@ def test_kernel_names_parser():
         }
         template <int N> __global__ void templated(float* x) {}
         static __device__ void helper() {}
+        __global__ void mangled_kernel(int n) {}
+        namespace ns { extern "C" __global__ void c_in_ns(int n) {} }
     """)
-    assert emu.kernel_names(src) == ["a_kernel", "b_kernel"]
+    assert emu.kernel_names(src) == ["a_kernel", "b_kernel", "mangled_kernel", "c_in_ns"]
+    assert emu.kernel_linkage(src) == [("a_kernel", True), ("b_kernel", True), ("mangled_kernel", False), ("c_in_ns", True)]
 
 
 # ---- the same kernels on a GPU -------------------------------------------------------------------
@@ -387,3 +390,407 @@ def test_warp_scan_broadcast_votes_syncwarp(order, rng):
     assert half.tolist() == np.repeat(x.reshape(-1, 16)[:, 0], 16).tolist()
     assert votes.tolist() == ((w > 0).all(1) + 2 * (w > 90).any(1)).tolist()
     assert lane0.tolist() == np.repeat(w[:, 0] * 7, 32).tolist()
+
+
+# ---- CUDA as people write it: vector types, headers, sm_80 warp intrinsics, globals, groups ------
+VEC_SRC = r"""
+#include <cuda_fp16.h>
+extern "C" __global__ void vec_ops(uint4* d, const uint4* s, const float4* f, float2* g, const double2* h,
+                                   double* hs, const char4* c, int* cs, const __half2* p, float* ps, unsigned n) {
+    unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    uint4 v = s[i];
+    d[i] = make_uint4(v.w, v.z ^ 0x55u, v.y + 1u, v.x);
+    float4 a = f[i];
+    g[i] = make_float2(a.x * a.y, a.z - a.w);
+    double2 b = h[i];
+    hs[i] = b.x + b.y;
+    char4 q = c[i];
+    cs[i] = q.x + 2 * q.y + 3 * q.z + 4 * q.w;
+    ps[i] = __low2float(p[i]) * __high2float(p[i]);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def vec_mod():
+    return runtime.compile(VEC_SRC, engine="emu", filename="vec_types.cu")
+
+
+def test_vector_type_pointers(vec_mod, order, rng):
+    n = 77
+    s = aligned(rng.integers(0, 2**32, (n, 4), dtype=np.uint32))
+    f = aligned(rng.standard_normal((n, 4)).astype(np.float32))
+    h = aligned(rng.standard_normal((n, 2)))
+    c = aligned(rng.integers(-128, 128, (n, 4), dtype=np.int8))
+    p = aligned(rng.standard_normal((n, 2)).astype(np.float16))
+    d, g = aligned(np.zeros((n, 4), np.uint32)), nan_array((n, 2))
+    hs, cs, ps = aligned(np.full(n, np.nan)), aligned(np.zeros(n, np.int32)), nan_array(n)
+    vec_mod.get_function("vec_ops")((3,), (32,), (d, s, f, g, h, hs, c, cs, p, ps, np.uint32(n)))
+    assert d.tolist() == np.stack([s[:, 3], s[:, 2] ^ 0x55, s[:, 1] + np.uint32(1), s[:, 0]], 1).tolist()
+    assert rel_err(g, np.stack([f[:, 0].astype(np.float64) * f[:, 1], f[:, 2].astype(np.float64) - f[:, 3]], 1)) < 1e-7
+    assert rel_err(hs, h.sum(1)) < 1e-15
+    assert cs.tolist() == (c.astype(np.int32) @ np.array([1, 2, 3, 4])).tolist()
+    assert rel_err(ps, p[:, 0].astype(np.float64) * p[:, 1]) < 1e-7
+
+
+def test_vector_type_refusals(vec_mod):
+    n = 4
+    fn = vec_mod.get_function("vec_ops")
+    args = [aligned(np.zeros((n, 4), np.uint32)), aligned(np.zeros((n, 4), np.uint32)), aligned(np.zeros((n, 4), np.float32)),
+            aligned(np.zeros((n, 2), np.float32)), aligned(np.zeros((n, 2))), aligned(np.zeros(n)),
+            aligned(np.zeros((n, 4), np.int8)), aligned(np.zeros(n, np.int32)), aligned(np.zeros((n, 2), np.float16)),
+            aligned(np.zeros(n, np.float32)), np.uint32(n)]
+    bad = list(args)
+    bad[2] = aligned(np.zeros(4 * n + 1, np.float32))[1:]  # 4-byte aligned, not 16
+    with pytest.raises(ValueError, match=r"vec_ops: argument 2 \(f\) points to 16-byte aligned vectors .* not 16-byte aligned"):
+        fn((1,), (32,), tuple(bad))
+    bad = list(args)
+    bad[1] = bad[1].view(np.int32)
+    with pytest.raises(TypeError, match=r"argument 1 \(s\) points to u32x4 vectors and needs an array of uint32, got int32"):
+        fn((1,), (32,), tuple(bad))
+    src = 'struct Pair { float a; int b; };\nextern "C" __global__ void by_value(float* y, Pair pair) { y[0] = pair.a; }\n'
+    mod = runtime.compile(src, engine="emu", filename="by_value.cu")
+    with pytest.raises(emu.EmuCompileError, match=r"kernel by_value: parameter 1 \(pair\) has type 'Pair', which the emulator cannot pass"):
+        mod.get_function("by_value")
+
+
+REDUCE_SRC = r"""
+// sm_80 warp reductions and sm_70 matches, chosen the way a file specialises on the architecture
+extern "C" __global__ void warp_reduce_match(const int* x, const unsigned* u, int* r, unsigned* ru, unsigned* any,
+                                             unsigned* all, int* pred, int* low_half) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x, lane = threadIdx.x % 32, warp = i / 32;
+    const unsigned full = 0xffffffffu;
+#if __CUDA_ARCH__ >= 800
+    r[3 * i] = __reduce_add_sync(full, x[i]);
+    r[3 * i + 1] = __reduce_min_sync(full, x[i]);
+    r[3 * i + 2] = __reduce_max_sync(full, x[i]);
+    ru[6 * i] = __reduce_add_sync(full, u[i]);
+    ru[6 * i + 1] = __reduce_min_sync(full, u[i]);
+    ru[6 * i + 2] = __reduce_max_sync(full, u[i]);
+    ru[6 * i + 3] = __reduce_and_sync(full, u[i] | 0xf0f0f0f0u);
+    ru[6 * i + 4] = __reduce_or_sync(full, u[i] & 0x0f0f0f0fu);
+    ru[6 * i + 5] = __reduce_xor_sync(full, u[i]);
+    if (lane < 16) low_half[i] = __reduce_add_sync(0x0000ffffu, x[i]);
+#endif
+    any[i] = __match_any_sync(full, x[i] & 3);
+    int p;
+    all[i] = __match_all_sync(full, warp % 2 ? (float)(lane % 2) : 1.5f, &p);
+    pred[i] = p;
+}
+"""
+
+
+def test_warp_reduce_and_match(order, rng):
+    mod = runtime.compile(REDUCE_SRC, engine="emu", filename="warp_reduce.cu")
+    n = 96
+    x = rng.integers(-1000, 1000, n).astype(np.int32)
+    u = rng.integers(0, 2**32, n, dtype=np.uint32)
+    r, ru = np.full(3 * n, -7, np.int32), np.zeros(6 * n, np.uint32)
+    any_, all_, pred, low = np.zeros(n, np.uint32), np.full(n, 7, np.uint32), np.full(n, 7, np.int32), np.full(n, -7, np.int32)
+    mod.get_function("warp_reduce_match")((1,), (n,), (x, u, r, ru, any_, all_, pred, low))
+    w, wu = x.reshape(-1, 32), u.reshape(-1, 32)
+    per_lane = lambda a: np.repeat(a, 32, axis=0).reshape(n, -1)
+    assert r.reshape(n, 3).tolist() == per_lane(np.stack([w.sum(1), w.min(1), w.max(1)], 1)).tolist()
+    want_u = np.stack([wu.sum(1, dtype=np.uint32), wu.min(1), wu.max(1), np.bitwise_and.reduce(wu | np.uint32(0xf0f0f0f0), 1),
+                       np.bitwise_or.reduce(wu & np.uint32(0x0f0f0f0f), 1), np.bitwise_xor.reduce(wu, 1)], 1)
+    assert ru.reshape(n, 6).tolist() == per_lane(want_u).tolist()
+    assert low.reshape(-1, 32)[:, :16].tolist() == np.repeat(w[:, :16].sum(1), 16).reshape(-1, 16).tolist()
+    key = w & 3
+    bits = 1 << np.arange(32, dtype=np.uint64)
+    want_any = [[int(((key[k] == key[k, j]) * bits).sum()) for j in range(32)] for k in range(len(w))]
+    assert any_.reshape(-1, 32).tolist() == want_any
+    even = np.arange(n) // 32 % 2 == 0  # warps 0 and 2 offer the same value, warp 1 does not
+    assert all_.tolist() == np.where(even, 0xffffffff, 0).tolist() and pred.tolist() == even.astype(int).tolist()
+
+
+def test_warp_reduce_after_return_is_an_error(order):
+    src = ('extern "C" __global__ void k(int* y) {\n  if (threadIdx.x == 5) return;\n'
+           '  y[threadIdx.x] = __reduce_add_sync(0xffffffffu, 1);\n}\n')
+    mod = runtime.compile(src, engine="emu", filename="reduce_return.cu")
+    with pytest.raises(EmulatorError, match=r"__reduce_add_sync at .*reduce_return.cu:3 .*lane 5 .*exited"):
+        mod.get_function("k")((1,), (32,), (np.zeros(32, np.int32),))
+
+
+GLOBALS_SRC = r"""
+// a 17-tap filter in constant memory; a device counter of positive outputs; a device scale
+__constant__ float c_k[17];
+__device__ unsigned int d_positive;
+__device__ float d_scale = 2.5f;
+extern "C" __global__ void filter17(const float* x, float* y, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n - 16) return;
+    float s = 0.0f;
+    for (int k = 0; k < 17; ++k) s += c_k[k] * x[i + k];
+    y[i] = s * d_scale;
+    if (s > 0.0f) atomicAdd(&d_positive, 1u);
+}
+"""
+
+
+def test_get_global_constant_and_device(order, rng):
+    mod = runtime.compile(GLOBALS_SRC, engine="emu", filename="globals.cu")
+    c_k, count, scale = mod.get_global("c_k"), mod.get_global("d_positive"), mod.get_global("d_scale")
+    assert (c_k.dtype, c_k.shape, count.dtype, count.shape, scale.dtype) == (np.float32, (17,), np.uint32, (), np.float32)
+    taps = rng.standard_normal(17).astype(np.float32)
+    c_k[...] = taps
+    count[...] = 0
+    scale[...] = np.float32(rng.uniform(0.5, 2.0))
+    n = 300
+    x = rng.standard_normal(n).astype(np.float32)
+    y = nan_array(n - 16)
+    mod.get_function("filter17")((3,), (128,), (x, y, i32(n)))
+    s = np.stack([x[i:i + 17] for i in range(n - 16)]).astype(np.float64) @ taps
+    assert rel_err(y, s * scale) < 1e-6
+    assert int(count) == int((s > 0).sum())
+    with pytest.raises(emu.CUDADriverError, match=r"^CUDA_ERROR_NOT_FOUND: named symbol not found .*'nope'.*has: c_k, d_positive, d_scale"):
+        mod.get_global("nope")
+
+
+def test_kernel_without_extern_c_is_found_only_like_cupy(order, rng):
+    src = "__global__ void plain(float* y, float v) { y[threadIdx.x] = v * threadIdx.x; }\n"
+    mod = runtime.compile(src, engine="emu", filename="plain.cu")
+    with pytest.raises(emu.CUDADriverError, match=r'^CUDA_ERROR_NOT_FOUND: named symbol not found .*plain.* not extern "C"'):
+        mod.get_function("plain")
+    v = np.float32(rng.standard_normal())
+    y = nan_array(32)
+    runtime.compile(src, engine="emu", name_expressions=("plain",), filename="plain.cu").get_function("plain")((1,), (32,), (y, v))
+    assert y.tolist() == (v * np.arange(32, dtype=np.float32)).tolist()
+
+
+HIST_SRC = r"""
+// 16-bin histogram through shared bins; the _nozero variants forget to clear them first
+__shared__ unsigned g_bins[16];
+extern "C" __global__ void hist(const int* x, int n, unsigned* out) {
+    __shared__ unsigned bins[16];
+    if (threadIdx.x < 16) bins[threadIdx.x] = 0;
+    __syncthreads();
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) atomicAdd(&bins[x[i]], 1u);
+    __syncthreads();
+    if (threadIdx.x < 16) atomicAdd(&out[threadIdx.x], bins[threadIdx.x]);
+}
+extern "C" __global__ void hist_nozero(const int* x, int n, unsigned* out) {
+    static __shared__ unsigned bins[16], unused[3];
+    __syncthreads();
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) atomicAdd(&bins[x[i]], 1u);
+    __syncthreads();
+    if (threadIdx.x < 16) atomicAdd(&out[threadIdx.x], bins[threadIdx.x]);
+}
+extern "C" __global__ void hist_nozero_global(const int* x, int n, unsigned* out) {
+    __syncthreads();
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) atomicAdd(&g_bins[x[i]], 1u);
+    __syncthreads();
+    if (threadIdx.x < 16) atomicAdd(&out[threadIdx.x], g_bins[threadIdx.x]);
+}
+"""
+
+
+@pytest.mark.parametrize("grid", [1, 3])
+def test_static_shared_starts_poisoned(order, rng, grid):
+    # a source never built in this process, so that its static shared memory is fresh (zeros)
+    mod = runtime.compile(HIST_SRC + f"// {rng.integers(2**62)}\n", engine="emu", filename="hist.cu")
+    n = 1000
+    x = rng.integers(0, 16, n).astype(np.int32)
+    want = np.bincount(x, minlength=16).astype(np.uint32)
+    for name in ("hist_nozero", "hist_nozero_global", "hist"):
+        out = np.zeros(16, np.uint32)
+        mod.get_function(name)((grid,), (64,), (x, i32(n), out))
+        # every block's bins start at 0xffffffff, as garbage would, never at 0
+        assert out.tolist() == (want if name == "hist" else want - np.uint32(grid)).tolist(), name
+
+
+SHIFT_SRC = r"""
+extern "C" __global__ void first_lanes_bcast(const int* x, int* y, int lanes) {
+    unsigned mask = (1u << lanes) - 1u;  // undefined for lanes == 32
+    if ((int)threadIdx.x < lanes) y[threadIdx.x] = __shfl_sync(mask, x[threadIdx.x], 1);
+}
+extern "C" __global__ void full_mask_by_shift(const int* x, int* y) {
+    y[threadIdx.x] = __shfl_sync((1 << 32) - 1, x[threadIdx.x], 0);
+}
+"""
+
+
+def test_shift_by_word_size_is_reported(order, rng):
+    mod = runtime.compile(SHIFT_SRC, engine="emu", filename="shift_mask.cu")
+    x = rng.integers(-100, 100, 32).astype(np.int32)
+    y = np.zeros(32, np.int32)
+    mod.get_function("first_lanes_bcast")((1,), (32,), (x, y, i32(20)))
+    assert y[:20].tolist() == [int(x[1])] * 20
+    with pytest.raises(EmulatorError, match=r"shift by 32 at .*shift_mask.cu:3: the count is not below the width for a 32-bit 'unsigned int'"):
+        mod.get_function("first_lanes_bcast")((1,), (32,), (x, y, i32(32)))
+    with pytest.raises(EmulatorError, match=r"shift by 32 at .*shift_mask.cu:7: .*32-bit 'int'"):
+        mod.get_function("full_mask_by_shift")((1,), (32,), (x, y))
+
+
+CG_SRC = r"""
+#include <cooperative_groups.h>
+#include <cooperative_groups/reduce.h>
+namespace cg = cooperative_groups;
+// a block sum through warp tiles, and per 8-thread tile: sum, max, ballot, votes, shuffles
+extern "C" __global__ void cg_ops(const float* x, int n, float* block_sums, float* tile_sums, int* tile_max,
+                                  unsigned* ballots, int* votes, float* moved) {
+    cg::thread_block block = cg::this_thread_block();
+    cg::thread_block_tile<32> warp = cg::tiled_partition<32>(block);
+    cg::thread_block_tile<8> t8 = cg::tiled_partition<8>(warp);
+    __shared__ float partial[32];
+    int i = block.group_index().x * block.size() + block.thread_rank();
+    float v = i < n ? x[i] : 0.0f;
+    float ws = cg::reduce(warp, v, cg::plus<float>());
+    if (warp.thread_rank() == 0) partial[warp.meta_group_rank()] = ws;
+    block.sync();
+    if (block.thread_rank() == 0) {
+        float s = 0.0f;
+        for (unsigned k = 0; k < warp.meta_group_size(); ++k) s += partial[k];
+        block_sums[blockIdx.x] = s;
+    }
+    tile_sums[i] = cg::reduce(t8, v, cg::plus<float>());
+    tile_max[i] = cg::reduce(t8, (int)(v * 100.0f), cg::greater<int>());
+    ballots[i] = t8.ballot(v > 0.0f);
+    votes[i] = t8.any(v > 1.0f) + 2 * t8.all(v > -1.0f) + 4 * t8.meta_group_rank() + 16 * t8.meta_group_size();
+    moved[2 * i] = t8.shfl(v, 3);
+    moved[2 * i + 1] = warp.shfl_xor(v, 5) + t8.shfl_down(v, 1) - t8.shfl_up(v, 2);
+    cg::sync(t8);
+}
+extern "C" __global__ void cg_partial_tile(float* y) {
+    cg::thread_block_tile<32> warp = cg::tiled_partition<32>(cg::this_thread_block());
+    y[threadIdx.x] = warp.shfl(1.0f, 0);
+}
+extern "C" __global__ void cg_tile_after_return(float* y) {
+    cg::thread_block_tile<16> t = cg::tiled_partition<16>(cg::this_thread_block());
+    if (t.thread_rank() == 3) return;
+    y[threadIdx.x] = cg::reduce(t, 1.0f, cg::plus<float>());
+}
+"""
+
+
+def test_cooperative_groups(order, rng):
+    mod = runtime.compile(CG_SRC, engine="emu", filename="cg.cu")
+    grid, block, n = 3, 96, 250
+    N = grid * block
+    x = np.zeros(N, np.float32)
+    x[:n] = rng.standard_normal(n)
+    bs, ts, mv = nan_array(grid), nan_array(N), nan_array(2 * N)
+    tm, bal, votes = np.full(N, -9, np.int32), np.zeros(N, np.uint32), np.full(N, -9, np.int32)
+    mod.get_function("cg_ops")((grid,), (block,), (x[:n].copy(), i32(n), bs, ts, tm, bal, votes, mv))
+    x64 = x.astype(np.float64)
+    assert rel_err(bs, x64.reshape(grid, -1).sum(1)) < 1e-6
+    t = x.reshape(-1, 8)
+    assert rel_err(ts, np.repeat(t.astype(np.float64).sum(1), 8)) < 1e-6
+    assert tm.tolist() == np.repeat((t * np.float32(100)).astype(np.int32).max(1), 8).tolist()
+    assert bal.tolist() == np.repeat(((t > 0) * (1 << np.arange(8))).sum(1), 8).tolist()
+    tile_in_warp = np.arange(N) % 32 // 8  # t8 is partitioned from a warp: 4 tiles
+    assert votes.tolist() == (np.repeat((t > 1).any(1) + 2 * (t > -1).all(1), 8) + 4 * tile_in_warp + 16 * 4).tolist()
+    lane8 = np.arange(N) % 8
+    up = np.where(lane8 >= 2, np.roll(x, 2), x)
+    down = np.where(lane8 <= 6, np.roll(x, -1), x)
+    xor5 = x.reshape(-1, 32)[:, np.arange(32) ^ 5].ravel()
+    assert rel_err(mv[0::2], np.repeat(t[:, 3], 8)) == 0
+    assert rel_err(mv[1::2], xor5.astype(np.float64) + down - up) < 1e-6
+
+
+def line_of(src: str, text: str) -> int:
+    return src[:src.index(text)].count("\n") + 1
+
+
+def test_cooperative_groups_checks(order):
+    mod = runtime.compile(CG_SRC, engine="emu", filename="cg.cu")
+    line = line_of(CG_SRC, "cg::tiled_partition<32>(cg::this_thread_block())")
+    with pytest.raises(EmulatorError, match=rf"tiled_partition<32> at .*cg.cu:{line}: the parent group's 48 threads are not a multiple of 32"):
+        mod.get_function("cg_partial_tile")((1,), (48,), (nan_array(48),))
+    line = line_of(CG_SRC, "cg::reduce(t, 1.0f")
+    with pytest.raises(EmulatorError, match=rf"__shfl_xor_sync at .*cg.cu:{line} .*lane 3 .*exited"):
+        mod.get_function("cg_tile_after_return")((1,), (32,), (nan_array(32),))
+
+
+@pytest.mark.parametrize("call", ["cg::this_grid().sync()", "cg::sync(cg::this_grid())", "cg::this_multi_grid()"])
+def test_grid_sync_refused_by_design(call):
+    src = ("#include <cooperative_groups.h>\nnamespace cg = cooperative_groups;\n"
+           f'extern "C" __global__ void k(float* y) {{\n  y[0] = 1.0f;\n  {call};\n}}\n')
+    with pytest.raises(emu.EmuCompileError, match=r"grid_sync.cu:5:.*not supported by the emulator, by design: it runs one block at a time"):
+        runtime.compile(src, engine="emu", filename="grid_sync.cu")
+
+
+def write_headers(root: Path) -> Path:
+    """A kernel whose shared memory is declared in headers: the CUDA samples' SharedMemory<T> in
+    a header included by a relative path, a block reduction in one found through -I."""
+    (root / "detail").mkdir(parents=True, exist_ok=True)
+    (root / "inc").mkdir(exist_ok=True)
+    (root / "detail" / "smem.cuh").write_text(textwrap.dedent("""\
+        #pragma once
+        // dynamic shared memory of any type, as the CUDA samples spell it
+        template <class T> struct SharedMemory {
+            __device__ inline operator T*() {
+                extern __shared__ int s_int[];
+                return (T*)s_int;
+            }
+        };
+        template <> struct SharedMemory<double> {
+            __device__ inline operator double*() {
+                extern __shared__ double s_double[];
+                return (double*)s_double;
+            }
+        };
+        """))
+    (root / "helper.cuh").write_text('#pragma once\n#include "detail/smem.cuh"\n')
+    (root / "inc" / "warp_total.cuh").write_text(textwrap.dedent("""\
+        #ifndef WARP_TOTAL_CUH
+        #define WARP_TOTAL_CUH
+        #include "../detail/smem.cuh"
+        // the sum over the block of one value per thread, through a static shared array
+        template <class T> __device__ T block_total(T v) {
+            __shared__ T warp_part[32];
+            for (int o = 16; o > 0; o /= 2) v += __shfl_down_sync(0xffffffffu, v, o);
+            if (threadIdx.x % 32 == 0) warp_part[threadIdx.x / 32] = v;
+            __syncthreads();
+            T s = 0;
+            for (unsigned w = 0; w < blockDim.x / 32; ++w) s += warp_part[w];
+            return s;
+        }
+        #endif
+        """))
+    main = root / "hdr_kernel.cu"
+    main.write_text(textwrap.dedent("""\
+        #include "helper.cuh"
+        #include <warp_total.cuh>
+        #include "helper.cuh"
+        // y[i] = x[i] - mean of x over the block, staged through dynamic shared memory
+        extern "C" __global__ void center(const double* x, double* y) {
+            double* s = SharedMemory<double>();
+            int i = blockIdx.x * blockDim.x + threadIdx.x;
+            s[threadIdx.x] = x[i];
+            double mean = block_total(x[i]) / blockDim.x;
+            y[i] = s[threadIdx.x] - mean;
+        }
+        extern "C" __global__ void bad_index(int* y) {
+            int* s = SharedMemory<int>();
+            s[threadIdx.x] = (int)threadIdx.x;
+            __syncthreads();
+            y[threadIdx.x] = s[threadIdx.x ^ 1];
+        }
+        """))
+    return main
+
+
+def test_extern_shared_in_included_headers(order, rng, tmp_path):
+    main = write_headers(tmp_path)
+    mod = runtime.compile(main.read_text(), engine="emu", options=(f"-I{tmp_path / 'inc'}",), filename=str(main))
+    grid, block = 3, 64
+    x = rng.standard_normal(grid * block)
+    y = aligned(np.full(grid * block, np.nan))
+    mod.get_function("center")((grid,), (block,), (x, y), shared_mem=block * 8)
+    xb = x.reshape(grid, block)
+    assert rel_err(y, (xb - xb.mean(1, keepdims=True)).ravel()) < 1e-12
+    yi = np.zeros(64, np.int32)
+    mod.get_function("bad_index")((1,), (64,), (yi,), shared_mem=64 * 4)
+    assert yi.tolist() == (np.arange(64) ^ 1).tolist()
+
+
+def test_header_errors_name_the_header(tmp_path):
+    main = write_headers(tmp_path)
+    (tmp_path / "detail" / "smem.cuh").write_text(
+        "#pragma once\n\n__device__ float* two() { extern __shared__ float a[]; extern __shared__ float b[]; return a; }\n")
+    with pytest.raises(emu.EmuCompileError, match=r"smem.cuh:3: the emulator needs each `extern __shared__ T name\[\];` alone on its line"):
+        runtime.compile(main.read_text(), engine="emu", options=(f"-I{tmp_path / 'inc'}",), filename=str(main))
+    (tmp_path / "detail" / "smem.cuh").write_text("#pragma once\n\n__device__ float* two() {\n  return undefined_name; }\n")
+    with pytest.raises(emu.EmuCompileError, match=r"smem.cuh:4:\d+: error: .undefined_name. was not declared"):
+        runtime.compile(main.read_text(), engine="emu", options=(f"-I{tmp_path / 'inc'}",), filename=str(main))

@@ -4,12 +4,15 @@ A source is turned into one translation unit::
 
     (cuda_emu.h, force-included)
     #line 1 "<the .cu file>"
-    <the source, with `extern __shared__ T name[];` pointed at the dynamic buffer>
+    <the source, with `extern __shared__ T name[];` pointed at the dynamic buffer, a poison
+     statement after each static `__shared__` declaration, and the user headers that declare
+     shared memory inlined (behind #line markers) and rewritten the same way>
     #include "emu_launch.h"
-    <one exported launcher + signature function per kernel>
+    <one exported launcher + signature function per kernel, one accessor per global variable>
 
 compiled to a shared object cached by the content hash of everything that goes into it, and loaded
-with ctypes. `EmuKernel.__call__(grid, block, args, shared_mem=0)` mirrors `cupy.RawKernel`.
+with ctypes. `EmuKernel.__call__(grid, block, args, shared_mem=0)` mirrors `cupy.RawKernel`;
+`EmuModule.get_function` / `get_global` find names as `cupy.RawModule` does.
 
 Knobs (environment variables, or the functions below):
   UNETCU_EMU_ORDER     forward | reverse | random | random:SEED  thread order inside each round
@@ -135,19 +138,113 @@ _GLOBAL_RE = re.compile(r"\b__global__\b")
 _NAME_RE = re.compile(r"\bvoid\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?([A-Za-z_]\w*)\s*\(")
 
 
-def kernel_names(src: str) -> list[str]:
-    """Names of the non-template `__global__` functions of a source, in order."""
+def _open_braces(code: str, positions) -> list[list[int]]:
+    """For each position (ascending), the offsets of the `{` that enclose it, outermost first."""
+    out, stack, k = [], [], 0
+    positions = list(positions)
+    for m in re.finditer(r"[{}]", code):
+        while k < len(positions) and positions[k] < m.start():
+            out.append(list(stack))
+            k += 1
+        if m.group(0) == "{":
+            stack.append(m.start())
+        elif stack:
+            stack.pop()
+    out += [list(stack) for _ in positions[k:]]
+    return out
+
+
+def _is_linkage_block(src: str, brace: int) -> str | None:
+    """'C' for an `extern "C" {`, 'ns' for a namespace, None for anything else (a function body)."""
+    before = src[max(0, brace - 200):brace]
+    if re.search(r'\bextern\s*"C"\s*$', before):
+        return "C"
+    if re.search(r"\bnamespace(\s+[\w:]+)?\s*$", before):
+        return "ns"
+    return None
+
+
+def kernel_linkage(src: str) -> list[tuple[str, bool]]:
+    """(name, declared extern "C") for the non-template `__global__` functions of a source, in order."""
     code = strip_comments(src)
-    names = []
+    found = []
     for m in _GLOBAL_RE.finditer(code):
-        head = code[max(code.rfind(";", 0, m.start()), code.rfind("}", 0, m.start()),
-                        code.rfind("{", 0, m.start())) + 1:m.start()]
-        if re.search(r"\btemplate\b", head):
+        start = max(code.rfind(";", 0, m.start()), code.rfind("}", 0, m.start()), code.rfind("{", 0, m.start())) + 1
+        if re.search(r"\btemplate\b", code[start:m.start()]):
             continue
         n = _NAME_RE.search(code, m.end())
         if n:
-            names.append(n.group(1))
-    return names
+            found.append((m.start(), n.group(1), bool(re.search(r'\bextern\s*"C"', src[start:m.start()]))))
+    braces = _open_braces(code, [p for p, _, _ in found])
+    return [(name, c or any(_is_linkage_block(src, b) == "C" for b in enc)) for (_, name, c), enc in zip(found, braces)]
+
+
+def kernel_names(src: str) -> list[str]:
+    """Names of the non-template `__global__` functions of a source, in order."""
+    return [name for name, _ in kernel_linkage(src)]
+
+
+def _split_top(text: str) -> list[str]:
+    """Split at commas outside (), [] and <>."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch in "([<":
+            depth += 1
+        elif ch in ")]>":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur]
+
+
+def _declared_name(declarator: str) -> str | None:
+    d = re.sub(r"\[[^\]]*\]", " ", declarator.split("=")[0])
+    names = re.findall(r"[A-Za-z_]\w*", d)
+    return names[-1] if names else None
+
+
+def param_names(src: str, kernel: str) -> list[str]:
+    """The parameter names of a non-template kernel as written in the source (for messages)."""
+    code = strip_comments(src)
+    m = re.search(rf"\b{re.escape(kernel)}\s*\(", code)
+    if not m:
+        return []
+    depth, i = 1, m.end()
+    while i < len(code) and depth:
+        depth += {"(": 1, ")": -1}.get(code[i], 0)
+        i += 1
+    params = code[m.end():i - 1].strip()
+    return [] if params in ("", "void") else [_declared_name(p) or "?" for p in _split_top(params)]
+
+
+_VAR_RE = re.compile(r"\b(?:__constant__|__device__)\b")
+
+
+def global_variables(src: str) -> list[str]:
+    """Names of the `__constant__` / `__device__` variables defined at global scope (what CuPy's
+    get_global finds by name; ones inside a namespace have mangled names and are left out)."""
+    code = strip_comments(src)
+    found = []
+    for m in _VAR_RE.finditer(code):
+        start = max(code.rfind(";", 0, m.start()), code.rfind("}", 0, m.start()), code.rfind("{", 0, m.start())) + 1
+        head = code[start:m.start()]
+        if re.search(r"\b(extern|template|typedef|using)\b|#", head):
+            continue
+        rest = re.sub(r"__align__\s*\(\s*\d+\s*\)", lambda a: " " * len(a.group(0)), code[m.end():m.end() + 2000])
+        t = re.search(r"[;={(]", rest)
+        if not t or t.group(0) in "{(":
+            continue  # a function (or something this parser does not know)
+        decl = rest[:t.start()]
+        if re.search(r"\b(__global__|__host__|extern|operator)\b", decl):
+            continue
+        name = _declared_name(_split_top(decl)[0])
+        if name and name not in [n for _, n in found]:
+            found.append((m.start(), name))
+    braces = _open_braces(code, [p for p, _ in found])
+    return [n for (_, n), enc in zip(found, braces) if not enc or all(_is_linkage_block(src, b) == "C" for b in enc)]
 
 
 _EXTERN_SMEM = re.compile(
@@ -155,12 +252,17 @@ _EXTERN_SMEM = re.compile(
     r"(?:__align__\s*\(\s*\d+\s*\)\s*)?([A-Za-z_]\w*)\s*\[\s*\]\s*;[ \t]*$", re.M)
 
 
-def rewrite(src: str) -> tuple[str, list[str]]:
-    """The two source edits the emulator needs; both keep every line where it was.
+_SHARED_DECL = re.compile(r"\b__shared__\b([^;{}]*);")
+
+
+def rewrite(src: str, filename: str = "kernel.cu") -> tuple[str, list[str]]:
+    """The source edits the emulator needs; all keep every line where it was.
 
     `extern __shared__ T name[];` alone on its line becomes, inside a function, a local pointer to
     the dynamic buffer; at file scope, a macro for it (returned, so it can be #undef'd after the
-    source). `static __shared__` becomes `__shared__` (the header adds the static).
+    source). `static __shared__` becomes `__shared__` (the header adds the static). Every other
+    `__shared__` declaration gets a poison statement after it (EMU_POISON_SHARED in cuda_emu.h), so
+    static shared memory starts each block as garbage, as on the GPU.
     """
     code = strip_comments(src)
     macros = []
@@ -172,9 +274,93 @@ def rewrite(src: str) -> tuple[str, list[str]]:
         macros.append(name)
         return f"#define {name} (({typ}*)::emu::dynamic_smem())"
     out = _EXTERN_SMEM.sub(repl, src)
-    if re.search(r"\bextern\s+__shared__\b", strip_comments(out)):
-        raise EmuCompileError("the emulator needs each `extern __shared__ T name[];` alone on its line")
-    return re.sub(r"\bstatic(\s+)__shared__\b", r"\1__shared__", out), macros
+    left = re.search(r"\bextern\s+__shared__\b", strip_comments(out))
+    if left:
+        line = out.count("\n", 0, left.start()) + 1
+        raise EmuCompileError(f"{filename}:{line}: the emulator needs each `extern __shared__ T name[];` alone on its "
+                              "line (one declaration, nothing else on the line)")
+    out = re.sub(r"\bstatic(\s+)__shared__\b", r"\1__shared__", out)
+
+    code = strip_comments(out)
+    decls = [m for m in _SHARED_DECL.finditer(code)
+             if not re.search(r"\bextern\s*$", code[max(0, m.start() - 40):m.start()])]
+    edits = []
+    for m, enclosing in zip(decls, _open_braces(code, [m.start() for m in decls])):
+        names = [n for n in (_declared_name(d) for d in _split_top(m.group(1))) if n]
+        in_function = any(_is_linkage_block(out, b) is None for b in enclosing)
+        macro = "EMU_POISON_SHARED" if in_function else "EMU_POISON_SHARED_GLOBAL"
+        edits.append((m.end(), "".join(f" {macro}({n});" for n in names)))
+    for pos, text in reversed(edits):
+        out = out[:pos] + text + out[pos:]
+    return out, macros
+
+
+_INCLUDE_LINE = re.compile(r"^[ \t]*#[ \t]*include\b[^\n]*$", re.M)
+_INCLUDE_NAME = re.compile(r'#[ \t]*include[ \t]*([<"])([^>"\n]+)[>"]')
+
+
+def _includes(text: str):
+    """(start, end, kind, name) of each #include line outside comments ("..." is blanked by
+    strip_comments, so the name is read from the text itself)."""
+    for m in _INCLUDE_LINE.finditer(strip_comments(text)):
+        n = _INCLUDE_NAME.search(text, m.start(), m.end())
+        if n:
+            yield m.start(), m.end(), n.group(1), n.group(2).strip()
+
+
+def expand_includes(src: str, path: str, search_dirs, emu_dirs, _state=None) -> tuple[str, list[str]]:
+    """`src` rewritten, with every user header that declares `__shared__` memory (or includes one
+    that does) inlined and rewritten too, behind #line markers so that messages name the header and
+    its line. Other user headers are included by absolute path (they may sit next to an inlined
+    header, which g++ would no longer search); the emulator's own and system headers are left to g++."""
+    state = _state if _state is not None else {"once": set(), "depth": 0, "needs": {}}
+
+    def resolve(includer, kind, name):
+        # g++'s order: the includer's folder for "...", then -I folders (the emulator's first)
+        here = [os.path.dirname(includer)] if kind == '"' and os.path.isabs(includer) else []
+        for d in here + list(emu_dirs) + list(search_dirs):
+            f = os.path.join(d, name)
+            if os.path.isfile(f):
+                return None if d in emu_dirs else os.path.abspath(f)
+        return None
+
+    def needs_rewrite(f, seen=()):
+        if f not in state["needs"]:
+            if f in seen:
+                return False
+            text = Path(f).read_text()
+            inner = (resolve(f, k, n) for _, _, k, n in _includes(text))
+            state["needs"][f] = (bool(re.search(r"\b__shared__\b", strip_comments(text)))
+                                 or any(needs_rewrite(g, seen + (f,)) for g in inner if g))
+        return state["needs"][f]
+
+    body, macros = rewrite(src, path)
+    pieces, last = [], 0
+    for start, end, kind, name in list(_includes(body)):
+        f = resolve(path, kind, name)
+        if f is None:
+            continue
+        line = body.count("\n", 0, start) + 1
+        pieces.append(body[last:start])
+        last = end
+        if not needs_rewrite(f):
+            pieces.append(f'#include "{f}"')
+            continue
+        if f in state["once"]:
+            continue
+        text = Path(f).read_text()
+        if re.search(r"^[ \t]*#[ \t]*pragma[ \t]+once\b", strip_comments(text), re.M):
+            state["once"].add(f)
+            text = re.sub(r"^[ \t]*#[ \t]*pragma[ \t]+once\b", lambda a: " " * len(a.group(0)), text, flags=re.M)
+        if state["depth"] > 40:
+            raise EmuCompileError(f"{path}:{line}: #include nested more than 40 deep (a header including itself?)")
+        state["depth"] += 1
+        inner, inner_macros = expand_includes(text, f, search_dirs, emu_dirs, state)
+        state["depth"] -= 1
+        macros += inner_macros
+        pieces.append(f'#line 1 "{f}"\n{inner}\n#line {line + 1} "{path}"')
+    pieces.append(body[last:])
+    return "".join(pieces), macros
 
 
 _OPT_TAKES_VALUE = {"-I", "-D", "-U", "--include-path", "--define-macro", "--undefine-macro"}
@@ -233,8 +419,13 @@ def _header_files(include_dirs) -> list[Path]:
 
 
 def build(source: str, options=(), name_expressions=(), filename: str = "kernel.cu"):
-    """Compile `source` for the emulator (cached) and return (ctypes library, {name: symbol})."""
-    names = kernel_names(source)
+    """Compile `source` for the emulator (cached) and return (ctypes library, {name: symbol},
+    {kernel name: not reachable by name, as on CuPy}, {global variable: symbol})."""
+    linkage = kernel_linkage(source)
+    # CuPy finds a kernel by its symbol: the plain name only for extern "C" ones; any other needs
+    # its name expression (NVRTC then maps it to the mangled symbol)
+    names = [n for n, c in linkage if c]
+    mangled = {n for n, c in linkage if not c} - set(name_expressions)
     exprs = [e for e in name_expressions if e not in names]
     launchers = []
     symbols = {}
@@ -248,13 +439,27 @@ def build(source: str, options=(), name_expressions=(), filename: str = "kernel.
             f'const unsigned* b, size_t sm, void** a, int order, unsigned long long seed, int nt, char* err, size_t el) '
             f'{{ return ::emu::launch("{name}", &{name}, g, b, sm, a, order, seed, nt, err, el); }}\n')
     src_path = os.path.abspath(filename) if os.path.exists(filename) else filename
-    body, macros = rewrite(source)
-    tu = (f'#line 1 "{src_path}"\n{body}\n' + "".join(f"#undef {m}\n" for m in macros) +
-          '#include "emu_launch.h"\n' + "".join(launchers))
     sanitize = sanitize_mode()
     gopts = gxx_options(options)
+    user_dirs = [o[2:] for o in gopts if o.startswith("-I") and len(o) > 2]
+    if os.path.exists(filename):
+        user_dirs.append(os.path.dirname(os.path.abspath(filename)))
+    emu_dirs = [str(EMU_DIR / "include"), str(EMU_DIR)]
+    body, macros = expand_includes(source, src_path, user_dirs, emu_dirs)
+    variables = {}
+    for i, v in enumerate(global_variables(body)):
+        variables[v] = f"g{i}"
+        launchers.append(
+            f'extern "C" __attribute__((visibility("default"))) void* emu_global_g{i}(size_t* bytes, char* info, size_t n) '
+            f'{{ snprintf(info, n, "%s", ::emu::global_info<decltype({v})>().c_str()); *bytes = sizeof({v}); '
+            f'return (void*)&{v}; }}\n')
+    tu = (f'#line 1 "{src_path}"\n{body}\n' + "".join(f"#undef {m}\n" for m in macros) +
+          '#include "emu_launch.h"\n' + "".join(launchers))
+    # -fsanitize=shift-exponent: a shift by >= the width is reported at its line by the handler in
+    # cuda_emu.h; the handler cannot be hidden (g++ declares it), -Bsymbolic binds each build to its own
     flags = ["-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-gnu-unique", "-fno-strict-aliasing",
-             "-w", "-I", str(EMU_DIR / "include"), "-I", str(EMU_DIR), "-include", str(EMU_DIR / "cuda_emu.h")]
+             "-fsanitize=shift-exponent", "-Wl,-Bsymbolic", "-w", "-I", emu_dirs[0], "-I", emu_dirs[1],
+             "-include", str(EMU_DIR / "cuda_emu.h")]
     if sanitize == "address":
         if not _asan_loaded():
             raise EmulatorError("an AddressSanitizer build needs libasan preloaded: run the program as "
@@ -288,7 +493,15 @@ def build(source: str, options=(), name_expressions=(), filename: str = "kernel.
         lib = _loaded.get(str(so))
         if lib is None:
             lib = _loaded[str(so)] = ctypes.CDLL(str(so), mode=os.RTLD_LOCAL)
-    return lib, symbols
+    return lib, symbols, mangled, variables
+
+
+class CUDADriverError(RuntimeError):
+    """What CuPy raises (cupy_backends.cuda.api.driver.CUDADriverError) when the driver cannot
+    find a symbol; the message starts as CuPy's does, so code written against one passes on both."""
+
+
+_NOT_FOUND = "CUDA_ERROR_NOT_FOUND: named symbol not found"
 
 
 class EmuModule:
@@ -296,8 +509,10 @@ class EmuModule:
 
     def __init__(self, source: str, options=(), name_expressions=(), filename: str = "kernel.cu"):
         self.filename = filename
-        self._lib, self._symbols = build(source, options, tuple(name_expressions), filename)
+        self._source = source
+        self._lib, self._symbols, self._mangled, self._variables = build(source, options, tuple(name_expressions), filename)
         self._kernels: dict[str, EmuKernel] = {}
+        self._globals: dict[str, np.ndarray] = {}
 
     @property
     def kernel_names(self) -> list[str]:
@@ -305,11 +520,43 @@ class EmuModule:
 
     def get_function(self, name: str) -> "EmuKernel":
         if name not in self._symbols:
-            raise AttributeError(f"{self.filename} has no kernel {name!r} (has: {', '.join(self._symbols) or 'none'}); "
-                                 "template kernels must be listed in name_expressions")
+            if name in self._mangled:
+                why = (f'{self.filename}: kernel {name!r} is not extern "C", so its symbol is the C++-mangled name; '
+                       'declare it extern "C" __global__ or list it in name_expressions')
+            else:
+                why = (f"{self.filename} has no kernel {name!r} (has: {', '.join(self._symbols) or 'none'}); "
+                       "template kernels must be listed in name_expressions")
+            raise CUDADriverError(f"{_NOT_FOUND} ({why})")
         if name not in self._kernels:
-            self._kernels[name] = EmuKernel(self._lib, self._symbols[name], name)
+            self._kernels[name] = EmuKernel(self._lib, self._symbols[name], name, param_names(self._source, name))
         return self._kernels[name]
+
+    def get_global(self, name: str) -> np.ndarray:
+        """A `__constant__` or `__device__` variable as a writable NumPy view of its storage (CuPy's
+        get_global gives a device pointer to the same bytes). Its dtype and shape are the
+        variable's; a vector type adds a last axis, any other type is seen as bytes."""
+        if name not in self._variables:
+            raise CUDADriverError(f"{_NOT_FOUND} ({self.filename} defines no __constant__ or __device__ variable "
+                                  f"{name!r} at global scope; has: {', '.join(self._variables) or 'none'})")
+        if name not in self._globals:
+            fn = getattr(self._lib, f"emu_global_{self._variables[name]}")
+            fn.restype = ctypes.c_void_p
+            fn.argtypes = [ctypes.POINTER(ctypes.c_size_t), ctypes.c_char_p, ctypes.c_size_t]
+            nbytes, info = ctypes.c_size_t(), ctypes.create_string_buffer(512)
+            addr = fn(ctypes.byref(nbytes), info, len(info))
+            raw = np.ctypeslib.as_array((ctypes.c_uint8 * nbytes.value).from_address(addr))
+            code, _, dims = info.value.decode().partition("|")
+            shape = tuple(int(d) for d in dims.split(",") if d)
+            m = _VEC_CODE.fullmatch(code)
+            dtype, shape = (_DTYPES[m.group(1)], shape + (int(m.group(2)),)) if m else (_DTYPES.get(code), shape)
+            view = raw
+            if dtype is not None and int(np.prod(shape)) * np.dtype(dtype).itemsize == nbytes.value:
+                view = raw.view(dtype).reshape(shape)
+            self._globals[name] = view
+        return self._globals[name]
+
+
+_VEC_CODE = re.compile(r"([a-z]+\d+)x(\d)a(\d+)")
 
 
 def _dims(v, what: str, name: str, limits) -> tuple[int, int, int]:
@@ -326,20 +573,27 @@ def _dims(v, what: str, name: str, limits) -> tuple[int, int, int]:
 class EmuKernel:
     """One kernel; call it like cupy.RawKernel: kernel(grid, block, args, shared_mem=0)."""
 
-    def __init__(self, lib, sym: str, name: str):
+    def __init__(self, lib, sym: str, name: str, params=()):
         self.name = name
         sig = getattr(lib, f"emu_sig_{sym}")
         sig.restype = ctypes.c_char_p
         text = sig().decode()
-        self.signature = text.split(",") if text else []
-        if "?" in "".join(self.signature):
-            raise EmuCompileError(f"kernel {name} has a parameter type the emulator cannot pass: ({text})")
+        self.signature = text.split(";") if text else []
+        self._params = list(params) if len(params) == len(self.signature) else [None] * len(self.signature)
+        for i, code in enumerate(self.signature):
+            if code.startswith("?"):
+                raise EmuCompileError(f"kernel {name}: parameter {self._what(i)} has type {code[1:]!r}, which the "
+                                      "emulator cannot pass (CuPy passes arrays as pointers and NumPy scalars as "
+                                      "numbers: use a pointer, or pass the fields as separate scalars)")
         self._fn = getattr(lib, f"emu_launch_{sym}")
         self._fn.restype = ctypes.c_int
         self._fn.argtypes = [ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint), ctypes.c_size_t,
                              ctypes.c_void_p, ctypes.c_int, ctypes.c_ulonglong, ctypes.c_int,
                              ctypes.c_char_p, ctypes.c_size_t]
         self.max_dynamic_shared_size_bytes = DEFAULT_SHARED_LIMIT
+
+    def _what(self, i: int) -> str:
+        return f"{i} ({self._params[i]})" if self._params[i] else str(i)
 
     def _marshal(self, args) -> list:
         if not isinstance(args, (tuple, list)):
@@ -356,20 +610,30 @@ class EmuKernel:
                     holders.append(ctypes.c_void_p(0))
                     continue
                 if not isinstance(a, np.ndarray):
-                    raise TypeError(f"{self.name}: argument {i} is a pointer ({code}) and needs a NumPy array, "
+                    raise TypeError(f"{self.name}: argument {self._what(i)} is a pointer ({code}) and needs a NumPy array, "
                                     f"got {type(a).__name__}")
-                if base != "void" and a.dtype != _DTYPES[base]:
-                    raise TypeError(f"{self.name}: argument {i} points to {base}, got an array of {a.dtype}")
+                vec = _VEC_CODE.fullmatch(base)
+                if vec:  # a vector type: an array of its elements, aligned as the GPU's vector access needs
+                    elem, align = vec.group(1), int(vec.group(3))
+                    if a.dtype != _DTYPES[elem]:
+                        raise TypeError(f"{self.name}: argument {self._what(i)} points to {elem}x{vec.group(2)} vectors "
+                                        f"and needs an array of {np.dtype(_DTYPES[elem]).name}, got {a.dtype}")
+                    if a.ctypes.data % align:
+                        raise ValueError(f"{self.name}: argument {self._what(i)} points to {align}-byte aligned vectors but "
+                                         f"the array's data is not {align}-byte aligned (cudaMalloc's is; use "
+                                         "unetcu.emu.aligned)")
+                elif base != "void" and a.dtype != _DTYPES[base]:
+                    raise TypeError(f"{self.name}: argument {self._what(i)} points to {base}, got an array of {a.dtype}")
                 if not a.flags.c_contiguous:
-                    raise ValueError(f"{self.name}: argument {i} is not C-contiguous (the kernel would read it wrongly)")
+                    raise ValueError(f"{self.name}: argument {self._what(i)} is not C-contiguous (the kernel would read it wrongly)")
                 if not const and not a.flags.writeable:
-                    raise ValueError(f"{self.name}: argument {i} is read-only but the kernel takes a non-const pointer")
+                    raise ValueError(f"{self.name}: argument {self._what(i)} is read-only but the kernel takes a non-const pointer")
                 holders.append(ctypes.c_void_p(a.ctypes.data))
             else:
                 want = _DTYPES[code]
                 if not isinstance(a, np.generic) or a.dtype != want:
                     got = type(a).__name__ if not isinstance(a, np.generic) else str(a.dtype)
-                    raise TypeError(f"{self.name}: argument {i} must be a numpy.{np.dtype(want).name} scalar, got {got} "
+                    raise TypeError(f"{self.name}: argument {self._what(i)} must be a numpy.{np.dtype(want).name} scalar, got {got} "
                                     f"(a Python number would reach the GPU as a 64-bit value; wrap it: "
                                     f"np.{np.dtype(want).name}(x))")
                 val = a.view(np.uint16).item() if code == "f16" else a.item()

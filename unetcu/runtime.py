@@ -122,12 +122,14 @@ def cuda_include_dir() -> str | None:
     return None
 
 
-_MMA_RE = re.compile(r"#\s*include\s*[<\"]mma\.h[>\"]")
+# <mma.h> and <cooperative_groups.h> (with its cooperative_groups/*.h) come from a full toolkit
+_MMA_RE = re.compile(r"#\s*include\s*[<\"](mma|cooperative_groups(/\w+)?)\.h[>\"]")
 _LOCAL_INCLUDE_RE = re.compile(r"#\s*include\s*\"([^\"]+)\"")
 
 
 def _includes_mma(source: str, include_dirs, seen=None) -> bool:
-    """Whether the source, or a local header it includes (found in include_dirs), includes <mma.h>."""
+    """Whether the source, or a local header it includes (found in include_dirs), includes <mma.h>
+    or a cooperative groups header (both need the toolkit's include directory)."""
     if _MMA_RE.search(source):
         return True
     seen = set() if seen is None else seen
@@ -148,7 +150,7 @@ def nvrtc_options(source: str, options=(), include_dirs=()) -> tuple[str, ...]:
     if _includes_mma(source, dirs):
         inc = cuda_include_dir()
         if inc is None:
-            raise RuntimeError("this kernel includes <mma.h>, whose crt/mma.h is not in CuPy's headers, and no CUDA "
+            raise RuntimeError("this kernel includes <mma.h> or <cooperative_groups.h>, which CuPy's headers lack, and no CUDA "
                                "toolkit include directory was found: set CUDA_PATH to a CUDA toolkit")
         opts.append(f"-I{inc}")
     return tuple(opts)
@@ -166,6 +168,11 @@ class CudaModule:
 
     def get_function(self, name: str):
         return self._mod.get_function(name)
+
+    def get_global(self, name: str):
+        """CuPy's cupy.cuda.MemoryPointer to a __constant__ / __device__ variable (the emulator's
+        module gives a writable NumPy view of the same variable)."""
+        return self._mod.get_global(name)
 
 
 def compile(source: str, engine: str | None = None, options=(), name_expressions=(), filename: str = "kernel.cu"):

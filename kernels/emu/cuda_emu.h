@@ -20,7 +20,8 @@
 // Shared memory: `__shared__` is a block-scope `static thread_local` (one copy per OS thread, and
 // one OS thread runs one block at a time); under AddressSanitizer it is plain `static` so ASan puts
 // redzones around it. `extern __shared__ T name[];` is rewritten by the Python builder into a
-// pointer to the launch's dynamic buffer (exactly shared_mem bytes, poisoned with 0xFF = NaN).
+// pointer to the launch's dynamic buffer (exactly shared_mem bytes). Both kinds are poisoned with
+// 0xFF (a float NaN) at every block start, as the GPU gives garbage there, never zeros.
 //
 // Rules for kernels that run here and on the GPU: see kernels/emu/README.md.
 #pragma once
@@ -84,29 +85,45 @@
 #define assert(e) ((e) ? (void)0 : ::emu::assert_fail(#e, __FILE__, __LINE__))
 #endif
 
-struct uint3 { unsigned int x, y, z; };
+// Vector types with CUDA's sizes and alignments (vector_types.h): a uint4 load is one 16-byte access
+// on the GPU, so a kernel may rely on that alignment and a test must provide it.
+namespace emu { template <typename V> struct vec_info { static constexpr const char* base = nullptr; static constexpr int lanes = 0; }; }
+#define EMU_VEC_INFO(V, C, L) namespace emu { template <> struct vec_info<V> { \
+    static constexpr const char* base = C; static constexpr int lanes = L; }; }
+#define EMU_VEC1(T, N, C) struct alignas(sizeof(T)) N##1 { T x; }; \
+    inline N##1 make_##N##1(T x) { return N##1{x}; } EMU_VEC_INFO(N##1, C, 1)
+#define EMU_VEC2(T, N, C) struct alignas(2 * sizeof(T)) N##2 { T x, y; }; \
+    inline N##2 make_##N##2(T x, T y) { return N##2{x, y}; } EMU_VEC_INFO(N##2, C, 2)
+#define EMU_VEC3(T, N, C) struct N##3 { T x, y, z; }; \
+    inline N##3 make_##N##3(T x, T y, T z) { return N##3{x, y, z}; } EMU_VEC_INFO(N##3, C, 3)
+#define EMU_VEC4(T, N, C, A) struct alignas(A) N##4 { T x, y, z, w; }; \
+    inline N##4 make_##N##4(T x, T y, T z, T w) { return N##4{x, y, z, w}; } EMU_VEC_INFO(N##4, C, 4)
+#define EMU_VEC(T, N, C) EMU_VEC1(T, N, C) EMU_VEC2(T, N, C) EMU_VEC3(T, N, C) \
+    EMU_VEC4(T, N, C, (sizeof(T) * 4 < 16 ? sizeof(T) * 4 : 16))
+EMU_VEC(signed char, char, "i8")      EMU_VEC(unsigned char, uchar, "u8")
+EMU_VEC(short, short, "i16")          EMU_VEC(unsigned short, ushort, "u16")
+EMU_VEC(int, int, "i32")              EMU_VEC(unsigned int, uint, "u32")
+EMU_VEC(long, long, "i64")            EMU_VEC(unsigned long, ulong, "u64")
+EMU_VEC(long long, longlong, "i64")   EMU_VEC(unsigned long long, ulonglong, "u64")
+EMU_VEC(float, float, "f32")          EMU_VEC(double, double, "f64")
+// 8-byte elements: CUDA 13 also names the 16- and 32-byte aligned 4-vectors explicitly
+#define EMU_VEC4A(T, N, C, A) struct alignas(A) N { T x, y, z, w; }; EMU_VEC_INFO(N, C, 4)
+EMU_VEC4A(long, long4_16a, "i64", 16)                EMU_VEC4A(long, long4_32a, "i64", 32)
+EMU_VEC4A(unsigned long, ulong4_16a, "u64", 16)      EMU_VEC4A(unsigned long, ulong4_32a, "u64", 32)
+EMU_VEC4A(long long, longlong4_16a, "i64", 16)       EMU_VEC4A(long long, longlong4_32a, "i64", 32)
+EMU_VEC4A(unsigned long long, ulonglong4_16a, "u64", 16) EMU_VEC4A(unsigned long long, ulonglong4_32a, "u64", 32)
+EMU_VEC4A(double, double4_16a, "f64", 16)            EMU_VEC4A(double, double4_32a, "f64", 32)
+#undef EMU_VEC4A
+#undef EMU_VEC
+#undef EMU_VEC1
+#undef EMU_VEC2
+#undef EMU_VEC3
+#undef EMU_VEC4
 struct dim3 {
     unsigned int x, y, z;
     constexpr dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
     constexpr dim3(uint3 v) : x(v.x), y(v.y), z(v.z) {}
 };
-
-#define EMU_VEC2(T, N, A) struct alignas(A) N##2 { T x, y; }; \
-    inline N##2 make_##N##2(T x, T y) { return N##2{x, y}; }
-#define EMU_VEC3(T, N) struct N##3 { T x, y, z; }; \
-    inline N##3 make_##N##3(T x, T y, T z) { return N##3{x, y, z}; }
-#define EMU_VEC4(T, N, A) struct alignas(A) N##4 { T x, y, z, w; }; \
-    inline N##4 make_##N##4(T x, T y, T z, T w) { return N##4{x, y, z, w}; }
-EMU_VEC2(float, float, 8)   EMU_VEC3(float, float)   EMU_VEC4(float, float, 16)
-EMU_VEC2(int, int, 8)       EMU_VEC3(int, int)       EMU_VEC4(int, int, 16)
-EMU_VEC2(unsigned int, uint, 8)                      EMU_VEC4(unsigned int, uint, 16)
-EMU_VEC2(double, double, 16)                         EMU_VEC4(double, double, 32)
-EMU_VEC2(unsigned char, uchar, 2)                    EMU_VEC4(unsigned char, uchar, 4)
-EMU_VEC2(signed char, char, 2)                       EMU_VEC4(signed char, char, 4)
-inline uint3 make_uint3(unsigned x, unsigned y, unsigned z) { return uint3{x, y, z}; }
-#undef EMU_VEC2
-#undef EMU_VEC3
-#undef EMU_VEC4
 
 inline thread_local uint3 threadIdx, blockIdx;
 inline thread_local dim3 blockDim, gridDim;
@@ -127,6 +144,19 @@ inline __half __hadd(__half a, __half b) { return __half((float)a + (float)b); }
 inline __half __hsub(__half a, __half b) { return __half((float)a - (float)b); }
 inline __half __hmul(__half a, __half b) { return __half((float)a * (float)b); }
 inline __half __hfma(__half a, __half b, __half c) { return __half(fmaf((float)a, (float)b, (float)c)); }
+struct alignas(4) __half2 { __half x, y; };
+typedef __half2 half2;
+EMU_VEC_INFO(__half2, "f16", 2)
+inline __half2 __halves2half2(__half a, __half b) { return __half2{a, b}; }
+inline __half2 __floats2half2_rn(float a, float b) { return __half2{__half(a), __half(b)}; }
+inline __half2 __float2half2_rn(float a) { return __half2{__half(a), __half(a)}; }
+inline float __low2float(__half2 h) { return (float)h.x; }
+inline float __high2float(__half2 h) { return (float)h.y; }
+inline __half __low2half(__half2 h) { return h.x; }
+inline __half __high2half(__half2 h) { return h.y; }
+inline __half2 __hadd2(__half2 a, __half2 b) { return __half2{__hadd(a.x, b.x), __hadd(a.y, b.y)}; }
+inline __half2 __hmul2(__half2 a, __half2 b) { return __half2{__hmul(a.x, b.x), __hmul(a.y, b.y)}; }
+inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) { return __half2{__hfma(a.x, b.x, c.x), __hfma(a.y, b.y, c.y)}; }
 
 // ---- math intrinsics: the exact libm function stands in for each fast approximation --------------
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
@@ -267,11 +297,15 @@ namespace emu {
 enum State : int { READY, AT_BARRIER, AT_WARP, DONE };
 enum Op : int { OP_SYNCTHREADS, OP_SYNCTHREADS_COUNT, OP_SYNCTHREADS_AND, OP_SYNCTHREADS_OR,
                 OP_SYNCWARP, OP_SHFL_IDX, OP_SHFL_UP, OP_SHFL_DOWN, OP_SHFL_XOR,
-                OP_ALL, OP_ANY, OP_BALLOT, OP_WMMA };
+                OP_ALL, OP_ANY, OP_BALLOT, OP_WMMA,
+                OP_REDUCE_ADD, OP_REDUCE_MIN, OP_REDUCE_MAX, OP_REDUCE_AND, OP_REDUCE_OR, OP_REDUCE_XOR,
+                OP_MATCH_ANY, OP_MATCH_ALL };
 inline const char* op_name(int op) {
     static const char* names[] = {"__syncthreads", "__syncthreads_count", "__syncthreads_and",
         "__syncthreads_or", "__syncwarp", "__shfl_sync", "__shfl_up_sync", "__shfl_down_sync",
-        "__shfl_xor_sync", "__all_sync", "__any_sync", "__ballot_sync", "a wmma operation"};
+        "__shfl_xor_sync", "__all_sync", "__any_sync", "__ballot_sync", "a wmma operation",
+        "__reduce_add_sync", "__reduce_min_sync", "__reduce_max_sync", "__reduce_and_sync",
+        "__reduce_or_sync", "__reduce_xor_sync", "__match_any_sync", "__match_all_sync"};
     return names[op];
 }
 
@@ -307,6 +341,7 @@ struct Sched {
     std::string error;
     const void* asan_bottom = nullptr;
     size_t asan_size = 0;
+    unsigned long long epoch = 0;    // unique per block run: static __shared__ is poisoned once per epoch
 };
 inline thread_local Sched* g_sched = nullptr;
 
@@ -366,6 +401,8 @@ inline unsigned long long warp_collective(int op, unsigned mask, unsigned long l
     Sched* s = sched();
     Fiber& f = s->fibers[s->cur];
     int lane = s->cur & 31;
+    if (mask == 0)
+        fail_here(format("%s at %s:%d: mask 0x00000000 names no lane", op_name(op), file, line));
     if (!(mask >> lane & 1u))
         fail_here(format("%s at %s:%d: mask 0x%08x does not name the calling lane %d", op_name(op), file, line, mask, lane));
     if (width <= 0 || width > 32 || (width & (width - 1)))
@@ -497,6 +534,28 @@ inline bool try_warp(Sched* s, int i) {
             g.result = vote != 0;
         } else if (g.op == OP_BALLOT) {
             g.result = vote;
+        } else if (g.op >= OP_REDUCE_ADD && g.op <= OP_REDUCE_XOR) {
+            // 32-bit reductions (sm_80's redux.sync); arg 1 = signed min/max
+            unsigned r = (unsigned)g.offer;
+            for (int k = 0; k < 32; ++k) {
+                if (!(m >> k & 1u) || k == j) continue;
+                unsigned v = (unsigned)s->fibers[w0 + k].offer;
+                switch (g.op) {
+                    case OP_REDUCE_ADD: r += v; break;
+                    case OP_REDUCE_MIN: r = g.arg ? (unsigned)std::min((int)r, (int)v) : std::min(r, v); break;
+                    case OP_REDUCE_MAX: r = g.arg ? (unsigned)std::max((int)r, (int)v) : std::max(r, v); break;
+                    case OP_REDUCE_AND: r &= v; break;
+                    case OP_REDUCE_OR: r |= v; break;
+                    default: r ^= v; break;
+                }
+            }
+            g.result = r;
+        } else if (g.op == OP_MATCH_ANY || g.op == OP_MATCH_ALL) {
+            // the lanes whose value has the same bits as this lane's; match_all's predicate in bit 32
+            unsigned same = 0;
+            for (int k = 0; k < 32; ++k)
+                if ((m >> k & 1u) && s->fibers[w0 + k].offer == g.offer) same |= 1u << k;
+            g.result = g.op == OP_MATCH_ANY ? same : same == m ? (1ull << 32) | m : 0;
         }
     }
     for (int j = 0; j < 32; ++j)
@@ -563,9 +622,27 @@ inline int resolve(Sched* s) {
     return 1;
 }
 
+// Static __shared__ variables keep their storage from one block to the next on an OS thread, so a
+// kernel that reads before it writes would see the previous block's values (and zeros in the
+// first block) where the GPU gives garbage. The builder adds a poison_shared() after every
+// block-scope declaration: the first thread of a block to pass it fills the variable with 0xFF.
+// File-scope ones are listed in shared_registry() and filled when the block starts.
+inline std::atomic<unsigned long long> g_epoch{0};
+inline void poison_shared(void* p, size_t n, unsigned long long& epoch) {
+    Sched* s = sched();
+    if (epoch != s->epoch) { epoch = s->epoch; memset(p, 0xFF, n); }
+}
+struct SharedVar { void* (*addr)(); size_t bytes; };
+inline std::vector<SharedVar>& shared_registry() { static std::vector<SharedVar> r; return r; }
+struct SharedRegistrar {
+    SharedRegistrar(void* (*addr)(), size_t bytes) { shared_registry().push_back(SharedVar{addr, bytes}); }
+};
+
 inline void run_block(Sched* s) {
     int n = s->nthreads;
     for (int i = 0; i < n; ++i) init_fiber(s, i);
+    s->epoch = g_epoch.fetch_add(1, std::memory_order_relaxed) + 1;
+    for (const SharedVar& v : shared_registry()) memset(v.addr(), 0xFF, v.bytes);
     if (s->smem && s->smem_bytes) memset(s->smem, 0xFF, s->smem_bytes);  // 0xFFFFFFFF is a float NaN
     std::vector<int>& ord = s->order_buf;
     for (;;) {
@@ -621,6 +698,26 @@ template <typename T> inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask
 inline int __all_sync(unsigned mask, int p, EMU_SITE) { return (int)emu::warp_collective(emu::OP_ALL, mask, p != 0, 0, 32, emu_file_, emu_line_); }
 inline int __any_sync(unsigned mask, int p, EMU_SITE) { return (int)emu::warp_collective(emu::OP_ANY, mask, p != 0, 0, 32, emu_file_, emu_line_); }
 inline unsigned __ballot_sync(unsigned mask, int p, EMU_SITE) { return (unsigned)emu::warp_collective(emu::OP_BALLOT, mask, p != 0, 0, 32, emu_file_, emu_line_); }
+// sm_80+ warp reductions and sm_70+ matches: the same mask rules as the shuffles
+#define EMU_REDUCE(NAME, OP, T, SIGNED) inline T NAME(unsigned mask, T v, EMU_SITE) { \
+    return (T)emu::warp_collective(emu::OP, mask, (unsigned)v, SIGNED, 32, emu_file_, emu_line_); }
+EMU_REDUCE(__reduce_add_sync, OP_REDUCE_ADD, unsigned, 0) EMU_REDUCE(__reduce_add_sync, OP_REDUCE_ADD, int, 1)
+EMU_REDUCE(__reduce_min_sync, OP_REDUCE_MIN, unsigned, 0) EMU_REDUCE(__reduce_min_sync, OP_REDUCE_MIN, int, 1)
+EMU_REDUCE(__reduce_max_sync, OP_REDUCE_MAX, unsigned, 0) EMU_REDUCE(__reduce_max_sync, OP_REDUCE_MAX, int, 1)
+EMU_REDUCE(__reduce_and_sync, OP_REDUCE_AND, unsigned, 0)
+EMU_REDUCE(__reduce_or_sync, OP_REDUCE_OR, unsigned, 0)
+EMU_REDUCE(__reduce_xor_sync, OP_REDUCE_XOR, unsigned, 0)
+#undef EMU_REDUCE
+template <typename T> inline unsigned __match_any_sync(unsigned mask, T v, EMU_SITE) {
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "__match_any_sync takes a 32- or 64-bit value");
+    return (unsigned)emu::warp_collective(emu::OP_MATCH_ANY, mask, emu::pack(v), 0, 32, emu_file_, emu_line_);
+}
+template <typename T> inline unsigned __match_all_sync(unsigned mask, T v, int* pred, EMU_SITE) {
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "__match_all_sync takes a 32- or 64-bit value");
+    unsigned long long r = emu::warp_collective(emu::OP_MATCH_ALL, mask, emu::pack(v), 0, 32, emu_file_, emu_line_);
+    *pred = (int)(r >> 32);
+    return (unsigned)r;
+}
 inline unsigned __activemask() {  // the lanes of this warp that have not exited
     emu::Sched* s = emu::sched();
     int w0 = s->cur & ~31;
@@ -635,6 +732,44 @@ namespace emu {
 // What `extern __shared__ T name[];` becomes: the running block's dynamic shared memory.
 inline void* dynamic_smem() { return sched()->smem; }
 }  // namespace emu
+// What the builder appends to a `__shared__` declaration (see poison_shared)
+#define EMU_POISON_SHARED(v) do { __shared__ unsigned long long emu_epoch_; \
+    ::emu::poison_shared(&(v), sizeof(v), emu_epoch_); } while (0)
+#define EMU_CAT2(a, b) a##b
+#define EMU_CAT(a, b) EMU_CAT2(a, b)
+#define EMU_POISON_SHARED_GLOBAL(v) static ::emu::SharedRegistrar EMU_CAT(emu_shared_reg_, __COUNTER__)( \
+    []() -> void* { return (void*)&(v); }, sizeof(v))
+
+// Shifts by the word size or more are undefined in C++: x86 takes the count modulo the width (so
+// `(1u << 32) - 1` is 0, an empty mask), the GPU's shift clamps (giving 0xffffffff). Builds use
+// -fsanitize=shift-exponent, whose check calls this handler: report the line instead of computing
+// a value that differs between the two machines. (Defined here, not inline: the header is in
+// exactly one translation unit per emulator build.)
+namespace emu {
+struct UbsanLoc { const char* file; unsigned line, column; };
+struct UbsanType { unsigned short kind, info; char name[1]; };
+struct UbsanShift { UbsanLoc loc; const UbsanType* lhs; const UbsanType* rhs; };
+}  // namespace emu
+extern "C" void __ubsan_handle_shift_out_of_bounds(void* data, void* lhs, void* rhs) {
+    (void)lhs;
+    const emu::UbsanShift* d = (const emu::UbsanShift*)data;
+    unsigned bits = d->lhs->kind == 0 ? 1u << (d->lhs->info >> 1) : 0;
+    bool rsigned = d->rhs->kind == 0 && (d->rhs->info & 1);
+    unsigned rbits = d->rhs->kind == 0 ? 1u << (d->rhs->info >> 1) : 64;
+    long long count = (long long)(uintptr_t)rhs;
+    if (rsigned && rbits < 64) count = (long long)((unsigned long long)count << (64 - rbits)) >> (64 - rbits);
+    std::string what = emu::format("shift by %lld at %s:%u: %s for a %u-bit %s (undefined in C++; x86 takes the count "
+                                   "modulo %u, the GPU clamps it, so the two disagree); for a mask of n lanes write "
+                                   "n >= 32 ? 0xffffffffu : (1u << n) - 1", count, d->loc.file, d->loc.line,
+                                   count < 0 ? "the count is negative" : "the count is not below the width",
+                                   bits, d->lhs->name, bits);
+    if (emu::g_sched && emu::g_sched->cur >= 0) emu::fail_here(what);
+    fprintf(stderr, "unetcu emulator: %s\n", what.c_str());
+    abort();
+}
+extern "C" void __ubsan_handle_shift_out_of_bounds_abort(void* data, void* lhs, void* rhs) {
+    __ubsan_handle_shift_out_of_bounds(data, lhs, rhs);
+}
 
 // ------------------------------------------------------------------------------------------------
 // nvcuda::wmma. Each emulated thread holds the whole tile in logical row-major order (element <->

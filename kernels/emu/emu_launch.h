@@ -18,18 +18,47 @@ EMU_CODE(long, "i64") EMU_CODE(unsigned long, "u64") EMU_CODE(long long, "i64") 
 EMU_CODE(void, "void")
 #undef EMU_CODE
 
-// "f32" for a float, "*f32" for float*, "*cf32" for const float*.
+// The name of a type as the compiler spells it, for refusals ("const uint4*", "Foo").
+template <typename T> std::string type_name() {
+    std::string f = __PRETTY_FUNCTION__;  // "... type_name() [with T = const uint4*; ...]"
+    size_t a = f.find("T = ") + 4, b = f.find_first_of(";]", a);
+    return f.substr(a, b - a);
+}
+// One parameter's code for the Python side: "f32" for a float, "*f32" for float*, "*cf32" for
+// const float*, "*cu32x4a16" for const uint4* (element type, lanes, alignment: the array holds
+// the elements and must be as aligned as the GPU's vector load needs). A type the emulator cannot
+// pass is "?" followed by its name.
+template <typename T> std::string elem_code() {
+    using U = typename std::remove_cv<T>::type;
+    if constexpr (vec_info<U>::lanes > 0)
+        return std::string(vec_info<U>::base) + "x" + std::to_string(vec_info<U>::lanes) + "a" + std::to_string(alignof(U));
+    else
+        return code<U>::s;
+}
 template <typename T> std::string type_code() {
+    std::string c;
     if constexpr (std::is_pointer<T>::value) {
         using P = typename std::remove_pointer<T>::type;
-        return std::string("*") + (std::is_const<P>::value ? "c" : "") + code<typename std::remove_cv<P>::type>::s;
-    } else {
-        return code<typename std::remove_cv<T>::type>::s;
+        c = std::string("*") + (std::is_const<P>::value ? "c" : "") + elem_code<P>();
+    } else {  // CuPy passes NumPy scalars only; a vector or struct by value has no NumPy scalar
+        c = vec_info<typename std::remove_cv<T>::type>::lanes > 0 ? std::string("?") : elem_code<T>();
     }
+    if (c.find('?') != std::string::npos) return "?" + type_name<T>();
+    return c;
+}
+// A global variable for get_global: "<element code>|<extents>", e.g. "f32|17" or "u32x4a16|2,8".
+template <typename T> std::string global_info() {
+    using E = typename std::remove_cv<typename std::remove_all_extents<T>::type>::type;
+    std::string s = elem_code<E>() + "|";
+    if constexpr (std::rank<T>::value >= 1) s += std::to_string(std::extent<T, 0>::value);
+    if constexpr (std::rank<T>::value >= 2) s += "," + std::to_string(std::extent<T, 1>::value);
+    if constexpr (std::rank<T>::value >= 3) s += "," + std::to_string(std::extent<T, 2>::value);
+    if constexpr (std::rank<T>::value >= 4) s += "," + std::to_string(std::extent<T, 3>::value);
+    return s;
 }
 template <typename... A> std::string signature(void (*)(A...)) {
     std::string s;
-    ((s += (s.empty() ? "" : ","), s += type_code<A>()), ...);
+    ((s += (s.empty() ? "" : ";"), s += type_code<A>()), ...);  // ';': type names may hold commas
     return s;
 }
 
