@@ -159,7 +159,7 @@ def main(argv=None):
     if "peer" in a.arms:
         try:
             import torch
-            torch.set_num_threads(os.cpu_count() or 1)
+            torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
         except ImportError:
             print("quality: the peer arm needs PyTorch (pip install torch), or run --arms unetcu", file=sys.stderr)
             return 2

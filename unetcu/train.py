@@ -32,8 +32,8 @@ import numpy as np
 
 from . import augment
 from .data import Sample
-from .instances import object_radius
 from .files import atomic_write, same_file
+from .instances import object_radius
 from .metrics import iou
 from .model import UNet, output_size
 from .optim import Optimizer, clip_gradients, lr_at
@@ -61,14 +61,6 @@ class TrainConfig:
     momentum: float = 0.99        # sgd only
     weight_decay: float = 0.0
     clip: float = 0.0             # > 0: scale the gradients down to this global L2 norm when above it
-
-    @property
-    def warmup_steps(self) -> int:
-        return self.warmup if self.warmup is not None else min(100, self.steps // 10)
-
-    def lr_at(self, step: int) -> float:
-        """The learning rate of step (from 1), see optim.lr_at."""
-        return lr_at(step, self.steps, self.lr, self.warmup_steps, self.schedule)
     batch: int = 1
     tile: int = 188
     augment: str = "elastic"      # elastic | flips | none
@@ -82,6 +74,14 @@ class TrainConfig:
     cuda_graph: bool = False      # replay the whole step as one CUDA graph (cuda engine only)
     run: dict = field(default_factory=dict)  # how the run was started (data source, preset): saved in the
     #                                          checkpoint so that --resume needs nothing else
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.warmup if self.warmup is not None else min(100, self.steps // 10)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step (from 1), see optim.lr_at."""
+        return lr_at(step, self.steps, self.lr, self.warmup_steps, self.schedule)
 
 
 @dataclass
