@@ -328,7 +328,8 @@ def predict_zarr(model_path, source, out, engine=None, precision="fp32", tile=No
     input is taken as already standardised). scheduler: None or "threads" (Dask's threaded
     scheduler, `workers` threads), "processes" (a local process pool), a distributed scheduler
     address ("tcp://host:8786"), or a distributed.Client. The model file must be readable by every
-    worker at the same path (it is loaded once per worker process).
+    worker at the same path (it is loaded once per worker process). engine: resolved here for a
+    local scheduler; for a cluster, give the workers' engine (None: resolved here).
 
     An existing `out` made by the same model, settings and input resumes (its blocks marked done
     are skipped); any other existing `out` is refused unless overwrite. Returns a summary dict
@@ -349,7 +350,17 @@ def predict_zarr(model_path, source, out, engine=None, precision="fp32", tile=No
     x, ndim = open_image(source)  # (Z, H, W), lazy
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    model = UNet.load(model_path, engine=engine)  # here: checks, config; the workers load their own
+    # On a cluster the engine is the workers': this machine (maybe without a GPU) only reads the
+    # checkpoint's config; on this machine the engine is resolved (and its memory checked) here.
+    remote = scheduler is not None and not (isinstance(scheduler, str) and scheduler in ("threads", "processes", "sync"))
+    if remote and engine is not None:
+        from .ops._core import OP_ENGINES
+        if engine not in OP_ENGINES:
+            raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(OP_ENGINES)}")
+        model, run_engine = UNet.load(model_path, engine="numpy"), engine
+    else:
+        model = UNet.load(model_path, engine=engine)
+        run_engine = model.engine
     c = model.config
     if c["in_channels"] != 1:
         raise ValueError(f"{model_path}: the model takes {c['in_channels']} channels; block-wise prediction gives 1")
@@ -361,15 +372,16 @@ def predict_zarr(model_path, source, out, engine=None, precision="fp32", tile=No
         raise ValueError(f"--tile: {e}") from None
     margin = (tile - t_out) // 2
     b = block_size(block, t_out, margin, tile)
-    check_memory(model.engine, tile, batch, c["depth"], c["base_channels"], c["n_classes"], c["in_channels"],
-                 training=False)
+    if run_engine == model.engine:
+        check_memory(model.engine, tile, batch, c["depth"], c["base_channels"], c["n_classes"], c["in_channels"],
+                     training=False)
     rows_out, rows_chunks = _axis_plan(h, t_out, margin, b)
     cols_out, cols_chunks = _axis_plan(w, t_out, margin, b)
     zi = (nz,) if ndim == 3 else ()
     shapes = dict(probs=(c["n_classes"], *zi, h, w), labels=(*zi, h, w), done=(*zi, len(rows_out), len(cols_out)))
     chunks = dict(probs=(1, *(1,) * len(zi), b, b), labels=(*(1,) * len(zi), b, b))
     sha = _sha256(model_path)
-    meta = dict(format=FORMAT, model=os.path.abspath(model_path), model_sha256=sha, engine=model.engine,
+    meta = dict(format=FORMAT, model=os.path.abspath(model_path), model_sha256=sha, engine=run_engine,
                 precision=precision, tile=tile, block=b, standardise=bool(standardise),
                 source=os.path.abspath(source), source_shape=[int(v) for v in x.shape], source_dtype=str(x.dtype))
     action = _check_output(out, meta, overwrite)
@@ -405,7 +417,7 @@ def predict_zarr(model_path, source, out, engine=None, precision="fp32", tile=No
         xp = _mirror(xs, 1, margin, margin + total_h - h, edge)
         xp = _mirror(xp, 2, margin, margin + total_w - w, edge)
         xp = xp.rechunk(((1,) * nz, rows_chunks, cols_chunks))  # one block (+ its margins) per chunk
-        spec = dict(model=os.path.abspath(model_path), sha=sha, engine=model.engine, precision=precision, tile=tile,
+        spec = dict(model=os.path.abspath(model_path), sha=sha, engine=run_engine, precision=precision, tile=tile,
                     batch=batch, h=h, w=w, block=b, ndim=ndim, out=os.path.abspath(out))
         status = xp.map_overlap(_predict_block, depth={0: 0, 1: margin, 2: margin}, boundary="none", trim=False,
                                 chunks=((1,) * nz, (1,) * len(rows_out), (1,) * len(cols_out)), dtype=np.uint8,
