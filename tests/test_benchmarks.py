@@ -59,3 +59,24 @@ def test_harness_agrees_with_torch_where_torch_is_installed():
     assert not [r for r in rows if "error" in r]
     checked = [r for r in rows if "check_rel_err" in r]
     assert len(checked) > 20 and all(r["check_rel_err"] <= (1e-4 if r["precision"] == "fp32" else 5e-3) for r in checked)
+
+
+def test_large_benchmark_runs_and_its_section_is_generated(tmp_path):
+    """bench_large.py at a toy size: both paths run, the block-wise result is compared with the
+    in-memory one, and its RESULTS.md section is written (by itself and by make_results.py)."""
+    __import__("pytest").importorskip("zarr")
+    res = tmp_path / "RESULTS.md"
+    res.write_text("# unetcu benchmark results\n\n## Other\n\nkept\n")
+    r = subprocess.run([sys.executable, str(BENCH / "bench_large.py"), "--sizes", "157", "--blocks", "104", "--workers", "2",
+                        "--tile", "92", "--json", str(tmp_path / "large.json"), "--results", str(res)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    runs = json.loads((tmp_path / "large.json").read_text())["runs"]
+    assert [x["mode"] for x in runs] == ["memory", "blocks"] and runs[1]["n_blocks"] == 4
+    assert runs[1]["max_diff"] <= 1e-5 and all(x["peak_rss_mb"] > 0 and x["mpx_s"] > 0 for x in runs)
+    text = res.read_text()
+    assert "## Other\n\nkept" in text and "| 157² | blocks (Dask) | 104 | 2 | 4 |" in text
+    r = subprocess.run([sys.executable, str(BENCH / "make_results.py"), str(tmp_path), "--out", str(tmp_path / "R2.md")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "Block-wise prediction of large images" in (tmp_path / "R2.md").read_text()
