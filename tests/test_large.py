@@ -189,3 +189,14 @@ def test_errors_are_one_line(tmp_path, model_path, capsys):
     assert cli.main([*cmd, ok2, "--out", str(tmp_path / "o.zarr"), "--tile", str(TILE)]) == 0
     one_line(capsys, cli.main([*cmd, ok2, "--out", str(tmp_path / "o.zarr"), "--tile", str(TILE)]),
              "already holds this prediction", "--overwrite")
+
+
+@pytest.mark.parametrize("shape", [(1, 57), (9, 7), (3, 200)])
+def test_images_smaller_than_the_margin_are_mirrored_as_in_memory(tmp_path, model_path, model, rng, shape):
+    """Pads wider than the image (mirrored again and again) and 1-pixel axes (repeated): the same
+    window as tiling.mirror_pad."""
+    img = rng.standard_normal(shape).astype(np.float32)
+    src = write_zarr(tmp_path / "in.zarr", img, (2, 3))
+    large.predict_zarr(model_path, src, tmp_path / "o.zarr", engine="numpy", tile=TILE, block=52,
+                       standardise=False, progress=False)
+    assert np.array_equal(read(tmp_path / "o.zarr")[0], predict_probs(model, img, tile=TILE))

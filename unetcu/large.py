@@ -196,9 +196,9 @@ def block_size(block, out: int, margin: int, tile: int) -> int:
 
 
 def _axis_plan(n: int, out: int, margin: int, block: int):
-    """For one image axis of n pixels: (index map of the padded axis into 0..n-1, chunks of the
-    padded axis, output rows per block). The padded axis is the in-memory path's: margin + n_tiles*out
-    + margin long, mirrored like tiling.mirror_pad."""
+    """For one image axis of n pixels: (output pixels of each block, chunks of the padded axis).
+    The padded axis is the in-memory path's, margin + n_tiles*out + margin long; its chunk k holds
+    block k's output pixels, plus the margin at both ends of the axis."""
     total = -(-n // out) * out
     outs = [block] * (total // block) + ([total % block] if total % block else [])
     chunks = list(outs)
