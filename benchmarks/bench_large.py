@@ -13,6 +13,7 @@ wall time. Every block-wise result is compared with the in-memory one of the sam
 
     python benchmarks/bench_large.py [--sizes 2048 4096 8192] [--blocks 388 776 1552] [--workers 1 2]
         [--matrix-up-to 2048] [--tile T] [--json large.json] [--results benchmarks/RESULTS.md] [--figure]
+    python benchmarks/bench_large.py --plan 8192:388:1 --no-memory --append   # one more run, added
 
 The full blocks x workers matrix runs on sizes up to --matrix-up-to; larger sizes run the
 in-memory path and the middle block size with the most workers (the numpy engine predicts about
@@ -107,6 +108,7 @@ def machine() -> str:
 
 
 def section(res: dict) -> list[str]:
+    runs = sorted(res["runs"], key=lambda r: (r["size"], r["mode"] != "memory", r.get("block") or 0, r.get("workers") or 0))
     out = [SECTION, "",
            f"Measured {res['date']} on {res['machine']}; dask {res['versions']['dask']}, zarr {res['versions']['zarr']}; "
            f"numpy engine, tiny preset untrained (depth 3, 8 channels), tile {res['tile']} (output {res['out_tile']}), "
@@ -114,15 +116,19 @@ def section(res: dict) -> list[str]:
            "peak RSS of that process (Dask's threads included), wall time from opening the input to the last block "
            "written (block-wise: the statistics pass included). max |dp|: largest difference of any probability from "
            "the in-memory result of the same image (per-image statistics summed in another order; 0 = bit for bit). "
-           "The cores were shared with other jobs (this benchmark ran at nice 15), so the seconds are upper bounds.", "",
+           "The cores were shared with other jobs (this benchmark ran at nice 15), so the seconds are upper bounds. "
+           "The in-memory peak grows with the image (the image, its float64 standardisation, the padded copy and "
+           "the probabilities); the block-wise peak is set by what each worker holds: its block's window and the "
+           "numpy engine's forward pass over up to --batch (4) tiles of the block, whatever the image size.", "",
            "| image | path | block | workers | blocks | peak RSS MB | seconds | Mpx/s | max \\|dp\\| vs in-memory |",
            "|---|---|---|---|---|---|---|---|---|"]
-    for r in res["runs"]:
+    for r in runs:
         blk = f"{r['block']}" if r["mode"] == "blocks" else ""
+        timing = (f"{r['seconds']:.1f} | {r['mpx_s']:.3f}" if r.get("seconds") else
+                  f"stopped after {r.get('stopped_after_blocks')} of {r['n_blocks']} blocks (peak so far) | ")
         out.append(f"| {r['size']}² | {'in-memory' if r['mode'] == 'memory' else 'blocks (Dask)'} | {blk} | "
-                   f"{r.get('workers', '') or ''} | {r.get('n_blocks', '') or ''} | {r['peak_rss_mb']:.0f} | "
-                   f"{r['seconds']:.1f} | {r['mpx_s']:.3f} | "
-                   f"{'' if r['mode'] == 'memory' else format(r['max_diff'], '.1e')} |")
+                   f"{r.get('workers', '') or ''} | {r.get('n_blocks', '') or ''} | {r['peak_rss_mb']:.0f} | {timing} | "
+                   f"{'' if r.get('max_diff') is None else format(r['max_diff'], '.1e')} |")
     return out
 
 
@@ -187,6 +193,10 @@ def main(argv=None):
     ap.add_argument("--json", default="large.json")
     ap.add_argument("--results", default=str(HERE / "RESULTS.md"), help="RESULTS.md to update ('' for none)")
     ap.add_argument("--figure", action="store_true")
+    ap.add_argument("--append", action="store_true", help="add these runs to those already in --json")
+    ap.add_argument("--plan", nargs="+", metavar="SIZE:BLOCK:WORKERS",
+                    help="run exactly these block-wise runs (and each size's in-memory run unless --no-memory)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the in-memory runs (no max |dp| then)")
     ap.add_argument("--model", help="checkpoint for the figure (default: the untrained tiny net)")
     a = ap.parse_args(argv)
     from unetcu.model import UNet
@@ -198,12 +208,15 @@ def main(argv=None):
         if a.figure:
             figure(HERE / "figures" / "blocks.png", a.model or model, work)
         tile = a.tile or default_tile(3, (max(a.sizes),) * 2)  # as predict picks for these sizes
-        runs = []
-        for size in a.sizes:
+        runs = json.loads(Path(a.json).read_text())["runs"] if a.append and Path(a.json).exists() else []
+        given = [tuple(map(int, p.split(":"))) for p in a.plan or []]
+        for size in (sorted({g[0] for g in given}) if given else a.sizes):
             src = work / f"img{size}.zarr"
             write_image(src, size)
-            plan = [("memory", 0, 0)]
-            if size <= a.matrix_up_to:
+            plan = [] if a.no_memory else [("memory", 0, 0)]
+            if given:
+                plan += [("blocks", b, w) for s_, b, w in given if s_ == size]
+            elif size <= a.matrix_up_to:
                 plan += [("blocks", b, w) for b in a.blocks for w in a.workers]
             else:
                 plan += [("blocks", sorted(a.blocks)[len(a.blocks) // 2], max(a.workers))]
@@ -212,15 +225,16 @@ def main(argv=None):
                 r = run(mode, model, src, out, tile, block, workers)
                 r.update(mode=mode, size=size, mpx_s=size * size / 1e6 / r["seconds"])
                 if mode == "blocks":
+                    ref = work / f"memory{size}-0-0.zarr"
                     r.update(block=block, workers=workers, n_blocks=(-(-size // block)) ** 2,
-                             max_diff=max_diff(work / f"memory{size}-0-0.zarr", out, True))
+                             max_diff=max_diff(ref, out, True) if ref.exists() else None)
                 runs.append(r)
                 print(json.dumps(r), flush=True)
                 save(a, runs, tile)  # after every run: a long run stopped early keeps what it measured
                 if mode == "blocks":
                     shutil.rmtree(out)
             shutil.rmtree(src)
-            shutil.rmtree(work / f"memory{size}-0-0.zarr")
+            shutil.rmtree(work / f"memory{size}-0-0.zarr", ignore_errors=True)
     print(f"wrote {a.json}" + (f", updated {a.results}" if a.results else ""))
     return 0
 
