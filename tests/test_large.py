@@ -200,3 +200,33 @@ def test_images_smaller_than_the_margin_are_mirrored_as_in_memory(tmp_path, mode
     large.predict_zarr(model_path, src, tmp_path / "o.zarr", engine="numpy", tile=TILE, block=52,
                        standardise=False, progress=False)
     assert np.array_equal(read(tmp_path / "o.zarr")[0], predict_probs(model, img, tile=TILE))
+
+
+def test_ctrl_c_then_rerun(tmp_path, model_path, model, rng):
+    """A real SIGINT to `unetcu predict ... --out NAME.zarr` once some blocks are written: exit 130
+    and one line saying how many blocks are written; the same command again finishes the others."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    h, w = odd_size(rng, 260, 310), odd_size(rng, 260, 310)  # 25 to 36 blocks: many left at the signal
+    img = rng.standard_normal((h, w)).astype(np.float32)
+    src = write_zarr(tmp_path / "in.zarr", img, (100, 100))
+    out = tmp_path / "out.zarr"
+    args = ["predict", model_path, src, "--out", str(out), "--engine", "numpy", "--tile", str(TILE), "--block", "52",
+            "--workers", "1", "--no-progress"]
+    p = subprocess.Popen([sys.executable, "-m", "unetcu.cli", *args], stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not list((out / "done").rglob("c/*/*")) and time.time() - t0 < 120 and p.poll() is None:
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGINT)
+    err = p.communicate(timeout=120)[1].strip().splitlines()
+    assert p.returncode == 130 and len(err) == 1, err
+    assert "interrupted with" in err[0] and "rerun the same command" in err[0], err[0]
+    n = int(err[0].split("interrupted with ")[1].split()[0])
+    assert n >= 1
+    assert cli.main(args) == 0
+    probs, _, done = read(out)
+    assert n < done.size and done.all()
+    assert np.abs(probs - predict_probs(model, standardise(img), tile=TILE)).max() <= STATS_TOL
