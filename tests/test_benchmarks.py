@@ -69,7 +69,7 @@ def test_large_benchmark_runs_and_its_section_is_generated(tmp_path):
     res.write_text("# unetcu benchmark results\n\n## Other\n\nkept\n")
     r = subprocess.run([sys.executable, str(BENCH / "bench_large.py"), "--sizes", "157", "--blocks", "104", "--workers", "2",
                         "--tile", "92", "--json", str(tmp_path / "large.json"), "--results", str(res)],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     runs = json.loads((tmp_path / "large.json").read_text())["runs"]
     assert [x["mode"] for x in runs] == ["memory", "blocks"] and runs[1]["n_blocks"] == 4

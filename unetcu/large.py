@@ -337,7 +337,6 @@ def predict_zarr(model_path, source, out, engine=None, precision="fp32", tile=No
     tile, block), FileExistsError (out), RuntimeError (extra missing, a block that failed),
     BlocksInterrupted (Ctrl-C)."""
     _require()
-    import dask
     import dask.array as da
     from dask.delayed import Delayed
     t0 = time.perf_counter()
@@ -387,7 +386,7 @@ def predict_zarr(model_path, source, out, engine=None, precision="fp32", tile=No
     action = _check_output(out, meta, overwrite)
     resumed = action == "resume"
 
-    with _scheduler(scheduler, workers, progress) as (compute, client):
+    with _scheduler(scheduler, workers, progress) as (compute, _):
         # statistics per slice, float64, in one pass over the input (kept in the store for a resume)
         if resumed:
             import zarr
