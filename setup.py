@@ -31,6 +31,8 @@ setup(
         "cuda13": ["cupy-cuda13x>=14", "nvidia-cuda-nvrtc==13.0.*", "numba-cuda>=0.30"],
         "cuda12": ["cupy-cuda12x>=13", "nvidia-cuda-nvrtc-cu12", "numba-cuda>=0.30"],
         "test": ["pytest>=7"],
+        # block-wise prediction of images larger than memory (unetcu.large); zarr 3 needs Python >= 3.11
+        "large": ["dask[array]>=2024.8", "distributed>=2024.8", "zarr>=3.0,<4", "tifffile>=2025.5"],
     },
     entry_points={"console_scripts": ["unetcu=unetcu.cli:main"]},
 )

@@ -103,3 +103,24 @@ def test_quality_and_ablation_tables_give_mean_and_spread_over_seeds(tmp_path):
     text = (tmp_path / "R.md").read_text()
     assert "| isbi2012 | unetcu | 2 |" in text and "0.3000 +- 0.1000" in text and "0.5000 +- 0.0000" in text
     assert "| plain | 2 | 0.200 +- 0.100 |" in text
+
+
+def test_large_benchmark_runs_and_its_section_is_generated(tmp_path):
+    """bench_large.py at a toy size: both paths run, the block-wise result is compared with the
+    in-memory one, and its RESULTS.md section is written (by itself and by make_results.py)."""
+    __import__("pytest").importorskip("zarr")
+    res = tmp_path / "RESULTS.md"
+    res.write_text("# unetcu benchmark results\n\n## Other\n\nkept\n")
+    r = subprocess.run([sys.executable, str(BENCH / "bench_large.py"), "--sizes", "157", "--blocks", "104", "--workers", "2",
+                        "--tile", "92", "--json", str(tmp_path / "large.json"), "--results", str(res)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    runs = json.loads((tmp_path / "large.json").read_text())["runs"]
+    assert [x["mode"] for x in runs] == ["memory", "blocks"] and runs[1]["n_blocks"] == 4
+    assert runs[1]["max_diff"] <= 1e-5 and all(x["peak_rss_mb"] > 0 and x["mpx_s"] > 0 for x in runs)
+    text = res.read_text()
+    assert "## Other\n\nkept" in text and "| 157² | blocks (Dask) | 104 | 2 | 4 |" in text
+    r = subprocess.run([sys.executable, str(BENCH / "make_results.py"), str(tmp_path), "--out", str(tmp_path / "R2.md")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "Block-wise prediction of large images" in (tmp_path / "R2.md").read_text()

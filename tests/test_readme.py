@@ -38,3 +38,16 @@ def test_readme_shows_the_real_help():
         h = subprocess.run([sys.executable, "-m", "unetcu.cli", cmd, "-h"], capture_output=True, text=True, env=env).stdout
         block = h[h.index(start):].rstrip()
         assert block in text, f"README.md's `unetcu {cmd} -h` differs from the parser's"
+
+
+def test_readme_shows_the_real_predict_help():
+    """`unetcu predict -h` in the README: usage, description and arguments as the parser prints them
+    (the options are an excerpt, each line of it the parser's own)."""
+    text = README.read_text()
+    env = dict(os.environ, COLUMNS="100")
+    h = subprocess.run([sys.executable, "-m", "unetcu.cli", "predict", "-h"], capture_output=True, text=True, env=env).stdout
+    assert h[:h.index("options:")] in text, "README.md's `unetcu predict -h` differs from the parser's"
+    block = text[text.index("`unetcu predict -h`:"):]
+    block = block[block.index("options (excerpt):"):block.index("```", block.index("options (excerpt):"))]
+    for line in block.splitlines()[1:]:
+        assert line in h.splitlines(), f"README.md's predict option line {line!r} is not the parser's"

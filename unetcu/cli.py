@@ -233,6 +233,16 @@ def _cmd_synth(a) -> int:
 
 def _cmd_predict(a) -> int:
     from .predict import PredictInterrupted, predict_files
+    large = a.out.rstrip("/\\").endswith(".zarr")
+    if large:
+        return _predict_large(a)
+    from .large import is_zarr_store
+    for opt in ("block", "workers", "scheduler"):
+        if getattr(a, opt) is not None:
+            raise ValueError(f"--{opt} applies to block-wise prediction (--out NAME.zarr), not to --out {a.out}")
+    zarr_in = [i for i in a.images if is_zarr_store(i)]
+    if zarr_in:
+        raise ValueError(f"{zarr_in[0]} is a zarr store: it is predicted block-wise into zarr; give --out NAME.zarr")
     try:
         predict_files(a.model, a.images, a.out, engine=a.engine, tile=a.tile, batch=a.batch, tta=a.tta,
                       progress=not a.no_progress, precision=a.precision, overwrite=a.overwrite,
@@ -242,6 +252,31 @@ def _cmd_predict(a) -> int:
         print(f"unetcu predict: interrupted after {len(e.done)} of {len(e.done) + len(e.left)} pages: their outputs "
               f"are complete in {e.out}/, no output of the others (first: {e.left[0]}) was written", file=sys.stderr)
         return 130
+    return 0
+
+
+def _predict_large(a) -> int:
+    from .large import BlocksInterrupted, predict_zarr
+    if len(a.images) != 1:
+        raise ValueError(f"--out {a.out}: block-wise prediction takes one zarr store or TIFF per run, got {len(a.images)}")
+    if a.tta:
+        raise ValueError("--tta is not available for block-wise prediction (--out NAME.zarr): the rotated image's "
+                         "tiles would not line up with the blocks")
+    if a.instances != "components" or a.min_distance is not None:
+        raise ValueError("--instances/--min-distance apply to NAME_instances.png; block-wise prediction (--out NAME.zarr) "
+                         "writes probabilities and labels only")
+    try:
+        s = predict_zarr(a.model, a.images[0], a.out, engine=a.engine, precision=a.precision, tile=a.tile,
+                         block=a.block, batch=a.batch, scheduler=a.scheduler, workers=a.workers,
+                         overwrite=a.overwrite, progress=not a.no_progress)
+    except BlocksInterrupted as e:
+        _ignore_sigint()
+        print(f"unetcu predict: interrupted with {e.done} of {e.total} blocks written in {e.out}; rerun the same "
+              "command to predict the others", file=sys.stderr)
+        return 130
+    shape = "x".join(map(str, s["shape"]))
+    print(f"{a.images[0]}: {shape} in {s['blocks']} blocks of {s['block']} (tile {s['tile']}), {s['computed']} "
+          f"predicted, {s['skipped']} already written, {s['seconds']:.1f} s -> {a.out} (probs, labels)")
     return 0
 
 
@@ -408,10 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
                                     "preview: each object in its own colour over the gray image). Refuses, before "
                                     "writing anything, an output that would replace an input or an existing file "
                                     "(unless --overwrite). Colour becomes gray by ITU-R 601 luma, alpha is dropped; "
-                                    "see the README's Input formats.")
+                                    "see the README's Input formats. With --out NAME.zarr: a zarr store (2-D, or 3-D "
+                                    "z-stack; OME-Zarr level 0) or a TIFF is predicted block by block on Dask into "
+                                    "NAME.zarr (probs, labels), the same result as in memory; a rerun resumes.")
     pr.add_argument("model", help="a checkpoint.npz written by unetcu train")
-    pr.add_argument("images", nargs="+", help="PNG/TIFF/JPEG/BMP images (a multi-page TIFF gives one output per page)")
-    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("images", nargs="+", help="PNG/TIFF/JPEG/BMP images (a multi-page TIFF gives one output per page); "
+                                              "with --out NAME.zarr one zarr store or TIFF")
+    pr.add_argument("--out", required=True, help="output folder; NAME.zarr: predict block-wise on Dask into a zarr "
+                                                 "store (see the README's Large images)")
     pr.add_argument("--engine", choices=("numpy", "emu", "cuda"), help="default: cuda if a GPU is usable, else numpy")
     pr.add_argument("--precision", default="fp32", **PRECISION_ARG)
     pr.add_argument("--tile", type=number(int, 1, 100000), help="input tile size (default: 572 for the paper net, else about 388 output)")
@@ -425,7 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "median radius of the objects the model was trained on)")
     pr.add_argument("--overwrite", action="store_true",
                     help="replace existing output files (never an input file)")
-    pr.add_argument("--no-progress", action="store_true", help="no line per image on stderr")
+    pr.add_argument("--no-progress", action="store_true", help="no line per image (progress bar for zarr) on stderr")
+    pr.add_argument("--block", type=number(int, 1, 10**6),
+                    help="zarr: output block side in pixels, a multiple of the output tile (default about 1024)")
+    pr.add_argument("--workers", type=number(int, 1, 4096), help="zarr: workers (threads, or processes) of the local Dask scheduler (default: one per core)")
+    pr.add_argument("--scheduler", metavar="ADDRESS",
+                    help="zarr: a Dask distributed scheduler (tcp://host:8786), or 'threads' (default) or 'processes' "
+                         "on this machine")
     pr.set_defaults(func=_cmd_predict)
     ev = sub.add_parser("evaluate", help="score predictions against label images (pixel error, IoU, SEG, Rand, VI)",
                         description="Score predictions against ground truth with the ISBI 2012 and cell tracking "

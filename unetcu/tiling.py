@@ -66,6 +66,25 @@ def _predict(model, image, tile, batch, progress):
     h, w = image.shape
     ny, nx = -(-h // out), -(-w // out)
     padded = mirror_pad(image, margin, margin + ny * out - h, margin, margin + nx * out - w)
+    return predict_padded(model, padded, tile, batch, progress)[:, :h, :w]
+
+
+def predict_padded(model, padded: np.ndarray, tile: int, batch: int = 4, progress=None) -> np.ndarray:
+    """Class probabilities (n_classes, ny*out, nx*out) float32 of a window that already holds its
+    context: padded is (ny*out + 2*margin, nx*out + 2*margin) float32, margin = (tile - out) / 2.
+
+    The tile loop of overlap-tile, shared by the in-memory path (the whole mirror-padded image) and
+    the block-wise path (unetcu.large: one block of a larger image with its neighbours' pixels as
+    context), so both run the same tiles through the same code. Raises ValueError when the window
+    is not a whole number of output tiles plus the margins."""
+    depth = model.config["depth"]
+    out = output_size(tile, depth)
+    margin = (tile - out) // 2
+    ph, pw = padded.shape
+    if (ph - 2 * margin) % out or (pw - 2 * margin) % out or min(ph, pw) < tile:
+        raise ValueError(f"predict_padded: a {ph}x{pw} window is not whole {out}-pixel output tiles "
+                         f"plus a {margin}-pixel margin on each side (tile {tile})")
+    ny, nx = (ph - 2 * margin) // out, (pw - 2 * margin) // out
     probs = np.empty((model.config["n_classes"], ny * out, nx * out), np.float32)
     corners = [(ty * out, tx * out) for ty in range(ny) for tx in range(nx)]
     xp = model.xp
@@ -78,4 +97,4 @@ def _predict(model, image, tile, batch, progress):
             probs[:, y:y + out, x0:x0 + out] = pi
         if progress:
             progress(min(i + batch, len(corners)), len(corners))
-    return probs[:, :h, :w]
+    return probs
