@@ -20,6 +20,7 @@ import torch
 
 from torch_unet import TorchUNet, weighted_xent
 from unetcu import UNet
+from unetcu.optim import lr_at
 from unetcu.train import TrainConfig, draw_batch, prepare
 
 
@@ -47,19 +48,6 @@ class Recipe:
     def label(self) -> str:
         d, base = asdict(self), asdict(Recipe())
         return ", ".join(f"{k}={v}" for k, v in d.items() if v != base[k]) or "plain"
-
-
-def lr_at(recipe: Recipe, step: int, steps: int) -> float:
-    """The learning rate of step (1-based) of steps: linear warm-up, then constant, cosine to 0, or
-    poly (1 - t)^0.9, t the fraction of the steps after the warm-up."""
-    if recipe.warmup and step <= recipe.warmup:
-        return recipe.lr * step / recipe.warmup
-    t = (step - recipe.warmup - 1) / max(steps - recipe.warmup, 1)
-    if recipe.schedule == "cosine":
-        return recipe.lr * 0.5 * (1 + math.cos(math.pi * t))
-    if recipe.schedule == "poly":
-        return recipe.lr * (1 - t) ** 0.9
-    return recipe.lr
 
 
 def _pairs(unet: UNet, net: TorchUNet):
@@ -113,7 +101,8 @@ def train_peer(samples, recipe: Recipe, steps: int, depth: int, base: int, tile:
         to_torch(unet, net)
     elif recipe.init != "torch":
         raise ValueError(f"init must be torch or he, got {recipe.init!r}")
-    if recipe.optimizer == "sgd":  # Caffe: v <- m v - lr g; p <- p + v  (torch's SGD equals it at a fixed lr)
+    if recipe.optimizer == "sgd":  # Caffe: v <- m v - lr g; p <- p + v. torch's SGD equals it at a fixed lr only:
+        # under a schedule it scales the whole velocity by today's lr (v <- m v + g; p <- p - lr v)
         opt = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     elif recipe.optimizer in ("adam", "adamw"):
         cls = torch.optim.Adam if recipe.optimizer == "adam" else torch.optim.AdamW
@@ -130,7 +119,7 @@ def train_peer(samples, recipe: Recipe, steps: int, depth: int, base: int, tile:
         x, lab, wt = draw_batch(data, cfg, unet, rng)
         rng.integers(2**63)  # unetcu's trainer draws the dropout seed here: the same tiles for the same seed
         for g in opt.param_groups:
-            g["lr"] = lr_at(recipe, step, steps)
+            g["lr"] = lr_at(step, steps, recipe.lr, recipe.warmup, recipe.schedule)
         opt.zero_grad()
         loss = weighted_xent(net(torch.from_numpy(x)), torch.from_numpy(lab).long(), torch.from_numpy(wt))
         loss.backward()

@@ -74,11 +74,12 @@ def test_peer_harness_trains_what_unetcu_train_trains_where_torch_is_installed(t
     from unetcu.train import TrainConfig, train
     torch.set_num_threads(1)
     data = synthetic_dataset(3, (96, 96), seed=7)
-    for i, recipe in enumerate((Recipe.unetcu(dropout=0.0, w0=10.0), Recipe.unetcu(dropout=0.0, w0=10.0, optimizer="adam", clip=0.0))):
+    for i, recipe in enumerate((Recipe.unetcu(dropout=0.0, w0=10.0),
+                                Recipe.unetcu(dropout=0.0, w0=10.0, optimizer="adam", clip=0.0, warmup=2, schedule="cosine"))):
         _, peer = train_peer(data, recipe, 6, 3, 8, 92, seed=3)
         m = UNet(depth=3, base_channels=8, dropout=0.0, engine="numpy", seed=3)
         cfg = TrainConfig(steps=6, tile=92, optimizer=recipe.optimizer, clip=recipe.clip, w0=10.0, seed=3,
-                          out=str(tmp_path / f"run{i}"), ckpt_every=100)
+                          warmup=recipe.warmup, schedule=recipe.schedule, out=str(tmp_path / f"run{i}"), ckpt_every=100)
         ours = [r["loss"] for r in train(m, data, [], cfg, progress=False, log=lambda *a: None)]
         assert np.allclose(peer, ours, rtol=2e-5), (recipe.optimizer, peer, ours)
         assert len(set(np.round(ours, 3))) > 3  # the losses move: the comparison is not of six equal numbers
