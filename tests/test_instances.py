@@ -93,3 +93,13 @@ def test_predict_watershed_takes_the_spacing_from_the_checkpoint(tmp_path):
                   instances="watershed", min_distance=5)
     with pytest.raises(ValueError, match="instances must be one of"):
         predict_files(tmp_path / "bare.npz", [tmp_path / "a.png"], tmp_path / "r", engine="numpy", instances="blobs")
+
+
+def test_min_distance_without_watershed_is_refused(tmp_path):
+    from unetcu import UNet
+    from unetcu.predict import predict_files
+    UNet(depth=2, base_channels=2, engine="numpy").save(tmp_path / "m.npz")
+    Image.fromarray(np.full((20, 20), 7, np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="give it with --instances watershed"):
+        predict_files(tmp_path / "m.npz", [tmp_path / "a.png"], tmp_path / "o", engine="numpy", min_distance=5)
+    assert not (tmp_path / "o").exists()

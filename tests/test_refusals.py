@@ -215,3 +215,12 @@ def slow(self, *a, **k):
 UNet.loss_and_grads = slow
 sys.exit(cli.main())
 """
+
+
+@pytest.mark.parametrize("args, msg", [(("--momentum", "0.5"), "--momentum applies to --optimizer sgd"),
+                                       (("--warmup", "50", "--steps", "20"), "--warmup 50 must be below --steps 20")])
+def test_options_that_would_be_ignored_or_never_take_effect_are_refused(tmp_path, args, msg):
+    r = run("train", "--preset", "tiny", "--engine", "numpy", "--n-synthetic", "2", "--out", "r", "--no-progress", *args,
+            cwd=tmp_path)
+    assert r.returncode == 1 and msg in one_line(r), r.stderr
+    assert not (tmp_path / "r").exists()

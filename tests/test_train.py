@@ -117,3 +117,11 @@ def test_adam_training_reaches_iou_on_synthetic_cells(tmp_path, optimizer):
     losses = np.array([r["loss"] for r in hist])
     assert losses[-30:].mean() < 0.6 * losses[:10].mean()
     assert hist[-1]["val_iou"] >= 0.7, hist[-1]
+
+
+def test_warmup_must_end_before_the_run_and_is_pinned_for_a_resume(tmp_path):
+    with pytest.raises(ValueError, match="--warmup 20 must be below --steps 20"):
+        _tiny(tmp_path, 20, "w", warmup=20)
+    _tiny(tmp_path, 30, "auto", ckpt_every=30)  # the warm-up by default: min(100, 30 // 10) = 3 steps
+    _, _, state = UNet.load(tmp_path / "auto" / "checkpoint.npz", with_state=True)
+    assert state["config"]["warmup"] == 3

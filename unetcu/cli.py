@@ -133,6 +133,8 @@ def _cmd_train(a) -> int:
         raise ValueError(f"--tile: {e}") from None
     check_memory(engine, tile, o["batch"], depth, base, n_classes, training=True)
     check_out(o["out"], a.resume, o["overwrite"])
+    if a.momentum is not None and o["optimizer"] != "sgd":
+        raise ValueError(f"--momentum applies to --optimizer sgd; this run uses {o['optimizer']} (its moments have fixed betas)")
     if o["cuda_graph"] and engine != "cuda":
         raise ValueError(f"--cuda-graph needs the cuda engine; this run uses {engine}")
     if o["data"] == "synthetic":
@@ -365,8 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
     t = sub.add_parser("train", help="train a U-Net (default: synthetic touching cells, no download needed)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Train a U-Net with SGD (momentum 0.99), one large tile per step, the paper's weight\n"
-                                   "maps (w0=10, sigma=5) and elastic deformations.",
+                       description="Train a U-Net, one large tile per step, with the paper's weight maps (w0=10, sigma=5)\n"
+                                   "and elastic deformations; Adam with a warm-up and a cosine decay by default, the\n"
+                                   "paper's SGD (momentum 0.99) with --optimizer sgd.",
                        epilog="Presets: paper = depth 5, 64 base channels, 572 tile (31 M parameters; the default on a GPU);\n"
                               "small = depth 4, 16 channels, 188 tile (the default on a CPU: ~5 steps/s on 2 cores);\n"
                               "tiny = depth 3, 8 channels, 92 tile (smoke tests).\n"
@@ -399,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup", type=number(int, 0, 10**8),
                    help="steps of linear learning-rate warm-up from 0 (default min(100, steps/10))")
     t.add_argument("--schedule", choices=SCHEDULES,
-                   help="learning rate after the warm-up: constant, cosine (to 0 at the last step) or poly "
+                   help="learning rate after the warm-up: constant, cosine (decaying towards 0 over the run) or poly "
                         "((1-t)^0.9) (default cosine)")
     t.add_argument("--momentum", type=number(float, 0, 1, hi_open=True), help="SGD momentum in [0, 1) (default 0.99, the paper's)")
     t.add_argument("--weight-decay", type=number(float, 0, 1),
@@ -418,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ckpt-every", type=number(int, 1), help="checkpoint every N steps, >= 1 (default 250)")
     t.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue the run of this checkpoint with its own options (same losses as without the break); "
-                        "--steps, --lr, --clip, --weight-decay, --val-every, --ckpt-every, --engine, --precision may change")
+                        "--steps, --lr, --clip, --weight-decay, --val-every, --ckpt-every, --engine, --precision may change "
+                        "(a new --steps stretches the schedule's decay to the new last step)")
     t.add_argument("--seed", type=number(int, 0), help="seed of the initial weights, synthetic images and every random draw (default 0)")
     t.add_argument("--out", help="output folder (default runs/unet; with --resume, the checkpoint's folder)")
     t.add_argument("--overwrite", action="store_true", default=None,
@@ -439,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Segment images of any size with overlap-tile inference (mirrored borders). For each "
                                     "input NAME writes NAME_prob.tif (float32 class probabilities, one page per class), "
                                     "NAME_labels.png (class per pixel; for 2 classes 0/255), NAME_instances.png "
-                                    "(16-bit connected components of the foreground) and NAME_overlay.png (a colour "
+                                    "(16-bit objects: connected components of the foreground, or --instances watershed) and NAME_overlay.png (a colour "
                                     "preview: each object in its own colour over the gray image). Refuses, before "
                                     "writing anything, an output that would replace an input or an existing file "
                                     "(unless --overwrite). Colour becomes gray by ITU-R 601 luma, alpha is dropped; "

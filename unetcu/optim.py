@@ -5,8 +5,9 @@
     adam   Adam (Kingma & Ba 2015) as torch.optim.Adam computes it, weight decay as L2 (kernels/adam.cu)
     adamw  AdamW (Loshchilov & Hutter 2019): the decay scales the weights, decoupled from the moments
 
-Schedules (lr_at): a linear warm-up from 0 over `warmup` steps, then constant, cosine (to 0 at the
-last step) or poly ((1 - t)^0.9, DeepLab's). Gradient clipping by the global L2 norm (clip_gradients)
+Schedules (lr_at): a linear warm-up from 0 over `warmup` steps, then constant, cosine (from lr towards
+0: the last step runs at lr (1 - cos(pi/n))/2, n the steps after the warm-up) or poly ((1 - t)^0.9,
+DeepLab's). Gradient clipping by the global L2 norm (clip_gradients)
 comes before every update. Each optimizer's state (velocity; or the moments m and v) lives on the
 model's engine and is saved in the checkpoint, so a resumed run continues the same trajectory.
 """

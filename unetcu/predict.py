@@ -68,6 +68,8 @@ def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, 
     from the checkpoint's object_radius). Raises ValueError for watershed without either."""
     if instances not in INSTANCE_METHODS:
         raise ValueError(f"instances must be one of {INSTANCE_METHODS}, got {instances!r}")
+    if min_distance is not None and instances != "watershed":
+        raise ValueError("--min-distance sets the watershed's seed spacing: give it with --instances watershed")
     model, _, state = UNet.load(model_path, engine=engine, with_state=True)
     if instances == "watershed" and min_distance is None:
         if not state.get("object_radius"):

@@ -2,8 +2,8 @@
 with the paper's weight maps, elastic augmentation, periodic validation, checkpoints, bit-exact
 resume, a progress bar, a CSV log and PNG plots.
 
-Optimizer (optim.py): Adam, lr 0.001, a linear warm-up over min(100, steps/10) steps, then cosine
-to 0, no clipping, by default; the paper's SGD with momentum 0.99 (Caffe's rule) is --optimizer sgd.
+Optimizer (optim.py): Adam, lr 0.001, a linear warm-up over min(100, steps/10) steps (pinned when the run
+starts), then a cosine decay towards 0, no clipping, by default; the paper's SGD with momentum 0.99 (Caffe's rule) is --optimizer sgd.
 Chosen by benchmarks/ablation.py (the table in benchmarks/RESULTS.md): on held-out ISBI 2012 and
 DIC-HeLa after 1500 steps of the small net, Adam with the schedule segmented better than SGD 0.99
 (lr 0.001, clipping at 1, the former defaults) and better than a plain PyTorch recipe. Under SGD
@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -311,6 +311,11 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
     rng = np.random.default_rng(cfg.seed)
     opt = Optimizer(cfg.optimizer, model.params, model.engine, model.xp, cfg.momentum, cfg.weight_decay)
     cfg.lr_at(1)  # an unknown schedule fails here, before any work
+    if cfg.warmup_steps >= cfg.steps and not resume:  # (a resumed run may be cut short on purpose)
+        raise ValueError(f"--warmup {cfg.warmup_steps} must be below --steps {cfg.steps}: the learning rate would never reach "
+                         f"--lr {cfg.lr}")
+    if cfg.warmup is None:  # pinned now: a resumed run with other --steps keeps its warm-up
+        cfg = replace(cfg, warmup=cfg.warmup_steps)
     if cfg.cuda_graph and model.engine != "cuda":
         raise ValueError(f"--cuda-graph needs the cuda engine; this model runs on '{model.engine}'")
     if cfg.cuda_graph and (cfg.optimizer != "sgd" or cfg.schedule != "constant" or cfg.warmup_steps):
