@@ -13,7 +13,7 @@ that is how the ablation (benchmarks/ablation.py) measures many recipes x seeds 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,10 +44,6 @@ class Recipe:
     def unetcu(**kw) -> "Recipe":
         """unetcu's defaults of before this benchmark: SGD 0.99, lr 1e-3, clip 1, elastic warp, He init."""
         return Recipe(**{**dict(optimizer="sgd", lr=1e-3, momentum=0.99, clip=1.0, augment="elastic", init="he"), **kw})
-
-    def label(self) -> str:
-        d, base = asdict(self), asdict(Recipe())
-        return ", ".join(f"{k}={v}" for k, v in d.items() if v != base[k]) or "plain"
 
 
 def _pairs(unet: UNet, net: TorchUNet):

@@ -70,17 +70,18 @@ def run_arm(arm, name, tr, te, engine, preset, steps, seed, out, tta=False, retr
         ckpt = Path(cfg.out) / "checkpoint.npz"
         done = UNet.load(ckpt, engine=engine, with_state=True) if ckpt.exists() and not retrain else None
         if done and done[2].get("step") == steps and done[2]["config"]["optimizer"] == cfg.optimizer:
-            model = done[0]  # this run's model is trained already: score it again (--retrain to train anew)
+            model, history = done[0], done[2]["history"]  # trained already: score it again (--retrain to train anew)
             print(f"{ckpt}: trained already, scoring it", flush=True)
         else:
-            train(model, tr, te[:2], cfg, progress=True, log=print, overwrite=True)  # a rerun replaces its own runs
+            history = train(model, tr, te[:2], cfg, progress=True, log=print, overwrite=True)  # a rerun replaces its own runs
+        t_train = history[-1]["seconds"]
         recipe = {k: getattr(cfg, k) for k in ("optimizer", "lr", "warmup", "schedule", "momentum", "clip", "augment", "w0")}
     else:
         from peer import Recipe, train_peer
         rec = Recipe()
         model, _ = train_peer(tr, rec, steps, depth, base, tile, seed=seed, log=print)
         recipe = asdict(rec)
-    t_train = UNet.load(ckpt, with_state=True)[2]["history"][-1]["seconds"] if arm == "unetcu" else time.perf_counter() - t0
+        t_train = time.perf_counter() - t0
     rows = []
     t0 = time.perf_counter()
     first = None

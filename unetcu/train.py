@@ -309,7 +309,6 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
     check_out(out, resume, overwrite)
     o = output_size(cfg.tile, model.config["depth"])
     rng = np.random.default_rng(cfg.seed)
-    opt = Optimizer(cfg.optimizer, model.params, model.engine, model.xp, cfg.momentum, cfg.weight_decay)
     cfg.lr_at(1)  # an unknown schedule fails here, before any work
     if cfg.warmup_steps >= cfg.steps and not resume:  # (a resumed run may be cut short on purpose)
         raise ValueError(f"--warmup {cfg.warmup_steps} must be below --steps {cfg.steps}: the learning rate would never reach "
@@ -321,18 +320,18 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
     if cfg.cuda_graph and (cfg.optimizer != "sgd" or cfg.schedule != "constant" or cfg.warmup_steps):
         raise ValueError("--cuda-graph replays one SGD update at a fixed learning rate: use it with --optimizer sgd "
                          "--schedule constant --warmup 0")
-    start, history = 0, []
+    start, history, momentum = 0, [], None
     if resume:
         loaded, momentum, state = UNet.load(resume, engine=model.engine, with_state=True)
         if loaded.config != model.config:
             raise ValueError(f"--resume {resume}: its network {loaded.config} differs from this one {model.config}")
         model.params = loaded.params
-        opt = Optimizer(cfg.optimizer, model.params, model.engine, model.xp, cfg.momentum, cfg.weight_decay)
-        if momentum:
-            opt.load_state(momentum, f"--resume {resume}")
         start = int(state.get("step", 0))
         rng.bit_generator.state = state["rng"]
         history = state.get("history", [])
+    opt = Optimizer(cfg.optimizer, model.params, model.engine, model.xp, cfg.momentum, cfg.weight_decay)
+    if momentum:
+        opt.load_state(momentum, f"--resume {resume}")
     if not train_samples:
         raise ValueError("no training images")
     check_classes(list(train_samples) + list(val_samples), model.config["n_classes"])
