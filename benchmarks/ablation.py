@@ -4,8 +4,8 @@ architecture in the peer harness (peer.py: PyTorch at its CPU speed, unetcu's ti
 overlap-tile prediction and metrics; unetcu's gradients equal this net's, so a recipe measured here
 is the recipe `unetcu train` would run) and segments the held-out images.
 
-    python benchmarks/ablation.py --sets isbi2012 --seeds 0 1 2 --steps 1500 --workers 2
-    python benchmarks/ablation.py --report bench-out/ablation/runs.jsonl
+    python -m benchmarks.ablation --sets isbi2012 --seeds 0 1 2 --steps 1500 --workers 2
+    python -m benchmarks.ablation --report bench-out/ablation/runs.jsonl
 
 Runs append to OUT/runs.jsonl as they finish (a rerun skips the runs already there), so a long
 ablation can be stopped and continued. The report prints mean +- standard deviation over seeds.
@@ -24,9 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import default_data_dir  # noqa: E402
+from benchmarks.common import default_data_dir
 
 PRESET = dict(small=(4, 16, 188), tiny=(3, 8, 92))
 PLAIN = dict(optimizer="adam", lr=1e-3, augment="flips")
@@ -36,7 +34,7 @@ CORE = ("unetcu (", "unetcu, adam 1e-3 + warm-up", "unetcu, adam 1e-3,", "plain 
 def recipes(name: str):
     """(label, Recipe fields) of the factors measured on data set `name`, starting from unetcu's recipe
     (SGD 0.99, lr 1e-3, clip 1, elastic, He init; w0 10 on the cell sets) and from the plain one."""
-    from peer import Recipe
+    from benchmarks.peer import Recipe
     w0 = 0.0 if name == "isbi2012" else 10.0
     u = Recipe.unetcu(w0=w0)
     p = Recipe(**PLAIN)
@@ -68,9 +66,9 @@ _DATA = {}
 def _job(root, name, label, fields, seed, steps, preset):
     import torch
     torch.set_num_threads(1)
-    from peer import Recipe, train_peer
-    from quality import split
-    from postprocess import instance_variants
+    from benchmarks.peer import Recipe, train_peer
+    from benchmarks.quality import split
+    from benchmarks.postprocess import instance_variants
     from unetcu import data as D
     from unetcu.metrics import evaluate, seg_score
     from unetcu.tiling import predict_probs

@@ -11,7 +11,7 @@ cuDNN in fp32 (TF32 off); cuDNN's TF32 time is listed beside it.
 Without a GPU: the same cases at the tiny preset's shapes on the emu and numpy engines, timed with
 the CPU clock — CPU timings, not comparable with anything on a GPU.
 
-    python benchmarks/bench_kernels.py [--engine cuda|emu|numpy] [--json FILE] [--quick] [--batch N]
+    python -m benchmarks.bench_kernels [--engine cuda|emu|numpy] [--json FILE] [--quick] [--batch N]
 """
 from __future__ import annotations
 
@@ -22,9 +22,11 @@ import sys
 
 import numpy as np
 
-from common import (conv_flops, cpu_median_ms, gpu_median_ms, machine_info, torch_or_none, unet_layers, ceilings)
-from unetcu import ops, reference as R, runtime
-from unetcu.ops import conv3x3 as C3, resolve_engine
+from dataclasses import dataclass
+from typing import Callable
+
+from benchmarks.common import ceilings, cpu_median_ms, gpu_median_ms, machine_info, torch_or_none
+from unetcu import UNet, ops, reference as R, runtime
 
 
 def host(a):
@@ -101,7 +103,164 @@ class Bench:
         print(f"{r['op']:<13}{r['layer']:<15}{r['direction']:<16}v{str(r['variant']):<10}{ms} {perf} {cud} {r.get('error', '')}", flush=True)
 
 
-def relu_mask_fusion(b, L, e, fl):
+# ---- the cases: one row per (layer, op, variant) ----------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    """One op of a layer, timed for every registered variant (unetcu.ops.REGISTRY[op]).
+
+    inputs(b, L): the input buffers (3 rotations each) from the layer's shapes (UNet.layers);
+    ours(x, i, **kw): run our op on rotation i with variant=/precision=/tile= in kw;
+    work(L): FLOP (kind "compute") or bytes moved (kind "memory") of one call;
+    cudnn(t, x, i): PyTorch's counterpart (cuDNN for the convolutions), None where it has none;
+    result(r): the array (or number) a call's result is compared by."""
+    direction: str
+    op: str
+    inputs: Callable
+    ours: Callable
+    work: Callable
+    kind: str
+    cudnn: Callable | None = None
+    result: Callable = lambda r: r
+    tf32_baseline: bool = False  # time cuDNN with TF32 on as well (the convolutions)
+
+
+def conv_flops(L):
+    """Multiply-adds x 2 of one direction of a valid 3x3 conv."""
+    return 2.0 * L["N"] * L["K"] * L["C"] * 9 * (L["H"] - 2) * (L["W"] - 2)
+
+
+def _conv3x3_inputs(b, L):
+    N, C, H, W, K = L["N"], L["C"], L["H"], L["W"], L["K"]
+    return dict(x=b.rand(N, C, H, W), w=b.rand(K, C, 3, 3, scale=(2 / (9 * C)) ** 0.5), b=b.rand(K),
+                d=b.rand(N, K, H - 2, W - 2))
+
+
+def _concat_inputs(b, L):
+    N, Cs, Hs, Cu, H = L["N"], L["Cs"], L["Hs"], L["Cu"], L["H"]
+    K = Cu  # the expanding level's convs keep the up-conv's channel count
+    return dict(s=b.rand(N, Cs, Hs, Hs), u=b.rand(N, Cu, H, H), d=b.rand(N, Cs + Cu, H, H),
+                w=b.rand(K, Cs + Cu, 3, 3, scale=(2 / (9 * (Cs + Cu))) ** 0.5), b=b.rand(K))
+
+
+def _tt(t, a):
+    return t.from_dlpack(a)
+
+
+def _maxpool_bytes(L):
+    return 4 * L["N"] * L["C"] * L["H"] * L["W"] * 1.25 + L["N"] * L["C"] * L["H"] * L["W"] / 4
+
+
+def _concat_conv_flops(L):
+    return conv_flops(dict(N=L["N"], C=L["Cs"] + L["Cu"], H=L["H"], W=L["H"], K=L["Cu"]))
+
+
+CASES = {
+    "conv3x3": [
+        Case("forward", "conv3x3_forward", _conv3x3_inputs,
+             lambda x, i, **kw: ops.conv3x3_forward(x["x"][i], x["w"][i], x["b"][i], relu=False, **kw), conv_flops,
+             "compute", lambda t, x, i: t.nn.functional.conv2d(_tt(t, x["x"][i]), _tt(t, x["w"][i]), _tt(t, x["b"][i])),
+             tf32_baseline=True),
+        Case("backward_data", "conv3x3_backward_data", _conv3x3_inputs,
+             lambda x, i, **kw: ops.conv3x3_backward_data(x["d"][i], x["w"][i], **kw), conv_flops, "compute",
+             lambda t, x, i: t.nn.grad.conv2d_input(tuple(x["x"][i].shape), _tt(t, x["w"][i]), _tt(t, x["d"][i])),
+             tf32_baseline=True),
+        Case("backward_weight", "conv3x3_backward_weight", _conv3x3_inputs,
+             lambda x, i, **kw: ops.conv3x3_backward_weight(x["d"][i], x["x"][i], **kw)[0], conv_flops, "compute",
+             lambda t, x, i: t.nn.grad.conv2d_weight(_tt(t, x["x"][i]), tuple(x["w"][i].shape), _tt(t, x["d"][i])),
+             tf32_baseline=True)],
+    "maxpool2x2": [
+        Case("forward", "maxpool2x2_forward", lambda b, L: dict(x=b.rand(L["N"], L["C"], L["H"], L["W"])),
+             lambda x, i, **kw: ops.maxpool2x2_forward(x["x"][i], **kw), _maxpool_bytes, "memory",
+             lambda t, x, i: t.nn.functional.max_pool2d(_tt(t, x["x"][i]), 2, return_indices=True), lambda r: r[0]),
+        Case("backward", "maxpool2x2_backward",
+             lambda b, L: dict(d=b.rand(L["N"], L["C"], L["H"] // 2, L["W"] // 2),
+                               am=ops.maxpool2x2_forward(b.rand(L["N"], L["C"], L["H"], L["W"])[0], engine=b.engine)[1]),
+             lambda x, i, **kw: ops.maxpool2x2_backward(x["d"][i], x["am"], **kw), _maxpool_bytes, "memory")],
+    "upconv2x2": [
+        Case("forward", "upconv2x2_forward",
+             lambda b, L: dict(x=b.rand(L["N"], L["C"], L["H"], L["W"]), w=b.rand(L["C"], L["K"], 2, 2, scale=L["C"] ** -0.5),
+                               b=b.rand(L["K"])),
+             lambda x, i, **kw: ops.upconv2x2_forward(x["x"][i], x["w"][i], x["b"][i], **kw),
+             lambda L: 2.0 * L["N"] * L["C"] * L["K"] * 4 * L["H"] * L["W"], "compute",
+             lambda t, x, i: t.nn.functional.conv_transpose2d(_tt(t, x["x"][i]), _tt(t, x["w"][i]), _tt(t, x["b"][i]),
+                                                              stride=2)),
+        Case("backward_data", "upconv2x2_backward_data",
+             lambda b, L: dict(d=b.rand(L["N"], L["K"], 2 * L["H"], 2 * L["W"]), w=b.rand(L["C"], L["K"], 2, 2)),
+             lambda x, i, **kw: ops.upconv2x2_backward_data(x["d"][i], x["w"][i], **kw),
+             lambda L: 2.0 * L["N"] * L["C"] * L["K"] * 4 * L["H"] * L["W"], "compute"),
+        Case("backward_weight", "upconv2x2_backward_weight",
+             lambda b, L: dict(d=b.rand(L["N"], L["K"], 2 * L["H"], 2 * L["W"]), x=b.rand(L["N"], L["C"], L["H"], L["W"])),
+             lambda x, i, **kw: ops.upconv2x2_backward_weight(x["d"][i], x["x"][i], **kw),
+             lambda L: 2.0 * L["N"] * L["C"] * L["K"] * 4 * L["H"] * L["W"], "compute")],
+    "crop_concat": [
+        Case("forward", "crop_concat_forward", _concat_inputs,
+             lambda x, i, **kw: ops.crop_concat_forward(x["s"][i], x["u"][i], **kw),
+             lambda L: 8.0 * L["N"] * (L["Cs"] + L["Cu"]) * L["H"] ** 2, "memory"),
+        # the fusion cuDNN cannot do: the level's first conv reading skip and up directly
+        Case("forward_concat", "conv3x3_forward_concat", _concat_inputs,
+             lambda x, i, **kw: ops.conv3x3_forward_concat(x["s"][i], x["u"][i], x["w"][i], x["b"][i], **kw),
+             _concat_conv_flops, "compute"),
+        Case("backward", "crop_concat_backward", _concat_inputs,
+             lambda x, i, **kw: ops.crop_concat_backward(x["d"][i], tuple(x["s"][i].shape), **kw),
+             lambda L: 4.0 * L["N"] * (L["Cs"] * L["Hs"] ** 2 + 2 * (L["Cs"] + L["Cu"]) * L["H"] ** 2), "memory")],
+    "conv1x1": [
+        Case("forward", "conv1x1_forward",
+             lambda b, L: dict(x=b.rand(L["N"], L["C"], L["H"], L["W"]), w=b.rand(L["K"], L["C"], 1, 1), b=b.rand(L["K"])),
+             lambda x, i, **kw: ops.conv1x1_forward(x["x"][i], x["w"][i], x["b"][i], **kw),
+             lambda L: 4.0 * L["N"] * (L["C"] + L["K"]) * L["H"] * L["W"], "memory",
+             lambda t, x, i: t.nn.functional.conv2d(_tt(t, x["x"][i]), _tt(t, x["w"][i]), _tt(t, x["b"][i])))],
+    "softmax_xent": [
+        Case("forward+backward", "softmax_xent",
+             lambda b, L: dict(z=b.rand(L["N"], L["K"], L["H"], L["W"], scale=3),
+                               lab=b.xp.asarray(b.rng.integers(0, L["K"], (L["N"], L["H"], L["W"])).astype(np.int32)),
+                               wt=b.xp.asarray(b.rng.uniform(1, 10, (L["N"], L["H"], L["W"])).astype(np.float32))),
+             lambda x, i, **kw: ops.softmax_xent(x["z"][i], x["lab"], x["wt"], **kw),
+             lambda L: 4.0 * L["N"] * L["H"] * L["W"] * (2 * L["K"] + 2), "memory",
+             lambda t, x, i: (t.nn.functional.cross_entropy(_tt(t, x["z"][i]), _tt(t, x["lab"]).long(), reduction="none")
+                              * _tt(t, x["wt"])).mean(),
+             lambda r: r[0] if isinstance(r, tuple) else float(r))],
+}
+
+
+def _shape(L, conv=False):
+    """The row's shape label: NxCxHxW (->K for a layer with weights); a concatenation's
+    NxCsxHs+CuxH (->K when it is the conv reading it, conv=True)."""
+    if L["op"] == "crop_concat":
+        return f"{L['N']}x{L['Cs']}x{L['Hs']}+{L['Cu']}x{L['H']}" + (f"->{L['Cu']}" if conv else "")
+    c = L["C"] if "C" in L else L["K"]
+    return f"{L['N']}x{c}x{L['H']}x{L['W']}" + (f"->{L['K']}" if "C" in L and "K" in L else "")
+
+
+def run_case(b, case, L, e, sweep):
+    """Every registered variant of case.op on layer L (every tile too with sweep), checked against
+    PyTorch first where it has a counterpart."""
+    t = b.torch
+    x = case.inputs(b, L)
+    theirs = (lambda i: case.cudnn(t, x, i)) if t is not None and case.cudnn is not None else None
+    fused = L["op"] == "crop_concat" and case.op.startswith("conv3x3")  # the conv that reads the concatenation
+    family = "conv3x3" if fused else L["op"]
+    layer = L["name"].replace("concat", "conv1") if fused else L["name"]
+    shape = _shape(L, conv=fused)
+    for rec in ops.variants(case.op):
+        for tile in [None] + (list(rec.tiles) if sweep else []):
+            kw = dict(variant=rec.number, **e, **({"tile": tile} if tile else {}),  # fp32 is every op's default
+                      **({"precision": rec.precision} if rec.precision != "fp32" else {}))
+            ours = lambda i, kw=kw: case.ours(x, i, **kw)
+            check = None
+            if theirs is not None:
+                check = lambda ours=ours: _rel(case.result(ours(0)), case.result(theirs(0)))
+            label = rec.number if tile is None else f"{rec.number}@{tile[0]}x{tile[1]}"
+            b.case(family, layer, case.direction, label, shape, ours, case.work(L), case.kind, theirs,
+                   theirs if case.tf32_baseline else None, check, rec.precision)
+
+
+def _rel(ours, theirs):
+    if isinstance(ours, float):
+        return abs(ours - float(theirs)) / abs(float(theirs))
+    return R.rel_err(host(ours), host(theirs))
+
+
+def relu_mask_fusion(b, L, e):
     """A level's conv1 backward with forward's ReLU output read in both its kernels (the op chain)
     vs with dout already masked by conv2's backward-data epilogue (fuse): the two kernels without
     `out`, plus what the mask costs conv2's backward-data. Rows 'mask:chain' and 'mask:fused'."""
@@ -109,7 +268,7 @@ def relu_mask_fusion(b, L, e, fl):
     x, w, d = b.rand(N, C, H, W), b.rand(K, C, 3, 3, scale=(2 / (9 * C)) ** 0.5), b.rand(N, K, H - 2, W - 2)
     out = b.rand(N, K, H - 2, W - 2)
     d2, w2 = b.rand(N, K, H - 4, W - 4), b.rand(K, K, 3, 3, scale=(2 / (9 * K)) ** 0.5)  # conv2 of the level
-    shape = f"{N}x{C}x{H}x{W}->{K}"
+    fl, shape = conv_flops(L), _shape(L)
     b.case("conv3x3", L["name"], "bwd_mask:chain", "dflt", shape,
            lambda i: (ops.conv3x3_backward_data(d2[i], w2[i], **e), ops.conv3x3_backward_weight(d[i], x[i], out[i], **e),
                       ops.conv3x3_backward_data(d[i], w[i], out[i], **e)), 2 * fl, "compute")
@@ -118,143 +277,79 @@ def relu_mask_fusion(b, L, e, fl):
                       ops.conv3x3_backward_data(d[i], w[i], **e)), 2 * fl, "compute")
 
 
+def concat_fusion(b, L, e):
+    """An expanding level's first conv on crop_concat(skip, up): the op chain (crop_concat, then the
+    conv; backward through the concatenated tensor) vs the two-source kernels that never store it."""
+    x = _concat_inputs(b, L)
+    s, u, w, bias = x["s"], x["u"], x["w"], x["b"]
+    N, Cs, Hs, K, H = L["N"], L["Cs"], L["Hs"], L["Cu"], L["H"]
+    fl, name, shape = _concat_conv_flops(L), L["name"].replace("concat", "conv1"), _shape(L, conv=True)
+    b.case("conv3x3", name, "concat+forward", "1+dflt", shape,
+           lambda i: ops.conv3x3_forward(ops.crop_concat_forward(s[i], u[i], **e), w[i], bias[i], **e), fl, "compute")
+    g = b.rand(N, K, H - 2, H - 2)
+    cat = ops.crop_concat_forward(s[0], u[0], **e)
+    b.case("conv3x3", name, "bwd_concat", "dflt", shape,
+           lambda i: (ops.conv3x3_backward_weight_concat(g[i], s[i], u[i], **e),
+                      ops.conv3x3_backward_data_concat(g[i], w[i], Cs, **e)), 2 * fl, "compute")
+    b.case("conv3x3", name, "bwd+crop_concat", "dflt", shape,
+           lambda i: (ops.conv3x3_backward_weight(g[i], cat, **e),
+                      ops.crop_concat_backward(ops.conv3x3_backward_data(g[i], w[i], **e), (N, Cs, Hs, Hs), **e)),
+           2 * fl, "compute")
+
+
+def optimizer_updates(b, n, e):
+    """The fused optimizer updates over all n parameters as one flat buffer (every registered variant)."""
+    t = b.torch
+    p, g, v, m = b.rand(n), b.rand(n), b.rand(n), b.rand(n)
+    v2 = [b.xp.abs(a) for a in b.rand(n)]  # Adam's second moment is non-negative
+    theirs = None
+    if t:
+        def theirs(i):
+            tv, tp = _tt(t, v[i]), _tt(t, p[i])
+            tv.mul_(0.99).sub_(_tt(t, g[i]), alpha=0.01)
+            tp.add_(tv)
+    for rec in ops.variants("sgd_momentum_update"):
+        b.case("sgd", "all params", "update", rec.number, f"{n}",
+               lambda i, r=rec.number: ops.sgd_momentum_update(p[i], g[i], v[i], 0.01, variant=r, **e),
+               4.0 * n * 5, "memory", theirs)
+    for rec in ops.variants("adam_update"):
+        b.case("adam", "all params", "update", rec.number, f"{n}",
+               lambda i, r=rec.number: ops.adam_update(p[i], g[i], m[i], v2[i], 10, 1e-3, variant=r, **e),
+               4.0 * n * 7, "memory")
+
+
 def run(engine, tile, depth, base, batch, reps, torch, sweep=False, save=None):
+    """Every case of CASES on every distinct layer of the network (UNet.layers), the fusion
+    comparisons, and the optimizer updates; returns the rows."""
     b = Bench(engine, torch, reps, save)
     e = dict(engine=engine)
-    t = torch
-    tt = (lambda a: t.from_dlpack(a)) if t is not None else None
+    net = UNet(depth=depth, base_channels=base, engine="numpy")
     seen = set()
-    for L in unet_layers(tile, depth, base, batch=batch):
+    for L in net.layers(tile, batch=batch):
         key = tuple(sorted((k, v) for k, v in L.items() if k != "name"))
         if key in seen:
             continue
         seen.add(key)
-        op, name = L["op"], L["name"]
-        if op == "conv3x3":
-            N, C, H, W, K = L["N"], L["C"], L["H"], L["W"], L["K"]
-            x, w, bias = b.rand(N, C, H, W), b.rand(K, C, 3, 3, scale=(2 / (9 * C)) ** 0.5), b.rand(K)
-            d = b.rand(N, K, H - 2, W - 2)
-            fl = conv_flops(L)
-            shape = f"{N}x{C}x{H}x{W}->{K}"
-            cudnn = dict(
-                forward=(lambda i: t.nn.functional.conv2d(tt(x[i]), tt(w[i]), tt(bias[i]))) if t else None,
-                backward_data=(lambda i: t.nn.grad.conv2d_input((N, C, H, W), tt(w[i]), tt(d[i]))) if t else None,
-                backward_weight=(lambda i: t.nn.grad.conv2d_weight(tt(x[i]), (K, C, 3, 3), tt(d[i]))) if t else None)
-            calls = dict(
-                forward=lambda i, **kw: ops.conv3x3_forward(x[i], w[i], bias[i], relu=False, **kw, **e),
-                backward_data=lambda i, **kw: ops.conv3x3_backward_data(d[i], w[i], **kw, **e),
-                backward_weight=lambda i, **kw: ops.conv3x3_backward_weight(d[i], x[i], **kw, **e)[0])
-            for direction, call in calls.items():
-                opname = f"conv3x3_{direction}"
-                for v, kname in ops.VARIANTS[opname].items():
-                    prec = "tf32" if v in ops.TF32_VARIANTS[opname] else "fp32"
-                    tiles = [None] + (list(C3.TILES) if sweep and kname in C3.IGEMM else [])
-                    for tile in tiles:
-                        kw = dict(variant=v, precision=prec, **({"tile": tile} if tile else {}))
-                        ours = lambda i, kw=kw, call=call: call(i, **kw)
-                        theirs = cudnn[direction]
-                        check = (lambda ours=ours, theirs=theirs: R.rel_err(host(ours(0)), host(theirs(0)))) if t else None
-                        label = v if tile is None else f"{v}@{tile[0]}x{tile[1]}"
-                        b.case(op, name, direction, label, shape, ours, fl, "compute", theirs, theirs, check, prec)
-            if name.endswith("conv1") and name != "down0.conv1":  # down0.conv1 needs no input gradient
-                relu_mask_fusion(b, L, e, fl)
-        elif op == "maxpool2x2":
-            N, C, H, W = L["N"], L["C"], L["H"], L["W"]
-            x = b.rand(N, C, H, W)
-            by = 4 * N * C * H * W * 1.25 + N * C * H * W / 4
-            ours = lambda i: ops.maxpool2x2_forward(x[i], **e)
-            theirs = (lambda i: t.nn.functional.max_pool2d(tt(x[i]), 2, return_indices=True)) if t else None
-            check = (lambda: R.rel_err(host(ours(0)[0]), host(theirs(0)[0]))) if t else None
-            b.case(op, name, "forward", 1, f"{N}x{C}x{H}x{W}", ours, by, "memory", theirs, None, check)
-            out, am = ops.maxpool2x2_forward(x[0], **e)
-            dout = b.rand(N, C, H // 2, W // 2)
-            b.case(op, name, "backward", 1, f"{N}x{C}x{H}x{W}", lambda i: ops.maxpool2x2_backward(dout[i], am, **e),
-                   4 * N * C * H * W * 1.25 + N * C * H * W / 4, "memory")
-        elif op == "upconv2x2":
-            N, C, H, W, K = L["N"], L["C"], L["H"], L["W"], L["K"]
-            x, w, bias = b.rand(N, C, H, W), b.rand(C, K, 2, 2, scale=C ** -0.5), b.rand(K)
-            d = b.rand(N, K, 2 * H, 2 * W)
-            fl = 2.0 * N * C * K * 4 * H * W
-            ours = lambda i: ops.upconv2x2_forward(x[i], w[i], bias[i], **e)
-            theirs = (lambda i: t.nn.functional.conv_transpose2d(tt(x[i]), tt(w[i]), tt(bias[i]), stride=2)) if t else None
-            check = (lambda: R.rel_err(host(ours(0)), host(theirs(0)))) if t else None
-            b.case(op, name, "forward", 1, f"{N}x{C}x{H}x{W}->{K}", ours, fl, "compute", theirs, theirs, check)
-            b.case(op, name, "backward_data", 1, f"{N}x{C}x{H}x{W}->{K}", lambda i: ops.upconv2x2_backward_data(d[i], w[i], **e), fl, "compute")
-            b.case(op, name, "backward_weight", 1, f"{N}x{C}x{H}x{W}->{K}", lambda i: ops.upconv2x2_backward_weight(d[i], x[i], **e), fl, "compute")
-        elif op == "crop_concat":
-            N, Cs, Hs, Cu, H = L["N"], L["Cs"], L["Hs"], L["Cu"], L["H"]
-            s, u = b.rand(N, Cs, Hs, Hs), b.rand(N, Cu, H, H)
-            by = 8.0 * N * (Cs + Cu) * H * H
-            b.case(op, name, "forward", 1, f"{N}x{Cs}x{Hs}+{Cu}x{H}", lambda i: ops.crop_concat_forward(s[i], u[i], **e), by, "memory")
-            # the fusion cuDNN cannot do: the level's first conv reading skip and up directly
-            K = Cu  # the expanding level's convs keep the up-conv's channel count
-            w, bias = b.rand(K, Cs + Cu, 3, 3, scale=(2 / (9 * (Cs + Cu))) ** 0.5), b.rand(K)
-            fl = conv_flops(dict(N=N, C=Cs + Cu, H=H, W=H, K=K))
-            for v in ops.VARIANTS["conv3x3_forward_concat"]:
-                prec = "tf32" if v in ops.TF32_VARIANTS["conv3x3_forward_concat"] else "fp32"
-                b.case("conv3x3", name.replace("concat", "conv1"), "forward_concat", v, f"{N}x{Cs}x{Hs}+{Cu}x{H}->{K}",
-                       lambda i, v=v, prec=prec: ops.conv3x3_forward_concat(s[i], u[i], w[i], bias[i], variant=v, precision=prec, **e),
-                       fl, "compute", precision=prec)
-            b.case("conv3x3", name.replace("concat", "conv1"), "concat+forward", "1+dflt", f"{N}x{Cs}x{Hs}+{Cu}x{H}->{K}",
-                   lambda i: ops.conv3x3_forward(ops.crop_concat_forward(s[i], u[i], **e), w[i], bias[i], **e), fl, "compute")
-            # backward of that conv, fused (two-source kernels) vs the op chain (concat input, crop_concat_backward)
-            g = b.rand(N, K, H - 2, H - 2)
-            cat = ops.crop_concat_forward(s[0], u[0], **e)
-            b.case("conv3x3", name.replace("concat", "conv1"), "bwd_concat", "dflt", f"{N}x{Cs}x{Hs}+{Cu}x{H}->{K}",
-                   lambda i: (ops.conv3x3_backward_weight_concat(g[i], s[i], u[i], **e),
-                              ops.conv3x3_backward_data_concat(g[i], w[i], Cs, **e)), 2 * fl, "compute")
-            b.case("conv3x3", name.replace("concat", "conv1"), "bwd+crop_concat", "dflt", f"{N}x{Cs}x{Hs}+{Cu}x{H}->{K}",
-                   lambda i: (ops.conv3x3_backward_weight(g[i], cat, **e),
-                              ops.crop_concat_backward(ops.conv3x3_backward_data(g[i], w[i], **e), (N, Cs, Hs, Hs), **e)),
-                   2 * fl, "compute")
-            d = b.rand(N, Cs + Cu, H, H)
-            b.case(op, name, "backward", 1, f"{N}x{Cs}x{Hs}+{Cu}x{H}",
-                   lambda i: ops.crop_concat_backward(d[i], (N, Cs, Hs, Hs), **e), 4.0 * N * (Cs * Hs * Hs + 2 * (Cs + Cu) * H * H), "memory")
-        elif op == "conv1x1":
-            N, C, H, W, K = L["N"], L["C"], L["H"], L["W"], L["K"]
-            x, w, bias = b.rand(N, C, H, W), b.rand(K, C, 1, 1), b.rand(K)
-            ours = lambda i: ops.conv1x1_forward(x[i], w[i], bias[i], **e)
-            theirs = (lambda i: t.nn.functional.conv2d(tt(x[i]), tt(w[i]), tt(bias[i]))) if t else None
-            check = (lambda: R.rel_err(host(ours(0)), host(theirs(0)))) if t else None
-            b.case(op, name, "forward", 1, f"{N}x{C}x{H}x{W}->{K}", ours, 4.0 * N * (C + K) * H * W, "memory", theirs, None, check)
-        elif op == "softmax_xent":
-            N, K, H, W = L["N"], L["K"], L["H"], L["W"]
-            z = b.rand(N, K, H, W, scale=3)
-            lab = b.xp.asarray(b.rng.integers(0, K, (N, H, W)).astype(np.int32))
-            wt = b.xp.asarray(b.rng.uniform(1, 10, (N, H, W)).astype(np.float32))
-            ours = lambda i: ops.softmax_xent(z[i], lab, wt, **e)
-            theirs = None
-            if t:
-                tl = tt(lab).long()
-                theirs = lambda i: (t.nn.functional.cross_entropy(tt(z[i]), tl, reduction="none") * tt(wt)).mean()
-            by = 4.0 * N * H * W * (2 * K + 2)
-            check = (lambda: abs(ours(0)[0] - float(theirs(0))) / abs(float(theirs(0)))) if t else None
-            b.case(op, name, "forward+backward", 1, f"{N}x{K}x{H}x{W}", ours, by, "memory", theirs, None, check)
-    # SGD over all parameters as one flat buffer
-    from unetcu import UNet
-    n = UNet(depth=depth, base_channels=base, engine="numpy").n_params
-    p, g, v = b.rand(n), b.rand(n), b.rand(n)
-    theirs = None
-    if t:
-        def theirs(i):
-            tv, tp = tt(v[i]), tt(p[i])
-            tv.mul_(0.99).sub_(tt(g[i]), alpha=0.01)
-            tp.add_(tv)
-    b.case("sgd", "all params", "update", 1, f"{n}", lambda i: ops.sgd_momentum_update(p[i], g[i], v[i], 0.01, **e),
-           4.0 * n * 5, "memory", theirs)
+        for case in CASES[L["op"]]:
+            run_case(b, case, L, e, sweep)
+        if L["op"] == "conv3x3" and L["name"].endswith("conv1") and L["name"] != "down0.conv1":
+            relu_mask_fusion(b, L, e)  # down0.conv1 needs no input gradient
+        if L["op"] == "crop_concat":
+            concat_fusion(b, L, e)
+    optimizer_updates(b, net.n_params, e)
     return b.rows
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--engine", choices=("cuda", "emu", "numpy"))
+    ap.add_argument("--engine", choices=runtime.ENGINES)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--json", help="write all figures to this file")
     ap.add_argument("--tiles", action="store_true", help="also time every tile shape of the implicit-GEMM variants "
                     "(rows v3@128x64 ...), to check the per-layer tile choice")
     a = ap.parse_args(argv)
-    engine = resolve_engine(a.engine)
+    engine = runtime.resolve_engine(a.engine)
     info = machine_info()
     torch = torch_or_none() if engine == "cuda" else None
     if engine == "cuda":

@@ -11,9 +11,9 @@ image in a fresh subprocess:
 The subprocess reports its own peak RSS (getrusage: the scheduler's threads are in it) and its
 wall time. Every block-wise result is compared with the in-memory one of the same image.
 
-    python benchmarks/bench_large.py [--sizes 2048 4096 8192] [--blocks 388 776 1552] [--workers 1 2]
+    python -m benchmarks.bench_large [--sizes 2048 4096 8192] [--blocks 388 776 1552] [--workers 1 2]
         [--matrix-up-to 2048] [--tile T] [--json large.json] [--results benchmarks/RESULTS.md] [--figure]
-    python benchmarks/bench_large.py --plan 8192:388:1 --no-memory --append   # one more run, added
+    python -m benchmarks.bench_large --plan 8192:388:1 --no-memory --append   # one more run, added
 
 The full blocks x workers matrix runs on sizes up to --matrix-up-to; larger sizes run the
 in-memory path and the middle block size with the most workers (the numpy engine predicts about
@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Block-wise prediction of large images (benchmarks/bench_large.py)"

@@ -6,7 +6,7 @@ untrained model (the net's size does not change how files are read and written),
 `python -m unetcu.cli predict` on each in a subprocess and prints the child's peak RSS
 (getrusage RUSAGE_CHILDREN, measured in a fresh wrapper process per run).
 
-    python benchmarks/bench_predict_memory.py [--pages 100] [--size 512] [--engine numpy]
+    python -m benchmarks.bench_predict_memory [--pages 100] [--size 512] [--engine numpy]
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ scipy.ndimage on the CPU, and elasticdeform if installed) and the weight-map tim
 
 Without a GPU: the tiny preset on the numpy and emu engines — CPU timings, not comparable.
 
-    python benchmarks/bench_step.py [--engine cuda|emu|numpy] [--json FILE] [--quick]
+    python -m benchmarks.bench_step [--engine cuda|emu|numpy] [--json FILE] [--quick]
 """
 from __future__ import annotations
 
@@ -18,19 +18,19 @@ import sys
 
 import numpy as np
 
-from common import cpu_median_ms, gpu_median_ms, machine_info, torch_or_none
-from unetcu import UNet, augment, ops
+from benchmarks.common import cpu_median_ms, gpu_median_ms, machine_info, torch_or_none
+from unetcu import UNet, augment
 from unetcu.data import classes_from_instances, synthetic_cells
 from unetcu.model import output_size
-from unetcu.ops import resolve_engine
+from unetcu.optim import Optimizer
+from unetcu.runtime import ENGINES, resolve_engine
 from unetcu.train import PRESETS
 from unetcu.weightmap import weight_map
 
 
-def our_step(model, x, lab, wt, velocity):
+def our_step(model, x, lab, wt, opt):
     loss, grads = model.loss_and_grads(x, lab, wt, dropout_seed=1)
-    for k, p in model.params.items():
-        ops.sgd_momentum_update(p, grads[k], velocity[k], 1e-4, 0.99, engine=model.engine)
+    opt.step(model.params, grads, 1e-4, 1)
     return loss
 
 
@@ -43,11 +43,11 @@ def bench_ours(engine, preset, batch, reps, warmup=2, precision="fp32", fuse=Tru
     x = xp.asarray(rng.standard_normal((batch, 1, tile, tile)).astype(np.float32))
     lab = xp.asarray(rng.integers(0, 2, (batch, o, o)).astype(np.int32))
     wt = xp.asarray(rng.uniform(1, 5, (batch, o, o)).astype(np.float32))
-    vel = {k: xp.zeros_like(v) for k, v in m.params.items()}
-    step = lambda: our_step(m, x, lab, wt, vel)
+    opt = Optimizer("sgd", m.params, engine, xp, momentum=0.99)
+    step = lambda: our_step(m, x, lab, wt, opt)
     if graph:
         from unetcu.graph import GraphStep
-        gs = GraphStep(m, vel, 1e-4, 0.99)
+        gs = GraphStep(m, opt, 1e-4)
         step = lambda: gs(x, lab, wt, 1)[0]
     res = {}
     if engine == "cuda":
@@ -66,7 +66,7 @@ def bench_ours(engine, preset, batch, reps, warmup=2, precision="fp32", fuse=Tru
 
 
 def bench_torch(torch, preset, batch, reps, tf32):
-    from torch_unet import TorchUNet, weighted_xent
+    from benchmarks.torch_unet import TorchUNet, weighted_xent
     depth, base, tile = PRESETS[preset]
     o = output_size(tile, depth)
     torch.backends.cudnn.benchmark = True
@@ -136,7 +136,7 @@ def bench_augment(engine, reps):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--engine", choices=("cuda", "emu", "numpy"))
+    ap.add_argument("--engine", choices=ENGINES)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json")
     a = ap.parse_args(argv)

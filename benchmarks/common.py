@@ -1,58 +1,18 @@
-"""Shared by the benchmarks: the U-Net's layer shapes, timers, ceilings, the cuDNN counterparts."""
+"""Shared by the benchmarks: timers, ceilings, the machine's description, the data folder."""
 from __future__ import annotations
 
 import os
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from unetcu.model import output_size  # noqa: E402
-
 
 def default_data_dir() -> str:
     """The shared real data sets: UNETCU_DATA, else ../shared/data beside the checkout."""
     return os.environ.get("UNETCU_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def unet_layers(tile=572, depth=5, base=64, in_ch=1, classes=2, batch=1):
-    """Every op of one training step of the U-Net, in forward order, with its shapes:
-    a list of dicts(op, name, shape params). Shapes follow the model exactly (valid convs, crops)."""
-    layers = []
-    s, c = tile, in_ch
-    skips = []
-    for l in range(depth):
-        ch = base * 2 ** l
-        for j in (1, 2):
-            layers.append(dict(op="conv3x3", name=f"down{l}.conv{j}", N=batch, C=c, H=s, W=s, K=ch))
-            s, c = s - 2, ch
-        if l < depth - 1:
-            skips.append((c, s))
-            layers.append(dict(op="maxpool2x2", name=f"pool{l}", N=batch, C=c, H=s, W=s))
-            s //= 2
-    for l in range(depth - 2, -1, -1):
-        ch = base * 2 ** l
-        layers.append(dict(op="upconv2x2", name=f"up{l}.upconv", N=batch, C=c, H=s, W=s, K=ch))
-        s, c = 2 * s, ch
-        cs, ss = skips[l]
-        layers.append(dict(op="crop_concat", name=f"up{l}.concat", N=batch, Cs=cs, Hs=ss, Cu=c, H=s))
-        c = cs + c
-        for j in (1, 2):
-            layers.append(dict(op="conv3x3", name=f"up{l}.conv{j}", N=batch, C=c, H=s, W=s, K=ch))
-            s, c = s - 2, ch
-    layers.append(dict(op="conv1x1", name="head", N=batch, C=c, H=s, W=s, K=classes))
-    layers.append(dict(op="softmax_xent", name="loss", N=batch, K=classes, H=s, W=s))
-    assert s == output_size(tile, depth)
-    return layers
-
-
-def conv_flops(l):
-    """Multiply-adds x 2 of one direction of a valid 3x3 conv."""
-    return 2.0 * l["N"] * l["K"] * l["C"] * 9 * (l["H"] - 2) * (l["W"] - 2)
 
 
 def machine_info():

@@ -36,12 +36,12 @@ step gpu_tests 120 python3 -m pytest -q -m gpu -x tests
 if command -v compute-sanitizer >/dev/null; then
   step memcheck 40 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x tests/test_ops.py -m gpu -k "chain and cuda"
 fi
-step kernels 150 python3 benchmarks/bench_kernels.py --engine cuda --quick --tiles --json "$OUTDIR/kernels.json"
-step step 80 python3 benchmarks/bench_step.py --engine cuda --quick --json "$OUTDIR/step.json"
+step kernels 150 python3 -m benchmarks.bench_kernels --engine cuda --quick --tiles --json "$OUTDIR/kernels.json"
+step step 80 python3 -m benchmarks.bench_step --engine cuda --quick --json "$OUTDIR/step.json"
 if command -v ncu >/dev/null; then  # counters of the default conv kernels: what limits each
-  step profile 45 ncu --clock-control none --csv --section SpeedOfLight --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats --kernel-name regex:conv3x3_ python3 benchmarks/profile_conv.py
+  step profile 45 ncu --clock-control none --csv --section SpeedOfLight --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats --kernel-name regex:conv3x3_ python3 -m benchmarks.profile_conv
 fi
-step results 15 python3 benchmarks/make_results.py "$OUTDIR" --out "$OUTDIR/RESULTS.md"
+step results 15 python3 -m benchmarks.make_results "$OUTDIR" --out "$OUTDIR/RESULTS.md"
 
 echo
 echo "=== summary ($OUTDIR)"

@@ -1,12 +1,10 @@
 """Figures for the README: a synthetic image with its classes and the paper's weight map.
-python benchmarks/make_figures.py  ->  benchmarks/figures/weightmap.png"""
-import sys
+python -m benchmarks.make_figures  ->  benchmarks/figures/weightmap.png"""
 from pathlib import Path
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from unetcu.data import classes_from_instances, synthetic_cells  # noqa: E402
-from unetcu.weightmap import weight_map  # noqa: E402
+from unetcu.data import classes_from_instances, synthetic_cells
+from unetcu.weightmap import weight_map
 
 
 def main():

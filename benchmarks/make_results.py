@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _load(d: Path, name: str):
@@ -188,8 +187,7 @@ def quality_section(q):
 
 def ablation_section(runs):
     """The recipe ablation (benchmarks/ablation.py's runs.jsonl), one table per set."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from ablation import report
+    from benchmarks.ablation import report
     r0 = runs[0]
     return ["## Training recipe ablation (benchmarks/ablation.py)", "",
             f"Measured {r0.get('date', '')} on {r0.get('machine', '')}: the small network trained in the peer harness "
@@ -236,8 +234,7 @@ def main(argv=None):
     if abl:
         lines += ablation_section(abl)
     if lg:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_large import section as large_section
+        from benchmarks.bench_large import section as large_section
         lines += large_section(lg) + [""]
     out.write_text("\n".join(lines))
     print(f"wrote {out}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from torch_unet import TorchUNet, weighted_xent
+from benchmarks.torch_unet import TorchUNet, weighted_xent
 from unetcu import UNet
 from unetcu.optim import lr_at
 from unetcu.train import TrainConfig, draw_batch, prepare

@@ -1,7 +1,7 @@
 """Run the default conv3x3 kernels once each on a few paper layers, for a profiler to read their
 counters (ncu); prints nothing else of interest. device_check.sh runs it under
 
-    ncu --clock-control none --csv --metrics <list> python3 benchmarks/profile_conv.py
+    ncu --clock-control none --csv --metrics <list> python3 -m benchmarks.profile_conv
 
 Layers: down1.conv2 (128 -> 128 at 282², a big layer), down4.conv2 (1024 -> 1024 at 30², the
 bottleneck) and up0.conv1 (the fused concat, 64 + 64 -> 64 at 392²): one call per kernel, fp32

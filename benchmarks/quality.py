@@ -7,8 +7,8 @@ PyTorch users pick (Adam 1e-3, class-balanced cross-entropy, random windows with
 rotations/flips; peer.py), on the same tiles pipeline, steps and tile size, and is scored by the
 same overlap-tile code, instance step and metrics. PyTorch is needed for the peer arm only.
 
-    python benchmarks/quality.py                       # ISBI 2012 and DIC-HeLa, both arms, seeds 0 1 2
-    python benchmarks/quality.py --sets dic_hela --arms unetcu --seeds 0 --steps 3000 --engine numpy
+    python -m benchmarks.quality                       # ISBI 2012 and DIC-HeLa, both arms, seeds 0 1 2
+    python -m benchmarks.quality --sets dic_hela --arms unetcu --seeds 0 --steps 3000 --engine numpy
 
 Splits: isbi2012 slices 0-19 train, 20-24 test; dic_hela frames 002..039 train, 054 and the
 remaining full frames test, frame 067 (3 of ~18 cells annotated) left out of both; dsb2018_fluo
@@ -32,15 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import default_data_dir  # noqa: E402
-from unetcu import UNet, data as D  # noqa: E402
-from unetcu.instances import instances, min_distance_for, object_radius  # noqa: E402
-from unetcu.metrics import METRIC_NAMES, evaluate, format_table, seg_score, segments  # noqa: E402
-from unetcu.ops import resolve_engine  # noqa: E402
-from unetcu.tiling import predict_probs  # noqa: E402
-from unetcu.train import PRESETS, TrainConfig, train  # noqa: E402
+from benchmarks.common import default_data_dir
+from unetcu import UNet, data as D
+from unetcu.instances import instances, min_distance_for, object_radius
+from unetcu.metrics import METRIC_NAMES, evaluate, format_table, seg_score, segments
+from unetcu.runtime import ENGINES, resolve_engine
+from unetcu.tiling import predict_probs
+from unetcu.train import PRESETS, TrainConfig, train
 
 W0 = {"isbi2012": 0.0}  # the weight map's border term per set; 10 (the paper's) elsewhere
 
@@ -77,7 +75,7 @@ def run_arm(arm, name, tr, te, engine, preset, steps, seed, out, tta=False, retr
         t_train = history[-1]["seconds"]
         recipe = {k: getattr(cfg, k) for k in ("optimizer", "lr", "warmup", "schedule", "momentum", "clip", "augment", "w0")}
     else:
-        from peer import Recipe, train_peer
+        from benchmarks.peer import Recipe, train_peer
         rec = Recipe()
         model, _ = train_peer(tr, rec, steps, depth, base, tile, seed=seed, log=print)
         recipe = asdict(rec)
@@ -141,7 +139,7 @@ def main(argv=None):
     ap.add_argument("--sets", nargs="+", default=["isbi2012", "dic_hela"], choices=["isbi2012", "dic_hela", "dsb2018_fluo"])
     ap.add_argument("--arms", nargs="+", default=["unetcu", "peer"], choices=["unetcu", "peer"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--engine", choices=("numpy", "emu", "cuda"))
+    ap.add_argument("--engine", choices=ENGINES)
     ap.add_argument("--preset", choices=tuple(PRESETS), help="default: paper on a GPU, small on a CPU")
     ap.add_argument("--steps", type=int, help="training steps per set (default: 1500 small, 4000 paper)")
     ap.add_argument("--tta", action="store_true", help="test-time augmentation over 8 rotations/flips")

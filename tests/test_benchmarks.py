@@ -6,13 +6,13 @@ import sys
 from pathlib import Path
 
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
+ROOT = Path(__file__).resolve().parents[1]  # the benchmarks package runs from the checkout (python -m)
 
 
 def test_layer_list_is_the_paper_network():
-    from common import conv_flops, unet_layers
-    layers = unet_layers()
+    from benchmarks.bench_kernels import conv_flops
+    from unetcu import UNet
+    layers = UNet(engine="numpy").layers(572)
     convs = [l for l in layers if l["op"] == "conv3x3"]
     assert len(convs) == 18 and sum(l["op"] == "upconv2x2" for l in layers) == 4
     assert (convs[0]["C"], convs[0]["H"], convs[0]["K"]) == (1, 572, 64)
@@ -34,8 +34,8 @@ def test_harness_runs_on_cpu_and_results_are_generated(tmp_path):
     k = json.loads((tmp_path / "kernels.json").read_text())
     assert {row["op"] for row in k["rows"]} >= {"conv3x3", "maxpool2x2", "upconv2x2", "crop_concat", "conv1x1", "softmax_xent", "sgd"}
     assert all("ms" in row and row["ms"] > 0 for row in k["rows"])
-    r = subprocess.run([sys.executable, str(BENCH / "make_results.py"), str(tmp_path), "--out", str(tmp_path / "RESULTS.md")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "benchmarks.make_results", str(tmp_path), "--out", str(tmp_path / "RESULTS.md")],
+                       capture_output=True, text=True, timeout=120, cwd=str(ROOT))
     assert r.returncode == 0, r.stderr
     text = (tmp_path / "RESULTS.md").read_text()
     assert "not comparable with GPU figures" in text and "| conv3x3 |" in text
@@ -43,8 +43,8 @@ def test_harness_runs_on_cpu_and_results_are_generated(tmp_path):
 
 def test_profile_script_runs_on_the_emulator():
     """device_check.sh runs benchmarks/profile_conv.py under ncu; here its tiny emulator form."""
-    r = subprocess.run([sys.executable, str(BENCH / "profile_conv.py"), "--engine", "emu"], capture_output=True, text=True,
-                       timeout=300, cwd=str(BENCH.parent))
+    r = subprocess.run([sys.executable, "-m", "benchmarks.profile_conv", "--engine", "emu"], capture_output=True, text=True,
+                       timeout=300, cwd=str(ROOT))
     assert r.returncode == 0, r.stderr
     assert "fused concat" in r.stdout
 
@@ -54,7 +54,7 @@ def test_harness_agrees_with_torch_where_torch_is_installed():
     compute: run its comparison code with PyTorch on the CPU (skipped where torch is absent, as in CI;
     on the GPU machine the same code runs against cuDNN)."""
     torch = __import__("pytest").importorskip("torch")
-    import bench_kernels
+    from benchmarks import bench_kernels
     rows = bench_kernels.run("numpy", 44, 2, 4, 1, 1, torch)
     assert not [r for r in rows if "error" in r]
     checked = [r for r in rows if "check_rel_err" in r]
@@ -68,7 +68,7 @@ def test_peer_harness_trains_what_unetcu_train_trains_where_torch_is_installed(t
     import numpy as np
     import pytest
     torch = pytest.importorskip("torch")
-    from peer import Recipe, train_peer
+    from benchmarks.peer import Recipe, train_peer
     from unetcu import UNet
     from unetcu.data import synthetic_dataset
     from unetcu.train import TrainConfig, train
@@ -98,8 +98,8 @@ def test_quality_and_ablation_tables_give_mean_and_spread_over_seeds(tmp_path):
                  images={"a": dict(rand_error=v, info_error=v, pixel_error=v, iou=v, seg=v, seg_ws_prob=v, seg_ws_dist=v)})
             for s, v in enumerate((0.1, 0.3))]
     (tmp_path / "ablation" / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    r = subprocess.run([sys.executable, str(BENCH / "make_results.py"), str(tmp_path), "--out", str(tmp_path / "R.md")],
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "benchmarks.make_results", str(tmp_path), "--out", str(tmp_path / "R.md")],
+                       capture_output=True, text=True, cwd=str(ROOT))
     assert r.returncode == 0, r.stderr
     text = (tmp_path / "R.md").read_text()
     assert "| isbi2012 | unetcu | 2 |" in text and "0.3000 +- 0.1000" in text and "0.5000 +- 0.0000" in text
@@ -112,16 +112,16 @@ def test_large_benchmark_runs_and_its_section_is_generated(tmp_path):
     __import__("pytest").importorskip("zarr")
     res = tmp_path / "RESULTS.md"
     res.write_text("# unetcu benchmark results\n\n## Other\n\nkept\n")
-    r = subprocess.run([sys.executable, str(BENCH / "bench_large.py"), "--sizes", "157", "--blocks", "104", "--workers", "2",
+    r = subprocess.run([sys.executable, "-m", "benchmarks.bench_large", "--sizes", "157", "--blocks", "104", "--workers", "2",
                         "--tile", "92", "--json", str(tmp_path / "large.json"), "--results", str(res)],
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=600, cwd=str(ROOT))
     assert r.returncode == 0, r.stderr
     runs = json.loads((tmp_path / "large.json").read_text())["runs"]
     assert [x["mode"] for x in runs] == ["memory", "blocks"] and runs[1]["n_blocks"] == 4
     assert runs[1]["max_diff"] <= 1e-5 and all(x["peak_rss_mb"] > 0 and x["mpx_s"] > 0 for x in runs)
     text = res.read_text()
     assert "## Other\n\nkept" in text and "| 157² | blocks (Dask) | 104 | 2 | 4 |" in text
-    r = subprocess.run([sys.executable, str(BENCH / "make_results.py"), str(tmp_path), "--out", str(tmp_path / "R2.md")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "benchmarks.make_results", str(tmp_path), "--out", str(tmp_path / "R2.md")],
+                       capture_output=True, text=True, timeout=120, cwd=str(ROOT))
     assert r.returncode == 0, r.stderr
     assert "Block-wise prediction of large images" in (tmp_path / "R2.md").read_text()

@@ -62,7 +62,7 @@ ptxas info    : Used 224 registers, used 1 barriers, 256 bytes cumulative stack 
 def test_default_variants_do_not_spill():
     from unetcu import ops
     reports = {r.kernel: r for r in compile_check.check(out=io.StringIO())}
-    defaults = [name for op in ops.VARIANTS for prec in ("fp32", "tf32") if ops.TF32_VARIANTS[op] or prec == "fp32"
+    defaults = [name for op in ops.REGISTRY for prec in ops.PRECISIONS if ops.variants(op, prec)
                 for name in ops.kernel_names(op, ops.default_variant(op, prec))]
     assert defaults and all(name in reports for name in defaults), set(defaults) - set(reports)
     spilling = [n for n in defaults if reports[n].spills]

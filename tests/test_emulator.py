@@ -320,13 +320,15 @@ def test_compile_error_is_reported():
 
 
 def test_engine_selection():
-    with pytest.raises(ValueError, match="unknown kernel engine"):
+    with pytest.raises(ValueError, match="unknown engine"):
         runtime.resolve_engine("opencl")
     assert runtime.resolve_engine("emu") == "emu"
+    with pytest.raises(ValueError, match="engine numpy runs no kernels"):
+        runtime.compile('extern "C" __global__ void k(float* y) { y[0] = 1; }', engine="numpy")
     if not runtime.gpu_available():
         with pytest.raises(RuntimeError, match="no GPU is usable"):
             runtime.resolve_engine("cuda")
-        assert runtime.default_engine() == "emu"
+        assert runtime.resolve_engine(None, kernels=True) == "emu"
 
 
 def test_kernel_names_parser():

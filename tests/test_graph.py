@@ -77,8 +77,7 @@ def test_graph_step_matches_the_eager_step(rng):
     args = dict(depth=3, base_channels=8, dropout=0.5, engine="cuda", seed=1)
     eager, graphed = UNet(**args), UNet(**args)
     ve = {k: cupy.zeros_like(v) for k, v in eager.params.items()}
-    vg = {k: cupy.zeros_like(v) for k, v in graphed.params.items()}
-    step = GraphStep(graphed, vg, lr=1e-3, momentum=0.99, clip=1.0)
+    step = GraphStep(graphed, Optimizer("sgd", graphed.params, "cuda", cupy, momentum=0.99), lr=1e-3, clip=1.0)
     o = eager.output_size(92)
     for i in range(4):  # the first call captures, the rest replay
         x = cupy.asarray(rng.standard_normal((1, 1, 92, 92)).astype(np.float32))

@@ -61,16 +61,16 @@ CONV_SHAPES = [(1, 1, 4, 5, 1), (2, 3, 11, 13, 5), (2, 5, 20, 19, 9), (1, 7, 8, 
 def conv_cases(op):
     """(variant, tile) for every variant of a conv op; the implicit GEMMs once per tile shape."""
     cases = []
-    for v, name in sorted(ops.VARIANTS[op].items()):
-        tiles = C3.TILES if name in C3.IGEMM else (None,)
-        cases += [pytest.param(v, t, id=f"v{v}" + (f"-{t[0]}x{t[1]}" if t else "")) for t in tiles]
+    for rec in ops.variants(op):
+        cases += [pytest.param(rec.number, t, id=f"v{rec.number}" + (f"-{t[0]}x{t[1]}" if t else ""))
+                  for t in rec.tiles or (None,)]
     return cases
 
 
 def precision(op, variant):
     """tf32 variants are checked against the reference with the same tf32 rounding of the
     products' operands (so only the fp32 summation differs, and TOL holds for them too)."""
-    return "tf32" if variant in ops.TF32_VARIANTS[op] else "fp32"
+    return ops.REGISTRY[op][variant].precision
 
 
 def tiled(variant, tile, op, **kw):
@@ -125,7 +125,7 @@ def test_conv3x3_backward_data(engine, rng, variant, tile, shape, relu):
     close(dx, R.conv3x3_backward_data(dout.astype(np.float64), wt.astype(np.float64), out, precision(op, variant)))
 
 
-@pytest.mark.parametrize("variant", sorted(v for v, n in ops.VARIANTS["conv3x3_backward_data"].items() if n in C3.IGEMM))
+@pytest.mark.parametrize("variant", [r.number for r in ops.variants("conv3x3_backward_data") if r.tiles])
 @pytest.mark.parametrize("shape", CONV_SHAPES[1:])
 def test_conv3x3_backward_data_applies_the_input_relu_mask(engine, rng, variant, shape):
     op = "conv3x3_backward_data"
@@ -177,7 +177,7 @@ def test_conv3x3_backward_weight_accumulates(engine, rng, variant, tile, shape, 
     close_acc(db, gb, db0)
 
 
-@pytest.mark.parametrize("variant", sorted(v for v, n in ops.VARIANTS["conv3x3_backward_weight"].items() if n in C3.IGEMM))
+@pytest.mark.parametrize("variant", [r.number for r in ops.variants("conv3x3_backward_weight") if r.tiles])
 @pytest.mark.parametrize("splits", [2, 7, 40])  # 40 > the reduction's steps: some splits are empty
 def test_conv3x3_backward_weight_split_over_pixels(engine, rng, variant, splits):
     op = "conv3x3_backward_weight"
@@ -215,7 +215,7 @@ def test_tf32_variants_round_and_stay_within_tf32_error(rng):
     n, c, h, w, k = 1, 16, 12, 12, 16
     x, wt, b = f32(rng, n, c, h, w), f32(rng, k, c, 3, 3, scale=0.3), f32(rng, k)
     exact = R.conv3x3_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64), False)
-    for v in sorted(ops.TF32_VARIANTS["conv3x3_forward"]):
+    for v in [r.number for r in ops.variants("conv3x3_forward", "tf32")]:
         err = rel_err(ops.conv3x3_forward(x, wt, b, relu=False, engine="emu", variant=v, precision="tf32"), exact)
         assert 1e-5 < err < 2e-3, (v, err)
     fp32 = rel_err(ops.conv3x3_forward(x, wt, b, relu=False, engine="emu"), exact)
@@ -455,8 +455,10 @@ def test_argument_errors():
     x = np.ones((1, 2, 8, 8), np.float32)
     with pytest.raises(ValueError, match=r"conv3x3_forward: w must have shape \(K, C, 3, 3\) = \(\?, 2, 3, 3\), got \(4, 3, 3, 3\)"):
         ops.conv3x3_forward(x, np.ones((4, 3, 3, 3), np.float32), np.ones(4, np.float32), engine="numpy")
-    with pytest.raises(TypeError, match=r"conv3x3_forward: x must be float32, got float64"):
-        ops.conv3x3_forward(x.astype(np.float64), np.ones((4, 2, 3, 3), np.float32), np.ones(4, np.float32), engine="numpy")
+    with pytest.raises(TypeError, match=r"conv3x3_forward: x must be float32, got float16"):
+        ops.conv3x3_forward(x.astype(np.float16), np.ones((4, 2, 3, 3), np.float32), np.ones(4, np.float32), engine="numpy")
+    with pytest.raises(TypeError, match=r"conv3x3_forward: x must be float32, got float64"):  # kernels: float32 only
+        ops.conv3x3_forward(x.astype(np.float64), np.ones((4, 2, 3, 3), np.float32), np.ones(4, np.float32), engine="emu")
     with pytest.raises(ValueError, match=r"b must have shape \(K,\) = \(4,\), got \(3,\)"):
         ops.conv3x3_forward(x, np.ones((4, 2, 3, 3), np.float32), np.ones(3, np.float32), engine="numpy")
     with pytest.raises(ValueError, match=r"at least 3x3"):
@@ -498,17 +500,17 @@ def test_conv3x3_paper_sizes_gpu(rng, c, hw, k):
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
     dx, dw_, db_ = cupy.asarray(x), cupy.asarray(w), cupy.asarray(b)
     ref = {}
-    for v in ops.VARIANTS["conv3x3_forward"]:
+    for v in ops.REGISTRY["conv3x3_forward"]:
         p = precision("conv3x3_forward", v)
         ref[p] = R.conv3x3_forward(x64, w64, b.astype(np.float64), True, p)
         close(ops.conv3x3_forward(dx, dw_, db_, engine="cuda", variant=v, precision=p), ref[p])
     dout = f32(rng, *ref["fp32"].shape)
     out = np.maximum(ref["fp32"], 0).astype(np.float32)
-    for v in ops.VARIANTS["conv3x3_backward_data"]:
+    for v in ops.REGISTRY["conv3x3_backward_data"]:
         p = precision("conv3x3_backward_data", v)
         close(ops.conv3x3_backward_data(cupy.asarray(dout), dw_, cupy.asarray(out), engine="cuda", variant=v, precision=p),
               R.conv3x3_backward_data(dout.astype(np.float64), w64, out, p))
-    for v in ops.VARIANTS["conv3x3_backward_weight"]:
+    for v in ops.REGISTRY["conv3x3_backward_weight"]:
         p = precision("conv3x3_backward_weight", v)
         gw, gb = R.conv3x3_backward_weight(dout.astype(np.float64), x64, out, p)
         dw, db = ops.conv3x3_backward_weight(cupy.asarray(dout), dx, cupy.asarray(out), engine="cuda", variant=v,

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from .tiling import mirror_pad
+
 
 def _make_pixel(jit):
     """Compile the per-pixel warp with `jit` (numba.njit or a cuda device-function decorator)."""
@@ -274,7 +276,6 @@ def gray_values(tile, params: WarpParams, xp=np):
 def random_window(rng: np.random.Generator, image, labels, weights, tile: int, out: int, flips: bool = True):
     """The plain augmentation (no elastic warp): a random window, mirror-padded at the borders,
     with random flips and 90 degree rotations when `flips`."""
-    from .tiling import mirror_pad
     h, w = image.shape
     m = (tile - out) // 2
     y0 = int(rng.integers(0, max(1, h - out + 1)))

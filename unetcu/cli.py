@@ -5,6 +5,9 @@ import argparse
 import os
 import sys
 
+from .reference import PRECISIONS
+from .runtime import ENGINES
+
 
 def _cmd_demo(a) -> int:
     from . import demo
@@ -20,23 +23,23 @@ def _cmd_demo(a) -> int:
 
 def _cmd_engines(a) -> int:
     from . import runtime, emu
-    from .ops import resolve_engine
     ok, why = runtime.gpu_status()
-    env = os.environ.get("UNETCU_ENGINE")
+    env = os.environ.get(runtime.ENGINE_ENV)
     print(f"cuda : {'usable' if ok else 'not usable'} ({why})")
     print(f"emu  : usable (these CUDA kernels on the CPU through the g++ emulator, {emu.num_threads()} OS thread(s), "
           f"order {emu.get_order()[0]}; slow: for checking kernels)")
     print("numpy: usable (the float32 reference on the CPU; trains the small preset at a few steps/s)")
     if env:
-        reason = f"UNETCU_ENGINE={env}"
+        reason = f"{runtime.ENGINE_ENV}={env}"
     else:
-        reason = "a GPU is usable" if ok else "no GPU is usable; --engine or UNETCU_ENGINE chooses another"
+        reason = "a GPU is usable" if ok else f"no GPU is usable; --engine or {runtime.ENGINE_ENV} chooses another"
     try:
-        print(f"train, predict use: {resolve_engine(None)} ({reason})")
+        engine = runtime.resolve_engine(None)
     except (ValueError, RuntimeError) as e:
         print(f"train, predict use: none: {e}")
         return 1
-    print(f"demo and runtime.compile use: {runtime.default_engine()} (kernels need cuda or emu)")
+    print(f"train, predict use: {engine} ({reason})")
+    print(f"demo and runtime.compile use: {runtime.resolve_engine(None, kernels=True)} (kernels need cuda or emu)")
     print(f"kernels: {runtime.kernels_dir()}")
     print(f"CUDA include dir for <mma.h>: {runtime.cuda_include_dir() or 'not found'}")
     return 0
@@ -71,7 +74,6 @@ TRAIN_DEFAULTS = dict(data="synthetic", val_data=None, val_fraction=0.2, labels=
 # what a resumed run may change; every other option given with --resume must equal the run's own
 RESUME_MAY_CHANGE = {"steps", "lr", "weight_decay", "clip", "val_every", "ckpt_every", "engine", "precision",
                      "cuda_graph", "out", "no_progress", "overwrite"}
-STEPS = {"paper": 10000, "small": 1500, "tiny": 300}
 
 
 def _flag(name: str) -> str:
@@ -109,23 +111,23 @@ def _train_options(a):
 
 def _cmd_train(a) -> int:
     from pathlib import Path
-    from . import data as D
+    from . import data as D, runtime
     from .model import UNet, check_memory, output_size
-    from .ops import resolve_engine
-    from .train import PRESETS, TrainConfig, TrainingDiverged, TrainingInterrupted, check_out, train
+    from .train import (DEFAULT_STEPS, PRESETS, TrainConfig, TrainingDiverged, TrainingInterrupted, check_out,
+                        default_preset, train)
     o, resumed = _train_options(a)
-    engine = resolve_engine(o["engine"])
+    engine = runtime.resolve_engine(o["engine"])
     if resumed:
         net = resumed[0].config
         preset = o["preset"] if o["preset"] != "auto" else "custom"
         depth, base, tile = net["depth"], net["base_channels"], o["tile"]
         n_classes, dropout = net["n_classes"], net["dropout"]
     else:
-        preset = o["preset"] if o["preset"] != "auto" else ("paper" if engine == "cuda" else "small")
+        preset = o["preset"] if o["preset"] != "auto" else default_preset(engine)
         depth, base, tile = PRESETS[preset]
         tile = o["tile"] or tile
         n_classes, dropout = o["classes"], 0.0 if o["no_dropout"] else 0.5
-    steps = o["steps"] or STEPS.get(preset, 1000)
+    steps = o["steps"] or DEFAULT_STEPS.get(preset, 1000)
     # every check before anything is generated, loaded or created
     try:
         output_size(tile, depth)
@@ -149,15 +151,12 @@ def _cmd_train(a) -> int:
         if o["val_data"]:
             train_s, val_s = allsamples, D.load_folder(o["val_data"], o["labels"])
         else:
-            nval = int(round(o["val_fraction"] * len(allsamples)))
-            if o["val_fraction"] > 0 and len(allsamples) > 1:
-                nval = min(max(1, nval), len(allsamples) - 1)
-            train_s, val_s = allsamples[:len(allsamples) - nval], allsamples[len(allsamples) - nval:]
+            train_s, val_s = D.split_train_val(allsamples, o["val_fraction"])
         source = f"{o['data']}: {len(train_s)} training, {len(val_s)} validation images"
     print(f"data: {source}")
     if resumed:
         model = resumed[0]
-        model.precision = o["precision"]
+        model.precision = o["precision"]  # not part of the saved model: a resume may change it
     else:
         model = UNet(in_channels=1, n_classes=n_classes, depth=depth, base_channels=base, dropout=dropout, engine=engine,
                      seed=o["seed"], precision=o["precision"])
@@ -309,20 +308,22 @@ def _cmd_evaluate(a) -> int:
     return 0
 
 
+BENCHMARKS = {"kernels": "bench_kernels", "step": "bench_step", "emulator": "bench_emulator", "quality": "quality"}
+
+
 def _cmd_bench(a) -> int:
     from pathlib import Path
-    scripts = {"kernels": "bench_kernels.py", "step": "bench_step.py", "emulator": "bench_emulator.py",
-               "quality": "quality.py"}
-    bench_dir = Path(__file__).resolve().parent.parent / "benchmarks"
-    script = bench_dir / scripts[a.which]
-    if not script.is_file():
-        raise FileNotFoundError(f"{script} not found: the benchmarks live in the source checkout, run from there")
-    import subprocess
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(bench_dir.parent), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.call([sys.executable, str(script), *a.args], cwd=str(bench_dir), env=env)
+    checkout = Path(__file__).resolve().parent.parent  # the benchmarks package sits beside unetcu/
+    module = BENCHMARKS[a.which]
+    if not (checkout / "benchmarks" / f"{module}.py").is_file():
+        raise FileNotFoundError(f"benchmarks/{module}.py not found beside {checkout / 'unetcu'}: the benchmarks live in "
+                                "the source checkout; install unetcu from one with pip install -e")
+    import subprocess  # python -m with the checkout first on the path; relative paths stay the caller's
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(checkout), os.environ.get("PYTHONPATH")) if p))
+    return subprocess.call([sys.executable, "-m", f"benchmarks.{module}", *a.args], env=env)
 
 
-PRECISION_ARG = dict(choices=("fp32", "tf32"),
+PRECISION_ARG = dict(choices=PRECISIONS,
                      help="3x3 convolutions in fp32 (default) or tf32 (tensor cores, operands rounded to 10 mantissa "
                           "bits: ~3e-4 relative error per convolution)")
 
@@ -390,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--classes", type=number(int, 2, 256), help="number of classes, 2..256 (default 2: background, object)")
     t.add_argument("--preset", choices=("auto", "paper", "small", "tiny"),
                    help="network size (default: paper on a GPU, small on a CPU)")
-    t.add_argument("--engine", choices=("numpy", "emu", "cuda"), help="default: cuda if a GPU is usable, else numpy")
+    t.add_argument("--engine", choices=ENGINES, help="default: cuda if a GPU is usable, else numpy")
     t.add_argument("--precision", **PRECISION_ARG)
     t.add_argument("--cuda-graph", action="store_true", default=None,
                    help="capture the training step once as a CUDA graph and replay it (cuda engine only)")
@@ -455,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "with --out NAME.zarr one zarr store or TIFF")
     pr.add_argument("--out", required=True, help="output folder; NAME.zarr: predict block-wise on Dask into a zarr "
                                                  "store (see the README's Large images)")
-    pr.add_argument("--engine", choices=("numpy", "emu", "cuda"), help="default: cuda if a GPU is usable, else numpy")
+    pr.add_argument("--engine", choices=ENGINES, help="default: cuda if a GPU is usable, else numpy")
     pr.add_argument("--precision", default="fp32", **PRECISION_ARG)
     pr.add_argument("--tile", type=number(int, 1, 100000), help="input tile size (default: 572 for the paper net, else about 388 output)")
     pr.add_argument("--batch", type=number(int, 1, 100000), default=4, help="tiles per forward pass, 1..100000 (default 4)")
@@ -490,9 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --json file (never an input)")
     ev.set_defaults(func=_cmd_evaluate)
     b = sub.add_parser("bench", help="run a benchmark: kernels, step, emulator or quality (from a source checkout)",
-                       description="Run benchmarks/bench_kernels.py, bench_step.py, bench_emulator.py or quality.py; "
-                                   "arguments after the name go to the script (e.g. unetcu bench kernels --json k.json).")
-    b.add_argument("which", choices=("kernels", "step", "emulator", "quality"))
+                       description="Run python -m benchmarks.bench_kernels, bench_step, bench_emulator or quality in "
+                                   "the source checkout; arguments after the name go to the benchmark (e.g. unetcu bench "
+                                   "kernels --json k.json).")
+    b.add_argument("which", choices=tuple(BENCHMARKS))
     b.add_argument("args", nargs=argparse.REMAINDER)
     b.set_defaults(func=_cmd_bench)
     e = sub.add_parser("engines", help="say which kernel engines are usable here and why")

@@ -3,7 +3,9 @@ and print registers, spills, stack and shared memory per kernel, from ptxas's -v
 
 Compiler: CuPy's NVRTC (the path the cuda engine uses; works without a GPU) when CuPy and an NVRTC
 library are installed, else nvcc when it is on PATH. `python -m unetcu.compile_check` or
-`unetcu compile-check`; exit status 1 if a file fails to compile (or spills, with --fail-on-spill).
+`unetcu compile-check`; exit status 1 if a file fails to compile (or spills, with --fail-on-spill),
+or if a kernel that the op registry (unetcu.ops.REGISTRY) names is missing from its file. Each
+kernel is printed with the variants that launch it.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import runtime
+from . import ops, runtime
 from .emu import kernel_names
 
 _ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\d+a?)'")
@@ -104,10 +106,19 @@ def check(files=None, arch: str = "90", compiler: str | None = None, out=sys.std
     reports: list[KernelReport] = []
     for f in files:
         reports += compile_file(f, compiler, arch)
-    print(f"{'file':<18} {'kernel':<40} {'arch':<6} {'regs':>4} {'stack':>6} {'spill st':>8} {'spill ld':>8} {'smem':>6}", file=out)
+    owners = ops.kernel_owners()
+    compiled = {f.name for f in files}
+    missing = sorted(f"{r.file}: {name} ({', '.join(owners[name])})" for op in ops.REGISTRY for r in ops.variants(op)
+                     if r.file in compiled for name in [*r.kernel_names, *r.helpers]
+                     if name not in {k.kernel for k in reports})
+    if missing:
+        raise RuntimeError(f"the op registry names kernels its files lack: {'; '.join(missing)}")
+    print(f"{'file':<18} {'kernel':<40} {'arch':<6} {'regs':>4} {'stack':>6} {'spill st':>8} {'spill ld':>8} {'smem':>6}  variants",
+          file=out)
     for r in reports:
         print(f"{r.file:<18} {r.kernel:<40} {r.arch:<6} {r.registers:>4} {r.stack:>6} {r.spill_stores:>8} "
-              f"{r.spill_loads:>8} {r.smem:>6}{'  SPILLS' if r.spills else ''}", file=out)
+              f"{r.spill_loads:>8} {r.smem:>6}  {', '.join(owners.get(r.kernel, ['-']))}{'  SPILLS' if r.spills else ''}",
+              file=out)
     print(f"{len(reports)} kernels in {len(files)} files compiled for sm_{arch} with {compiler}", file=out)
     return reports
 

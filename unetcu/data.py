@@ -506,6 +506,15 @@ def _samples(fi: ImageFile, fl: ImageFile, label_mode: str, stem: str) -> list[S
     return out
 
 
+def split_train_val(samples: list, val_fraction: float) -> tuple[list, list]:
+    """(train, validation): the last round(val_fraction * len) samples validate, at least one and at
+    most all but one when val_fraction > 0 and there are two or more; the order is the folder's."""
+    nval = int(round(val_fraction * len(samples)))
+    if val_fraction > 0 and len(samples) > 1:
+        nval = min(max(1, nval), len(samples) - 1)
+    return samples[:len(samples) - nval], samples[len(samples) - nval:]
+
+
 def load_folder(root, label_mode: str = "auto") -> list[Sample]:
     """Every (image, label) pair of a folder as Samples. Multi-page files give one sample per page;
     an image and its label must have the same pages of the same size."""

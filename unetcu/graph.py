@@ -20,21 +20,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ops
 from .optim import clip_gradients
 
 
 class GraphStep:
     """step(x, labels, weights, dropout_seed) -> (loss, bad_label) as Python values; each call is
-    one SGD step of `model` (forward, loss, backward, optional clipping, momentum update)."""
+    one step of `model` (forward, loss, backward, optional clipping, optimizer.step at lr): the
+    same functions the eager trainer calls, captured. The graph bakes lr and the step number in,
+    so only an optimizer whose update does not change with them (SGD at a constant lr) fits."""
 
-    def __init__(self, model, velocity, lr, momentum=0.99, weight_decay=0.0, clip=0.0):
+    def __init__(self, model, optimizer, lr, clip=0.0):
         if model.engine != "cuda":
             raise ValueError(f"GraphStep: CUDA graphs need the cuda engine, the model runs on '{model.engine}'")
+        if optimizer.name != "sgd":
+            raise ValueError(f"GraphStep: a CUDA graph replays a fixed update; {optimizer.name}'s changes every step")
         import cupy
         self.cp = cupy
-        self.model, self.velocity = model, velocity
-        self.lr, self.momentum, self.weight_decay, self.clip = lr, momentum, weight_decay, clip
+        self.model, self.optimizer = model, optimizer
+        self.lr, self.clip = lr, clip
         self.pool = cupy.cuda.MemoryPool()
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self.graph = None
@@ -46,9 +49,7 @@ class GraphStep:
         (loss, bad), grads = self.model.loss_and_grads(x, lab, wt, dropout_seed=seed, sync=False)
         if self.clip > 0:
             clip_gradients(grads, self.clip, self.cp, sync=False)
-        for k, p in self.model.params.items():
-            ops.sgd_momentum_update(p, grads[k], self.velocity[k], self.lr, self.momentum, self.weight_decay,
-                                    engine="cuda")
+        self.optimizer.step(self.model.params, grads, self.lr, t=1)
         return loss, bad
 
     def __call__(self, x, labels, weights, dropout_seed: int):

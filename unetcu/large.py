@@ -34,7 +34,8 @@ import numpy as np
 
 from .data import InputError, ImageFile
 from .model import UNet, check_memory, output_size
-from .ops._core import PRECISIONS
+from .reference import check_precision
+from .runtime import ENGINES
 from .tiling import default_tile, predict_padded
 
 FORMAT = "unetcu-blocks-v1"
@@ -237,8 +238,7 @@ def worker_model(path: str, sha: str, engine: str, precision: str) -> UNet:
         if m is None:
             if _sha256(path) != sha:
                 raise RuntimeError(f"model {path} on this worker differs from the one the run started with")
-            m = UNet.load(path, engine=engine)
-            m.precision = precision
+            m = UNet.load(path, engine=engine, precision=precision)
             _MODELS[key] = m
             LOADS += 1
     return m
@@ -347,15 +347,13 @@ def predict_zarr(model_path, source, out, engine=None, precision="fp32", tile=No
             raise FileExistsError(f"--out {out} would overlap the input {given}; choose another --out "
                                   "(predict never writes over its inputs)")
     x, ndim = open_image(source)  # (Z, H, W), lazy
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     # On a cluster the engine is the workers': this machine (maybe without a GPU) only reads the
     # checkpoint's config; on this machine the engine is resolved (and its memory checked) here.
     remote = scheduler is not None and not (isinstance(scheduler, str) and scheduler in ("threads", "processes", "sync"))
     if remote and engine is not None:
-        from .ops._core import OP_ENGINES
-        if engine not in OP_ENGINES:
-            raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(OP_ENGINES)}")
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
         model, run_engine = UNet.load(model_path, engine="numpy"), engine
     else:
         model = UNet.load(model_path, engine=engine)

@@ -22,10 +22,10 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import ops as kernel_ops
+from . import ops
 from . import reference as R
 from .files import atomic_write
-from .ops._core import PRECISIONS, resolve as resolve_engine, xp as array_module
+from .runtime import resolve_engine, xp as array_module
 
 FORMAT = "unetcu-model-v1"
 
@@ -98,29 +98,61 @@ def valid_input_size(min_output: int, depth: int = 5) -> int:
     return _input_for_bottleneck(b, depth)
 
 
+def layer_shapes(tile: int, depth: int = 5, base_channels: int = 64, in_channels: int = 1, n_classes: int = 2,
+                 batch: int = 1) -> list[dict]:
+    """Every op of one forward pass for `batch` tiles of tile x tile pixels, in forward order: dicts
+    of op ("conv3x3" | "maxpool2x2" | "upconv2x2" | "crop_concat" | "conv1x1" | "softmax_xent"),
+    name (the parameter prefix, e.g. "down0.conv1") and the op's input sizes (N, C, H, W, K for the
+    convolutions; Cs, Hs, Cu, H for crop_concat). The one description of the network's shapes that
+    the model, the tests and the benchmarks share. Raises ValueError for an invalid tile."""
+    out = output_size(tile, depth)
+    layers, skips = [], []
+    s, c = tile, in_channels
+    for l in range(depth):
+        ch = base_channels << l
+        for j in (1, 2):
+            layers.append(dict(op="conv3x3", name=f"down{l}.conv{j}", N=batch, C=c, H=s, W=s, K=ch))
+            s, c = s - 2, ch
+        if l < depth - 1:
+            skips.append((c, s))
+            layers.append(dict(op="maxpool2x2", name=f"pool{l}", N=batch, C=c, H=s, W=s))
+            s //= 2
+    for l in range(depth - 2, -1, -1):
+        ch = base_channels << l
+        layers.append(dict(op="upconv2x2", name=f"up{l}.upconv", N=batch, C=c, H=s, W=s, K=ch))
+        s, c = 2 * s, ch
+        cs, ss = skips[l]
+        layers.append(dict(op="crop_concat", name=f"up{l}.concat", N=batch, Cs=cs, Hs=ss, Cu=c, H=s))
+        c = cs + c
+        for j in (1, 2):
+            layers.append(dict(op="conv3x3", name=f"up{l}.conv{j}", N=batch, C=c, H=s, W=s, K=ch))
+            s, c = s - 2, ch
+    layers.append(dict(op="conv1x1", name="head", N=batch, C=c, H=s, W=s, K=n_classes))
+    layers.append(dict(op="softmax_xent", name="loss", N=batch, K=n_classes, H=s, W=s))
+    assert s == out
+    return layers
+
+
+def _output_elements(l: dict) -> int:
+    """The elements of the feature map a layer of layer_shapes writes (the loss writes none)."""
+    n = l["N"]
+    return {"conv3x3": lambda: n * l["K"] * (l["H"] - 2) * (l["W"] - 2),
+            "maxpool2x2": lambda: n * l["C"] * (l["H"] // 2) * (l["W"] // 2),
+            "upconv2x2": lambda: n * l["K"] * 4 * l["H"] * l["W"],
+            "crop_concat": lambda: n * (l["Cs"] + l["Cu"]) * l["H"] * l["H"],
+            "conv1x1": lambda: n * l["K"] * l["H"] * l["W"],
+            "softmax_xent": lambda: 0}[l["op"]]()
+
+
 def activation_bytes(tile: int, depth: int, base_channels: int, n_classes: int = 2, in_channels: int = 1,
                      batch: int = 1, training: bool = True) -> int:
     """About how many bytes the activations of one forward pass (training: and their gradients)
-    take for `batch` tiles of tile x tile pixels: every feature map in float32, counted once (twice
-    when training). An estimate to refuse impossible sizes up front, not an exact peak. Raises
-    ValueError (from output_size) for an invalid tile."""
-    output_size(tile, depth)
-    total, s = in_channels * tile * tile, tile
-    sizes = []
-    for level in range(depth):  # contracting: conv1, conv2, pool
-        c = base_channels << level
-        total += c * ((s - 2) ** 2 + (s - 4) ** 2)
-        sizes.append(s - 4)
-        if level < depth - 1:
-            s = (s - 4) // 2
-            total += c * s * s
-    u = sizes[-1]
-    for level in range(depth - 2, -1, -1):  # expanding: up-conv, concat, conv1, conv2
-        c = base_channels << level
-        total += c * (3 * (2 * u) ** 2 + (2 * u - 2) ** 2 + (2 * u - 4) ** 2)
-        u = 2 * u - 4
-    total += n_classes * u * u
-    return 4 * batch * total * (2 if training else 1)
+    take for `batch` tiles of tile x tile pixels: every feature map of layer_shapes in float32,
+    counted once (twice when training). An estimate to refuse impossible sizes up front, not an
+    exact peak. Raises ValueError (from output_size) for an invalid tile."""
+    layers = layer_shapes(tile, depth, base_channels, in_channels, n_classes, batch)
+    total = batch * in_channels * tile * tile + sum(_output_elements(l) for l in layers)
+    return 4 * total * (2 if training else 1)
 
 
 def check_memory(engine: str, tile: int, batch: int, depth: int, base_channels: int, n_classes: int = 2,
@@ -171,31 +203,34 @@ class UNet:
     (crop_concat, then the conv). Same numbers either way (tested); the fused path moves fewer bytes.
     precision: "fp32" or "tf32" for the 3x3 convolutions (tf32: tensor cores, ~3e-4 relative error
     per convolution; weight gradients of a whole net move by a few percent, see kernels/README.md).
-    Neither is part of the saved model."""
+    Neither is part of the saved model.
+    dtype: the parameters' and activations' float type: float32 on every engine; float64 on the numpy
+    engine only, where it is the float64 oracle the tests compare the kernels with (see reference())."""
 
     def __init__(self, in_channels=1, n_classes=2, depth=5, base_channels=64, dropout=0.5, engine=None, seed=0,
-                 fuse=True, precision="fp32"):
+                 fuse=True, precision="fp32", dtype=np.float32):
         if depth < 1 or base_channels < 1 or in_channels < 1 or n_classes < 2:
             raise ValueError("UNet: need depth >= 1, base_channels >= 1, in_channels >= 1, n_classes >= 2")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"UNet: dropout must lie in [0, 1), got {dropout}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"UNet: precision must be one of {PRECISIONS}, got {precision!r}")
+        ops.check_precision(precision, "UNet")
         self.config = dict(in_channels=int(in_channels), n_classes=int(n_classes), depth=int(depth),
                            base_channels=int(base_channels), dropout=float(dropout))
         # the seed only draws the initial weights: it is not part of the network (a run resumed or
         # fine-tuned under another seed is the same network)
         self.engine = resolve_engine(engine)
         self.xp = array_module(self.engine)
-        self.ops = kernel_ops
+        self.dtype = np.dtype(dtype)
+        if self.dtype != np.float32 and not (self.dtype == np.float64 and self.engine == "numpy"):
+            raise ValueError(f"UNet: dtype {self.dtype} needs engine numpy (only its reference computes in float64); "
+                             f"engine {self.engine} computes in float32")
         self.fuse = bool(fuse)
         self.precision = precision
         self.params = self._init_params(np.random.default_rng(seed))
 
     def reference(self) -> "UNet":
-        """A float64 copy of this model computed by unetcu.reference: the oracle for gradient checks."""
-        ref = UNet(engine="numpy", fuse=self.fuse, precision=self.precision, **self.config)
-        ref.ops = Float64Ops
+        """A float64 copy of this model on the numpy engine: the oracle for gradient checks."""
+        ref = UNet(engine="numpy", fuse=self.fuse, precision=self.precision, dtype=np.float64, **self.config)
         ref.params = OrderedDict((k, np.asarray(_to_host(v), dtype=np.float64)) for k, v in self.params.items())
         return ref
 
@@ -228,9 +263,10 @@ class UNet:
         for name, (kind, shape) in self._shapes().items():
             fan_in = shape[0] if kind == "upconv" else shape[1] * shape[2] * shape[3]
             w = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
-            params[f"{name}.weight"] = self.xp.asarray(w.astype(np.float32))
+            # drawn in float32 on every dtype: a float64 model of the same seed is the float32 one's oracle
+            params[f"{name}.weight"] = self.xp.asarray(w.astype(np.float32).astype(self.dtype))
             bias_len = shape[1] if kind == "upconv" else shape[0]
-            params[f"{name}.bias"] = self.xp.zeros(bias_len, dtype=np.float32)
+            params[f"{name}.bias"] = self.xp.zeros(bias_len, dtype=self.dtype)
         return params
 
     @property
@@ -239,6 +275,11 @@ class UNet:
 
     def output_size(self, n: int) -> int:
         return output_size(n, self.config["depth"])
+
+    def layers(self, tile: int, batch: int = 1) -> list[dict]:
+        """layer_shapes of this network for `batch` tiles of tile x tile pixels."""
+        c = self.config
+        return layer_shapes(tile, c["depth"], c["base_channels"], c["in_channels"], c["n_classes"], batch)
 
     # -- forward / backward --
     def _check_input(self, x):
@@ -261,44 +302,44 @@ class UNet:
         for l in range(c["depth"]):
             for j in (1, 2):
                 name = f"down{l}.conv{j}"
-                out = self.ops.conv3x3_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], **conv)
+                out = ops.conv3x3_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], **conv)
                 if keep:
                     cache[name] = (a, out)
                 a = out
             if l == c["depth"] - 1:
                 if train and c["dropout"] > 0:
-                    a = self.ops.dropout_forward(a, c["dropout"], dropout_seed, engine=e)
+                    a = ops.dropout_forward(a, c["dropout"], dropout_seed, engine=e)
                     if keep:
                         cache["dropout"] = dropout_seed
             else:
                 cache[f"skip{l}"] = a
-                a, argmax = self.ops.maxpool2x2_forward(a, engine=e)
+                a, argmax = ops.maxpool2x2_forward(a, engine=e)
                 if keep:
                     cache[f"pool{l}"] = argmax
         for l in range(c["depth"] - 2, -1, -1):
             name = f"up{l}.upconv"
-            up = self.ops.upconv2x2_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], engine=e)
+            up = ops.upconv2x2_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], engine=e)
             if keep:
                 cache[name] = a
             skip = cache[f"skip{l}"]
             name = f"up{l}.conv1"
             if self.fuse:  # conv1 reads skip and up directly: the concatenation is never written
-                out = self.ops.conv3x3_forward_concat(skip, up, p[f"{name}.weight"], p[f"{name}.bias"], **conv)
+                out = ops.conv3x3_forward_concat(skip, up, p[f"{name}.weight"], p[f"{name}.bias"], **conv)
                 inp = (skip, up)
             else:
-                inp = self.ops.crop_concat_forward(skip, up, engine=e)
-                out = self.ops.conv3x3_forward(inp, p[f"{name}.weight"], p[f"{name}.bias"], **conv)
+                inp = ops.crop_concat_forward(skip, up, engine=e)
+                out = ops.conv3x3_forward(inp, p[f"{name}.weight"], p[f"{name}.bias"], **conv)
             if keep:
                 cache[name] = (inp, out)
             a = out
             name = f"up{l}.conv2"
-            out = self.ops.conv3x3_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], **conv)
+            out = ops.conv3x3_forward(a, p[f"{name}.weight"], p[f"{name}.bias"], **conv)
             if keep:
                 cache[name] = (a, out)
             a = out
         if keep:
             cache["head"] = a
-        return self.ops.conv1x1_forward(a, p["head.weight"], p["head.bias"], engine=e)
+        return ops.conv1x1_forward(a, p["head.weight"], p["head.bias"], engine=e)
 
     def loss_and_grads(self, x, labels, weights, dropout_seed=0, train=True, sync=True):
         """One forward + backward pass. labels (N, h, w) int32 classes, weights (N, h, w) float32 at
@@ -309,22 +350,22 @@ class UNet:
         e, p, c = self.engine, self.params, self.config
         cache = {}
         logits = self.forward(x, train=train, dropout_seed=dropout_seed, _cache=cache)
-        loss, d = self.ops.softmax_xent(logits, labels, weights, engine=e, **({} if sync else {"sync": False}))
+        loss, d = ops.softmax_xent(logits, labels, weights, engine=e, **({} if sync else {"sync": False}))
         g = OrderedDict((k, None) for k in p)
-        g["head.weight"], g["head.bias"] = self.ops.conv1x1_backward_weight(d, cache["head"], engine=e)
-        d = self.ops.conv1x1_backward_data(d, p["head.weight"], engine=e)
+        g["head.weight"], g["head.bias"] = ops.conv1x1_backward_weight(d, cache["head"], engine=e)
+        d = ops.conv1x1_backward_data(d, p["head.weight"], engine=e)
         dskips = {}
         for l in range(c["depth"] - 1):  # expanding levels in reverse forward order: 0, 1, ...
             d, dskips[l] = self._conv_pair_backward(f"up{l}", d, cache, g)
             name = f"up{l}.upconv"
-            g[f"{name}.weight"], g[f"{name}.bias"] = self.ops.upconv2x2_backward_weight(d, cache[name], engine=e)
-            d = self.ops.upconv2x2_backward_data(d, p[f"{name}.weight"], engine=e)
+            g[f"{name}.weight"], g[f"{name}.bias"] = ops.upconv2x2_backward_weight(d, cache[name], engine=e)
+            d = ops.upconv2x2_backward_data(d, p[f"{name}.weight"], engine=e)
         for l in range(c["depth"] - 1, -1, -1):
             if l == c["depth"] - 1:
                 if "dropout" in cache:
-                    d = self.ops.dropout_backward(d, c["dropout"], cache["dropout"], engine=e)
+                    d = ops.dropout_backward(d, c["dropout"], cache["dropout"], engine=e)
             else:
-                d = self.ops.maxpool2x2_backward(d, cache[f"pool{l}"], engine=e)
+                d = ops.maxpool2x2_backward(d, cache[f"pool{l}"], engine=e)
                 dwin, (oy, ox) = dskips[l]  # the skip's gradient: its cropped window only
                 d[:, :, oy:oy + dwin.shape[2], ox:ox + dwin.shape[3]] += dwin
             d, _ = self._conv_pair_backward(f"down{l}", d, cache, g, need_input_grad=l > 0)
@@ -340,29 +381,29 @@ class UNet:
         # gradient in its epilogue, and conv1's backward kernels skip reading out1
         mask = out1 if self.fuse else None
         name = f"{level}.conv2"
-        g[f"{name}.weight"], g[f"{name}.bias"] = self.ops.conv3x3_backward_weight(d, a2, out2, **kw)
-        d = self.ops.conv3x3_backward_data(d, p[f"{name}.weight"], out2, mask=mask, **kw)
+        g[f"{name}.weight"], g[f"{name}.bias"] = ops.conv3x3_backward_weight(d, a2, out2, **kw)
+        d = ops.conv3x3_backward_data(d, p[f"{name}.weight"], out2, mask=mask, **kw)
         out1 = None if self.fuse else out1
         name = f"{level}.conv1"
         w = p[f"{name}.weight"]
         if isinstance(a1, tuple):  # fused concat: (skip, up)
             skip, up = a1
-            g[f"{name}.weight"], g[f"{name}.bias"] = self.ops.conv3x3_backward_weight_concat(d, skip, up, out1, **kw)
-            dwin, dup = self.ops.conv3x3_backward_data_concat(d, w, skip.shape[1], out1, **kw)
+            g[f"{name}.weight"], g[f"{name}.bias"] = ops.conv3x3_backward_weight_concat(d, skip, up, out1, **kw)
+            dwin, dup = ops.conv3x3_backward_data_concat(d, w, skip.shape[1], out1, **kw)
             return dup, (dwin, R.crop_offsets(skip.shape[2:], up.shape[2:]))
-        g[f"{name}.weight"], g[f"{name}.bias"] = self.ops.conv3x3_backward_weight(d, a1, out1, **kw)
+        g[f"{name}.weight"], g[f"{name}.bias"] = ops.conv3x3_backward_weight(d, a1, out1, **kw)
         if not need_input_grad:
             return None, None
-        d = self.ops.conv3x3_backward_data(d, w, out1, **kw)
+        d = ops.conv3x3_backward_data(d, w, out1, **kw)
         if level.startswith("up"):  # the input was crop_concat(skip, up)
             skip = cache[f"skip{level[2:]}"]
-            dskip, dup = self.ops.crop_concat_backward(d, skip.shape, engine=e)
+            dskip, dup = ops.crop_concat_backward(d, skip.shape, engine=e)
             return dup, (dskip, (0, 0))
         return d, None
 
     def predict_proba(self, x):
         """Class probabilities (N, n_classes, h, w), inference mode."""
-        return self.ops.softmax(self.forward(x, train=False), engine=self.engine)
+        return ops.softmax(self.forward(x, train=False), engine=self.engine)
 
     # -- persistence --
     def save(self, path, momentum=None, state=None):
@@ -382,9 +423,11 @@ class UNet:
         atomic_write(path, write)
 
     @classmethod
-    def load(cls, path, engine=None, with_state=False):
-        """A UNet from a file written by save(). with_state=True also returns (momentum, state).
-        Raises FileNotFoundError, IsADirectoryError, or ValueError for anything but a checkpoint."""
+    def load(cls, path, engine=None, with_state=False, precision="fp32", fuse=True):
+        """A UNet from a file written by save(), computing in `precision` with `fuse` (neither is saved).
+        with_state=True also returns (momentum, state). Raises FileNotFoundError, IsADirectoryError, or
+        ValueError for anything but a checkpoint or a bad precision."""
+        ops.check_precision(precision, "UNet.load")
         path = os.fspath(path)
         check_model_file(path)
         try:
@@ -400,7 +443,7 @@ class UNet:
                 raise KeyError("format")
         except (KeyError, ValueError, UnicodeDecodeError):
             raise ValueError(f"{path} is not a unetcu model file (no '{FORMAT}' header)") from None
-        model = cls(engine=engine, **meta["config"])
+        model = cls(engine=engine, precision=precision, fuse=fuse, **meta["config"])
         for k in model.params:
             a = arrays.get(f"param/{k}")
             if a is None or a.shape != model.params[k].shape:
@@ -410,38 +453,6 @@ class UNet:
             return model
         momentum = {k[len("momentum/"):]: model.xp.asarray(v) for k, v in arrays.items() if k.startswith("momentum/")}
         return model, (momentum or None), meta.get("state", {})
-
-
-class Float64Ops:
-    """The op layer's signatures over unetcu.reference, in whatever precision the inputs have
-    (float64 for the reference model). Parameter gradients are returned fresh."""
-    conv3x3_forward = staticmethod(lambda x, w, b, relu=True, engine=None, precision="fp32":
-                                   R.conv3x3_forward(x, w, b, relu, precision))
-    conv3x3_forward_concat = staticmethod(lambda s, u, w, b, relu=True, engine=None, precision="fp32":
-                                          R.conv3x3_forward(R.crop_concat_forward(s, u), w, b, relu, precision))
-    conv3x3_backward_data = staticmethod(lambda d, w, out=None, mask=None, engine=None, precision="fp32":
-                                         R.relu_mask(R.conv3x3_backward_data(d, w, out, precision), mask))
-    conv3x3_backward_data_concat = staticmethod(lambda d, w, cs, out=None, engine=None, precision="fp32": (
-        lambda dx: (dx[:, :cs], dx[:, cs:]))(R.conv3x3_backward_data(d, w, out, precision)))
-    conv3x3_backward_weight = staticmethod(lambda d, x, out=None, engine=None, precision="fp32":
-                                           R.conv3x3_backward_weight(d, x, out, precision))
-    conv3x3_backward_weight_concat = staticmethod(lambda d, s, u, out=None, engine=None, precision="fp32":
-                                                  R.conv3x3_backward_weight(d, R.crop_concat_forward(s, u), out, precision))
-    maxpool2x2_forward = staticmethod(lambda x, engine=None: R.maxpool2x2_forward(x))
-    maxpool2x2_backward = staticmethod(lambda d, am, engine=None: R.maxpool2x2_backward(d, am))
-    upconv2x2_forward = staticmethod(lambda x, w, b, engine=None: R.upconv2x2_forward(x, w, b))
-    upconv2x2_backward_data = staticmethod(lambda d, w, engine=None: R.upconv2x2_backward_data(d, w))
-    upconv2x2_backward_weight = staticmethod(lambda d, x, engine=None: R.upconv2x2_backward_weight(d, x))
-    crop_concat_forward = staticmethod(lambda s, u, engine=None: R.crop_concat_forward(s, u))
-    crop_concat_backward = staticmethod(lambda d, shape, engine=None: R.crop_concat_backward(d, shape))
-    conv1x1_forward = staticmethod(lambda x, w, b, engine=None: R.conv1x1_forward(x, w, b))
-    conv1x1_backward_data = staticmethod(lambda d, w, engine=None: R.conv1x1_backward_data(d, w))
-    conv1x1_backward_weight = staticmethod(lambda d, x, engine=None: R.conv1x1_backward_weight(d, x))
-    dropout_forward = staticmethod(lambda x, p, seed, engine=None: R.dropout_forward(x, p, seed))
-    dropout_backward = staticmethod(lambda d, p, seed, engine=None: R.dropout_backward(d, p, seed))
-    softmax = staticmethod(lambda z, engine=None: R.softmax(z))
-    softmax_xent = staticmethod(lambda z, labels, w, engine=None: tuple((float(v) if i == 0 else v)
-                                                                        for i, v in enumerate(R.softmax_xent(z, labels, w))))
 
 
 def _to_host(a):

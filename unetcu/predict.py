@@ -17,7 +17,6 @@ from .data import ImageFile, page_names, standardise
 from .files import atomic_write, same_file
 from .instances import METHODS as INSTANCE_METHODS, instances as find_instances, min_distance_for
 from .model import UNet, check_memory
-from .ops._core import PRECISIONS
 from .tiling import default_tile, predict_probs
 from .viz import colour_instances
 
@@ -70,15 +69,12 @@ def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, 
         raise ValueError(f"instances must be one of {INSTANCE_METHODS}, got {instances!r}")
     if min_distance is not None and instances != "watershed":
         raise ValueError("--min-distance sets the watershed's seed spacing: give it with --instances watershed")
-    model, _, state = UNet.load(model_path, engine=engine, with_state=True)
+    model, _, state = UNet.load(model_path, engine=engine, with_state=True, precision=precision)
     if instances == "watershed" and min_distance is None:
         if not state.get("object_radius"):
             raise ValueError(f"{model_path} does not record the size of its training objects (trained on class labels, "
                              "or by an older unetcu): give --min-distance PX for --instances watershed")
         min_distance = min_distance_for(state["object_radius"])
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    model.precision = precision
     if model.config["in_channels"] != 1:
         raise ValueError(f"{model_path}: the model takes {model.config['in_channels']} channels; files give 1")
     files = [ImageFile(p) for p in images]  # every layout checked

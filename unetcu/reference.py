@@ -33,11 +33,21 @@ def tf32_round(a):
     return r.view(np.float32).astype(a.dtype)
 
 
+PRECISIONS = ("fp32", "tf32")  # of the 3x3 convolutions' products; everything else is fp32
+
+
+def check_precision(precision, who: str | None = None) -> str:
+    """The one check of a precision argument (ops, model, predict, large images): returns it, or
+    raises ValueError naming `who`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{who + ': ' if who else ''}precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
 def _operands(precision, *arrays):
     """The products' operands as the given precision computes them: "fp32" as they are, "tf32"
     rounded (the sums stay exact; the kernels accumulate in fp32)."""
-    if precision not in ("fp32", "tf32"):
-        raise ValueError(f"precision must be 'fp32' or 'tf32', got {precision!r}")
+    check_precision(precision)
     return arrays if precision == "fp32" else tuple(tf32_round(a) for a in arrays)
 
 

@@ -1,17 +1,24 @@
-"""Compile and launch CUDA C: on the GPU through CuPy (engine "cuda"), on the CPU through the
-emulator (engine "emu"). Both return a module whose kernels are called like cupy.RawKernel::
+"""Engines, and compiling and launching CUDA C on them.
+
+One engine concept for the whole package (Engine, resolve_engine, UNETCU_ENGINE):
+    numpy  the float reference (unetcu.reference) on the CPU; runs no kernels
+    emu    the project's CUDA kernels compiled with g++ against kernels/emu/ and run on the CPU
+    cuda   the same kernels on the GPU through CuPy (NVRTC)
+Choice: an explicit engine wins; else UNETCU_ENGINE; else cuda when CuPy sees a usable GPU, else
+numpy. Asking for cuda without a GPU is an error, never a silent fallback. Where kernels are needed
+(compile, load, the demo), a default of numpy becomes emu and an explicit numpy is refused.
+
+Modules compile once per engine and device and are called like cupy.RawKernel::
 
     mod = unetcu.runtime.compile(source, engine="emu")       # or load("conv3x3.cu")
     mod.get_function("my_kernel")(grid, block, (x, y, np.int32(n)), shared_mem=0)
 
 Arrays are NumPy arrays on "emu" and CuPy arrays on "cuda"; scalars are NumPy scalars on both.
-
-Engine choice: an explicit engine= wins; else UNETCU_ENGINE when it names a kernel engine; else
-"cuda" when CuPy sees a usable GPU, else "emu". Asking for "cuda" without a GPU is an error, never a silent fallback.
 """
 from __future__ import annotations
 
 import ctypes
+import enum
 import functools
 import glob
 import io
@@ -21,7 +28,17 @@ from pathlib import Path
 
 from . import emu
 
-KERNEL_ENGINES = ("cuda", "emu")
+
+
+class Engine(str, enum.Enum):
+    """The engines, in the order of the docstring above; members compare equal to their names."""
+    NUMPY = "numpy"
+    EMU = "emu"
+    CUDA = "cuda"
+
+
+ENGINES = tuple(e.value for e in Engine)  # ("numpy", "emu", "cuda"): argparse choices, messages
+ENGINE_ENV = "UNETCU_ENGINE"
 NVRTC_OPTIONS = ("--std=c++17",)
 
 
@@ -75,21 +92,24 @@ def available_bytes(engine: str) -> int | None:
     return None
 
 
-def default_engine() -> str:
-    """The kernel engine when none is given: UNETCU_ENGINE if it names one ("numpy" has no kernels:
-    emu), else cuda on a usable GPU, else emu."""
-    env = os.environ.get("UNETCU_ENGINE")
-    if env in KERNEL_ENGINES:
-        return resolve_engine(env)
-    return "cuda" if gpu_available() else "emu"
-
-
-def resolve_engine(engine: str | None) -> str:
+def resolve_engine(engine: str | None = None, kernels: bool = False) -> str:
+    """The engine to run on, as its name ("numpy" | "emu" | "cuda"): engine if given, else
+    UNETCU_ENGINE, else cuda on a usable GPU, else numpy. kernels=True for callers that launch
+    kernels: the default numpy becomes emu, an explicit numpy is refused.
+    Raises ValueError for an unknown name, RuntimeError for cuda without a usable GPU."""
+    given = engine
     if engine is None:
-        return default_engine()
-    if engine not in KERNEL_ENGINES:
-        raise ValueError(f"unknown kernel engine {engine!r}: choose one of {', '.join(KERNEL_ENGINES)}")
-    if engine == "cuda":
+        engine = os.environ.get(ENGINE_ENV) or (Engine.CUDA.value if gpu_available() else Engine.NUMPY.value)
+    origin = f"{ENGINE_ENV}={engine}" if given is None and os.environ.get(ENGINE_ENV) else None
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}{f' ({origin})' if origin else ''}: choose one of {', '.join(ENGINES)}")
+    engine = Engine(engine).value
+    if kernels and engine == Engine.NUMPY:
+        if given is None:
+            engine = Engine.EMU.value  # the kernels' own default without a GPU
+        else:
+            raise ValueError("engine numpy runs no kernels: choose emu (the CPU emulator) or cuda (a GPU)")
+    if engine == Engine.CUDA:
         ok, why = gpu_status()
         if not ok:
             raise RuntimeError(f"engine cuda needs a GPU and no GPU is usable: {why}. Without a GPU use engine numpy "
@@ -177,7 +197,7 @@ class CudaModule:
 
 def compile(source: str, engine: str | None = None, options=(), name_expressions=(), filename: str = "kernel.cu"):
     """Compile CUDA C source for an engine; returns a module with get_function(name)."""
-    engine = resolve_engine(engine)
+    engine = resolve_engine(engine, kernels=True)
     if engine == "cuda":
         return CudaModule(source, options, name_expressions, filename)
     return emu.EmuModule(source, tuple(options) + NVRTC_OPTIONS, name_expressions, filename)
@@ -194,7 +214,7 @@ def _load(filename: str, engine: str, device: int, options: tuple, name_expressi
 
 def load(filename: str, engine: str | None = None, options=(), name_expressions=()):
     """Load one of the project's kernels/*.cu files, compiled once per engine and device."""
-    engine = resolve_engine(engine)
+    engine = resolve_engine(engine, kernels=True)
     path = kernels_dir() / filename
     if not path.is_file():
         raise FileNotFoundError(f"no kernel file {filename!r} in {kernels_dir()}")

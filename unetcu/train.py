@@ -45,6 +45,12 @@ PRESETS = {
     "small": (4, 16, 188),
     "tiny": (3, 8, 92),
 }
+DEFAULT_STEPS = {"paper": 10000, "small": 1500, "tiny": 300}  # per preset; 1000 for a custom network
+
+
+def default_preset(engine: str) -> str:
+    """The preset `unetcu train` picks: the paper's network on a GPU, the small one on a CPU."""
+    return "paper" if engine == "cuda" else "small"
 
 
 class TrainingDiverged(RuntimeError):
@@ -342,7 +348,7 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
     graph_step = None
     if cfg.cuda_graph:
         from .graph import GraphStep
-        graph_step = GraphStep(model, opt.state, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip)
+        graph_step = GraphStep(model, opt, cfg.lr, cfg.clip)
 
     if resume:
         log(f"resumed from {resume} at step {start}")

@@ -1,33 +1,64 @@
-"""What every op module shares: the op engines, argument checks, kernel launches.
+"""What every op module shares: the variant registry, argument checks, kernel launches.
 
-Op engines: "cuda" (our kernels on the GPU, CuPy arrays), "emu" (the same kernels in the CPU
-emulator, NumPy arrays), "numpy" (the reference in unetcu/reference.py, NumPy arrays). Default: an
-explicit engine= wins, then UNETCU_ENGINE, then cuda when a GPU is usable, else numpy.
+Engines (unetcu.runtime): "cuda" (our kernels on the GPU, CuPy arrays), "emu" (the same kernels in
+the CPU emulator, NumPy arrays), "numpy" (the reference in unetcu/reference.py, NumPy arrays).
 
-Inputs are float32 (int32 labels, uint8 argmax). Another dtype is refused with a TypeError that
-says how to convert (unetcu never changes precision behind your back); a non-contiguous array is
-copied to a contiguous one (kernels index it as C-contiguous).
+Inputs are float32 (int32 labels, uint8 argmax); the numpy engine also takes float64 and keeps it
+(UNet(engine="numpy", dtype=np.float64) is the float64 oracle of the tests). Another dtype is refused
+with a TypeError that says how to convert (unetcu never changes precision behind your back); a
+non-contiguous array is copied to a contiguous one (kernels index it as C-contiguous).
+
+Variants: each op module registers its kernels as Variant records beside their launchers; the
+registry (REGISTRY, pick_variant, default_variant) is what the launchers, the tests, the benchmarks,
+the compile check and RESULTS.md read.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from .. import runtime
+from ..reference import PRECISIONS, check_precision
 
-OP_ENGINES = ("numpy", "emu", "cuda")
 BLOCK = 256
 
 
-def resolve(engine: str | None) -> str:
-    if engine is None:
-        engine = os.environ.get("UNETCU_ENGINE") or ("cuda" if runtime.gpu_available() else "numpy")
-    if engine not in OP_ENGINES:
-        raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(OP_ENGINES)}")
-    if engine != "numpy":
-        runtime.resolve_engine(engine)  # raises if cuda is asked for without a GPU
-    return engine
+# ---- the variant registry ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Variant:
+    """One kernel variant of one op (variant=number in the op's call).
+
+    kernel: its __global__ function in kernels/<file>; an implicit GEMM is compiled once per block
+    tile, as f"{kernel}_{BM}x{BN}" for each (BM, BN) in tiles. helpers: other kernels of the file it
+    launches after it (a bias or a split-reduction kernel). algorithm: how it computes, in the
+    field's terms. note: why its number differs from the other directions', where it does."""
+    op: str
+    number: int
+    kernel: str
+    file: str
+    algorithm: str
+    precision: str = "fp32"
+    tiles: tuple = ()
+    note: str = ""
+    helpers: tuple = ()
+
+    @property
+    def kernel_names(self) -> list[str]:
+        """The compiled kernels behind this variant (one per tile shape for the implicit GEMMs)."""
+        return [f"{self.kernel}_{bm}x{bn}" for bm, bn in self.tiles] or [self.kernel]
+
+
+REGISTRY: dict[str, dict[int, Variant]] = {}  # op -> {number: Variant}, filled as the op modules load
+
+
+def register(*records: Variant):
+    for r in records:
+        check_precision(r.precision, f"variant {r.op} {r.number}")
+        if r.number in REGISTRY.setdefault(r.op, {}):
+            raise ValueError(f"variant {r.number} of {r.op} is registered twice")
+        REGISTRY[r.op][r.number] = r
 
 
 def xp(engine: str):
@@ -53,7 +84,7 @@ def check(op: str, name: str, a, engine: str, shape=None, dtype=np.float32, name
         if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape)):
             want = _fmt("?" if s is None else s for s in shape)
             raise ValueError(f"{op}: {name} must have shape {spec}{' = ' if spec else ''}{want}, got {tuple(a.shape)}")
-    if a.dtype != np.dtype(dtype):
+    if a.dtype != np.dtype(dtype) and not (engine == "numpy" and dtype == np.float32 and a.dtype == np.float64):
         raise TypeError(f"{op}: {name} must be {np.dtype(dtype).name}, got {a.dtype} "
                         f"(convert it explicitly, e.g. .astype(np.{np.dtype(dtype).name}))")
     return mod.ascontiguousarray(a)
@@ -87,36 +118,32 @@ def grid1d(total: int) -> tuple[tuple[int], tuple[int]]:
     return ((max(1, -(-total // BLOCK)),), (BLOCK,))
 
 
-PRECISIONS = ("fp32", "tf32")
+def _of_precision(op: str, precision: str) -> list[int]:
+    return sorted(v for v, r in REGISTRY[op].items() if r.precision == precision)
 
 
-def pick_variant(op: str, variants: dict, variant, precision: str = "fp32", tf32=frozenset()):
-    """variants: {number: kernel name}; tf32: the names that compute in tf32. None picks the
-    default of the precision: its highest number. A variant of the other precision is refused, so
-    that a precision is never changed behind the caller's back."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"{op}: precision must be one of {PRECISIONS}, got {precision!r}")
-    mine = _of_precision(variants, precision, tf32)
+def pick_variant(op: str, variant, precision: str = "fp32") -> Variant:
+    """The record of variant number `variant` of op; None picks the default of the precision (its
+    highest number). A variant of the other precision is refused, so that a precision is never
+    changed behind the caller's back."""
+    check_precision(precision, op)
+    mine = _of_precision(op, precision)
     if variant is None:
         if not mine:
             raise ValueError(f"{op}: no {precision} variant")
-        return variants[mine[-1]]
-    if variant not in variants:
-        raise ValueError(f"{op}: no variant {variant!r}; available: {sorted(variants)}")
+        return REGISTRY[op][mine[-1]]
+    if variant not in REGISTRY[op]:
+        raise ValueError(f"{op}: no variant {variant!r}; available: {sorted(REGISTRY[op])}")
     if variant not in mine:
-        other = "tf32" if precision == "fp32" else "fp32"
+        other = REGISTRY[op][variant].precision
         raise ValueError(f"{op}: variant {variant} computes in {other}; pass precision={other!r} "
                          f"({precision} variants: {mine})")
-    return variants[variant]
+    return REGISTRY[op][variant]
 
 
-def _of_precision(variants: dict, precision: str, tf32) -> list[int]:
-    return sorted(v for v, name in variants.items() if (name in tf32) == (precision == "tf32"))
-
-
-def default_variant(variants: dict, precision: str = "fp32", tf32=frozenset()) -> int:
-    """The number pick_variant(..., None, precision) chooses."""
-    return _of_precision(variants, precision, tf32)[-1]
+def default_variant(op: str, precision: str = "fp32") -> int:
+    """The number pick_variant(op, None, precision) chooses."""
+    return pick_variant(op, None, precision).number
 
 
 def i32(v) -> np.int32:
@@ -134,18 +161,24 @@ def check_size(op: str, count: int):
         raise ValueError(f"{op}: {count} elements exceed the kernels' 32-bit indexing; split the batch")
 
 
-def as_np(a):
-    """For the numpy engine: the float32 result of a reference function."""
-    return np.ascontiguousarray(a, dtype=np.float32)
+def float_dtype(*inputs):
+    """The float type of an op on the numpy engine: float64 if any float input is (the float64
+    oracle), else float32. The kernels' engines only take float32."""
+    return np.float64 if any(getattr(a, "dtype", None) == np.float64 for a in inputs) else np.float32
 
 
-def param_grads(op: str, engine: str, dw, db, w_shape, b_len):
+def as_np(a, *inputs):
+    """For the numpy engine: a reference function's result in the op's float type (float_dtype)."""
+    return np.ascontiguousarray(a, dtype=float_dtype(*inputs))
+
+
+def param_grads(op: str, engine: str, dw, db, w_shape, b_len, dtype=np.float32):
     """The (dw, db) a backward-weight op accumulates into: the caller's arrays (checked; they must
     be contiguous float32, since they are updated in place) or new zero arrays."""
     out = []
     for name, a, shape in (("dw", dw, tuple(w_shape)), ("db", db, (b_len,))):
         if a is None:
-            out.append(zeros(engine, shape))
+            out.append(zeros(engine, shape, dtype))
         elif check(op, name, a, engine, shape) is not a:
             raise ValueError(f"{op}: {name} must be C-contiguous (it is accumulated in place)")
         else:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import math
 
 from .. import reference
-from ._core import check, check_size, f32, grid1d, i32, kernel, pick_variant, resolve
+from ..runtime import resolve_engine
+from ._core import Variant, check, check_size, f32, grid1d, i32, kernel, pick_variant, register
 
 FILE = "adam.cu"
-UPDATE = {1: "adam_update_kernel1"}
+register(Variant("adam_update", 1, "adam_update_kernel1", FILE, "one thread per parameter, in place"))
 
 
 def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False,
@@ -19,7 +20,7 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, w
     the number of this update, from 1 (it sets the bias corrections). decoupled=True: AdamW.
     Returns param. Raises ValueError for step < 1 or a non-contiguous param/m/v."""
     op = "adam_update"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     if int(step) < 1:
         raise ValueError(f"{op}: step counts from 1, got {step}")
     for name, a in (("param", param), ("m", m), ("v", v)):
@@ -36,7 +37,7 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, w
         param[...], m[...], v[...] = p, m1, v1
         return param
     bc1, bc2_sqrt = 1.0 - beta1 ** int(step), math.sqrt(1.0 - beta2 ** int(step))  # in double, once per step
-    kernel(FILE, pick_variant(op, UPDATE, variant), engine)(
+    kernel(FILE, pick_variant(op, variant).kernel, engine)(
         *grid1d(param.size), (param, grad, m, v, i32(param.size), f32(lr), f32(beta1), f32(beta2), f32(1.0 - beta1),
                               f32(1.0 - beta2), f32(eps), f32(weight_decay), f32(bc1), f32(bc2_sqrt), i32(int(bool(decoupled)))))
     return param

@@ -5,18 +5,20 @@ x (N, C, H, W), w (K, C, 1, 1), b (K,) -> (N, K, H, W). Variants: 1 for each dir
 from __future__ import annotations
 
 from .. import reference
-from ._core import (accumulate_reference, as_np, check, check_size, empty, grid1d, i32, kernel, param_grads,
-                    pick_variant, resolve)
+from ..runtime import resolve_engine
+from ._core import (Variant, accumulate_reference, as_np, check, check_size, empty, grid1d, i32, kernel, param_grads,
+                    float_dtype, pick_variant, register)
 
 FILE = "conv1x1.cu"
-FORWARD = {1: "conv1x1_forward_kernel1"}
-BACKWARD_DATA = {1: "conv1x1_backward_data_kernel1"}
-BACKWARD_WEIGHT = {1: "conv1x1_backward_weight_kernel1"}
+register(Variant("conv1x1_forward", 1, "conv1x1_forward_kernel1", FILE, "one thread per output"),
+         Variant("conv1x1_backward_data", 1, "conv1x1_backward_data_kernel1", FILE, "one thread per input element"),
+         Variant("conv1x1_backward_weight", 1, "conv1x1_backward_weight_kernel1", FILE,
+                 "one block per (c, k): a block-wide reduction over the pixels"))
 
 
 def conv1x1_forward(x, w, b, engine=None, variant=None):
     op = "conv1x1_forward"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     x = check(op, "x", x, engine, (None,) * 4, names=("N", "C", "H", "W"))
     n, c, h, wd = x.shape
     w = check(op, "w", w, engine, (None, c, 1, 1), names=("K", "C", 1, 1))
@@ -24,38 +26,38 @@ def conv1x1_forward(x, w, b, engine=None, variant=None):
     b = check(op, "b", b, engine, (k,), names=("K",))
     check_size(op, n * max(c, k) * h * wd)
     if engine == "numpy":
-        return as_np(reference.conv1x1_forward(x, w, b))
+        return as_np(reference.conv1x1_forward(x, w, b), x, w)
     out = empty(engine, (n, k, h, wd))
-    kernel(FILE, pick_variant(op, FORWARD, variant), engine)(*grid1d(out.size), (x, w, b, out, i32(n), i32(c), i32(h * wd), i32(k)))
+    kernel(FILE, pick_variant(op, variant).kernel, engine)(*grid1d(out.size), (x, w, b, out, i32(n), i32(c), i32(h * wd), i32(k)))
     return out
 
 
 def conv1x1_backward_data(dout, w, engine=None, variant=None):
     op = "conv1x1_backward_data"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     dout = check(op, "dout", dout, engine, (None,) * 4, names=("N", "K", "H", "W"))
     n, k, h, wd = dout.shape
     w = check(op, "w", w, engine, (k, None, 1, 1), names=("K", "C", 1, 1))
     c = w.shape[1]
     check_size(op, n * max(c, k) * h * wd)
     if engine == "numpy":
-        return as_np(reference.conv1x1_backward_data(dout, w))
+        return as_np(reference.conv1x1_backward_data(dout, w), dout, w)
     dx = empty(engine, (n, c, h, wd))
-    kernel(FILE, pick_variant(op, BACKWARD_DATA, variant), engine)(*grid1d(dx.size), (dout, w, dx, i32(n), i32(c), i32(h * wd), i32(k)))
+    kernel(FILE, pick_variant(op, variant).kernel, engine)(*grid1d(dx.size), (dout, w, dx, i32(n), i32(c), i32(h * wd), i32(k)))
     return dx
 
 
 def conv1x1_backward_weight(dout, x, dw=None, db=None, engine=None, variant=None):
     """Accumulate dw (K, C, 1, 1) += and db (K,) +=; returns (dw, db)."""
     op = "conv1x1_backward_weight"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     x = check(op, "x", x, engine, (None,) * 4, names=("N", "C", "H", "W"))
     n, c, h, wd = x.shape
     dout = check(op, "dout", dout, engine, (n, None, h, wd), names=("N", "K", "H", "W"))
     k = dout.shape[1]
-    dw, db = param_grads(op, engine, dw, db, (k, c, 1, 1), k)
+    dw, db = param_grads(op, engine, dw, db, (k, c, 1, 1), k, float_dtype(dout, x))
     check_size(op, n * max(c, k) * h * wd)
     if engine == "numpy":
         return accumulate_reference(dw, db, reference.conv1x1_backward_weight(dout, x))
-    kernel(FILE, pick_variant(op, BACKWARD_WEIGHT, variant), engine)((c, k), (256,), (dout, x, dw, db, i32(n), i32(c), i32(h * wd), i32(k)))
+    kernel(FILE, pick_variant(op, variant).kernel, engine)((c, k), (256,), (dout, x, dw, db, i32(n), i32(c), i32(h * wd), i32(k)))
     return dw, db

@@ -25,30 +25,49 @@ from __future__ import annotations
 import functools
 
 from .. import reference
-from ._core import (accumulate_reference, as_np, check, check_size, empty, grid1d, i32, kernel, param_grads,
-                    pick_variant, resolve)
+from ..runtime import resolve_engine
+from ._core import (Variant, accumulate_reference, as_np, check, check_size, empty, grid1d, i32, kernel, param_grads,
+                    float_dtype, pick_variant, register, REGISTRY)
 
 FILE = "conv3x3.cu"
-FORWARD = {1: "conv3x3_forward_kernel1", 2: "conv3x3_forward_kernel2", 3: "conv3x3_forward_kernel3",
-           4: "conv3x3_forward_kernel4"}
-FORWARD_CONCAT = {1: "conv3x3_forward_concat_kernel1", 3: "conv3x3_forward_kernel3", 4: "conv3x3_forward_kernel4"}
-BACKWARD_DATA = {1: "conv3x3_backward_data_kernel1", 2: "conv3x3_backward_data_kernel2",
-                 3: "conv3x3_backward_data_kernel3"}
-BACKWARD_DATA_CONCAT = {2: "conv3x3_backward_data_kernel2", 3: "conv3x3_backward_data_kernel3"}
-BACKWARD_WEIGHT = {1: "conv3x3_backward_weight_kernel1", 2: "conv3x3_backward_weight_kernel2",
-                   3: "conv3x3_backward_weight_kernel3", 4: "conv3x3_backward_weight_kernel4"}
-BACKWARD_WEIGHT_CONCAT = {3: "conv3x3_backward_weight_kernel3", 4: "conv3x3_backward_weight_kernel4"}
-TF32 = {"conv3x3_forward_kernel4", "conv3x3_backward_data_kernel3", "conv3x3_backward_weight_kernel4"}
-IGEMM = {"conv3x3_forward_kernel3", "conv3x3_backward_data_kernel2", "conv3x3_backward_weight_kernel3"} | TF32
-
 # Implicit-GEMM block tiles (BM x BN), largest first; each is its own kernel (<name>_<BM>x<BN>).
 TILES = ((128, 128), (128, 64), (64, 64))
 H100_SMS = 132  # what pick_tile assumes off a GPU, so emu and numpy runs choose as an H100 would
 
-
-def kernel_names(name: str) -> list[str]:
-    """The compiled kernels behind a variant's name: one per tile shape for the implicit GEMMs."""
-    return [f"{name}_{bm}x{bn}" for bm, bn in TILES] if name in IGEMM else [name]
+IGEMM, IGEMM_TF32 = "implicit GEMM (igemm.cuh)", "implicit GEMM on tf32 tensor cores (mma.h)"
+_NO_SHARED = ("no shared-memory-tile variant in this direction (forward's 2), so the implicit GEMMs "
+              "are numbered one lower than forward's")
+_BIAS, _REDUCE = "conv3x3_backward_bias_kernel1", "conv3x3_backward_weight_reduce_kernel1"
+_SAME_KERNEL = "the same kernel as the plain op's variant of this number (it reads skip and up itself)"
+register(
+    Variant("conv3x3_forward", 1, "conv3x3_forward_kernel1", FILE, "direct: one thread per output"),
+    Variant("conv3x3_forward", 2, "conv3x3_forward_kernel2", FILE, "direct: shared-memory input and weight tiles"),
+    Variant("conv3x3_forward", 3, "conv3x3_forward_kernel3", FILE, IGEMM, tiles=TILES),
+    Variant("conv3x3_forward", 4, "conv3x3_forward_kernel4", FILE, IGEMM_TF32, "tf32", TILES),
+    Variant("conv3x3_forward_concat", 1, "conv3x3_forward_concat_kernel1", FILE,
+            "direct: one thread per output, reading skip and up", note="no 2: the shared-tile kernel has no two-source form"),
+    Variant("conv3x3_forward_concat", 3, "conv3x3_forward_kernel3", FILE, IGEMM, tiles=TILES, note=_SAME_KERNEL),
+    Variant("conv3x3_forward_concat", 4, "conv3x3_forward_kernel4", FILE, IGEMM_TF32, "tf32", TILES, _SAME_KERNEL),
+    Variant("conv3x3_backward_data", 1, "conv3x3_backward_data_kernel1", FILE, "direct: one thread per input element"),
+    Variant("conv3x3_backward_data", 2, "conv3x3_backward_data_kernel2", FILE, IGEMM, tiles=TILES, note=_NO_SHARED),
+    Variant("conv3x3_backward_data", 3, "conv3x3_backward_data_kernel3", FILE, IGEMM_TF32, "tf32", TILES, _NO_SHARED),
+    Variant("conv3x3_backward_data_concat", 2, "conv3x3_backward_data_kernel2", FILE, IGEMM, tiles=TILES,
+            note=_SAME_KERNEL + "; the direct kernel has no split output"),
+    Variant("conv3x3_backward_data_concat", 3, "conv3x3_backward_data_kernel3", FILE, IGEMM_TF32, "tf32", TILES,
+            _SAME_KERNEL),
+    Variant("conv3x3_backward_weight", 1, "conv3x3_backward_weight_kernel1", FILE, "direct: one thread per weight",
+            helpers=(_BIAS,)),
+    Variant("conv3x3_backward_weight", 2, "conv3x3_backward_weight_kernel2", FILE,
+            "one block per (c, k): a block-wide reduction over the pixels"),
+    Variant("conv3x3_backward_weight", 3, "conv3x3_backward_weight_kernel3", FILE, IGEMM + ", split over the pixels",
+            tiles=TILES, helpers=(_REDUCE,)),
+    Variant("conv3x3_backward_weight", 4, "conv3x3_backward_weight_kernel4", FILE,
+            IGEMM_TF32 + ", split over the pixels", "tf32", TILES, helpers=(_REDUCE,)),
+    Variant("conv3x3_backward_weight_concat", 3, "conv3x3_backward_weight_kernel3", FILE, IGEMM + ", split over the pixels",
+            tiles=TILES, note=_SAME_KERNEL + "; 1 and 2 have no two-source form", helpers=(_REDUCE,)),
+    Variant("conv3x3_backward_weight_concat", 4, "conv3x3_backward_weight_kernel4", FILE,
+            IGEMM_TF32 + ", split over the pixels", "tf32", TILES, _SAME_KERNEL, (_REDUCE,)),
+)
 
 
 @functools.lru_cache(maxsize=None)
@@ -105,11 +124,11 @@ def _tile(op: str, tile, m: int, n: int, engine: str):
     return tuple(tile)
 
 
-def _variant(op, variants, variant, precision, tile):
-    name = pick_variant(op, variants, variant, precision, TF32)
-    if tile is not None and name not in IGEMM:
-        raise ValueError(f"{op}: tile= applies to the implicit-GEMM variants only, not to {name}")
-    return name
+def _variant(op, variant, precision, tile) -> Variant:
+    rec = pick_variant(op, variant, precision)
+    if tile is not None and not rec.tiles:
+        raise ValueError(f"{op}: tile= applies to the implicit-GEMM variants only, not to {rec.kernel}")
+    return rec
 
 
 def _input(op, x, engine):
@@ -159,33 +178,34 @@ def _source_args(skip, up, oy, ox, k):
 def conv3x3_forward(x, w, b, relu=True, engine=None, variant=None, precision="fp32", tile=None):
     """out[n,k,y,x] = b[k] + sum_{c,i,j} x[n,c,y+i,x+j] w[k,c,i,j], then max(0, .) if relu."""
     op = "conv3x3_forward"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     x = _input(op, x, engine)
-    return _forward(op, FORWARD, x, None, 0, 0, w, b, relu, engine, variant, precision, tile)
+    return _forward(op, x, None, 0, 0, w, b, relu, engine, variant, precision, tile)
 
 
 def conv3x3_forward_concat(skip, up, w, b, relu=True, engine=None, variant=None, precision="fp32", tile=None):
     """conv3x3_forward(crop_concat_forward(skip, up), w, b, relu) without writing the concatenated
     tensor: the kernel reads the cropped skip map and the up-sampled map directly."""
     op = "conv3x3_forward_concat"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     skip, up, oy, ox = _concat_input(op, skip, up, engine)
-    return _forward(op, FORWARD_CONCAT, skip, up, oy, ox, w, b, relu, engine, variant, precision, tile)
+    return _forward(op, skip, up, oy, ox, w, b, relu, engine, variant, precision, tile)
 
 
-def _forward(op, variants, skip, up, oy, ox, w, b, relu, engine, variant, precision, tile):
+def _forward(op, skip, up, oy, ox, w, b, relu, engine, variant, precision, tile):
     n, c, h, wd = _input_dims(skip, up)
     w = check(op, "w", w, engine, (None, c, 3, 3), names=("K", "C" if up is None else "Cs+Cu", 3, 3))
     k = w.shape[0]
     b = check(op, "b", b, engine, (k,), names=("K",))
     check_size(op, n * max(c, k) * skip.shape[2] * skip.shape[3])
-    name = _variant(op, variants, variant, precision, tile)
+    rec = _variant(op, variant, precision, tile)
     if engine == "numpy":
-        return as_np(reference.conv3x3_forward(_reference_input(skip, up), w, b, relu, precision))
+        return as_np(reference.conv3x3_forward(_reference_input(skip, up), w, b, relu, precision), skip, up, w)
     out = empty(engine, (n, k, h - 2, wd - 2))
-    if name in IGEMM or up is not None:  # the two-source kernels: implicit GEMM, or concat variant 1
+    name = rec.kernel
+    if rec.tiles or up is not None:  # the two-source kernels: implicit GEMM, or concat variant 1
         srcs, geom = _source_args(skip, up, oy, ox, k)
-        if name in IGEMM:
+        if rec.tiles:
             m = n * (h - 2) * (wd - 2)
             bm, bn = _tile(op, tile, m, k, engine)
             name, grid, block = f"{name}_{bm}x{bn}", (_cdiv(m, bm), _cdiv(k, bn), 1), (256,)
@@ -193,7 +213,7 @@ def _forward(op, variants, skip, up, oy, ox, w, b, relu, engine, variant, precis
             grid, block = grid1d(out.size)
         kernel(FILE, name, engine)(grid, block, (*srcs, w, b, out, *geom, i32(bool(relu))))
         return out
-    if name.endswith("1"):
+    if rec.number == 1:
         grid, block = grid1d(out.size)
     else:
         grid, block = (_cdiv(wd - 2, 16) * _cdiv(h - 2, 16), _cdiv(k, 8), n), (16, 16)
@@ -207,21 +227,21 @@ def conv3x3_backward_data(dout, w, out=None, mask=None, engine=None, variant=Non
     mask: this conv's input x when it is itself a ReLU output (the previous conv's `out`): dx is
     then also multiplied by x > 0, so that conv's backward needs no `out` (implicit-GEMM variants)."""
     op = "conv3x3_backward_data"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     dout, w, out, (n, k, ho, wo), c = _backward_data_args(op, dout, w, out, engine)
     if mask is not None:
         mask = check(op, "mask", mask, engine, (n, c, ho + 2, wo + 2), names=("N", "C", "H", "W"))
-    name = _variant(op, BACKWARD_DATA, variant, precision, tile)
-    if mask is not None and name not in IGEMM:
-        raise ValueError(f"{op}: mask= needs an implicit-GEMM variant ({sorted(v for v, n in BACKWARD_DATA.items() if n in IGEMM)})")
+    rec = _variant(op, variant, precision, tile)
+    if mask is not None and not rec.tiles:
+        raise ValueError(f"{op}: mask= needs an implicit-GEMM variant ({sorted(v for v, r in REGISTRY[op].items() if r.tiles)})")
     if engine == "numpy":
         dx = reference.conv3x3_backward_data(dout, w, out, precision)
-        return as_np(dx if mask is None else reference.relu_mask(dx, mask))
+        return as_np(dx if mask is None else reference.relu_mask(dx, mask), dout, w)
     dx = empty(engine, (n, c, ho + 2, wo + 2))
-    if name in IGEMM:
-        _backward_data_igemm(op, name, dout, out, w, mask, dx, dx, c, 0, engine, tile)
+    if rec.tiles:
+        _backward_data_igemm(op, rec.kernel, dout, out, w, mask, dx, dx, c, 0, engine, tile)
     else:
-        kernel(FILE, name, engine)(*grid1d(dx.size), (dout, out, w, dx, i32(n), i32(c), i32(ho + 2), i32(wo + 2), i32(k)))
+        kernel(FILE, rec.kernel, engine)(*grid1d(dx.size), (dout, out, w, dx, i32(n), i32(c), i32(ho + 2), i32(wo + 2), i32(k)))
     return dx
 
 
@@ -233,17 +253,17 @@ def conv3x3_backward_data_concat(dout, w, skip_channels, out=None, engine=None, 
     crop offsets. Equals crop_concat_backward(conv3x3_backward_data(...)) without the (N, Cs+Cu, H, W)
     tensor in between."""
     op = "conv3x3_backward_data_concat"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     dout, w, out, (n, k, ho, wo), c = _backward_data_args(op, dout, w, out, engine)
     cs = int(skip_channels)
     if not 0 < cs < c:
         raise ValueError(f"{op}: skip_channels must lie in 1..{c - 1} (w has {c} input channels), got {skip_channels}")
-    name = _variant(op, BACKWARD_DATA_CONCAT, variant, precision, tile)
+    rec = _variant(op, variant, precision, tile)
     if engine == "numpy":
         dx = reference.conv3x3_backward_data(dout, w, out, precision)
-        return as_np(dx[:, :cs]), as_np(dx[:, cs:])
+        return as_np(dx[:, :cs], dout, w), as_np(dx[:, cs:], dout, w)
     dwin, dup = empty(engine, (n, cs, ho + 2, wo + 2)), empty(engine, (n, c - cs, ho + 2, wo + 2))
-    _backward_data_igemm(op, name, dout, out, w, None, dwin, dup, cs, c - cs, engine, tile)
+    _backward_data_igemm(op, rec.kernel, dout, out, w, None, dwin, dup, cs, c - cs, engine, tile)
     return dwin, dup
 
 
@@ -273,9 +293,9 @@ def conv3x3_backward_weight(dout, x, out=None, dw=None, db=None, engine=None, va
     """Accumulate dw (K, C, 3, 3) += and db (K,) += from dout and forward's input x; returns (dw, db).
     dw/db default to new zero arrays."""
     op = "conv3x3_backward_weight"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     x = _input(op, x, engine)
-    return _backward_weight(op, BACKWARD_WEIGHT, dout, x, None, 0, 0, out, dw, db, engine, variant, precision, tile,
+    return _backward_weight(op, dout, x, None, 0, 0, out, dw, db, engine, variant, precision, tile,
                             splits)
 
 
@@ -283,27 +303,28 @@ def conv3x3_backward_weight_concat(dout, skip, up, out=None, dw=None, db=None, e
                                    precision="fp32", tile=None, splits=None):
     """conv3x3_backward_weight(dout, crop_concat_forward(skip, up), ...) reading skip and up directly."""
     op = "conv3x3_backward_weight_concat"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     skip, up, oy, ox = _concat_input(op, skip, up, engine)
-    return _backward_weight(op, BACKWARD_WEIGHT_CONCAT, dout, skip, up, oy, ox, out, dw, db, engine, variant, precision,
+    return _backward_weight(op, dout, skip, up, oy, ox, out, dw, db, engine, variant, precision,
                             tile, splits)
 
 
-def _backward_weight(op, variants, dout, skip, up, oy, ox, out, dw, db, engine, variant, precision, tile, splits):
+def _backward_weight(op, dout, skip, up, oy, ox, out, dw, db, engine, variant, precision, tile, splits):
     n, c, h, wd = _input_dims(skip, up)
     dout = check(op, "dout", dout, engine, (n, None, h - 2, wd - 2), names=("N", "K", "H-2", "W-2"))
     k = dout.shape[1]
     dout, out = _grad(op, dout, out, engine, dout.shape)
-    dw, db = param_grads(op, engine, dw, db, (k, c, 3, 3), k)
+    dw, db = param_grads(op, engine, dw, db, (k, c, 3, 3), k, float_dtype(dout, skip, up))
     check_size(op, n * max(c, k) * skip.shape[2] * skip.shape[3])
-    name = _variant(op, variants, variant, precision, tile)
-    if splits is not None and (name not in IGEMM or int(splits) < 1):
+    rec = _variant(op, variant, precision, tile)
+    name = rec.kernel
+    if splits is not None and (not rec.tiles or int(splits) < 1):
         raise ValueError(f"{op}: splits= needs an implicit-GEMM variant and a count >= 1, got {splits!r} for {name}")
     if engine == "numpy":
         return accumulate_reference(dw, db, reference.conv3x3_backward_weight(dout, _reference_input(skip, up), out,
                                                                               precision))
     sizes = (i32(n), i32(c), i32(h), i32(wd), i32(k))
-    if name in IGEMM:
+    if rec.tiles:
         m, pixels = 9 * c, n * (h - 2) * (wd - 2)
         # no "two blocks per SM" rule here: the split over pixels fills the machine instead
         bm, bn = _tile(op, tile, m, k, engine) if tile is not None else (128 if m > 64 else 64, 128 if k > 64 else 64)
@@ -314,11 +335,11 @@ def _backward_weight(op, variants, dout, skip, up, oy, ox, out, dw, db, engine, 
         kernel(FILE, f"{name}_{bm}x{bn}", engine)(
             (_cdiv(m, bm), _cdiv(k, bn), z), (256,), (dout, out, *srcs, dw, db, work, workb, *geom))
         if z > 1:
-            kernel(FILE, "conv3x3_backward_weight_reduce_kernel1", engine)(
+            kernel(FILE, rec.helpers[0], engine)(
                 *grid1d(k * m), (work, workb, dw, db, i32(z), i32(k * m), i32(k)))
-    elif name.endswith("1"):
+    elif rec.number == 1:
         kernel(FILE, name, engine)(*grid1d(dw.size), (dout, out, skip, dw, *sizes))
-        kernel(FILE, "conv3x3_backward_bias_kernel1", engine)((k,), (256,), (dout, out, db, i32(n), i32(h - 2), i32(wd - 2), i32(k)))
+        kernel(FILE, rec.helpers[0], engine)((k,), (256,), (dout, out, db, i32(n), i32(h - 2), i32(wd - 2), i32(k)))
     else:
         kernel(FILE, name, engine)((c, k), (256,), (dout, out, skip, dw, db, *sizes))
     return dw, db

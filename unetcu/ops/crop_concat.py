@@ -9,17 +9,18 @@ Variants: 1 (one thread per element).
 from __future__ import annotations
 
 from .. import reference
-from ._core import as_np, check, check_size, empty, grid1d, i32, kernel, pick_variant, resolve
+from ..runtime import resolve_engine
+from ._core import Variant, as_np, check, check_size, empty, grid1d, i32, kernel, pick_variant, register
 
 FILE = "crop_concat.cu"
-FORWARD = {1: "crop_concat_forward_kernel1"}
-BACKWARD = {1: "crop_concat_backward_kernel1"}
+register(Variant("crop_concat_forward", 1, "crop_concat_forward_kernel1", FILE, "one thread per output element"),
+         Variant("crop_concat_backward", 1, "crop_concat_backward_kernel1", FILE, "one thread per element of dskip and dup"))
 
 
 def crop_concat_forward(skip, up, engine=None, variant=None):
     """skip (N, Cs, Hs, Ws), up (N, Cu, H, W) -> (N, Cs + Cu, H, W)."""
     op = "crop_concat_forward"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     skip = check(op, "skip", skip, engine, (None,) * 4, names=("N", "Cs", "Hs", "Ws"))
     n, cs, hs, ws = skip.shape
     up = check(op, "up", up, engine, (n, None, None, None), names=("N", "Cu", "H", "W"))
@@ -27,9 +28,9 @@ def crop_concat_forward(skip, up, engine=None, variant=None):
     oy, ox = _offsets(op, (hs, ws), (h, w))
     check_size(op, skip.size + up.size)
     if engine == "numpy":
-        return as_np(reference.crop_concat_forward(skip, up))
+        return as_np(reference.crop_concat_forward(skip, up), skip, up)
     out = empty(engine, (n, cs + cu, h, w))
-    kernel(FILE, pick_variant(op, FORWARD, variant), engine)(
+    kernel(FILE, pick_variant(op, variant).kernel, engine)(
         *grid1d(out.size), (skip, up, out, i32(n), i32(cs), i32(hs), i32(ws), i32(cu), i32(h), i32(w), i32(oy), i32(ox)))
     return out
 
@@ -37,7 +38,7 @@ def crop_concat_forward(skip, up, engine=None, variant=None):
 def crop_concat_backward(dout, skip_shape, engine=None, variant=None):
     """dout (N, Cs + Cu, H, W) and the skip's shape (N, Cs, Hs, Ws) -> (dskip, dup)."""
     op = "crop_concat_backward"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     n, cs, hs, ws = (int(s) for s in skip_shape)
     dout = check(op, "dout", dout, engine, (n, None, None, None), names=("N", "Cs+Cu", "H", "W"))
     _, co, h, w = dout.shape
@@ -48,10 +49,10 @@ def crop_concat_backward(dout, skip_shape, engine=None, variant=None):
     check_size(op, n * cs * hs * ws + dout.size)
     if engine == "numpy":
         dskip, dup = reference.crop_concat_backward(dout, (n, cs, hs, ws))
-        return as_np(dskip), as_np(dup)
+        return as_np(dskip, dout), as_np(dup, dout)
     dskip = empty(engine, (n, cs, hs, ws))
     dup = empty(engine, (n, cu, h, w))
-    kernel(FILE, pick_variant(op, BACKWARD, variant), engine)(
+    kernel(FILE, pick_variant(op, variant).kernel, engine)(
         *grid1d(dskip.size + dup.size), (dout, dskip, dup, i32(n), i32(cs), i32(hs), i32(ws), i32(cu), i32(h), i32(w), i32(oy), i32(ox)))
     return dskip, dup
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 import numpy as np
 
 from .. import reference
-from ._core import as_np, check, check_size, empty, grid1d, i32, kernel, pick_variant, resolve
+from ..runtime import resolve_engine
+from ._core import Variant, as_np, check, check_size, empty, grid1d, i32, kernel, pick_variant, register
 
 FILE = "maxpool2x2.cu"
-FORWARD = {1: "maxpool2x2_forward_kernel1"}
-BACKWARD = {1: "maxpool2x2_backward_kernel1"}
+register(Variant("maxpool2x2_forward", 1, "maxpool2x2_forward_kernel1", FILE, "one thread per output"),
+         Variant("maxpool2x2_backward", 1, "maxpool2x2_backward_kernel1", FILE, "one thread per output of forward"))
 
 
 def maxpool2x2_forward(x, engine=None, variant=None):
     op = "maxpool2x2_forward"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     x = check(op, "x", x, engine, (None,) * 4, names=("N", "C", "H", "W"))
     n, c, h, w = x.shape
     if h % 2 or w % 2 or h == 0 or w == 0:
@@ -28,23 +29,23 @@ def maxpool2x2_forward(x, engine=None, variant=None):
     check_size(op, x.size)
     if engine == "numpy":
         out, am = reference.maxpool2x2_forward(x)
-        return as_np(out), am
+        return as_np(out, x), am
     out = empty(engine, (n, c, h // 2, w // 2))
     argmax = empty(engine, (n, c, h // 2, w // 2), np.uint8)
-    kernel(FILE, pick_variant(op, FORWARD, variant), engine)(*grid1d(out.size), (x, out, argmax, i32(n), i32(c), i32(h), i32(w)))
+    kernel(FILE, pick_variant(op, variant).kernel, engine)(*grid1d(out.size), (x, out, argmax, i32(n), i32(c), i32(h), i32(w)))
     return out, argmax
 
 
 def maxpool2x2_backward(dout, argmax, engine=None, variant=None):
     """dx (N, C, 2h, 2w): dout[n,c,y,x] at its window's argmax, 0 elsewhere."""
     op = "maxpool2x2_backward"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     dout = check(op, "dout", dout, engine, (None,) * 4, names=("N", "C", "H/2", "W/2"))
     argmax = check(op, "argmax", argmax, engine, dout.shape, np.uint8, names=("N", "C", "H/2", "W/2"))
     n, c, h, w = dout.shape
     check_size(op, 4 * dout.size)
     if engine == "numpy":
-        return as_np(reference.maxpool2x2_backward(dout, argmax))
+        return as_np(reference.maxpool2x2_backward(dout, argmax), dout)
     dx = empty(engine, (n, c, 2 * h, 2 * w))
-    kernel(FILE, pick_variant(op, BACKWARD, variant), engine)(*grid1d(dout.size), (dout, argmax, dx, i32(n), i32(c), i32(2 * h), i32(2 * w)))
+    kernel(FILE, pick_variant(op, variant).kernel, engine)(*grid1d(dout.size), (dout, argmax, dx, i32(n), i32(c), i32(2 * h), i32(2 * w)))
     return dx

@@ -4,16 +4,17 @@ v <- momentum*v - lr*(grad + weight_decay*param); param <- param + v. Variants: 
 from __future__ import annotations
 
 from .. import reference
-from ._core import check, check_size, f32, grid1d, i32, kernel, pick_variant, resolve
+from ..runtime import resolve_engine
+from ._core import Variant, check, check_size, f32, grid1d, i32, kernel, pick_variant, register
 
 FILE = "sgd.cu"
-UPDATE = {1: "sgd_momentum_update_kernel1"}
+register(Variant("sgd_momentum_update", 1, "sgd_momentum_update_kernel1", FILE, "one thread per parameter, in place"))
 
 
 def sgd_momentum_update(param, grad, velocity, lr, momentum=0.99, weight_decay=0.0, engine=None, variant=None):
     """Update param and velocity in place (both must be contiguous float32); returns param."""
     op = "sgd_momentum_update"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     for name, a in (("param", param), ("velocity", velocity)):
         if check(op, name, a, engine) is not a:
             raise ValueError(f"{op}: {name} must be C-contiguous (it is updated in place)")
@@ -25,6 +26,6 @@ def sgd_momentum_update(param, grad, velocity, lr, momentum=0.99, weight_decay=0
         param[...] = p
         velocity[...] = v
         return param
-    kernel(FILE, pick_variant(op, UPDATE, variant), engine)(
+    kernel(FILE, pick_variant(op, variant).kernel, engine)(
         *grid1d(param.size), (param, grad, velocity, i32(param.size), f32(lr), f32(momentum), f32(weight_decay)))
     return param

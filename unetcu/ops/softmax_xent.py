@@ -10,11 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 from .. import reference
-from ._core import as_np, check, check_size, empty, grid1d, i32, kernel, pick_variant, resolve, zeros
+from ..runtime import resolve_engine
+from ._core import Variant, as_np, check, check_size, empty, grid1d, i32, kernel, pick_variant, register, zeros
 
 FILE = "softmax_xent.cu"
-FORWARD_BACKWARD = {1: "softmax_xent_forward_backward_kernel1"}
-SOFTMAX = {1: "softmax_forward_kernel1"}
+register(Variant("softmax_xent", 1, "softmax_xent_forward_backward_kernel1", FILE,
+                 "one thread per pixel; the loss summed by atomics"),
+         Variant("softmax", 1, "softmax_forward_kernel1", FILE, "one thread per pixel"))
 
 
 def softmax_xent(logits, labels, weights, engine=None, variant=None, sync=True):
@@ -23,7 +25,7 @@ def softmax_xent(logits, labels, weights, engine=None, variant=None, sync=True):
     sync=False reads nothing back (for a captured CUDA graph): returns ((loss, bad), dlogits) with
     loss a (1,) float32 array and bad a (1,) int32 array, nonzero if a label was outside [0, K)."""
     op = "softmax_xent"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     logits = check(op, "logits", logits, engine, (None,) * 4, names=("N", "K", "H", "W"))
     n, k, h, w = logits.shape
     labels = check(op, "labels", labels, engine, (n, h, w), np.int32, names=("N", "H", "W"))
@@ -35,11 +37,11 @@ def softmax_xent(logits, labels, weights, engine=None, variant=None, sync=True):
             if bad[0]:  # the reference raises on bad labels; report them the way the kernel does
                 return (np.array([np.nan], np.float32), bad), np.zeros(logits.shape, np.float32)
         loss, d = reference.softmax_xent(logits, labels, weights)
-        return (float(loss), as_np(d)) if sync else ((np.array([loss], np.float32), bad), as_np(d))
+        return (float(loss), as_np(d, logits, weights)) if sync else ((np.array([loss], np.float32), bad), as_np(d, logits, weights))
     dlogits = empty(engine, logits.shape)
     loss = zeros(engine, (1,))
     bad = zeros(engine, (1,), np.int32)
-    kernel(FILE, pick_variant(op, FORWARD_BACKWARD, variant), engine)(
+    kernel(FILE, pick_variant(op, variant).kernel, engine)(
         *grid1d(n * h * w), (logits, labels, weights, dlogits, loss, bad, i32(n), i32(k), i32(h * w)))
     if not sync:
         return (loss, bad), dlogits
@@ -52,11 +54,11 @@ def softmax_xent(logits, labels, weights, engine=None, variant=None, sync=True):
 def softmax(logits, engine=None, variant=None):
     """Class probabilities (N, K, H, W) of logits (N, K, H, W)."""
     op = "softmax"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     logits = check(op, "logits", logits, engine, (None,) * 4, names=("N", "K", "H", "W"))
     n, k, h, w = logits.shape
     if engine == "numpy":
-        return as_np(reference.softmax(logits))
+        return as_np(reference.softmax(logits), logits)
     probs = empty(engine, logits.shape)
-    kernel(FILE, pick_variant(op, SOFTMAX, variant), engine)(*grid1d(n * h * w), (logits, probs, i32(n), i32(k), i32(h * w)))
+    kernel(FILE, pick_variant(op, variant).kernel, engine)(*grid1d(n * h * w), (logits, probs, i32(n), i32(k), i32(h * w)))
     return probs

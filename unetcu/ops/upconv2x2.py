@@ -7,18 +7,20 @@ one block per (c, k) pair with the bias fused).
 from __future__ import annotations
 
 from .. import reference
-from ._core import (accumulate_reference, as_np, check, check_size, empty, grid1d, i32, kernel, param_grads,
-                    pick_variant, resolve)
+from ..runtime import resolve_engine
+from ._core import (Variant, accumulate_reference, as_np, check, check_size, empty, grid1d, i32, kernel, param_grads,
+                    float_dtype, pick_variant, register)
 
 FILE = "upconv2x2.cu"
-FORWARD = {1: "upconv2x2_forward_kernel1"}
-BACKWARD_DATA = {1: "upconv2x2_backward_data_kernel1"}
-BACKWARD_WEIGHT = {1: "upconv2x2_backward_weight_kernel1"}
+register(Variant("upconv2x2_forward", 1, "upconv2x2_forward_kernel1", FILE, "one thread per output"),
+         Variant("upconv2x2_backward_data", 1, "upconv2x2_backward_data_kernel1", FILE, "one thread per input element"),
+         Variant("upconv2x2_backward_weight", 1, "upconv2x2_backward_weight_kernel1", FILE,
+                 "one block per (c, k): a block-wide reduction over the pixels"))
 
 
 def upconv2x2_forward(x, w, b, engine=None, variant=None):
     op = "upconv2x2_forward"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     x = check(op, "x", x, engine, (None,) * 4, names=("N", "C", "H", "W"))
     n, c, h, wd = x.shape
     w = check(op, "w", w, engine, (c, None, 2, 2), names=("C", "K", 2, 2))
@@ -26,16 +28,16 @@ def upconv2x2_forward(x, w, b, engine=None, variant=None):
     b = check(op, "b", b, engine, (k,), names=("K",))
     check_size(op, n * max(c, 4 * k) * h * wd)
     if engine == "numpy":
-        return as_np(reference.upconv2x2_forward(x, w, b))
+        return as_np(reference.upconv2x2_forward(x, w, b), x, w)
     out = empty(engine, (n, k, 2 * h, 2 * wd))
-    kernel(FILE, pick_variant(op, FORWARD, variant), engine)(*grid1d(out.size), (x, w, b, out, i32(n), i32(c), i32(h), i32(wd), i32(k)))
+    kernel(FILE, pick_variant(op, variant).kernel, engine)(*grid1d(out.size), (x, w, b, out, i32(n), i32(c), i32(h), i32(wd), i32(k)))
     return out
 
 
 def upconv2x2_backward_data(dout, w, engine=None, variant=None):
     """dx (N, C, H, W) from dout (N, K, 2H, 2W)."""
     op = "upconv2x2_backward_data"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     dout = check(op, "dout", dout, engine, (None,) * 4, names=("N", "K", "2H", "2W"))
     n, k, h2, w2 = dout.shape
     if h2 % 2 or w2 % 2:
@@ -44,23 +46,23 @@ def upconv2x2_backward_data(dout, w, engine=None, variant=None):
     c = w.shape[0]
     check_size(op, dout.size + n * c * h2 * w2)
     if engine == "numpy":
-        return as_np(reference.upconv2x2_backward_data(dout, w))
+        return as_np(reference.upconv2x2_backward_data(dout, w), dout, w)
     dx = empty(engine, (n, c, h2 // 2, w2 // 2))
-    kernel(FILE, pick_variant(op, BACKWARD_DATA, variant), engine)(*grid1d(dx.size), (dout, w, dx, i32(n), i32(c), i32(h2 // 2), i32(w2 // 2), i32(k)))
+    kernel(FILE, pick_variant(op, variant).kernel, engine)(*grid1d(dx.size), (dout, w, dx, i32(n), i32(c), i32(h2 // 2), i32(w2 // 2), i32(k)))
     return dx
 
 
 def upconv2x2_backward_weight(dout, x, dw=None, db=None, engine=None, variant=None):
     """Accumulate dw (C, K, 2, 2) += and db (K,) +=; returns (dw, db)."""
     op = "upconv2x2_backward_weight"
-    engine = resolve(engine)
+    engine = resolve_engine(engine)
     x = check(op, "x", x, engine, (None,) * 4, names=("N", "C", "H", "W"))
     n, c, h, wd = x.shape
     dout = check(op, "dout", dout, engine, (n, None, 2 * h, 2 * wd), names=("N", "K", "2H", "2W"))
     k = dout.shape[1]
-    dw, db = param_grads(op, engine, dw, db, (c, k, 2, 2), k)
+    dw, db = param_grads(op, engine, dw, db, (c, k, 2, 2), k, float_dtype(dout, x))
     check_size(op, dout.size + x.size)
     if engine == "numpy":
         return accumulate_reference(dw, db, reference.upconv2x2_backward_weight(dout, x))
-    kernel(FILE, pick_variant(op, BACKWARD_WEIGHT, variant), engine)((c, k), (256,), (dout, x, dw, db, i32(n), i32(c), i32(h), i32(wd), i32(k)))
+    kernel(FILE, pick_variant(op, variant).kernel, engine)((c, k), (256,), (dout, x, dw, db, i32(n), i32(c), i32(h), i32(wd), i32(k)))
     return dw, db
