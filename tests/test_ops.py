@@ -2,6 +2,8 @@
 odd and non-tile-multiple sizes, N > 1, channel counts that are not multiples of 4/8/16, outputs
 poisoned with NaN (emu poisons every output buffer), any NaN/Inf fails, relative L2 error <= 1e-5
 (fp32), every emulator thread order. The same tests run on a GPU (engine "cuda", marked gpu)."""
+import itertools
+
 import numpy as np
 import pytest
 
@@ -71,6 +73,13 @@ def precision(op, variant):
     """tf32 variants are checked against the reference with the same tf32 rounding of the
     products' operands (so only the fp32 summation differs, and TOL holds for them too)."""
     return ops.REGISTRY[op][variant].precision
+
+
+def family_variants(*op_names):
+    """Every combination of the registered variants of these ops, one test case each: a variant
+    added to the registry is tested against the reference with nothing else to edit."""
+    combos = itertools.product(*[[r.number for r in ops.variants(o)] for o in op_names])
+    return [pytest.param(dict(zip(op_names, c)), id="v" + "-".join(map(str, c))) for c in combos]
 
 
 def tiled(variant, tile, op, **kw):
@@ -251,30 +260,33 @@ def test_tile_heuristic_fills_the_machine():
     assert C3.pick_splits(9 * 1024, 1024, 784, (128, 128)) == 1
 
 
+@pytest.mark.parametrize("v", family_variants("maxpool2x2_forward", "maxpool2x2_backward"))
 @pytest.mark.parametrize("shape", [(1, 1, 2, 2), (2, 3, 6, 10), (3, 5, 14, 8)])
-def test_maxpool2x2(engine, rng, shape):
+def test_maxpool2x2(engine, rng, shape, v):
     x = f32(rng, *shape)
-    out, am = ops.maxpool2x2_forward(dev(x, engine), engine=engine)
+    out, am = ops.maxpool2x2_forward(dev(x, engine), engine=engine, variant=v["maxpool2x2_forward"])
     rout, ram = R.maxpool2x2_forward(x.astype(np.float64))
     close(out, rout)
     assert np.array_equal(host(am), ram)
     dout = f32(rng, *rout.shape)
-    dx = ops.maxpool2x2_backward(dev(dout, engine), am, engine=engine)
+    dx = ops.maxpool2x2_backward(dev(dout, engine), am, engine=engine, variant=v["maxpool2x2_backward"])
     close(dx, R.maxpool2x2_backward(dout.astype(np.float64), ram))
 
 
+@pytest.mark.parametrize("v", family_variants("upconv2x2_forward", "upconv2x2_backward_data", "upconv2x2_backward_weight"))
 @pytest.mark.parametrize("shape", [(1, 2, 2, 3, 1), (2, 3, 5, 7, 5), (2, 9, 4, 3, 6)])  # N, C, H, W, K
-def test_upconv2x2(engine, rng, shape):
+def test_upconv2x2(engine, rng, shape, v):
     n, c, h, w, k = shape
     x, wt, b = f32(rng, n, c, h, w), f32(rng, c, k, 2, 2), f32(rng, k)
     x64, w64 = x.astype(np.float64), wt.astype(np.float64)
-    close(ops.upconv2x2_forward(dev(x, engine), dev(wt, engine), dev(b, engine), engine=engine),
+    close(ops.upconv2x2_forward(dev(x, engine), dev(wt, engine), dev(b, engine), engine=engine, variant=v["upconv2x2_forward"]),
           R.upconv2x2_forward(x64, w64, b.astype(np.float64)))
     dout = f32(rng, n, k, 2 * h, 2 * w)
-    close(ops.upconv2x2_backward_data(dev(dout, engine), dev(wt, engine), engine=engine),
+    close(ops.upconv2x2_backward_data(dev(dout, engine), dev(wt, engine), engine=engine, variant=v["upconv2x2_backward_data"]),
           R.upconv2x2_backward_data(dout.astype(np.float64), w64))
     dw0, db0 = f32(rng, c, k, 2, 2), f32(rng, k)
-    dw, db = ops.upconv2x2_backward_weight(dev(dout, engine), dev(x, engine), dw=dev(dw0, engine), db=dev(db0, engine), engine=engine)
+    dw, db = ops.upconv2x2_backward_weight(dev(dout, engine), dev(x, engine), dw=dev(dw0, engine), db=dev(db0, engine), engine=engine,
+                                           variant=v["upconv2x2_backward_weight"])
     gw, gb = R.upconv2x2_backward_weight(dout.astype(np.float64), x64)
     close_acc(dw, gw, dw0)
     close_acc(db, gb, db0)
@@ -282,28 +294,31 @@ def test_upconv2x2(engine, rng, shape):
 
 @pytest.mark.parametrize("skip_shape,up_shape", [((1, 1, 4, 4), (1, 1, 4, 4)), ((2, 3, 9, 8), (2, 2, 5, 4)),
                                                  ((2, 4, 12, 12), (2, 4, 8, 8))])
-def test_crop_concat(engine, rng, skip_shape, up_shape):
+@pytest.mark.parametrize("v", family_variants("crop_concat_forward", "crop_concat_backward"))
+def test_crop_concat(engine, rng, skip_shape, up_shape, v):
     skip, up = f32(rng, *skip_shape), f32(rng, *up_shape)
-    out = ops.crop_concat_forward(dev(skip, engine), dev(up, engine), engine=engine)
+    out = ops.crop_concat_forward(dev(skip, engine), dev(up, engine), engine=engine, variant=v["crop_concat_forward"])
     ref = R.crop_concat_forward(skip.astype(np.float64), up.astype(np.float64))
     assert np.array_equal(host(out), ref)  # pure data movement: exact
     dout = f32(rng, *ref.shape)
-    ds, du = ops.crop_concat_backward(dev(dout, engine), skip_shape, engine=engine)
+    ds, du = ops.crop_concat_backward(dev(dout, engine), skip_shape, engine=engine, variant=v["crop_concat_backward"])
     rds, rdu = R.crop_concat_backward(dout.astype(np.float64), skip_shape)
     assert np.array_equal(host(ds), rds) and np.array_equal(host(du), rdu)
 
 
+@pytest.mark.parametrize("v", family_variants("softmax_xent", "softmax"))
 @pytest.mark.parametrize("shape", [(1, 2, 1, 1), (2, 2, 7, 9), (3, 5, 6, 11)])
-def test_softmax_xent(engine, rng, shape):
+def test_softmax_xent(engine, rng, shape, v):
     n, k, h, w = shape
     logits = f32(rng, n, k, h, w, scale=4)
     labels = rng.integers(0, k, (n, h, w)).astype(np.int32)
     weights = rng.uniform(0.5, 11, (n, h, w)).astype(np.float32)
-    loss, d = ops.softmax_xent(dev(logits, engine), dev(labels, engine), dev(weights, engine), engine=engine)
+    loss, d = ops.softmax_xent(dev(logits, engine), dev(labels, engine), dev(weights, engine), engine=engine,
+                               variant=v["softmax_xent"])
     rloss, rd = R.softmax_xent(logits.astype(np.float64), labels, weights.astype(np.float64))
     assert np.isfinite(loss) and abs(loss - rloss) <= TOL * abs(rloss)
     close(d, rd)
-    close(ops.softmax(dev(logits, engine), engine=engine), R.softmax(logits.astype(np.float64)))
+    close(ops.softmax(dev(logits, engine), engine=engine, variant=v["softmax"]), R.softmax(logits.astype(np.float64)))
 
 
 def test_softmax_xent_rejects_bad_labels(engine, rng):
@@ -314,16 +329,17 @@ def test_softmax_xent_rejects_bad_labels(engine, rng):
         ops.softmax_xent(dev(logits, engine), dev(labels, engine), dev(np.ones((1, 3, 3), np.float32), engine), engine=engine)
 
 
+@pytest.mark.parametrize("v", family_variants("conv1x1_forward", "conv1x1_backward_data", "conv1x1_backward_weight"))
 @pytest.mark.parametrize("shape", [(1, 2, 2, 3, 1), (2, 64, 5, 3, 2), (2, 7, 6, 6, 3)])  # N, C, H, W, K
-def test_conv1x1(engine, rng, shape):
+def test_conv1x1(engine, rng, shape, v):
     n, c, h, w, k = shape
     x, wt, b = f32(rng, n, c, h, w), f32(rng, k, c, 1, 1), f32(rng, k)
-    close(ops.conv1x1_forward(dev(x, engine), dev(wt, engine), dev(b, engine), engine=engine),
+    close(ops.conv1x1_forward(dev(x, engine), dev(wt, engine), dev(b, engine), engine=engine, variant=v["conv1x1_forward"]),
           R.conv1x1_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64)))
     dout = f32(rng, n, k, h, w)
-    close(ops.conv1x1_backward_data(dev(dout, engine), dev(wt, engine), engine=engine),
+    close(ops.conv1x1_backward_data(dev(dout, engine), dev(wt, engine), engine=engine, variant=v["conv1x1_backward_data"]),
           R.conv1x1_backward_data(dout.astype(np.float64), wt.astype(np.float64)))
-    dw, db = ops.conv1x1_backward_weight(dev(dout, engine), dev(x, engine), engine=engine)
+    dw, db = ops.conv1x1_backward_weight(dev(dout, engine), dev(x, engine), engine=engine, variant=v["conv1x1_backward_weight"])
     gw, gb = R.conv1x1_backward_weight(dout.astype(np.float64), x.astype(np.float64))
     close(dw, gw)
     close(db, gb)
@@ -341,20 +357,23 @@ def test_dropout_same_mask_on_every_engine(engine, rng, p):
     close(dx, R.dropout_backward(dout.astype(np.float64), p, seed))
 
 
-def test_sgd_momentum_update(engine, rng):
+@pytest.mark.parametrize("v", family_variants("sgd_momentum_update"))
+def test_sgd_momentum_update(engine, rng, v):
     p0, g, v0 = f32(rng, 1001), f32(rng, 1001), f32(rng, 1001)
-    p, v = dev(p0, engine), dev(v0, engine)
+    p, vel = dev(p0, engine), dev(v0, engine)
     for _ in range(3):
-        ops.sgd_momentum_update(p, dev(g, engine), v, lr=0.01, momentum=0.99, weight_decay=5e-4, engine=engine)
+        ops.sgd_momentum_update(p, dev(g, engine), vel, lr=0.01, momentum=0.99, weight_decay=5e-4, engine=engine,
+                                variant=v["sgd_momentum_update"])
     rp, rv = p0.astype(np.float64), v0.astype(np.float64)
     for _ in range(3):
         rp, rv = R.sgd_momentum(rp, g.astype(np.float64), rv, 0.01, 0.99, 5e-4)
     close(p, rp)
-    close(v, rv)
+    close(vel, rv)
 
 
+@pytest.mark.parametrize("va", family_variants("adam_update"))
 @pytest.mark.parametrize("decoupled", [False, True], ids=["adam", "adamw"])
-def test_adam_update(engine, rng, decoupled):
+def test_adam_update(engine, rng, decoupled, va):
     # odd size (not a multiple of the block), moments from earlier steps, gradients of both signs and
     # of very different sizes: the sqrt(v) + eps denominator is exercised where it matters
     n = 1003
@@ -364,7 +383,8 @@ def test_adam_update(engine, rng, decoupled):
     p, m, v = dev(p0, engine), dev(m0, engine), dev(v0, engine)
     rp, rm, rv = (a.astype(np.float64) for a in (p0, m0, v0))
     for t, g in enumerate(grads, start=5):
-        ops.adam_update(p, dev(g, engine), m, v, step=t, lr=3e-3, weight_decay=0.01, decoupled=decoupled, engine=engine)
+        ops.adam_update(p, dev(g, engine), m, v, step=t, lr=3e-3, weight_decay=0.01, decoupled=decoupled, engine=engine,
+                        variant=va["adam_update"])
         rp, rm, rv = R.adam(rp, g.astype(np.float64), rm, rv, t, 3e-3, weight_decay=0.01, decoupled=decoupled)
     close(p, rp)
     close(m, rm)
