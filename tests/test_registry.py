@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from unetcu import emu, ops, runtime
-from unetcu.ops import Variant
-from unetcu.ops._core import register
+from unetcu.ops import Variant, register
 
 
 def _file_kernels(name):

@@ -8,7 +8,7 @@ float64 oracle). Wrong shapes raise ValueError naming the op, the argument and t
 other dtypes raise TypeError; non-contiguous inputs are copied. Parameter gradients (dw, db) are accumulated (+=)
 into the arrays you pass (or new zero arrays), activation gradients are returned fresh.
 """
-from ._core import PRECISIONS, REGISTRY, Variant, check_precision, default_variant
+from ._core import PRECISIONS, REGISTRY, Variant, check_precision, default_variant, register
 from .adam import adam_update
 from .conv1x1 import conv1x1_backward_data, conv1x1_backward_weight, conv1x1_forward
 from .conv3x3 import (conv3x3_backward_data, conv3x3_backward_data_concat, conv3x3_backward_weight,
@@ -48,7 +48,7 @@ def kernel_owners() -> dict[str, list[str]]:
     return owners
 
 
-__all__ = ["PRECISIONS", "REGISTRY", "Variant", "check_precision", "default_variant", "kernel_names", "kernel_owners", "variants",
+__all__ = ["PRECISIONS", "REGISTRY", "Variant", "check_precision", "register", "default_variant", "kernel_names", "kernel_owners", "variants",
            "conv3x3_forward", "conv3x3_forward_concat", "conv3x3_backward_data", "conv3x3_backward_data_concat",
            "conv3x3_backward_weight", "conv3x3_backward_weight_concat",
            "maxpool2x2_forward", "maxpool2x2_backward",
