@@ -40,12 +40,12 @@ if MISSING and os.environ.get("UNETCU_REQUIRE_MPI") == "1":
 needs_mpi = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
 
-def run(cmd, timeout=300):
+def run(cmd, timeout=300, cwd=None):
     """Run cmd in its own process group; on a timeout kill the whole group (mpirun and its ranks)
     and fail: a hang is a defect."""
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
                          start_new_session=True)
     try:
         out, err = p.communicate(timeout=timeout)
@@ -192,6 +192,25 @@ def test_an_error_on_one_rank_stops_every_rank_with_its_message(tmp_path, plant,
         assert state["step"] == 2  # the last good checkpoint is kept
     if "setup" in plant:
         assert not out.exists()  # nothing was created
+
+
+@needs_mpi
+def test_the_readme_command_runs_as_written(tmp_path):
+    """The README's `mpirun -n 2 unetcu train --distributed ...` (4 steps of it, 3 images)."""
+    import re
+    text = open(os.path.join(ROOT, "README.md")).read()
+    m = re.search(r"<!-- distributed.*?-->\s*```bash\n(.*?)```\s*<!-- /distributed -->", text, re.S)
+    assert m, "README.md has no distributed block"
+    cmd = m.group(1).strip().split()
+    assert cmd[:5] == ["mpirun", "-n", "2", "unetcu", "train"] and "--distributed" in cmd
+    unetcu = os.path.join(os.path.dirname(sys.executable), "unetcu")  # this environment's script
+    flags = ["--oversubscribe"] if "Open MPI" in subprocess.run(["mpirun", "--version"], capture_output=True,
+                                                                  text=True).stdout else []
+    r = run(["mpirun", "-n", "2", *flags, unetcu, *cmd[4:], "--steps", "4", "--n-synthetic", "3", "--no-progress"],
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / cmd[cmd.index("--out") + 1]
+    assert len(losses(out)) == 4 and load(out)[2]["config"]["run"]["ranks"] == 2
 
 
 @needs_mpi
