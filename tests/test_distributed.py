@@ -113,6 +113,22 @@ def test_a_ranks_dropout_seed_gives_its_tiles_mask_in_the_whole_batch(rng):
     assert not np.array_equal(reference.dropout_forward(x[b:2 * b], 0.5, seed), whole[b:2 * b])  # the shift matters
 
 
+def test_the_gpu_checksum_sees_a_one_ulp_change_anywhere(rng):
+    """distributed.checksum (the hash compare's reduction of a GPU array, written for any array
+    module): one element moved by one ulp, or two elements swapped, changes it."""
+    from unetcu.distributed import checksum
+    a = rng.standard_normal((7, 5, 3, 3)).astype(np.float32)
+    c = checksum(a)
+    assert c == checksum(a.copy())
+    for i in rng.integers(a.size, size=5):
+        b = a.copy().reshape(-1)
+        b[i] = np.nextafter(b[i], np.float32(np.inf), dtype=np.float32)
+        assert checksum(b.reshape(a.shape)) != c, i
+    b = a.copy().reshape(-1)
+    b[[0, 1]] = b[[1, 0]]
+    assert checksum(b) != c
+
+
 # ---- two ranks under mpirun --------------------------------------------------------------------------
 @needs_mpi
 @pytest.mark.parametrize("recipe", [(), ("--optimizer", "sgd", "--lr", "0.01")], ids=["adam", "sgd"])
