@@ -156,7 +156,7 @@ class Distributed:
         node.Free()
         self.phase = "setup"       # "setup" until gate() has passed, then "training"
         self.engine = self.backend = None
-        self.device = None
+        self.device, self.shared_gpu = None, False
         self.flat = None           # (P + pad,) float32 on the engine: the gradients, packed
         self.nonfinite = None      # (rank, loss) of the first rank whose loss was not finite
         if engine_hint in (None, "cuda"):
