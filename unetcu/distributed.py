@@ -192,6 +192,12 @@ class Distributed:
         if cfg.cuda_graph:
             raise ValueError("--cuda-graph cannot be used with --distributed: the all-reduce would have to be captured "
                              "in the graph")
+        if model.engine == "cuda" and not self.shared_gpu:
+            from cupy.cuda import nccl
+            if not nccl.available:
+                raise RuntimeError("--distributed on the cuda engine sums the gradients with NCCL, which CuPy cannot load "
+                                   "here: pip install 'nvidia-nccl-cu13>=2.27.7,<3' (CuPy 14 for CUDA 13; nvidia-nccl-cu12 "
+                                   "for cupy-cuda12x)")
         self.gate(None, state_hash(model.params, optimizer.state, rng_state), step)
         self.engine = model.engine
         n = sum(int(p.size) for p in model.params.values())
