@@ -144,7 +144,7 @@ def test_two_ranks_of_batch_1_repeat_one_process_of_batch_2(tmp_path, recipe):
     common = (*TINY, "--steps", "6", "--ckpt-every", "3", "--val-every", "3", *recipe)
     r = mpirun(2, *common, "--distributed", "--batch", "1", "--out", str(tmp_path / "two"))
     assert r.returncode == 0, r.stderr
-    assert "2 ranks, gradients summed by MPI on host memory" in r.stdout
+    assert "2 ranks x batch 1 = 2 tiles a step, gradients summed by MPI on host memory" in r.stdout
     assert r.stdout.count("wrote ") == 1  # rank 0 alone speaks
     r = one(*common, "--batch", "2", "--out", str(tmp_path / "one"))
     assert r.returncode == 0, r.stderr

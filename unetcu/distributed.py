@@ -46,8 +46,8 @@ import numpy as np
 GOLDEN = 0x9E3779B97F4A7C15          # the dropout hash's multiplier (kernels/dropout.cu)
 GOLDEN_INV = pow(GOLDEN, -1, 2**64)  # G is odd, so it has an inverse mod 2^64
 
-# environment variables an MPI launcher sets in each process it starts (Open MPI, MPICH/Hydra, PMIx, Slurm)
-_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+# the number of processes, as an MPI launcher tells each process it starts (Open MPI; MPICH's Hydra)
+_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 
 # exception types that cross ranks by name (others arrive as RuntimeError)
 _TYPES = {t.__name__: t for t in (ValueError, RuntimeError, FileExistsError, FileNotFoundError, OSError,
@@ -66,7 +66,7 @@ def mpi():
 
 def launched_ranks() -> int:
     """How many processes an MPI launcher started this one among (1 when not started by one)."""
-    for v in _SIZE_VARS[:3]:
+    for v in _SIZE_VARS:
         if os.environ.get(v, "").isdigit():
             return int(os.environ[v])
     return 1
@@ -142,7 +142,10 @@ class Distributed:
     root: rank 0, which logs, validates and writes the run's files; part: (rank, size) for
     train.draw_batch. engine_hint: the engine the run will use if known (None: cuda when a GPU is
     usable); on cuda each rank makes GPU (local rank mod GPUs) current here, before anything is
-    allocated. Raises RuntimeError without mpi4py."""
+    allocated. Raises RuntimeError without mpi4py.
+    Used by train(dist=...). A program of its own that calls train on every rank should handle
+    errors as run_cli does (gate(error) before training has started, MPI_Abort after), or a rank
+    that fails where the others wait in a collective leaves them waiting."""
 
     def __init__(self, engine_hint: str | None = None, comm=None):
         MPI = mpi()
@@ -157,7 +160,7 @@ class Distributed:
         self.phase = "setup"       # "setup" until gate() has passed, then "training"
         self.engine = self.backend = None
         self.device, self.shared_gpu = None, False
-        self.flat = None           # (P + pad,) float32 on the engine: the gradients, packed
+        self.flat = None           # (P,) float32 on the engine: the gradients, packed
         self.nonfinite = None      # (rank, loss) of the first rank whose loss was not finite
         if engine_hint in (None, "cuda"):
             from .runtime import gpu_status
@@ -199,7 +202,7 @@ class Distributed:
                                    "here: pip install 'nvidia-nccl-cu13>=2.27.7,<3' (CuPy 14 for CUDA 13; nvidia-nccl-cu12 "
                                    "for cupy-cuda12x)")
         self.gate(None, state_hash(model.params, optimizer.state, rng_state), step)
-        self.engine = model.engine
+        self.engine, self.batch = model.engine, cfg.batch
         n = sum(int(p.size) for p in model.params.values())
         self.flat = model.xp.zeros(n, dtype=np.float32)
         if self.engine == "cuda" and not self.shared_gpu:
@@ -219,7 +222,9 @@ class Distributed:
                    f"{self.local_size} ranks share this node's GPU(s)")
         else:
             how = "MPI on host memory"
-        return f"{self.size} ranks, gradients summed by {how}"
+        ranks = f"{self.size} ranks x batch {self.batch} = {self.size * self.batch} tiles a step" if self.size > 1 else \
+            "1 rank (started without mpirun -n N?)"
+        return f"{ranks}, gradients summed by {how}"
 
     # -- each step ----------------------------------------------------------------------------------
     def loss_and_grads(self, model, x, labels, weights, dropout_seed: int, step: int):
