@@ -56,11 +56,15 @@ def run(cmd, timeout=300, cwd=None):
     return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
+def oversubscribe():
+    """Open MPI refuses more ranks than cores without --oversubscribe (CI may have one core)."""
+    r = subprocess.run(["mpirun", "--version"], capture_output=True, text=True)
+    return ["--oversubscribe"] if "Open MPI" in r.stdout else []
+
+
 def mpirun(n, *args, plant="none", timeout=300):
     """`mpirun -n N unetcu train ARGS` through tests/mpi_train.py (which may plant a fault)."""
-    flags = ["--oversubscribe"] if "Open MPI" in subprocess.run(["mpirun", "--version"], capture_output=True,
-                                                                  text=True).stdout else []
-    return run(["mpirun", "-n", str(n), *flags, sys.executable, SCRIPT, plant, "train", *args], timeout)
+    return run(["mpirun", "-n", str(n), *oversubscribe(), sys.executable, SCRIPT, plant, "train", *args], timeout)
 
 
 def one(*args):
@@ -220,8 +224,7 @@ def test_the_readme_command_runs_as_written(tmp_path):
     cmd = m.group(1).strip().split()
     assert cmd[:5] == ["mpirun", "-n", "2", "unetcu", "train"] and "--distributed" in cmd
     unetcu = os.path.join(os.path.dirname(sys.executable), "unetcu")  # this environment's script
-    flags = ["--oversubscribe"] if "Open MPI" in subprocess.run(["mpirun", "--version"], capture_output=True,
-                                                                  text=True).stdout else []
+    flags = oversubscribe()
     r = run(["mpirun", "-n", "2", *flags, unetcu, *cmd[4:], "--steps", "4", "--n-synthetic", "3", "--no-progress"],
             cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -256,3 +259,18 @@ def test_two_ranks_on_the_cuda_engine_repeat_one_process_of_batch_2(tmp_path):
     (m2, _, _), (m1, _, _) = load(tmp_path / "two"), load(tmp_path / "one")
     for k in m1.params:
         np.testing.assert_allclose(m2.params[k], m1.params[k], rtol=0, atol=1e-5, err_msg=k)
+
+
+@needs_mpi
+def test_the_allreduce_benchmark_runs_and_checks_its_mean(tmp_path):
+    """benchmarks/bench_allreduce.py at small sizes: each row's all-reduce gave the ranks' mean
+    (the script asserts it) and is timed."""
+    import json
+    flags = oversubscribe()
+    out = tmp_path / "ar.json"
+    r = run(["mpirun", "-n", "2", *flags, sys.executable, os.path.join(ROOT, "benchmarks", "bench_allreduce.py"),
+             "--presets", "tiny,small", "--reps", "3", "--json", str(out)])
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())
+    assert [(x["preset"], x["params"], x["ranks"]) for x in rows] == [("tiny", 29330, 2), ("small", 481762, 2)]
+    assert all(x["allreduce_median_s"] > 0 for x in rows)
