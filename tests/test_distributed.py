@@ -135,7 +135,9 @@ def test_the_gpu_checksum_sees_a_one_ulp_change_anywhere(rng):
 
 # ---- two ranks under mpirun --------------------------------------------------------------------------
 @needs_mpi
-@pytest.mark.parametrize("recipe", [(), ("--optimizer", "sgd", "--lr", "0.01")], ids=["adam", "sgd"])
+@pytest.mark.parametrize("recipe", [(), ("--optimizer", "sgd", "--lr", "0.01"),
+                                    ("--optimizer", "adamw", "--weight-decay", "0.01", "--clip", "0.5", "--augment", "flips")],
+                         ids=["adam", "sgd", "adamw-clip-flips"])
 def test_two_ranks_of_batch_1_repeat_one_process_of_batch_2(tmp_path, recipe):
     """Same tiles in the same order, same dropout masks, the mean gradient: the losses and weights
     of 2 ranks x batch 1 equal those of 1 process x batch 2 up to the order of float32 sums.
