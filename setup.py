@@ -33,6 +33,8 @@ setup(
         "test": ["pytest>=7"],
         # block-wise prediction of images larger than memory (unetcu.large); zarr 3 needs Python >= 3.11
         "large": ["dask[array]>=2024.8", "distributed>=2024.8", "zarr>=3.0,<4", "tifffile>=2025.5"],
+        # train --distributed under mpirun: mpi4py needs an MPI library (e.g. Debian's openmpi-bin libopenmpi-dev)
+        "distributed": ["mpi4py>=3.1"],
     },
     entry_points={"console_scripts": ["unetcu=unetcu.cli:main"]},
 )

@@ -115,6 +115,11 @@ def _cmd_train(a) -> int:
     from .model import UNet, check_memory, output_size
     from .train import (DEFAULT_STEPS, PRESETS, TrainConfig, TrainingDiverged, TrainingInterrupted, check_out,
                         default_preset, train)
+    from . import distributed
+    if a.distributed and getattr(a, "dist", None) is None:  # as one rank of `mpirun -n N` (distributed.py)
+        return distributed.run_cli(_cmd_train, a)
+    if not a.distributed:
+        distributed.refuse_undistributed()
     o, resumed = _train_options(a)
     engine = runtime.resolve_engine(o["engine"])
     if resumed:
@@ -170,7 +175,7 @@ def _cmd_train(a) -> int:
     out = Path(o["out"])
     try:
         history = train(model, train_s, val_s, cfg, resume=a.resume, progress=not o["no_progress"],
-                        log=print, overwrite=o["overwrite"])
+                        log=print, overwrite=o["overwrite"], dist=getattr(a, "dist", None))
     except TrainingDiverged as e:
         print(f"unetcu train: {e}", file=sys.stderr)
         return 3
@@ -429,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", default=None,
                    help="replace the run already in --out (without it, a folder holding a run is refused)")
     t.add_argument("--no-progress", action="store_true", default=None, help="no progress bar")
+    t.add_argument("--distributed", action="store_true",
+                   help="train on the N processes of `mpirun -n N` (data-parallel, each with --batch tiles; the same "
+                        "steps as one process with N x --batch; see the README's Distributed training)")
     t.set_defaults(func=_cmd_train)
     sy = sub.add_parser("synth", help="write example images and instance labels (synthetic touching cells)",
                         description="Write COUNT synthetic images of touching cells to OUT/images (8-bit PNG) and their "

@@ -119,19 +119,26 @@ def prepare(samples: list[Sample], cfg: TrainConfig, model: UNet) -> list[Prepar
     return out
 
 
-def draw_batch(data: list[Prepared], cfg: TrainConfig, model: UNet, rng: np.random.Generator):
-    """(x (B, 1, T, T), labels (B, O, O), weights (B, O, O)) on the model's engine."""
+def draw_batch(data: list[Prepared], cfg: TrainConfig, model: UNet, rng: np.random.Generator, part=(0, 1)):
+    """(x (B, 1, T, T), labels (B, O, O), weights (B, O, O)) on the model's engine.
+    part (rank, ranks): the draws of ranks x B tiles are taken from rng in turn and this rank keeps
+    tiles rank*B .. rank*B + B - 1 (the others' elastic warps are skipped), see distributed.py."""
     t = cfg.tile
     o = output_size(t, model.config["depth"])
     xs, ls, ws = [], [], []
-    for _ in range(cfg.batch):
+    for i in range(cfg.batch * part[1]):
+        mine = i // cfg.batch == part[0]
         d = data[int(rng.integers(len(data)))]
         if cfg.augment == "elastic":
             p = augment.draw_params(rng, d.image.shape, sigma=cfg.elastic_sigma)
+            if not mine:
+                continue
             img, lab, wt, _ = augment.warp(d.image, d.classes, d.weights, p, t, o,
                                            target="cuda" if model.engine == "cuda" else "cpu")
         elif cfg.augment in ("flips", "none"):
             img, lab, wt = augment.random_window(rng, d.image, d.classes, d.weights, t, o, flips=cfg.augment == "flips")
+            if not mine:
+                continue
         else:
             raise ValueError(f"augment must be elastic, flips or none, got {cfg.augment!r}")
         xs.append(img), ls.append(lab), ws.append(wt)
@@ -300,7 +307,7 @@ def _sigint_ignored():
 
 
 def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], cfg: TrainConfig,
-          resume: str | None = None, progress: bool = True, log=print, overwrite: bool = False):
+          resume: str | None = None, progress: bool = True, log=print, overwrite: bool = False, dist=None):
     """Train in place; returns the history (list of dicts, one per step).
 
     Writes into cfg.out: checkpoint.npz (weights + momentum + generator state + history + cfg, every
@@ -310,8 +317,12 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
     ValueError for a checkpoint of another network, TrainingDiverged on a NaN/Inf loss, and
     TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C, after saving the last finished step.
     Nothing is created in cfg.out, and with overwrite nothing of the old run removed, before the
-    first step has finished."""
+    first step has finished.
+    dist: a distributed.Distributed to train as one rank of an MPI job (every rank calls train with
+    the same arguments; rank 0 alone logs and writes files); None trains in this process alone."""
     out = Path(cfg.out)
+    root = dist is None or dist.root
+    log, progress = (log, progress) if root else (lambda *a: None, False)
     check_out(out, resume, overwrite)
     o = output_size(cfg.tile, model.config["depth"])
     rng = np.random.default_rng(cfg.seed)
@@ -335,6 +346,10 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
         start = int(state.get("step", 0))
         rng.bit_generator.state = state["rng"]
         history = state.get("history", [])
+        from .distributed import check_ranks
+        check_ranks(state.get("config", {}).get("run", {}), dist, resume)
+    if dist is not None:
+        cfg = replace(cfg, run={**cfg.run, "ranks": dist.size})
     opt = Optimizer(cfg.optimizer, model.params, model.engine, model.xp, cfg.momentum, cfg.weight_decay)
     if momentum:
         opt.load_state(momentum, f"--resume {resume}")
@@ -350,11 +365,13 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
         from .graph import GraphStep
         graph_step = GraphStep(model, opt, cfg.lr, cfg.clip)
 
+    if dist is not None:  # every rank is here, with the same state; the all-reduce opens
+        dist.begin(model, opt, cfg, rng.bit_generator.state, start)
     if resume:
         log(f"resumed from {resume} at step {start}")
     log(f"training {model.n_params:,} parameters on engine '{model.engine}': tile {cfg.tile} -> {o}, batch {cfg.batch}, "
         f"{len(data)} training / {len(val_samples)} validation images, {describe(cfg)}, "
-        f"augment {cfg.augment}, steps {start}..{cfg.steps}")
+        f"augment {cfg.augment}, steps {start}..{cfg.steps}" + (f"; {dist.describe()}" if dist else ""))
     ckpt = out / "checkpoint.npz"
     csv_log = None
 
@@ -386,7 +403,7 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
         with interrupts:
             for step in range(start + 1, cfg.steps + 1):
                 interrupts.check()
-                x, lab, wt = draw_batch(data, cfg, model, rng)
+                x, lab, wt = draw_batch(data, cfg, model, rng, *([dist.part] if dist else []))
                 interrupts.check()  # the warp compiles in the first draw: a Ctrl-C it swallowed stops here
                 dropout_seed = int(rng.integers(2**63))
                 if graph_step is not None:  # the update is part of the graph: a bad loss is known only after it
@@ -395,12 +412,15 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
                         done, done_rng, row = step_done(step, loss)
                     if bad:
                         raise ValueError(f"step {step}: a label lies outside the model's {model.config['n_classes']} classes")
+                elif dist is not None:  # every rank's tiles: the mean loss and gradient (distributed.py)
+                    loss, grads = dist.loss_and_grads(model, x, lab, wt, dropout_seed, step)
                 else:
                     loss, grads = model.loss_and_grads(x, lab, wt, dropout_seed=dropout_seed)
                 loss = float(loss) + 0.0  # -0.0 (a perfect tile) reads as 0
                 if not math.isfinite(loss):
                     kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
-                    raise TrainingDiverged(f"loss became {loss} at step {step}; training stopped ({kept}). "
+                    where = dist.where_nonfinite() if dist else ""
+                    raise TrainingDiverged(f"loss became {loss} at step {step}{where}; training stopped ({kept}). "
                                            "Lower the learning rate (--lr).")
                 if graph_step is None:
                     with interrupts.hold():
@@ -408,6 +428,10 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
                             clip_gradients(grads, cfg.clip, model.xp)
                         opt.step(model.params, grads, cfg.lr_at(step), step)
                         done, done_rng, row = step_done(step, loss)  # before a held Ctrl-C is raised
+                if dist is not None and (step % cfg.ckpt_every == 0 or step == cfg.steps):
+                    dist.check_same(model, opt, done_rng, step)  # every rank: the same weights, or stop
+                if not root:
+                    continue
                 if csv_log is None:
                     open_run()
                 if val_samples and (step % cfg.val_every == 0 or step == cfg.steps):
@@ -418,13 +442,14 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
                 bar.update(step, loss=loss, **({"val_iou": row["val_iou"]} if "val_iou" in row else {}))
                 if step % cfg.ckpt_every == 0 or step == cfg.steps:
                     save(step, done_rng)
-            plot_curves(history, out / "curves.png")
-            if val_samples:
+            if root:
+                plot_curves(history, out / "curves.png")
+            if root and val_samples:
                 plot_samples(model, val_samples[:3], out / "samples.png", cfg)
     except KeyboardInterrupt:
         bar.close()
         with _sigint_ignored():  # more Ctrl-C while the last step is saved would lose it
-            if done > start:
+            if done > start and root:
                 if csv_log is None:
                     open_run()
                 if history[-1]["step"] > csv_log.last:  # interrupted after the update, before the log
