@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from unetcu import runtime
-from unetcu.emu import aligned
+from unetcu.engines import runtime
+from unetcu.engines.emu import aligned
 
 COSTS = r"""
 extern "C" __global__ void barriers(float* y, int rounds) {
@@ -38,7 +38,7 @@ def main():
     print(f"emulator costs on {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
           f"(CPU timings, not GPU speeds)")
     mod = runtime.compile(COSTS, engine="emu", filename="costs.cu")
-    demo = runtime.load("demo.cu", "emu")
+    demo = runtime.load("examples/demo.cu", "emu")
     rounds = 200
     rng = np.random.default_rng(0)
     A = aligned(rng.standard_normal((128, 128)).astype(np.float32))

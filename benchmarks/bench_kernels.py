@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from benchmarks.common import ceilings, cpu_median_ms, gpu_median_ms, machine_info, torch_or_none
-from unetcu import UNet, ops, reference as R, runtime
+from unetcu import UNet, ops, reference as R
+from unetcu.engines import runtime
 
 
 def host(a):

@@ -36,7 +36,7 @@ from benchmarks.common import default_data_dir
 from unetcu import UNet, data as D
 from unetcu.instances import instances, min_distance_for, object_radius
 from unetcu.metrics import METRIC_NAMES, evaluate, format_table, seg_score, segments
-from unetcu.runtime import ENGINES, resolve_engine
+from unetcu.engines.runtime import ENGINES, resolve_engine
 from unetcu.tiling import predict_probs
 from unetcu.train import PRESETS, TrainConfig, train
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from unetcu import runtime
+from unetcu.engines import runtime
 
 ORDERS = ("forward", "reverse", "random")
 
@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(config, items):
 def order(request):
     """Run the test once per emulator thread order; the random order gets a fresh seed each run
     (printed on failure through the test id's fixture value)."""
-    from unetcu.emu import thread_order
+    from unetcu.engines.emu import thread_order
     seed = int.from_bytes(os.urandom(4), "little") if request.param == "random" else 0
     with thread_order(request.param, seed):
         yield (request.param, seed)

@@ -78,7 +78,7 @@ def test_train_errors(tmp_path):
             "--engine", "numpy", "--out", str(tmp_path / "o2"), "--no-progress", "--val-fraction", "0")
     assert r.returncode != 0 and "label value 5 is outside the model's 2 classes" in r.stderr, r.stderr
     r = run("train", "--engine", "cuda", "--out", str(tmp_path / "o3"))
-    from unetcu import runtime
+    from unetcu.engines import runtime
     if not runtime.gpu_available():
         assert r.returncode != 0 and "no GPU is usable" in r.stderr
 

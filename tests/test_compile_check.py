@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from unetcu import compile_check, emu, runtime
+from unetcu.engines import compile_check, emu, runtime
 
 COMPILER, WHY = compile_check.available_compiler()
 needs_compiler = pytest.mark.skipif(COMPILER is None, reason=f"no CUDA compiler here: {WHY}")
@@ -14,7 +14,7 @@ needs_compiler = pytest.mark.skipif(COMPILER is None, reason=f"no CUDA compiler 
 def test_every_kernel_file_compiles_for_sm90():
     out = io.StringIO()
     reports = compile_check.check(arch="90", out=out)
-    files = sorted(runtime.kernels_dir().glob("*.cu"))
+    files = sorted(runtime.kernels_dir().glob("*.cu")) + sorted(runtime.kernels_dir().glob("examples/*.cu"))
     expected = {(f.name, k) for f in files for k in emu.kernel_names(f.read_text())}
     assert {(r.file, r.kernel) for r in reports} == expected
     for r in reports:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import rel_err
-from unetcu import emu, runtime
-from unetcu.emu import EmulatorError, aligned
+from unetcu.engines import emu, runtime
+from unetcu.engines.emu import EmulatorError, aligned
 
 HERE = Path(__file__).resolve().parent
 BUGS = HERE / "cuda" / "planted_bugs.cu"
@@ -28,7 +28,7 @@ def bug_line(tag: str) -> int:
 
 @pytest.fixture(scope="module")
 def demo():
-    return runtime.load("demo.cu", "emu")
+    return runtime.load("examples/demo.cu", "emu")
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +279,7 @@ def test_out_of_bounds_write_caught_by_asan(tmp_path):
     script = tmp_path / "oob.py"
     script.write_text(textwrap.dedent(f"""
         import numpy as np
-        from unetcu import runtime
+        from unetcu.engines import runtime
         m = runtime.compile(open({str(BUGS)!r}).read(), engine="emu", filename={str(BUGS)!r})
         y = np.zeros(100, np.float32)
         m.get_function("out_of_bounds")((1,), (128,), (y, np.int32(100)))

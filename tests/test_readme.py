@@ -51,3 +51,23 @@ def test_readme_shows_the_real_predict_help():
     block = block[block.index("options (excerpt):"):block.index("```", block.index("options (excerpt):"))]
     for line in block.splitlines()[1:]:
         assert line in h.splitlines(), f"README.md's predict option line {line!r} is not the parser's"
+
+
+def test_readme_layout_names_every_module_and_folder():
+    """The README's Layout block matches the tree: every folder and file it names exists, and every
+    module of the package and every benchmark is named in it."""
+    import re
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    rows = re.findall(r"^(\S+/)\s+(.*?)(?=^\S|\Z)", block, flags=re.M | re.S)
+    assert len(rows) >= 8
+    for folder, body in rows:
+        assert (root / folder).is_dir(), folder
+        for name in re.findall(r"\b([A-Za-z_0-9]+\.(?:py|cu|cuh|sh|md))\b", body):
+            assert (root / folder / name).is_file(), f"{folder}{name}"
+    named = {folder: body for folder, body in rows}
+    for folder in ("unetcu/", "unetcu/engines/", "unetcu/ops/", "benchmarks/"):
+        for p in sorted((root / folder).glob("*.py")):
+            if p.name != "__init__.py" and not (folder == "unetcu/ops/" and p.name != "_core.py"):
+                assert p.name in named[folder], f"{folder}{p.name} is missing from the README's Layout"

@@ -4,7 +4,9 @@ record is dispatched, tested and compiled like the others."""
 import numpy as np
 import pytest
 
-from unetcu import emu, ops, runtime
+from unetcu import ops
+
+from unetcu.engines import emu, runtime
 from unetcu.ops import Variant, register
 
 

@@ -258,7 +258,7 @@ def test_impossible_sizes_are_refused_before_anything_is_made(tmp_path):
 
 # ---- engines -------------------------------------------------------------------------------------
 def test_engine_report_is_what_train_uses(tmp_path):
-    from unetcu import runtime
+    from unetcu.engines import runtime
     env = {k: v for k, v in os.environ.items() if k != "UNETCU_ENGINE"}
     r = run("engines", env=env)
     assert r.returncode == 0

@@ -6,7 +6,7 @@ import os
 import sys
 
 from .reference import PRECISIONS
-from .runtime import ENGINES
+from .engines.runtime import ENGINES
 
 
 def _cmd_demo(a) -> int:
@@ -22,7 +22,7 @@ def _cmd_demo(a) -> int:
 
 
 def _cmd_engines(a) -> int:
-    from . import runtime, emu
+    from .engines import runtime, emu
     ok, why = runtime.gpu_status()
     env = os.environ.get(runtime.ENGINE_ENV)
     print(f"cuda : {'usable' if ok else 'not usable'} ({why})")
@@ -46,13 +46,13 @@ def _cmd_engines(a) -> int:
 
 
 def _cmd_compile_check(a) -> int:
-    from . import compile_check
+    from .engines import compile_check
     argv = list(a.files) + ["--arch", a.arch] + (["--compiler", a.compiler] if a.compiler else [])
     return compile_check.main(argv + (["--fail-on-spill"] if a.fail_on_spill else []))
 
 
 def _cmd_asan(a) -> int:
-    from .emu import asan_runtime
+    from .engines.emu import asan_runtime
     if not a.command:
         print("unetcu asan: give a command, e.g. `unetcu asan python my_kernel_test.py`", file=sys.stderr)
         return 2
@@ -111,7 +111,8 @@ def _train_options(a):
 
 def _cmd_train(a) -> int:
     from pathlib import Path
-    from . import data as D, runtime
+    from . import data as D
+    from .engines import runtime
     from .model import UNet, check_memory, output_size
     from .train import (DEFAULT_STEPS, PRESETS, TrainConfig, TrainingDiverged, TrainingInterrupted, check_out,
                         default_preset, train)
@@ -364,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="unetcu", description="U-Net on hand-written CUDA kernels, with a CPU emulator for the same kernels.")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     d = sub.add_parser("demo", help="run the demo kernels (SGEMM, reduction, softmax, wmma) and check them against NumPy",
-                       description="Run kernels/demo.cu on an engine and compare each result with NumPy.")
+                       description="Run kernels/examples/demo.cu on an engine and compare each result with NumPy.")
     d.add_argument("--engine", choices=("cuda", "emu"), help="default: cuda if a GPU is usable, else emu")
     d.add_argument("--size", type=number(int, 8, 1024), default=64, help="problem size, 8..1024 (default 64)")
     d.add_argument("--seed", type=number(int, 0), default=0, help="random seed for inputs and the random thread order")

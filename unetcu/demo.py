@@ -1,4 +1,4 @@
-"""`unetcu demo`: run kernels/demo.cu (tiled SGEMM, shuffle reduction, softmax, wmma tf32 GEMM) on
+"""`unetcu demo`: run kernels/examples/demo.cu (tiled SGEMM, shuffle reduction, softmax, wmma tf32 GEMM) on
 an engine, check each result against NumPy in float64 and print the error and time of each."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 
-from . import runtime
-from .emu import aligned, thread_order
+from .engines import runtime
+from .engines.emu import aligned, thread_order
 from .reference import rel_err
 
 
@@ -15,7 +15,7 @@ def run(engine: str | None = None, size: int = 64, seed: int = 0, order: str = "
     """Launch each demo kernel once at `size`, return {kernel: (relative error, seconds)}."""
     engine = runtime.resolve_engine(engine)
     xp = runtime.xp(engine)
-    mod = runtime.load("demo.cu", engine)
+    mod = runtime.load("examples/demo.cu", engine)
     rng = np.random.default_rng(seed)
     n16 = max(16, size // 16 * 16)
     M, N, K = size + 3, size - 5, size + 7  # odd sizes, not multiples of the tile
@@ -45,7 +45,7 @@ def run(engine: str | None = None, size: int = 64, seed: int = 0, order: str = "
          (n16, n16 + 16), tf32(At).astype(np.float64) @ tf32(Bt)),
     ]
     results = {}
-    out(f"unetcu demo: kernels/demo.cu on engine '{engine}'" + (f" (thread order {order})" if engine == "emu" else ""))
+    out(f"unetcu demo: kernels/examples/demo.cu on engine '{engine}'" + (f" (thread order {order})" if engine == "emu" else ""))
     out(f"{'kernel':<26} {'shape':<14} {'rel. L2 error':>14} {'time':>10}")
     with thread_order(order, seed):
         for name, make, shape, ref in cases:

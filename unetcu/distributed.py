@@ -163,7 +163,7 @@ class Distributed:
         self.flat = None           # (P,) float32 on the engine: the gradients, packed
         self.nonfinite = None      # (rank, loss) of the first rank whose loss was not finite
         if engine_hint in (None, "cuda"):
-            from .runtime import gpu_status
+            from .engines.runtime import gpu_status
             if gpu_status()[0]:
                 import cupy
                 n = cupy.cuda.runtime.getDeviceCount()

@@ -35,7 +35,7 @@ import numpy as np
 from .data import InputError, ImageFile
 from .model import UNet, check_memory, output_size
 from .reference import check_precision
-from .runtime import ENGINES
+from .engines.runtime import ENGINES
 from .tiling import default_tile, predict_padded
 
 FORMAT = "unetcu-blocks-v1"

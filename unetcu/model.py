@@ -25,7 +25,7 @@ import numpy as np
 from . import ops
 from . import reference as R
 from .files import atomic_write
-from .runtime import resolve_engine, xp as array_module
+from .engines.runtime import resolve_engine, xp as array_module
 
 FORMAT = "unetcu-model-v1"
 
@@ -160,7 +160,7 @@ def check_memory(engine: str, tile: int, batch: int, depth: int, base_channels: 
     """Refuse (ValueError) a tile and batch whose feature maps (activation_bytes) need more than 90% of
     the memory the engine has left (runtime.available_bytes): before anything is generated or
     allocated, instead of a failed multi-terabyte allocation deep inside a step."""
-    from .runtime import available_bytes
+    from .engines.runtime import available_bytes
     need = activation_bytes(tile, depth, base_channels, n_classes, in_channels, batch, training)
     have = available_bytes(engine)
     if have is not None and need > 0.9 * have:

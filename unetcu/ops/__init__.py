@@ -1,6 +1,6 @@
 """unetcu.ops: every op of the U-Net with one signature on every engine (numpy, emu, cuda).
 
-Each function takes `engine=` (None: unetcu.runtime.resolve_engine's default: UNETCU_ENGINE, else
+Each function takes `engine=` (None: unetcu.engines.runtime.resolve_engine's default: UNETCU_ENGINE, else
 cuda if a GPU is usable, else numpy) and `variant=` (None: the default kernel variant; the numpy
 engine has one implementation and ignores it). Arrays are NCHW float32 at the interface: NumPy on
 numpy/emu, CuPy on cuda; the numpy engine also takes float64 and computes and returns float64 (the

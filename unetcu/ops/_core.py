@@ -1,6 +1,6 @@
 """What every op module shares: the variant registry, argument checks, kernel launches.
 
-Engines (unetcu.runtime): "cuda" (our kernels on the GPU, CuPy arrays), "emu" (the same kernels in
+Engines (unetcu.engines.runtime): "cuda" (our kernels on the GPU, CuPy arrays), "emu" (the same kernels in
 the CPU emulator, NumPy arrays), "numpy" (the reference in unetcu/reference.py, NumPy arrays).
 
 Inputs are float32 (int32 labels, uint8 argmax); the numpy engine also takes float64 and keeps it
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import runtime
+from ..engines import runtime
 from ..reference import PRECISIONS, check_precision
 
 BLOCK = 256

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from .. import reference
-from ..runtime import resolve_engine
+from ..engines.runtime import resolve_engine
 from ._core import Variant, check, check_size, f32, grid1d, i32, kernel, pick_variant, register
 
 FILE = "adam.cu"

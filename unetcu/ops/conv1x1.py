@@ -5,7 +5,7 @@ x (N, C, H, W), w (K, C, 1, 1), b (K,) -> (N, K, H, W). Variants: 1 for each dir
 from __future__ import annotations
 
 from .. import reference
-from ..runtime import resolve_engine
+from ..engines.runtime import resolve_engine
 from ._core import (Variant, accumulate_reference, as_np, check, check_size, empty, grid1d, i32, kernel, param_grads,
                     float_dtype, pick_variant, register)
 

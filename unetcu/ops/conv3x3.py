@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 
 from .. import reference
-from ..runtime import resolve_engine
+from ..engines.runtime import resolve_engine
 from ._core import (Variant, accumulate_reference, as_np, check, check_size, empty, grid1d, i32, kernel, param_grads,
                     float_dtype, pick_variant, register, REGISTRY)
 

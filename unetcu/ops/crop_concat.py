@@ -9,7 +9,7 @@ Variants: 1 (one thread per element).
 from __future__ import annotations
 
 from .. import reference
-from ..runtime import resolve_engine
+from ..engines.runtime import resolve_engine
 from ._core import Variant, as_np, check, check_size, empty, grid1d, i32, kernel, pick_variant, register
 
 FILE = "crop_concat.cu"

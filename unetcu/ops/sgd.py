@@ -4,7 +4,7 @@ v <- momentum*v - lr*(grad + weight_decay*param); param <- param + v. Variants: 
 from __future__ import annotations
 
 from .. import reference
-from ..runtime import resolve_engine
+from ..engines.runtime import resolve_engine
 from ._core import Variant, check, check_size, f32, grid1d, i32, kernel, pick_variant, register
 
 FILE = "sgd.cu"

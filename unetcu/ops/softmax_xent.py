@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import reference
-from ..runtime import resolve_engine
+from ..engines.runtime import resolve_engine
 from ._core import Variant, as_np, check, check_size, empty, grid1d, i32, kernel, pick_variant, register, zeros
 
 FILE = "softmax_xent.cu"

@@ -7,7 +7,7 @@ one block per (c, k) pair with the bias fused).
 from __future__ import annotations
 
 from .. import reference
-from ..runtime import resolve_engine
+from ..engines.runtime import resolve_engine
 from ._core import (Variant, accumulate_reference, as_np, check, check_size, empty, grid1d, i32, kernel, param_grads,
                     float_dtype, pick_variant, register)
 

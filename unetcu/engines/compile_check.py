@@ -2,7 +2,7 @@
 and print registers, spills, stack and shared memory per kernel, from ptxas's -v report.
 
 Compiler: CuPy's NVRTC (the path the cuda engine uses; works without a GPU) when CuPy and an NVRTC
-library are installed, else nvcc when it is on PATH. `python -m unetcu.compile_check` or
+library are installed, else nvcc when it is on PATH. `python -m unetcu.engines.compile_check` or
 `unetcu compile-check`; exit status 1 if a file fails to compile (or spills, with --fail-on-spill),
 or if a kernel that the op registry (unetcu.ops.REGISTRY) names is missing from its file. Each
 kernel is printed with the variants that launch it.
@@ -18,7 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import ops, runtime
+from .. import ops
+from . import runtime
 from .emu import kernel_names
 
 _ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\d+a?)'")
@@ -102,7 +103,7 @@ def check(files=None, arch: str = "90", compiler: str | None = None, out=sys.std
     compiler = compiler or available_compiler()[0]
     if compiler is None:
         raise RuntimeError(f"no CUDA compiler: {available_compiler()[1]}")
-    files = [Path(f) for f in files] if files else sorted(runtime.kernels_dir().glob("*.cu"))
+    files = [Path(f) for f in files] if files else sorted(runtime.kernels_dir().glob("*.cu")) + sorted(runtime.kernels_dir().glob("examples/*.cu"))
     reports: list[KernelReport] = []
     for f in files:
         reports += compile_file(f, compiler, arch)

@@ -10,7 +10,7 @@ numpy. Asking for cuda without a GPU is an error, never a silent fallback. Where
 
 Modules compile once per engine and device and are called like cupy.RawKernel::
 
-    mod = unetcu.runtime.compile(source, engine="emu")       # or load("conv3x3.cu")
+    mod = unetcu.engines.runtime.compile(source, engine="emu")       # or load("conv3x3.cu")
     mod.get_function("my_kernel")(grid, block, (x, y, np.int32(n)), shared_mem=0)
 
 Arrays are NumPy arrays on "emu" and CuPy arrays on "cuda"; scalars are NumPy scalars on both.
@@ -44,8 +44,8 @@ NVRTC_OPTIONS = ("--std=c++17",)
 
 def kernels_dir() -> Path:
     """Where the project's .cu files are: inside the installed package, else the source tree."""
-    here = Path(__file__).resolve().parent
-    for d in (here / "kernels", here.parent / "kernels"):
+    package = Path(__file__).resolve().parents[1]  # unetcu/ (this file is unetcu/engines/runtime.py)
+    for d in (package / "kernels", package.parent / "kernels"):
         if (d / "emu" / "cuda_emu.h").is_file():
             return d
     raise FileNotFoundError("unetcu's kernels/ directory is missing from the installation")

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-EMU_DIR = Path(__file__).resolve().parent / "kernels" / "emu"
+EMU_DIR = Path(__file__).resolve().parents[1] / "kernels" / "emu"  # unetcu/kernels/emu when installed
 if not EMU_DIR.is_dir():  # running from a source tree that is not installed
-    EMU_DIR = Path(__file__).resolve().parent.parent / "kernels" / "emu"
+    EMU_DIR = Path(__file__).resolve().parents[2] / "kernels" / "emu"  # the source tree's
 
 MAX_THREADS_PER_BLOCK = 1024
 MAX_BLOCK = (1024, 1024, 64)
@@ -621,7 +621,7 @@ class EmuKernel:
                     if a.ctypes.data % align:
                         raise ValueError(f"{self.name}: argument {self._what(i)} points to {align}-byte aligned vectors but "
                                          f"the array's data is not {align}-byte aligned (cudaMalloc's is; use "
-                                         "unetcu.emu.aligned)")
+                                         "unetcu.engines.emu.aligned)")
                 elif base != "void" and a.dtype != _DTYPES[base]:
                     raise TypeError(f"{self.name}: argument {self._what(i)} points to {base}, got an array of {a.dtype}")
                 if not a.flags.c_contiguous:
