@@ -27,6 +27,7 @@ from typing import Callable
 
 from benchmarks.common import ceilings, cpu_median_ms, gpu_median_ms, machine_info, torch_or_none
 from unetcu import UNet, ops, reference as R
+from unetcu.ops.dropout import SEED_IN_MEMORY
 from unetcu.engines import runtime
 
 
@@ -101,7 +102,7 @@ class Bench:
         same = "cudnn_tf32_ms" if r.get("precision") == "tf32" else "cudnn_ms"
         cud = f"cuDNN{'-tf32' if same != 'cudnn_ms' else ''} {r[same]:8.3f} ms  x{r['ratio_vs_cudnn']:5.2f}" if "ratio_vs_cudnn" in r else ""
         ms = f"{r['ms']:9.3f} ms" if "ms" in r else " " * 12
-        print(f"{r['op']:<13}{r['layer']:<15}{r['direction']:<16}v{str(r['variant']):<10}{ms} {perf} {cud} {r.get('error', '')}", flush=True)
+        print(f"{r['op']:<13}{r['layer']:<15}{r['direction']:<23}v{str(r['variant']):<10}{ms} {perf} {cud} {r.get('error', '')}", flush=True)
 
 
 # ---- the cases: one row per (layer, op, variant) ----------------------------------------------------
@@ -123,6 +124,8 @@ class Case:
     cudnn: Callable | None = None
     result: Callable = lambda r: r
     tf32_baseline: bool = False  # time cuDNN with TF32 on as well (the convolutions)
+    family: str = ""  # the rows' op column, when it is not the layer's op (the optimizers)
+    compare: bool = True  # check ours against cudnn before timing (not for in-place updates of shared buffers)
 
 
 def conv_flops(L):
@@ -140,11 +143,28 @@ def _concat_inputs(b, L):
     N, Cs, Hs, Cu, H = L["N"], L["Cs"], L["Hs"], L["Cu"], L["H"]
     K = Cu  # the expanding level's convs keep the up-conv's channel count
     return dict(s=b.rand(N, Cs, Hs, Hs), u=b.rand(N, Cu, H, H), d=b.rand(N, Cs + Cu, H, H),
-                w=b.rand(K, Cs + Cu, 3, 3, scale=(2 / (9 * (Cs + Cu))) ** 0.5), b=b.rand(K))
+                w=b.rand(K, Cs + Cu, 3, 3, scale=(2 / (9 * (Cs + Cu))) ** 0.5), b=b.rand(K), g=b.rand(N, K, H - 2, H - 2))
 
 
 def _tt(t, a):
     return t.from_dlpack(a)
+
+
+def _sgd_reference(t, x, i):
+    tv, tp = _tt(t, x["v"][i]), _tt(t, x["p"][i])
+    tv.mul_(0.99).sub_(_tt(t, x["g"][i]), alpha=0.01)
+    tp.add_(tv)
+
+
+def _update_inputs(b, L):
+    n = L["n"]
+    return dict(p=b.rand(n), g=b.rand(n), v=b.rand(n), m=b.rand(n),
+                v2=[b.xp.abs(a) for a in b.rand(n)])  # Adam's second moment is non-negative
+
+
+def _dropout_seed(x, kw):
+    """The seed in the form the variant takes: an int, or a (1,) uint64 array in device memory."""
+    return x["seed"] if kw.get("variant") == SEED_IN_MEMORY else 12345
 
 
 def _maxpool_bytes(L):
@@ -201,6 +221,12 @@ CASES = {
         Case("forward_concat", "conv3x3_forward_concat", _concat_inputs,
              lambda x, i, **kw: ops.conv3x3_forward_concat(x["s"][i], x["u"][i], x["w"][i], x["b"][i], **kw),
              _concat_conv_flops, "compute"),
+        Case("backward_data_concat", "conv3x3_backward_data_concat", _concat_inputs,
+             lambda x, i, **kw: ops.conv3x3_backward_data_concat(x["g"][i], x["w"][i], x["s"][i].shape[1], **kw),
+             _concat_conv_flops, "compute"),
+        Case("backward_weight_concat", "conv3x3_backward_weight_concat", _concat_inputs,
+             lambda x, i, **kw: ops.conv3x3_backward_weight_concat(x["g"][i], x["s"][i], x["u"][i], **kw)[0],
+             _concat_conv_flops, "compute"),
         Case("backward", "crop_concat_backward", _concat_inputs,
              lambda x, i, **kw: ops.crop_concat_backward(x["d"][i], tuple(x["s"][i].shape), **kw),
              lambda L: 4.0 * L["N"] * (L["Cs"] * L["Hs"] ** 2 + 2 * (L["Cs"] + L["Cu"]) * L["H"] ** 2), "memory")],
@@ -209,7 +235,15 @@ CASES = {
              lambda b, L: dict(x=b.rand(L["N"], L["C"], L["H"], L["W"]), w=b.rand(L["K"], L["C"], 1, 1), b=b.rand(L["K"])),
              lambda x, i, **kw: ops.conv1x1_forward(x["x"][i], x["w"][i], x["b"][i], **kw),
              lambda L: 4.0 * L["N"] * (L["C"] + L["K"]) * L["H"] * L["W"], "memory",
-             lambda t, x, i: t.nn.functional.conv2d(_tt(t, x["x"][i]), _tt(t, x["w"][i]), _tt(t, x["b"][i])))],
+             lambda t, x, i: t.nn.functional.conv2d(_tt(t, x["x"][i]), _tt(t, x["w"][i]), _tt(t, x["b"][i]))),
+        Case("backward_data", "conv1x1_backward_data",
+             lambda b, L: dict(d=b.rand(L["N"], L["K"], L["H"], L["W"]), w=b.rand(L["K"], L["C"], 1, 1)),
+             lambda x, i, **kw: ops.conv1x1_backward_data(x["d"][i], x["w"][i], **kw),
+             lambda L: 4.0 * L["N"] * (L["C"] + L["K"]) * L["H"] * L["W"], "memory"),
+        Case("backward_weight", "conv1x1_backward_weight",
+             lambda b, L: dict(d=b.rand(L["N"], L["K"], L["H"], L["W"]), x=b.rand(L["N"], L["C"], L["H"], L["W"])),
+             lambda x, i, **kw: ops.conv1x1_backward_weight(x["d"][i], x["x"][i], **kw),
+             lambda L: 4.0 * L["N"] * (L["C"] + L["K"]) * L["H"] * L["W"], "memory")],
     "softmax_xent": [
         Case("forward+backward", "softmax_xent",
              lambda b, L: dict(z=b.rand(L["N"], L["K"], L["H"], L["W"], scale=3),
@@ -219,13 +253,34 @@ CASES = {
              lambda L: 4.0 * L["N"] * L["H"] * L["W"] * (2 * L["K"] + 2), "memory",
              lambda t, x, i: (t.nn.functional.cross_entropy(_tt(t, x["z"][i]), _tt(t, x["lab"]).long(), reduction="none")
                               * _tt(t, x["wt"])).mean(),
-             lambda r: r[0] if isinstance(r, tuple) else float(r))],
+             lambda r: r[0] if isinstance(r, tuple) else float(r)),
+        Case("softmax", "softmax", lambda b, L: dict(z=b.rand(L["N"], L["K"], L["H"], L["W"], scale=3)),
+             lambda x, i, **kw: ops.softmax(x["z"][i], **kw), lambda L: 8.0 * L["N"] * L["K"] * L["H"] * L["W"], "memory",
+             lambda t, x, i: t.softmax(_tt(t, x["z"][i]), dim=1))],
+    # the bottleneck's dropout (training only), at the last contracting conv's output
+    "dropout": [
+        Case(direction, f"dropout_{direction}",
+             lambda b, L: dict(x=b.rand(L["N"], L["C"], L["H"], L["W"]),
+                               seed=b.xp.asarray(np.array([12345], np.uint64))),
+             lambda x, i, fn=fn, **kw: fn(x["x"][i], 0.5, _dropout_seed(x, kw), **kw),
+             lambda L: 8.0 * L["N"] * L["C"] * L["H"] * L["W"], "memory")
+        for direction, fn in (("forward", ops.dropout_forward), ("backward", ops.dropout_backward))],
+    # the fused optimizer updates over all parameters as one flat buffer
+    "update": [
+        Case("update", "sgd_momentum_update", _update_inputs,
+             lambda x, i, **kw: ops.sgd_momentum_update(x["p"][i], x["g"][i], x["v"][i], 0.01, **kw),
+             lambda L: 4.0 * L["n"] * 5, "memory", _sgd_reference, family="sgd", compare=False),
+        Case("update", "adam_update", _update_inputs,
+             lambda x, i, **kw: ops.adam_update(x["p"][i], x["g"][i], x["m"][i], x["v2"][i], 10, 1e-3, **kw),
+             lambda L: 4.0 * L["n"] * 7, "memory", family="adam")],
 }
 
 
 def _shape(L, conv=False):
     """The row's shape label: NxCxHxW (->K for a layer with weights); a concatenation's
-    NxCsxHs+CuxH (->K when it is the conv reading it, conv=True)."""
+    NxCsxHs+CuxH (->K when it is the conv reading it, conv=True); an update's parameter count."""
+    if L["op"] == "update":
+        return f"{L['n']}"
     if L["op"] == "crop_concat":
         return f"{L['N']}x{L['Cs']}x{L['Hs']}+{L['Cu']}x{L['H']}" + (f"->{L['Cu']}" if conv else "")
     c = L["C"] if "C" in L else L["K"]
@@ -239,16 +294,19 @@ def run_case(b, case, L, e, sweep):
     x = case.inputs(b, L)
     theirs = (lambda i: case.cudnn(t, x, i)) if t is not None and case.cudnn is not None else None
     fused = L["op"] == "crop_concat" and case.op.startswith("conv3x3")  # the conv that reads the concatenation
-    family = "conv3x3" if fused else L["op"]
+    family = case.family or ("conv3x3" if fused else L["op"])
     layer = L["name"].replace("concat", "conv1") if fused else L["name"]
     shape = _shape(L, conv=fused)
-    for rec in ops.variants(case.op):
+    recs = ops.variants(case.op)
+    if b.engine == "numpy":  # one implementation per precision: a row per precision, not per variant
+        recs = [r for r in recs if r.number == ops.default_variant(case.op, r.precision)]
+    for rec in recs:
         for tile in [None] + (list(rec.tiles) if sweep else []):
             kw = dict(variant=rec.number, **e, **({"tile": tile} if tile else {}),  # fp32 is every op's default
                       **({"precision": rec.precision} if rec.precision != "fp32" else {}))
             ours = lambda i, kw=kw: case.ours(x, i, **kw)
             check = None
-            if theirs is not None:
+            if theirs is not None and case.compare:
                 check = lambda ours=ours: _rel(case.result(ours(0)), case.result(theirs(0)))
             label = rec.number if tile is None else f"{rec.number}@{tile[0]}x{tile[1]}"
             b.case(family, layer, case.direction, label, shape, ours, case.work(L), case.kind, theirs,
@@ -298,35 +356,20 @@ def concat_fusion(b, L, e):
            2 * fl, "compute")
 
 
-def optimizer_updates(b, n, e):
-    """The fused optimizer updates over all n parameters as one flat buffer (every registered variant)."""
-    t = b.torch
-    p, g, v, m = b.rand(n), b.rand(n), b.rand(n), b.rand(n)
-    v2 = [b.xp.abs(a) for a in b.rand(n)]  # Adam's second moment is non-negative
-    theirs = None
-    if t:
-        def theirs(i):
-            tv, tp = _tt(t, v[i]), _tt(t, p[i])
-            tv.mul_(0.99).sub_(_tt(t, g[i]), alpha=0.01)
-            tp.add_(tv)
-    for rec in ops.variants("sgd_momentum_update"):
-        b.case("sgd", "all params", "update", rec.number, f"{n}",
-               lambda i, r=rec.number: ops.sgd_momentum_update(p[i], g[i], v[i], 0.01, variant=r, **e),
-               4.0 * n * 5, "memory", theirs)
-    for rec in ops.variants("adam_update"):
-        b.case("adam", "all params", "update", rec.number, f"{n}",
-               lambda i, r=rec.number: ops.adam_update(p[i], g[i], m[i], v2[i], 10, 1e-3, variant=r, **e),
-               4.0 * n * 7, "memory")
-
-
 def run(engine, tile, depth, base, batch, reps, torch, sweep=False, save=None):
-    """Every case of CASES on every distinct layer of the network (UNet.layers), the fusion
-    comparisons, and the optimizer updates; returns the rows."""
+    """Every case of CASES on every distinct layer of the network (UNet.layers, then the
+    bottleneck's dropout and the update of all parameters), and the fusion comparisons; returns
+    the rows."""
     b = Bench(engine, torch, reps, save)
     e = dict(engine=engine)
     net = UNet(depth=depth, base_channels=base, engine="numpy")
+    layers = net.layers(tile, batch=batch)
+    bottleneck = [L for L in layers if L["name"] == f"down{depth - 1}.conv2"][0]
+    layers += [dict(op="dropout", name=f"down{depth - 1}.dropout", N=batch, C=bottleneck["K"], H=bottleneck["H"] - 2,
+                    W=bottleneck["W"] - 2),
+               dict(op="update", name="all params", n=net.n_params)]
     seen = set()
-    for L in net.layers(tile, batch=batch):
+    for L in layers:
         key = tuple(sorted((k, v) for k, v in L.items() if k != "name"))
         if key in seen:
             continue
@@ -337,14 +380,23 @@ def run(engine, tile, depth, base, batch, reps, torch, sweep=False, save=None):
             relu_mask_fusion(b, L, e)  # down0.conv1 needs no input gradient
         if L["op"] == "crop_concat":
             concat_fusion(b, L, e)
-    optimizer_updates(b, net.n_params, e)
     return b.rows
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return v
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", choices=runtime.ENGINES)
-    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--batch", type=_positive, default=1, help="tiles per call, >= 1 (default 1)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--json", help="write all figures to this file")
     ap.add_argument("--tiles", action="store_true", help="also time every tile shape of the implicit-GEMM variants "

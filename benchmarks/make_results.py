@@ -1,6 +1,6 @@
 """Regenerate benchmarks/RESULTS.md (and the per-layer plot) from the JSON the benchmarks wrote.
 
-    python benchmarks/make_results.py DIR [--out benchmarks/RESULTS.md]
+    python -m benchmarks.make_results DIR [--out benchmarks/RESULTS.md]
 
 DIR holds kernels.json (bench_kernels.py), step.json (bench_step.py) and optionally quality.json
 (quality.py; also looked for in DIR/quality/), quality-*.json (more quality runs, whose runs are

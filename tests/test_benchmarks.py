@@ -125,3 +125,10 @@ def test_large_benchmark_runs_and_its_section_is_generated(tmp_path):
                        capture_output=True, text=True, timeout=120, cwd=str(ROOT))
     assert r.returncode == 0, r.stderr
     assert "Block-wise prediction of large images" in (tmp_path / "R2.md").read_text()
+
+
+def test_the_case_table_covers_every_registered_op():
+    """bench_kernels times every variant of every op in the registry: none is left out of CASES."""
+    from benchmarks.bench_kernels import CASES
+    from unetcu import ops
+    assert {c.op for cases in CASES.values() for c in cases} == set(ops.REGISTRY)

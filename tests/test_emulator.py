@@ -331,6 +331,25 @@ def test_engine_selection():
         assert runtime.resolve_engine(None, kernels=True) == "emu"
 
 
+@pytest.mark.parametrize("env", [None, "numpy", "emu"])
+def test_what_runs_kernels_defaults_to_emu_without_a_gpu(monkeypatch, env):
+    """demo and runtime.load with no engine: UNETCU_ENGINE unset or numpy (which has no kernels)
+    means emu without a GPU, as `unetcu engines` says; an explicit numpy is refused."""
+    from unetcu import demo
+    if runtime.gpu_available():
+        pytest.skip("with a GPU the default is cuda")
+    if env is None:
+        monkeypatch.delenv("UNETCU_ENGINE", raising=False)
+    else:
+        monkeypatch.setenv("UNETCU_ENGINE", env)
+    res = demo.run(None, size=16, out=lambda *a: None)
+    assert res and all(err < 1e-5 for err, _ in res.values()), res
+    with pytest.raises(ValueError, match="engine numpy runs no kernels"):
+        demo.run("numpy", size=16, out=lambda *a: None)
+    with pytest.raises(RuntimeError, match="use engine emu"):
+        demo.run("cuda", size=16, out=lambda *a: None)
+
+
 def test_kernel_names_parser():
     src = textwrap.dedent("""
         // __global__ void commented_out(int x)

@@ -10,6 +10,7 @@ import pytest
 from conftest import rel_err
 from unetcu import ops, reference as R
 from unetcu.ops import conv3x3 as C3
+from unetcu.ops.dropout import SEED_IN_MEMORY
 
 TOL = 1e-5
 
@@ -355,14 +356,20 @@ def test_conv1x1(engine, rng, shape, v):
     close_sum(db, gb, np.abs(dout.astype(np.float64)).sum(axis=(0, 2, 3)))
 
 
+@pytest.mark.parametrize("v", family_variants("dropout_forward", "dropout_backward"))
 @pytest.mark.parametrize("p", [0.0, 0.5, 0.9])
-def test_dropout_same_mask_on_every_engine(engine, rng, p):
+def test_dropout_same_mask_on_every_engine(engine, rng, p, v):
     x = f32(rng, 3, 7, 11) + 5  # never 0, so a zero output means "dropped"
     seed = int(rng.integers(0, 2**63))
-    y = host(ops.dropout_forward(dev(x, engine), p=p, seed=seed, engine=engine))
+
+    def seed_for(op):  # the form the variant takes: an int, or a (1,) uint64 array on the engine
+        return dev(np.array([seed], np.uint64), engine) if v[op] == SEED_IN_MEMORY else seed
+    y = host(ops.dropout_forward(dev(x, engine), p=p, seed=seed_for("dropout_forward"), engine=engine,
+                                 variant=v["dropout_forward"]))
     close(y, R.dropout_forward(x.astype(np.float64), p, seed))
     dout = f32(rng, 3, 7, 11) + 5
-    dx = host(ops.dropout_backward(dev(dout, engine), p=p, seed=seed, engine=engine))
+    dx = host(ops.dropout_backward(dev(dout, engine), p=p, seed=seed_for("dropout_backward"), engine=engine,
+                                   variant=v["dropout_backward"]))
     assert np.array_equal(dx != 0, y != 0)
     close(dx, R.dropout_backward(dout.astype(np.float64), p, seed))
 

@@ -39,11 +39,12 @@ def test_records_follow_the_rules():
         assert [r.number for r in recs] == sorted(ops.REGISTRY[op]) and all(r.op == op for r in recs)
         for p in ops.PRECISIONS:
             mine = ops.variants(op, p)
-            if mine:  # the default of a precision is its highest number
-                assert ops.default_variant(op, p) == mine[-1].number
+            if mine:  # the default of a precision: the record marked default, else its highest number
+                marked = [r.number for r in mine if r.default]
+                assert len(marked) <= 1 and ops.default_variant(op, p) == (marked or [mine[-1].number])[0]
         for r in recs:
             assert r.precision in ops.PRECISIONS and r.algorithm
-            assert bool(r.tiles) == ("implicit GEMM" in r.algorithm), (op, r.number)
+            assert bool(r.tiles) == ("implicit GEMM" in r.algorithm) == (r.launch == "igemm"), (op, r.number)
             assert all(name.startswith(op.split("_")[0]) for name in r.kernel_names)
 
 
@@ -87,6 +88,51 @@ def test_a_variant_added_by_one_record_is_dispatched(rng):
     finally:
         del ops.REGISTRY[op][9]
     assert ops.default_variant(op) == before
+
+
+def test_a_record_whose_launch_its_launcher_does_not_build_is_refused(rng):
+    """A record names the grid it needs; a launcher never runs a kernel with another variant's grid."""
+    op = "maxpool2x2_forward"
+    register(Variant(op, 9, "maxpool2x2_forward_kernel1", "maxpool2x2.cu", "a copy", launch="warp_per_row"))
+    try:
+        x = rng.standard_normal((1, 2, 4, 4)).astype(np.float32)
+        with pytest.raises(ValueError, match="wants launch 'warp_per_row'"):
+            ops.maxpool2x2_forward(x, engine="emu", variant=9)
+    finally:
+        del ops.REGISTRY[op][9]
+
+
+def test_registry_refusals():
+    with pytest.raises(ValueError, match="no op 'nope'"):
+        ops.default_variant("nope")
+    with pytest.raises(ValueError, match="no variant 9"):
+        ops.kernel_names("conv3x3_forward", 9)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        ops.variants("conv3x3_forward", "fp16")
+    x = np.ones((1, 1, 4, 4), np.float32)
+    for bad in (True, 3.0, "3"):
+        with pytest.raises(ValueError, match="no variant"):
+            ops.conv3x3_forward(x, np.ones((1, 1, 3, 3), np.float32), np.ones(1, np.float32), engine="numpy", variant=bad)
+    with pytest.raises(ValueError, match="no variant 7"):  # the numpy engine checks variant= too
+        ops.maxpool2x2_forward(x, engine="numpy", variant=7)
+    with pytest.raises(ValueError, match="already has a fp32 default"):
+        register(Variant("dropout_forward", 5, "dropout_forward_kernel1", "dropout.cu", "a copy", default=True))
+    assert 5 not in ops.REGISTRY["dropout_forward"]
+
+
+def test_numpy_engine_refuses_mixed_float_types(rng):
+    """float32 and float64 inputs of one op are refused, never rounded or widened silently."""
+    from unetcu import UNet
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((1, 2, 5, 5), (3, 2, 3, 3), (3,)))
+    for args in ((x, w, b.astype(np.float64)), (x.astype(np.float64), w, b)):
+        with pytest.raises(TypeError, match="conv3x3_forward: the float inputs mix float32 and float64"):
+            ops.conv3x3_forward(*args, engine="numpy")
+    m = UNet(depth=2, base_channels=2, engine="numpy")
+    with pytest.raises(TypeError, match="mix float32 and float64"):
+        m.forward(rng.standard_normal((1, 1, 44, 44)))
+    for bad in (None, np.float16, np.int32):
+        with pytest.raises(ValueError, match="dtype must be float32, or float64 on engine numpy"):
+            UNet(depth=2, base_channels=2, engine="numpy", dtype=bad)
 
 
 def test_numpy_engine_keeps_float64_and_the_float64_model_is_a_unet(rng):

@@ -13,7 +13,7 @@ from .reference import rel_err
 
 def run(engine: str | None = None, size: int = 64, seed: int = 0, order: str = "forward", out=print) -> dict:
     """Launch each demo kernel once at `size`, return {kernel: (relative error, seconds)}."""
-    engine = runtime.resolve_engine(engine)
+    engine = runtime.resolve_engine(engine, kernels=True)
     xp = runtime.xp(engine)
     mod = runtime.load("examples/demo.cu", engine)
     rng = np.random.default_rng(seed)

@@ -220,9 +220,11 @@ class UNet:
         # fine-tuned under another seed is the same network)
         self.engine = resolve_engine(engine)
         self.xp = array_module(self.engine)
+        if dtype not in (np.float32, np.float64, "float32", "float64") or dtype is None:
+            raise ValueError(f"UNet: dtype must be float32, or float64 on engine numpy; got {dtype!r}")
         self.dtype = np.dtype(dtype)
-        if self.dtype != np.float32 and not (self.dtype == np.float64 and self.engine == "numpy"):
-            raise ValueError(f"UNet: dtype {self.dtype} needs engine numpy (only its reference computes in float64); "
+        if self.dtype == np.float64 and self.engine != "numpy":
+            raise ValueError(f"UNet: dtype float64 needs engine numpy (only its reference computes in float64); "
                              f"engine {self.engine} computes in float32")
         self.fuse = bool(fuse)
         self.precision = precision

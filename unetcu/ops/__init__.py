@@ -8,7 +8,7 @@ float64 oracle). Wrong shapes raise ValueError naming the op, the argument and t
 other dtypes raise TypeError; non-contiguous inputs are copied. Parameter gradients (dw, db) are accumulated (+=)
 into the arrays you pass (or new zero arrays), activation gradients are returned fresh.
 """
-from ._core import PRECISIONS, REGISTRY, Variant, check_precision, default_variant, register
+from ._core import PRECISIONS, REGISTRY, Variant, check_precision, default_variant, records, register
 from .adam import adam_update
 from .conv1x1 import conv1x1_backward_data, conv1x1_backward_weight, conv1x1_forward
 from .conv3x3 import (conv3x3_backward_data, conv3x3_backward_data_concat, conv3x3_backward_weight,
@@ -26,15 +26,20 @@ from .upconv2x2 import upconv2x2_backward_data, upconv2x2_backward_weight, upcon
 
 
 def variants(op: str, precision: str | None = None) -> list[Variant]:
-    """The registered variants of op in number order, optionally of one precision only."""
-    if op not in REGISTRY:
-        raise ValueError(f"no op {op!r}; ops: {', '.join(REGISTRY)}")
-    return [r for _, r in sorted(REGISTRY[op].items()) if precision is None or r.precision == precision]
+    """The registered variants of op in number order, optionally of one precision only.
+    ValueError for an unknown op or precision."""
+    if precision is not None:
+        check_precision(precision, op)
+    return [r for _, r in sorted(records(op).items()) if precision is None or r.precision == precision]
 
 
 def kernel_names(op: str, variant: int) -> list[str]:
-    """The compiled kernels behind one variant (the implicit GEMMs have one per tile shape)."""
-    return REGISTRY[op][variant].kernel_names
+    """The compiled kernels behind one variant (the implicit GEMMs have one per tile shape).
+    ValueError for an unknown op or variant."""
+    recs = records(op)
+    if variant not in recs:
+        raise ValueError(f"{op}: no variant {variant!r}; available: {sorted(recs)}")
+    return recs[variant].kernel_names
 
 
 def kernel_owners() -> dict[str, list[str]]:

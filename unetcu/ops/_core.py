@@ -33,7 +33,10 @@ class Variant:
     kernel: its __global__ function in kernels/<file>; an implicit GEMM is compiled once per block
     tile, as f"{kernel}_{BM}x{BN}" for each (BM, BN) in tiles. helpers: other kernels of the file it
     launches after it (a bias or a split-reduction kernel). algorithm: how it computes, in the
-    field's terms. note: why its number differs from the other directions', where it does."""
+    field's terms. note: why its number differs from the other directions', where it does.
+    launch: the grid the launcher builds for it (the op module's launchers know each by name; an
+    unknown one is refused, never launched with another's grid). default: this record is what
+    variant=None runs in its precision (else the highest number is)."""
     op: str
     number: int
     kernel: str
@@ -43,6 +46,8 @@ class Variant:
     tiles: tuple = ()
     note: str = ""
     helpers: tuple = ()
+    launch: str = "grid1d"  # one thread per element, 1-D blocks of BLOCK
+    default: bool = False
 
     @property
     def kernel_names(self) -> list[str]:
@@ -54,11 +59,28 @@ REGISTRY: dict[str, dict[int, Variant]] = {}  # op -> {number: Variant}, filled 
 
 
 def register(*records: Variant):
+    """Add variant records to the registry; ValueError for a bad precision or number, a number
+    registered twice, or a second default of one op and precision."""
     for r in records:
         check_precision(r.precision, f"variant {r.op} {r.number}")
+        if not _is_number(r.number) or r.number < 1:
+            raise ValueError(f"variant {r.op} {r.number!r}: numbers are integers from 1")
         if r.number in REGISTRY.setdefault(r.op, {}):
             raise ValueError(f"variant {r.number} of {r.op} is registered twice")
+        if r.default and any(o.default and o.precision == r.precision for o in REGISTRY[r.op].values()):
+            raise ValueError(f"variant {r.number} of {r.op}: {r.op} already has a {r.precision} default")
         REGISTRY[r.op][r.number] = r
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def records(op: str) -> dict[int, Variant]:
+    """REGISTRY[op], or a ValueError that lists the ops."""
+    if op not in REGISTRY:
+        raise ValueError(f"no op {op!r}; ops: {', '.join(REGISTRY)}")
+    return REGISTRY[op]
 
 
 def xp(engine: str):
@@ -119,26 +141,36 @@ def grid1d(total: int) -> tuple[tuple[int], tuple[int]]:
 
 
 def _of_precision(op: str, precision: str) -> list[int]:
-    return sorted(v for v, r in REGISTRY[op].items() if r.precision == precision)
+    return sorted(v for v, r in records(op).items() if r.precision == precision)
 
 
 def pick_variant(op: str, variant, precision: str = "fp32") -> Variant:
-    """The record of variant number `variant` of op; None picks the default of the precision (its
-    highest number). A variant of the other precision is refused, so that a precision is never
-    changed behind the caller's back."""
+    """The record of variant number `variant` of op; None picks the default of the precision (the
+    record marked default, else its highest number). A variant of the other precision is refused,
+    so that a precision is never changed behind the caller's back."""
     check_precision(precision, op)
     mine = _of_precision(op, precision)
     if variant is None:
         if not mine:
             raise ValueError(f"{op}: no {precision} variant")
-        return REGISTRY[op][mine[-1]]
-    if variant not in REGISTRY[op]:
+        marked = [v for v in mine if REGISTRY[op][v].default]
+        return REGISTRY[op][(marked or mine)[-1]]
+    if not _is_number(variant) or variant not in REGISTRY[op]:
         raise ValueError(f"{op}: no variant {variant!r}; available: {sorted(REGISTRY[op])}")
     if variant not in mine:
         other = REGISTRY[op][variant].precision
         raise ValueError(f"{op}: variant {variant} computes in {other}; pass precision={other!r} "
                          f"({precision} variants: {mine})")
     return REGISTRY[op][variant]
+
+
+def launch(rec: Variant, *known: str) -> str:
+    """rec's kernel name, if its launch is one of the grids this launcher builds; else ValueError
+    (a new variant is never run with another variant's grid)."""
+    if rec.launch not in known:
+        raise ValueError(f"{rec.op}: variant {rec.number} wants launch {rec.launch!r}, which its launcher does not "
+                         f"build (it builds {', '.join(known)}): add that grid to the launcher in ops/")
+    return rec.kernel
 
 
 def default_variant(op: str, precision: str = "fp32") -> int:
@@ -161,15 +193,21 @@ def check_size(op: str, count: int):
         raise ValueError(f"{op}: {count} elements exceed the kernels' 32-bit indexing; split the batch")
 
 
-def float_dtype(*inputs):
-    """The float type of an op on the numpy engine: float64 if any float input is (the float64
-    oracle), else float32. The kernels' engines only take float32."""
-    return np.float64 if any(getattr(a, "dtype", None) == np.float64 for a in inputs) else np.float32
+def float_dtype(op: str, *inputs):
+    """The float type of an op's float inputs on the numpy engine: all float32, or all float64 (the
+    float64 oracle). A mix is refused (TypeError): nothing is rounded or widened behind the caller's
+    back. None entries (optional inputs) are skipped. The kernels' engines only take float32."""
+    kinds = {np.dtype(a.dtype) for a in inputs if a is not None and np.dtype(a.dtype).kind == "f"}
+    if len(kinds) > 1:
+        raise TypeError(f"{op}: the float inputs mix {' and '.join(sorted(k.name for k in kinds))}: give them all as float32, "
+                        "or all as float64 (engine numpy only), e.g. with .astype(np.float32)")
+    return kinds.pop().type if kinds else np.float32
 
 
-def as_np(a, *inputs):
-    """For the numpy engine: a reference function's result in the op's float type (float_dtype)."""
-    return np.ascontiguousarray(a, dtype=float_dtype(*inputs))
+def as_np(op: str, a, *inputs):
+    """For the numpy engine: a reference function's result in the op's float type (float_dtype of
+    all its float inputs; TypeError for a mix)."""
+    return np.ascontiguousarray(a, dtype=float_dtype(op, *inputs))
 
 
 def param_grads(op: str, engine: str, dw, db, w_shape, b_len, dtype=np.float32):
@@ -181,6 +219,9 @@ def param_grads(op: str, engine: str, dw, db, w_shape, b_len, dtype=np.float32):
             out.append(zeros(engine, shape, dtype))
         elif check(op, name, a, engine, shape) is not a:
             raise ValueError(f"{op}: {name} must be C-contiguous (it is accumulated in place)")
+        elif a.dtype != np.dtype(dtype):
+            raise TypeError(f"{op}: {name} is {a.dtype} and the inputs {np.dtype(dtype).name}: accumulate in the "
+                            "inputs' float type")
         else:
             out.append(a)
     return out

@@ -8,7 +8,7 @@ import math
 
 from .. import reference
 from ..engines.runtime import resolve_engine
-from ._core import Variant, check, check_size, f32, grid1d, i32, kernel, pick_variant, register
+from ._core import Variant, check, check_size, f32, float_dtype, grid1d, i32, kernel, launch, pick_variant, register
 
 FILE = "adam.cu"
 register(Variant("adam_update", 1, "adam_update_kernel1", FILE, "one thread per parameter, in place"))
@@ -30,14 +30,16 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, w
     check(op, "m", m, engine, param.shape)
     check(op, "v", v, engine, param.shape)
     check_size(op, param.size)
+    rec = pick_variant(op, variant)
     if engine == "numpy":
+        float_dtype(op, param, grad, m, v)  # all float32 or all float64
         # Python floats: NumPy keeps float32 arrays float32 and rounds 1 - beta (computed in double) once
         p, m1, v1 = reference.adam(param, grad, m, v, int(step), float(lr), float(beta1), float(beta2), float(eps),
                                    float(weight_decay), bool(decoupled))
         param[...], m[...], v[...] = p, m1, v1
         return param
     bc1, bc2_sqrt = 1.0 - beta1 ** int(step), math.sqrt(1.0 - beta2 ** int(step))  # in double, once per step
-    kernel(FILE, pick_variant(op, variant).kernel, engine)(
+    kernel(FILE, launch(rec, "grid1d"), engine)(
         *grid1d(param.size), (param, grad, m, v, i32(param.size), f32(lr), f32(beta1), f32(beta2), f32(1.0 - beta1),
                               f32(1.0 - beta2), f32(eps), f32(weight_decay), f32(bc1), f32(bc2_sqrt), i32(int(bool(decoupled)))))
     return param

@@ -27,7 +27,7 @@ import functools
 from .. import reference
 from ..engines.runtime import resolve_engine
 from ._core import (Variant, accumulate_reference, as_np, check, check_size, empty, grid1d, i32, kernel, param_grads,
-                    float_dtype, pick_variant, register, REGISTRY)
+                    float_dtype, launch, pick_variant, register, REGISTRY)
 
 FILE = "conv3x3.cu"
 # Implicit-GEMM block tiles (BM x BN), largest first; each is its own kernel (<name>_<BM>x<BN>).
@@ -41,32 +41,33 @@ _BIAS, _REDUCE = "conv3x3_backward_bias_kernel1", "conv3x3_backward_weight_reduc
 _SAME_KERNEL = "the same kernel as the plain op's variant of this number (it reads skip and up itself)"
 register(
     Variant("conv3x3_forward", 1, "conv3x3_forward_kernel1", FILE, "direct: one thread per output"),
-    Variant("conv3x3_forward", 2, "conv3x3_forward_kernel2", FILE, "direct: shared-memory input and weight tiles"),
-    Variant("conv3x3_forward", 3, "conv3x3_forward_kernel3", FILE, IGEMM, tiles=TILES),
-    Variant("conv3x3_forward", 4, "conv3x3_forward_kernel4", FILE, IGEMM_TF32, "tf32", TILES),
+    Variant("conv3x3_forward", 2, "conv3x3_forward_kernel2", FILE, "direct: shared-memory input and weight tiles",
+            launch="tile16x16x8"),
+    Variant("conv3x3_forward", 3, "conv3x3_forward_kernel3", FILE, IGEMM, tiles=TILES, launch="igemm"),
+    Variant("conv3x3_forward", 4, "conv3x3_forward_kernel4", FILE, IGEMM_TF32, "tf32", TILES, launch="igemm"),
     Variant("conv3x3_forward_concat", 1, "conv3x3_forward_concat_kernel1", FILE,
             "direct: one thread per output, reading skip and up", note="no 2: the shared-tile kernel has no two-source form"),
-    Variant("conv3x3_forward_concat", 3, "conv3x3_forward_kernel3", FILE, IGEMM, tiles=TILES, note=_SAME_KERNEL),
-    Variant("conv3x3_forward_concat", 4, "conv3x3_forward_kernel4", FILE, IGEMM_TF32, "tf32", TILES, _SAME_KERNEL),
+    Variant("conv3x3_forward_concat", 3, "conv3x3_forward_kernel3", FILE, IGEMM, tiles=TILES, note=_SAME_KERNEL, launch="igemm"),
+    Variant("conv3x3_forward_concat", 4, "conv3x3_forward_kernel4", FILE, IGEMM_TF32, "tf32", TILES, _SAME_KERNEL, launch="igemm"),
     Variant("conv3x3_backward_data", 1, "conv3x3_backward_data_kernel1", FILE, "direct: one thread per input element"),
-    Variant("conv3x3_backward_data", 2, "conv3x3_backward_data_kernel2", FILE, IGEMM, tiles=TILES, note=_NO_SHARED),
-    Variant("conv3x3_backward_data", 3, "conv3x3_backward_data_kernel3", FILE, IGEMM_TF32, "tf32", TILES, _NO_SHARED),
+    Variant("conv3x3_backward_data", 2, "conv3x3_backward_data_kernel2", FILE, IGEMM, tiles=TILES, note=_NO_SHARED, launch="igemm"),
+    Variant("conv3x3_backward_data", 3, "conv3x3_backward_data_kernel3", FILE, IGEMM_TF32, "tf32", TILES, _NO_SHARED, launch="igemm"),
     Variant("conv3x3_backward_data_concat", 2, "conv3x3_backward_data_kernel2", FILE, IGEMM, tiles=TILES,
-            note=_SAME_KERNEL + "; the direct kernel has no split output"),
+            note=_SAME_KERNEL + "; the direct kernel has no split output", launch="igemm"),
     Variant("conv3x3_backward_data_concat", 3, "conv3x3_backward_data_kernel3", FILE, IGEMM_TF32, "tf32", TILES,
-            _SAME_KERNEL),
+            _SAME_KERNEL, launch="igemm"),
     Variant("conv3x3_backward_weight", 1, "conv3x3_backward_weight_kernel1", FILE, "direct: one thread per weight",
             helpers=(_BIAS,)),
     Variant("conv3x3_backward_weight", 2, "conv3x3_backward_weight_kernel2", FILE,
-            "one block per (c, k): a block-wide reduction over the pixels"),
+            "one block per (c, k): a block-wide reduction over the pixels", launch="block_per_ck"),
     Variant("conv3x3_backward_weight", 3, "conv3x3_backward_weight_kernel3", FILE, IGEMM + ", split over the pixels",
-            tiles=TILES, helpers=(_REDUCE,)),
+            tiles=TILES, helpers=(_REDUCE,), launch="igemm"),
     Variant("conv3x3_backward_weight", 4, "conv3x3_backward_weight_kernel4", FILE,
-            IGEMM_TF32 + ", split over the pixels", "tf32", TILES, helpers=(_REDUCE,)),
+            IGEMM_TF32 + ", split over the pixels", "tf32", TILES, helpers=(_REDUCE,), launch="igemm"),
     Variant("conv3x3_backward_weight_concat", 3, "conv3x3_backward_weight_kernel3", FILE, IGEMM + ", split over the pixels",
-            tiles=TILES, note=_SAME_KERNEL + "; 1 and 2 have no two-source form", helpers=(_REDUCE,)),
+            tiles=TILES, note=_SAME_KERNEL + "; 1 and 2 have no two-source form", helpers=(_REDUCE,), launch="igemm"),
     Variant("conv3x3_backward_weight_concat", 4, "conv3x3_backward_weight_kernel4", FILE,
-            IGEMM_TF32 + ", split over the pixels", "tf32", TILES, _SAME_KERNEL, (_REDUCE,)),
+            IGEMM_TF32 + ", split over the pixels", "tf32", TILES, _SAME_KERNEL, (_REDUCE,), launch="igemm"),
 )
 
 
@@ -200,12 +201,12 @@ def _forward(op, skip, up, oy, ox, w, b, relu, engine, variant, precision, tile)
     check_size(op, n * max(c, k) * skip.shape[2] * skip.shape[3])
     rec = _variant(op, variant, precision, tile)
     if engine == "numpy":
-        return as_np(reference.conv3x3_forward(_reference_input(skip, up), w, b, relu, precision), skip, up, w)
+        return as_np(op, reference.conv3x3_forward(_reference_input(skip, up), w, b, relu, precision), skip, up, w, b)
     out = empty(engine, (n, k, h - 2, wd - 2))
-    name = rec.kernel
-    if rec.tiles or up is not None:  # the two-source kernels: implicit GEMM, or concat variant 1
+    if up is not None or rec.launch == "igemm":  # the two-source kernels: implicit GEMM, or concat variant 1
+        name = launch(rec, "igemm", "grid1d")
         srcs, geom = _source_args(skip, up, oy, ox, k)
-        if rec.tiles:
+        if rec.launch == "igemm":
             m = n * (h - 2) * (wd - 2)
             bm, bn = _tile(op, tile, m, k, engine)
             name, grid, block = f"{name}_{bm}x{bn}", (_cdiv(m, bm), _cdiv(k, bn), 1), (256,)
@@ -213,9 +214,10 @@ def _forward(op, skip, up, oy, ox, w, b, relu, engine, variant, precision, tile)
             grid, block = grid1d(out.size)
         kernel(FILE, name, engine)(grid, block, (*srcs, w, b, out, *geom, i32(bool(relu))))
         return out
-    if rec.number == 1:
+    name = launch(rec, "grid1d", "tile16x16x8")
+    if rec.launch == "grid1d":
         grid, block = grid1d(out.size)
-    else:
+    else:  # a 16x16 pixel tile x 8 output channels per block
         grid, block = (_cdiv(wd - 2, 16) * _cdiv(h - 2, 16), _cdiv(k, 8), n), (16, 16)
     kernel(FILE, name, engine)(grid, block, (skip, w, b, out, i32(n), i32(c), i32(h), i32(wd), i32(k), i32(bool(relu))))
     return out
@@ -236,12 +238,12 @@ def conv3x3_backward_data(dout, w, out=None, mask=None, engine=None, variant=Non
         raise ValueError(f"{op}: mask= needs an implicit-GEMM variant ({sorted(v for v, r in REGISTRY[op].items() if r.tiles)})")
     if engine == "numpy":
         dx = reference.conv3x3_backward_data(dout, w, out, precision)
-        return as_np(dx if mask is None else reference.relu_mask(dx, mask), dout, w)
+        return as_np(op, dx if mask is None else reference.relu_mask(dx, mask), dout, w, out, mask)
     dx = empty(engine, (n, c, ho + 2, wo + 2))
-    if rec.tiles:
+    if rec.launch == "igemm":
         _backward_data_igemm(op, rec.kernel, dout, out, w, mask, dx, dx, c, 0, engine, tile)
     else:
-        kernel(FILE, rec.kernel, engine)(*grid1d(dx.size), (dout, out, w, dx, i32(n), i32(c), i32(ho + 2), i32(wo + 2), i32(k)))
+        kernel(FILE, launch(rec, "grid1d"), engine)(*grid1d(dx.size), (dout, out, w, dx, i32(n), i32(c), i32(ho + 2), i32(wo + 2), i32(k)))
     return dx
 
 
@@ -261,9 +263,9 @@ def conv3x3_backward_data_concat(dout, w, skip_channels, out=None, engine=None, 
     rec = _variant(op, variant, precision, tile)
     if engine == "numpy":
         dx = reference.conv3x3_backward_data(dout, w, out, precision)
-        return as_np(dx[:, :cs], dout, w), as_np(dx[:, cs:], dout, w)
+        return as_np(op, dx[:, :cs], dout, w, out), as_np(op, dx[:, cs:], dout, w, out)
     dwin, dup = empty(engine, (n, cs, ho + 2, wo + 2)), empty(engine, (n, c - cs, ho + 2, wo + 2))
-    _backward_data_igemm(op, rec.kernel, dout, out, w, None, dwin, dup, cs, c - cs, engine, tile)
+    _backward_data_igemm(op, launch(rec, "igemm"), dout, out, w, None, dwin, dup, cs, c - cs, engine, tile)
     return dwin, dup
 
 
@@ -314,7 +316,7 @@ def _backward_weight(op, dout, skip, up, oy, ox, out, dw, db, engine, variant, p
     dout = check(op, "dout", dout, engine, (n, None, h - 2, wd - 2), names=("N", "K", "H-2", "W-2"))
     k = dout.shape[1]
     dout, out = _grad(op, dout, out, engine, dout.shape)
-    dw, db = param_grads(op, engine, dw, db, (k, c, 3, 3), k, float_dtype(dout, skip, up))
+    dw, db = param_grads(op, engine, dw, db, (k, c, 3, 3), k, float_dtype(op, dout, skip, up, out))
     check_size(op, n * max(c, k) * skip.shape[2] * skip.shape[3])
     rec = _variant(op, variant, precision, tile)
     name = rec.kernel
@@ -324,7 +326,8 @@ def _backward_weight(op, dout, skip, up, oy, ox, out, dw, db, engine, variant, p
         return accumulate_reference(dw, db, reference.conv3x3_backward_weight(dout, _reference_input(skip, up), out,
                                                                               precision))
     sizes = (i32(n), i32(c), i32(h), i32(wd), i32(k))
-    if rec.tiles:
+    name = launch(rec, "igemm", "grid1d", "block_per_ck")
+    if rec.launch == "igemm":
         m, pixels = 9 * c, n * (h - 2) * (wd - 2)
         # no "two blocks per SM" rule here: the split over pixels fills the machine instead
         bm, bn = _tile(op, tile, m, k, engine) if tile is not None else (128 if m > 64 else 64, 128 if k > 64 else 64)
@@ -337,7 +340,7 @@ def _backward_weight(op, dout, skip, up, oy, ox, out, dw, db, engine, variant, p
         if z > 1:
             kernel(FILE, rec.helpers[0], engine)(
                 *grid1d(k * m), (work, workb, dw, db, i32(z), i32(k * m), i32(k)))
-    elif rec.number == 1:
+    elif rec.launch == "grid1d":
         kernel(FILE, name, engine)(*grid1d(dw.size), (dout, out, skip, dw, *sizes))
         kernel(FILE, rec.helpers[0], engine)((k,), (256,), (dout, out, db, i32(n), i32(h - 2), i32(wd - 2), i32(k)))
     else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .. import reference
 from ..engines.runtime import resolve_engine
-from ._core import Variant, as_np, check, check_size, empty, grid1d, i32, kernel, pick_variant, register
+from ._core import Variant, as_np, check, check_size, empty, grid1d, i32, kernel, launch, pick_variant, register
 
 FILE = "crop_concat.cu"
 register(Variant("crop_concat_forward", 1, "crop_concat_forward_kernel1", FILE, "one thread per output element"),
@@ -27,10 +27,11 @@ def crop_concat_forward(skip, up, engine=None, variant=None):
     _, cu, h, w = up.shape
     oy, ox = _offsets(op, (hs, ws), (h, w))
     check_size(op, skip.size + up.size)
+    rec = pick_variant(op, variant)
     if engine == "numpy":
-        return as_np(reference.crop_concat_forward(skip, up), skip, up)
+        return as_np(op, reference.crop_concat_forward(skip, up), skip, up)
     out = empty(engine, (n, cs + cu, h, w))
-    kernel(FILE, pick_variant(op, variant).kernel, engine)(
+    kernel(FILE, launch(rec, "grid1d"), engine)(
         *grid1d(out.size), (skip, up, out, i32(n), i32(cs), i32(hs), i32(ws), i32(cu), i32(h), i32(w), i32(oy), i32(ox)))
     return out
 
@@ -47,12 +48,13 @@ def crop_concat_backward(dout, skip_shape, engine=None, variant=None):
     cu = co - cs
     oy, ox = _offsets(op, (hs, ws), (h, w))
     check_size(op, n * cs * hs * ws + dout.size)
+    rec = pick_variant(op, variant)
     if engine == "numpy":
         dskip, dup = reference.crop_concat_backward(dout, (n, cs, hs, ws))
-        return as_np(dskip, dout), as_np(dup, dout)
+        return as_np(op, dskip, dout), as_np(op, dup, dout)
     dskip = empty(engine, (n, cs, hs, ws))
     dup = empty(engine, (n, cu, h, w))
-    kernel(FILE, pick_variant(op, variant).kernel, engine)(
+    kernel(FILE, launch(rec, "grid1d"), engine)(
         *grid1d(dskip.size + dup.size), (dout, dskip, dup, i32(n), i32(cs), i32(hs), i32(ws), i32(cu), i32(h), i32(w), i32(oy), i32(ox)))
     return dskip, dup
 

@@ -12,14 +12,16 @@ import numpy as np
 
 from .. import reference
 from ..engines.runtime import resolve_engine
-from ._core import Variant, as_np, check, check_size, empty, f32, grid1d, i32, kernel, pick_variant, register
+from ._core import Variant, as_np, check, check_size, empty, f32, grid1d, i32, kernel, launch, pick_variant, register
 
 FILE = "dropout.cu"
+SEED_IN_MEMORY = 2  # the variant that reads the seed from a (1,) uint64 array; variant=None picks it for one
 for _d in ("forward", "backward"):
-    register(Variant(f"dropout_{_d}", 1, f"dropout_{_d}_kernel1", FILE, "one thread per element, seed as an argument"),
-             Variant(f"dropout_{_d}", 2, f"dropout_{_d}_kernel2", FILE,
-                     "one thread per element, seed read from device memory (a CUDA graph replays it)"))
-SEED_IN_MEMORY = 2
+    register(Variant(f"dropout_{_d}", 1, f"dropout_{_d}_kernel1", FILE, "one thread per element, seed as an argument",
+                     default=True),
+             Variant(f"dropout_{_d}", SEED_IN_MEMORY, f"dropout_{_d}_kernel2", FILE,
+                     "one thread per element, seed read from device memory (a CUDA graph replays it)",
+                     note="run when the seed is a (1,) uint64 array (variant=None picks it then)"))
 
 
 def _run(op, x, p, seed, engine, variant):
@@ -33,13 +35,13 @@ def _run(op, x, p, seed, engine, variant):
     elif not 0 <= int(seed) < 2**64:
         raise ValueError(f"{op}: seed must be a non-negative 64-bit integer, got {seed}")
     check_size(op, x.size)
-    if engine == "numpy":
-        return as_np(reference.dropout_forward(x, p, int(seed[0]) if on_device else int(seed)), x)
-    rec = pick_variant(op, variant if variant is not None else (SEED_IN_MEMORY if on_device else 1))
+    rec = pick_variant(op, variant if variant is not None else (SEED_IN_MEMORY if on_device else None))
     if (rec.number == SEED_IN_MEMORY) != on_device:
         raise ValueError(f"{op}: variant {variant} takes the seed {'in a (1,) uint64 array' if not on_device else 'as an int'}")
+    if engine == "numpy":
+        return as_np(op, reference.dropout_forward(x, p, int(seed[0]) if on_device else int(seed)), x)
     out = empty(engine, x.shape)
-    kernel(FILE, rec.kernel, engine)(
+    kernel(FILE, launch(rec, "grid1d"), engine)(
         *grid1d(x.size), (x, out, i32(x.size), f32(p), f32(1.0 / (1.0 - p)), seed if on_device else np.uint64(seed)))
     return out
 

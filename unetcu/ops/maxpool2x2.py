@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import reference
 from ..engines.runtime import resolve_engine
-from ._core import Variant, as_np, check, check_size, empty, grid1d, i32, kernel, pick_variant, register
+from ._core import Variant, as_np, check, check_size, empty, grid1d, i32, kernel, launch, pick_variant, register
 
 FILE = "maxpool2x2.cu"
 register(Variant("maxpool2x2_forward", 1, "maxpool2x2_forward_kernel1", FILE, "one thread per output"),
@@ -27,12 +27,13 @@ def maxpool2x2_forward(x, engine=None, variant=None):
         raise ValueError(f"{op}: x must have even, non-zero height and width, got {h}x{w} "
                          "(choose the input size with unetcu.valid_input_size)")
     check_size(op, x.size)
+    rec = pick_variant(op, variant)
     if engine == "numpy":
         out, am = reference.maxpool2x2_forward(x)
-        return as_np(out, x), am
+        return as_np(op, out, x), am
     out = empty(engine, (n, c, h // 2, w // 2))
     argmax = empty(engine, (n, c, h // 2, w // 2), np.uint8)
-    kernel(FILE, pick_variant(op, variant).kernel, engine)(*grid1d(out.size), (x, out, argmax, i32(n), i32(c), i32(h), i32(w)))
+    kernel(FILE, launch(rec, "grid1d"), engine)(*grid1d(out.size), (x, out, argmax, i32(n), i32(c), i32(h), i32(w)))
     return out, argmax
 
 
@@ -44,8 +45,9 @@ def maxpool2x2_backward(dout, argmax, engine=None, variant=None):
     argmax = check(op, "argmax", argmax, engine, dout.shape, np.uint8, names=("N", "C", "H/2", "W/2"))
     n, c, h, w = dout.shape
     check_size(op, 4 * dout.size)
+    rec = pick_variant(op, variant)
     if engine == "numpy":
-        return as_np(reference.maxpool2x2_backward(dout, argmax), dout)
+        return as_np(op, reference.maxpool2x2_backward(dout, argmax), dout)
     dx = empty(engine, (n, c, 2 * h, 2 * w))
-    kernel(FILE, pick_variant(op, variant).kernel, engine)(*grid1d(dout.size), (dout, argmax, dx, i32(n), i32(c), i32(2 * h), i32(2 * w)))
+    kernel(FILE, launch(rec, "grid1d"), engine)(*grid1d(dout.size), (dout, argmax, dx, i32(n), i32(c), i32(2 * h), i32(2 * w)))
     return dx

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .. import reference
 from ..engines.runtime import resolve_engine
-from ._core import Variant, check, check_size, f32, grid1d, i32, kernel, pick_variant, register
+from ._core import Variant, check, check_size, f32, float_dtype, grid1d, i32, kernel, launch, pick_variant, register
 
 FILE = "sgd.cu"
 register(Variant("sgd_momentum_update", 1, "sgd_momentum_update_kernel1", FILE, "one thread per parameter, in place"))
@@ -21,11 +21,13 @@ def sgd_momentum_update(param, grad, velocity, lr, momentum=0.99, weight_decay=0
     grad = check(op, "grad", grad, engine, param.shape)
     check(op, "velocity", velocity, engine, param.shape)
     check_size(op, param.size)
+    rec = pick_variant(op, variant)
     if engine == "numpy":
+        float_dtype(op, param, grad, velocity)  # all float32 or all float64
         p, v = reference.sgd_momentum(param, grad, velocity, f32(lr), f32(momentum), f32(weight_decay))
         param[...] = p
         velocity[...] = v
         return param
-    kernel(FILE, pick_variant(op, variant).kernel, engine)(
+    kernel(FILE, launch(rec, "grid1d"), engine)(
         *grid1d(param.size), (param, grad, velocity, i32(param.size), f32(lr), f32(momentum), f32(weight_decay)))
     return param

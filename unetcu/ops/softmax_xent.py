@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import reference
 from ..engines.runtime import resolve_engine
-from ._core import Variant, as_np, check, check_size, empty, grid1d, i32, kernel, pick_variant, register, zeros
+from ._core import Variant, as_np, check, check_size, empty, grid1d, i32, kernel, launch, pick_variant, register, zeros
 
 FILE = "softmax_xent.cu"
 register(Variant("softmax_xent", 1, "softmax_xent_forward_backward_kernel1", FILE,
@@ -31,17 +31,18 @@ def softmax_xent(logits, labels, weights, engine=None, variant=None, sync=True):
     labels = check(op, "labels", labels, engine, (n, h, w), np.int32, names=("N", "H", "W"))
     weights = check(op, "weights", weights, engine, (n, h, w), names=("N", "H", "W"))
     check_size(op, logits.size)
+    rec = pick_variant(op, variant)
     if engine == "numpy":
         if not sync:
             bad = np.array([int(((labels < 0) | (labels >= k)).any())], np.int32)
             if bad[0]:  # the reference raises on bad labels; report them the way the kernel does
                 return (np.array([np.nan], np.float32), bad), np.zeros(logits.shape, np.float32)
         loss, d = reference.softmax_xent(logits, labels, weights)
-        return (float(loss), as_np(d, logits, weights)) if sync else ((np.array([loss], np.float32), bad), as_np(d, logits, weights))
+        return (float(loss), as_np(op, d, logits, weights)) if sync else ((np.array([loss], np.float32), bad), as_np(op, d, logits, weights))
     dlogits = empty(engine, logits.shape)
     loss = zeros(engine, (1,))
     bad = zeros(engine, (1,), np.int32)
-    kernel(FILE, pick_variant(op, variant).kernel, engine)(
+    kernel(FILE, launch(rec, "grid1d"), engine)(
         *grid1d(n * h * w), (logits, labels, weights, dlogits, loss, bad, i32(n), i32(k), i32(h * w)))
     if not sync:
         return (loss, bad), dlogits
@@ -57,8 +58,9 @@ def softmax(logits, engine=None, variant=None):
     engine = resolve_engine(engine)
     logits = check(op, "logits", logits, engine, (None,) * 4, names=("N", "K", "H", "W"))
     n, k, h, w = logits.shape
+    rec = pick_variant(op, variant)
     if engine == "numpy":
-        return as_np(reference.softmax(logits), logits)
+        return as_np(op, reference.softmax(logits), logits)
     probs = empty(engine, logits.shape)
-    kernel(FILE, pick_variant(op, variant).kernel, engine)(*grid1d(n * h * w), (logits, probs, i32(n), i32(k), i32(h * w)))
+    kernel(FILE, launch(rec, "grid1d"), engine)(*grid1d(n * h * w), (logits, probs, i32(n), i32(k), i32(h * w)))
     return probs

@@ -9,13 +9,13 @@ from __future__ import annotations
 from .. import reference
 from ..engines.runtime import resolve_engine
 from ._core import (Variant, accumulate_reference, as_np, check, check_size, empty, grid1d, i32, kernel, param_grads,
-                    float_dtype, pick_variant, register)
+                    float_dtype, launch, pick_variant, register)
 
 FILE = "upconv2x2.cu"
 register(Variant("upconv2x2_forward", 1, "upconv2x2_forward_kernel1", FILE, "one thread per output"),
          Variant("upconv2x2_backward_data", 1, "upconv2x2_backward_data_kernel1", FILE, "one thread per input element"),
          Variant("upconv2x2_backward_weight", 1, "upconv2x2_backward_weight_kernel1", FILE,
-                 "one block per (c, k): a block-wide reduction over the pixels"))
+                 "one block per (c, k): a block-wide reduction over the pixels", launch="block_per_ck"))
 
 
 def upconv2x2_forward(x, w, b, engine=None, variant=None):
@@ -27,10 +27,11 @@ def upconv2x2_forward(x, w, b, engine=None, variant=None):
     k = w.shape[1]
     b = check(op, "b", b, engine, (k,), names=("K",))
     check_size(op, n * max(c, 4 * k) * h * wd)
+    rec = pick_variant(op, variant)
     if engine == "numpy":
-        return as_np(reference.upconv2x2_forward(x, w, b), x, w)
+        return as_np(op, reference.upconv2x2_forward(x, w, b), x, w, b)
     out = empty(engine, (n, k, 2 * h, 2 * wd))
-    kernel(FILE, pick_variant(op, variant).kernel, engine)(*grid1d(out.size), (x, w, b, out, i32(n), i32(c), i32(h), i32(wd), i32(k)))
+    kernel(FILE, launch(rec, "grid1d"), engine)(*grid1d(out.size), (x, w, b, out, i32(n), i32(c), i32(h), i32(wd), i32(k)))
     return out
 
 
@@ -45,10 +46,11 @@ def upconv2x2_backward_data(dout, w, engine=None, variant=None):
     w = check(op, "w", w, engine, (None, k, 2, 2), names=("C", "K", 2, 2))
     c = w.shape[0]
     check_size(op, dout.size + n * c * h2 * w2)
+    rec = pick_variant(op, variant)
     if engine == "numpy":
-        return as_np(reference.upconv2x2_backward_data(dout, w), dout, w)
+        return as_np(op, reference.upconv2x2_backward_data(dout, w), dout, w)
     dx = empty(engine, (n, c, h2 // 2, w2 // 2))
-    kernel(FILE, pick_variant(op, variant).kernel, engine)(*grid1d(dx.size), (dout, w, dx, i32(n), i32(c), i32(h2 // 2), i32(w2 // 2), i32(k)))
+    kernel(FILE, launch(rec, "grid1d"), engine)(*grid1d(dx.size), (dout, w, dx, i32(n), i32(c), i32(h2 // 2), i32(w2 // 2), i32(k)))
     return dx
 
 
@@ -60,9 +62,10 @@ def upconv2x2_backward_weight(dout, x, dw=None, db=None, engine=None, variant=No
     n, c, h, wd = x.shape
     dout = check(op, "dout", dout, engine, (n, None, 2 * h, 2 * wd), names=("N", "K", "2H", "2W"))
     k = dout.shape[1]
-    dw, db = param_grads(op, engine, dw, db, (c, k, 2, 2), k, float_dtype(dout, x))
+    dw, db = param_grads(op, engine, dw, db, (c, k, 2, 2), k, float_dtype(op, dout, x))
     check_size(op, dout.size + x.size)
+    rec = pick_variant(op, variant)
     if engine == "numpy":
         return accumulate_reference(dw, db, reference.upconv2x2_backward_weight(dout, x))
-    kernel(FILE, pick_variant(op, variant).kernel, engine)((c, k), (256,), (dout, x, dw, db, i32(n), i32(c), i32(h), i32(wd), i32(k)))
+    kernel(FILE, launch(rec, "block_per_ck"), engine)((c, k), (256,), (dout, x, dw, db, i32(n), i32(c), i32(h), i32(wd), i32(k)))
     return dw, db
