@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from .. import runtime
+from .. import runtime, sanitize
 
 OP_ENGINES = ("numpy", "emu", "cuda")
 BLOCK = 256
@@ -65,6 +65,8 @@ def empty(engine: str, shape, dtype=np.float32):
     a = xp(engine).empty(shape, dtype=dtype)
     if engine == "emu" or os.environ.get("UNETCU_POISON") == "1":
         a.fill(np.nan if np.dtype(dtype).kind == "f" else np.iinfo(dtype).max)
+    if engine == "emu":
+        sanitize.track(a)  # initcheck: a kernel reading it before a kernel wrote it is reported
     return a
 
 
