@@ -27,7 +27,6 @@ unetcu.emu.EmulatorError.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import re
@@ -237,19 +236,6 @@ def child_env(name: str, log: str | None = None) -> dict:
         env["LD_PRELOAD"] = asan_runtime()
         env["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "detect_leaks=0")
     return env
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="unetcu sanitize",
-                                description="Run COMMAND with every emulated kernel checked by one of compute-sanitizer's "
-                                            "tools; exit 1 if any hazard was reported.")
-    p.add_argument("--tool", choices=TOOLS, default="memcheck", help="the check (default memcheck)")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command, e.g. -- python my_test.py")
-    a = p.parse_args(argv)
-    cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
-    if not cmd:
-        p.error("give a command after --, e.g. unetcu sanitize --tool racecheck -- python my_test.py")
-    return run(a.tool, cmd)
 
 
 def run(name: str, cmd) -> int:

@@ -890,7 +890,7 @@ inline void asan_death() {
     bool in_smem = s && s->smem && (char*)addr >= (char*)s->smem - 64 && (char*)addr < (char*)s->smem + s->smem_bytes + 64;
     std::string space = in_smem ? "__shared__ (dynamic)"
                       : strcmp(where, "heap") == 0 ? "__global__"
-                      : strcmp(where, "global") == 0 ? format("__shared__/__device__ variable `%s`", name)
+                      : strcmp(where, "global") == 0 ? std::string("__shared__ or __device__")  // ASan names the variable
                       : strcmp(where, "stack") == 0 ? "__local__" : where;
     std::string text = format("========= Invalid %s %s of size %zu bytes\n", space.c_str(),
                               __asan_get_report_access_type() ? "write" : "read", __asan_get_report_access_size());
@@ -898,7 +898,7 @@ inline void asan_death() {
     void* pc = __asan_get_report_pc();
     if (dladdr(pc, &info) && info.dli_fname) {
         std::string cmd = format("addr2line -e '%s' -i 0x%lx 2>/dev/null", info.dli_fname,
-                                 (unsigned long)((char*)pc - (char*)info.dli_fbase));
+                                 (unsigned long)((char*)pc - 1 - (char*)info.dli_fbase));  // as ASan symbolizes it
         if (FILE* p = popen(cmd.c_str(), "r")) {
             char line[1024];
             while (fgets(line, sizeof line, p))
