@@ -1002,13 +1002,18 @@ inline void store_matrix_sync(E* p, const fragment<accumulator, M, N, K, T, void
         for (int c = 0; c < N; ++c)
             p[l == mem_row_major ? (size_t)r * ldm + c : (size_t)c * ldm + r] = a.x[r * N + c];
 }
+#if EMU_SAN
+#define EMU_FRAGMENT_ONLY __attribute__((no_sanitize_thread))  // touches fragments (registers) only
+#else
+#define EMU_FRAGMENT_ONLY
+#endif
 template <typename Use, int M, int N, int K, typename T, typename L, typename V>
-inline void fill_fragment(fragment<Use, M, N, K, T, L>& a, const V& v) {
+EMU_FRAGMENT_ONLY inline void fill_fragment(fragment<Use, M, N, K, T, L>& a, const V& v) {
     for (int i = 0; i < a.num_elements; ++i) a.x[i] = v;
 }
 // d = a*b + c with fp32 accumulation; tf32 inputs truncated as the tensor core does.
 template <int M, int N, int K, typename TA, typename LA, typename LB, typename TC>
-inline void mma_sync(fragment<accumulator, M, N, K, TC, void>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
+EMU_FRAGMENT_ONLY inline void mma_sync(fragment<accumulator, M, N, K, TC, void>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
                      const fragment<matrix_b, M, N, K, TA, LB>& b, const fragment<accumulator, M, N, K, TC, void>& c,
                      bool satf = false, EMU_SITE) {
     (void)satf;

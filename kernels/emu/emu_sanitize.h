@@ -31,7 +31,11 @@
 namespace emu {
 namespace san {
 
-#define EMU_NOSAN __attribute__((no_sanitize_thread, noinline))
+// (not instrumented; g++ inlines only functions with the same attribute into them, so every
+// helper of the hot path carries it and nothing of the STL is called there)
+#define EMU_NOSAN __attribute__((no_sanitize_thread))
+#define EMU_NOSAN_HOT __attribute__((no_sanitize_thread, always_inline))
+enum { MAX_RANGES = 256 };
 
 enum Kind : unsigned char { READ = 0, WRITE = 1 };
 
@@ -67,15 +71,18 @@ struct Hazard {
 struct State {
     int mode = 0;                       // 1 racecheck, 2 initcheck
     Sched* s = nullptr;                 // the running block's scheduler (one OS thread)
-    std::vector<Range> global;          // this launch's pointer arguments
-    std::vector<Range> shared;          // dynamic buffer and static __shared__ variables
-    std::vector<uint32_t> wclk;         // [thread][32]: what each thread knows of its warp's clocks
+    Range global[MAX_RANGES];           // this launch's pointer arguments
+    Range shared[MAX_RANGES];           // dynamic buffer and static __shared__ variables
+    int n_global = 0, n_shared = 0;
+    uint32_t* wclk = nullptr;           // [thread][32]: what each thread knows of its warp's clocks
+    size_t wclk_n = 0;
     uint32_t epoch = 1;                 // barrier interval, unique over the process
     uintptr_t base = 0;                 // this .so's load address (sites are offsets from it)
     std::vector<Hazard> hazards;
     size_t dropped = 0;
     const Range* last = nullptr;
-    bool busy = false;                  // inside a handler: accesses of out-of-line helpers are ours
+    bool busy = false;
+    uintptr_t stk_lo = 0, stk_span = 0;  // the fiber stacks: never tracked, rejected first                  // inside a handler: accesses of out-of-line helpers are ours
 };
 inline State g;
 // Bookkeeping called from instrumented code (vector growth, ...) must not see itself.
@@ -107,23 +114,26 @@ EMU_NOSAN inline void add_shadow(Range& r, bool for_init) {
 EMU_NOSAN inline void shared_range(const void* p, size_t n, const char* name) {
     Busy busy;
     uintptr_t lo = (uintptr_t)p;
-    for (Range& r : g.shared)
+    for (int i = 0; i < g.n_shared; ++i) {
+        Range& r = g.shared[i];
         if (r.lo == lo) {
             if (r.hi - lo == n) { if (r.init) memset(r.init, 0, n); return; }
             free_range(r);
-            r = g.shared.back(); g.shared.pop_back();
+            r = g.shared[--g.n_shared];
             break;
         }
+    }
+    if (g.n_shared == MAX_RANGES) { fprintf(stderr, "unetcu emulator: more than %d shared variables\n", (int)MAX_RANGES); abort(); }
     Range r{lo, lo + n, true, name, nullptr, nullptr, 0, false, -1};
     add_shadow(r, true);
-    g.shared.push_back(r);
+    g.shared[g.n_shared++] = r;
     g.last = nullptr;
 }
 
-EMU_NOSAN inline const Range* find(uintptr_t a) {
+EMU_NOSAN_HOT inline const Range* find(uintptr_t a) {
     if (g.last && a >= g.last->lo && a < g.last->hi) return g.last;
-    for (const Range& r : g.shared) if (a >= r.lo && a < r.hi) return g.last = &r;
-    for (const Range& r : g.global) if (a >= r.lo && a < r.hi) return g.last = &r;
+    for (int i = 0; i < g.n_shared; ++i) if (a >= g.shared[i].lo && a < g.shared[i].hi) return g.last = &g.shared[i];
+    for (int i = 0; i < g.n_global; ++i) if (a >= g.global[i].lo && a < g.global[i].hi) return g.last = &g.global[i];
     return nullptr;
 }
 
@@ -144,14 +154,14 @@ EMU_NOSAN inline void report(const char* kind, const Range& r, uintptr_t addr, i
 }
 
 // Whether the remembered access `a` (of another thread) is ordered before thread `t`'s access now.
-EMU_NOSAN inline bool ordered(const Access& a, int t) {
+EMU_NOSAN_HOT inline bool ordered(const Access& a, int t) {
     if (a.epoch != g.epoch) return true;           // a __syncthreads (or the block's end) lies between
     if ((int)a.tid == t) return true;
     if ((a.tid >> 5) != (t >> 5)) return false;    // other warps: only __syncthreads orders them
     return g.wclk[(size_t)t * 32 + (a.tid & 31)] >= a.clk;
 }
 
-EMU_NOSAN inline void access_impl(uintptr_t a, size_t n, Kind kind, void* pc) {
+EMU_NOSAN_HOT inline void access_impl(uintptr_t a, size_t n, Kind kind, void* pc) {
     Sched* s = g.s;
     const Range* r = find(a);
     if (!r) return;
@@ -160,7 +170,7 @@ EMU_NOSAN inline void access_impl(uintptr_t a, size_t n, Kind kind, void* pc) {
     if (g.mode == 2) {
         if (!r->init) return;
         unsigned char* sh = r->init + (a - r->lo);
-        size_t m = std::min(n, (size_t)(r->hi - a));
+        size_t m = n < r->hi - a ? n : r->hi - a;
         if (kind == WRITE) { memset(sh, 1, m); return; }
         for (size_t i = 0; i < m; ++i)
             if (!sh[i]) {
@@ -172,7 +182,7 @@ EMU_NOSAN inline void access_impl(uintptr_t a, size_t n, Kind kind, void* pc) {
         return;
     }
     Access cur{g.epoch, site, g.wclk[(size_t)t * 32 + (t & 31)], (uint16_t)t, (uint8_t)n, 0};
-    size_t m = std::min(n, (size_t)(r->hi - a));
+    size_t m = n < r->hi - a ? n : r->hi - a;
     bool found = false;
     for (size_t i = 0; i < m; ++i) {
         RCell& c = r->race[a - r->lo + i];
@@ -190,8 +200,8 @@ EMU_NOSAN inline void access_impl(uintptr_t a, size_t n, Kind kind, void* pc) {
     }
 }
 
-EMU_NOSAN inline void access(uintptr_t a, size_t n, Kind kind, void* pc) {
-    if (g.busy || !g.s || g.s->cur < 0) return;
+EMU_NOSAN_HOT inline void access(uintptr_t a, size_t n, Kind kind, void* pc) {
+    if (a - g.stk_lo < g.stk_span || g.busy || !g.s || g.s->cur < 0) return;
     g.busy = true;
     access_impl(a, n, kind, pc);
     g.busy = false;
@@ -217,8 +227,11 @@ EMU_NOSAN inline void block_start(Sched* s) {
     Busy busy;
     g.s = s;
     ++g.epoch;
+    g.stk_lo = (uintptr_t)s->stacks;
+    g.stk_span = s->nstacks * s->stack_size;
     size_t n = (size_t)s->nthreads * 32;
-    g.wclk.assign(n, 0);
+    if (g.wclk_n < n) { free(g.wclk); g.wclk = (uint32_t*)malloc(n * sizeof(uint32_t)); g.wclk_n = n; }
+    memset(g.wclk, 0, n * sizeof(uint32_t));
     for (int t = 0; t < s->nthreads; ++t) g.wclk[(size_t)t * 32 + (t & 31)] = 1;
     if (s->smem && s->smem_bytes) shared_range(s->smem, s->smem_bytes, "extern __shared__");
 }
@@ -230,7 +243,7 @@ EMU_NOSAN inline void warp_sync(int w0, unsigned mask) {
     uint32_t join[32] = {0};
     for (int j = 0; j < 32; ++j)
         if (mask >> j & 1u)
-            for (int k = 0; k < 32; ++k) join[k] = std::max(join[k], g.wclk[(size_t)(w0 + j) * 32 + k]);
+            for (int k = 0; k < 32; ++k) { uint32_t c = g.wclk[(size_t)(w0 + j) * 32 + k]; if (c > join[k]) join[k] = c; }
     for (int j = 0; j < 32; ++j)
         if (mask >> j & 1u) {
             uint32_t* v = &g.wclk[(size_t)(w0 + j) * 32];
@@ -244,13 +257,14 @@ EMU_NOSAN inline void launch_begin(const uintptr_t* ranges, int nranges) {
     // ranges: [lo, hi, init shadow or 0] per pointer argument
     Dl_info info;
     if (!g.base && dladdr((void*)&map_zeroed, &info)) g.base = (uintptr_t)info.dli_fbase;
-    for (Range& r : g.global) free_range(r);
-    g.global.clear();
+    for (int i = 0; i < g.n_global; ++i) free_range(g.global[i]);
+    g.n_global = 0;
+    if (nranges > MAX_RANGES) nranges = MAX_RANGES;
     for (int i = 0; i < nranges; ++i) {
         Range r{ranges[3 * i], ranges[3 * i + 1], false, "", (unsigned char*)ranges[3 * i + 2], nullptr, 0, false, i};
         if (r.hi <= r.lo) continue;
         add_shadow(r, false);
-        g.global.push_back(r);
+        g.global[g.n_global++] = r;
     }
     g.hazards.clear();
     g.dropped = 0;
@@ -259,8 +273,8 @@ EMU_NOSAN inline void launch_begin(const uintptr_t* ranges, int nranges) {
 
 EMU_NOSAN inline void launch_end() {
     Busy busy;
-    for (Range& r : g.global) free_range(r);
-    g.global.clear();
+    for (int i = 0; i < g.n_global; ++i) free_range(g.global[i]);
+    g.n_global = 0;
     g.last = nullptr;
     g.s = nullptr;
 }
