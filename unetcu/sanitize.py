@@ -112,8 +112,9 @@ def expected():
         _expect_stack.remove(got)
 
 
-def emit(text: str) -> None:
-    """Print one hazard report and count it (in the innermost expected(), else HAZARDS and the log)."""
+def emit(text: str, raised: bool = False) -> None:
+    """Print one hazard report and count it (in the innermost expected(), else the log and, unless
+    it comes with an EmulatorError that the caller sees anyway, HAZARDS)."""
     lines = "".join(PREFIX + line + "\n" for line in text.rstrip("\n").split("\n"))
     with _lock:
         sys.stderr.write(lines)
@@ -121,7 +122,8 @@ def emit(text: str) -> None:
         if _expect_stack:
             _expect_stack[-1].append(lines)
             return
-        HAZARDS.append(lines)
+        if not raised:
+            HAZARDS.append(lines)
         log = os.environ.get(LOG_ENV)
         if log:
             with open(log, "a") as f:
@@ -221,7 +223,7 @@ def report_error(kernel: str, message: str) -> None:
     if thread or block:
         text += (f"    by thread ({thread.group(1)})" if thread else "    ") + (f" in block ({block.group(1)})" if block else "") + "\n"
     text += "    " + message
-    emit(text)
+    emit(text, raised=True)
 
 
 # ---- the front end ---------------------------------------------------------------------------------
