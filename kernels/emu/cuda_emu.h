@@ -6,8 +6,9 @@
 // (__syncthreads, __syncwarp, shuffles, votes, wmma), with a hand-written x86-64 context switch
 // (~8 ns; glibc ucontext makes a syscall per switch and is ~15x slower).
 //
-// At a collective point a fiber records what it waits for and yields to the per-block scheduler.
-// When no fiber can run, the scheduler resolves the waits: a warp collective completes when every
+// At a collective point a fiber records what it waits for and hands the CPU to the next ready
+// fiber of the round (the last one to the per-block scheduler). When no fiber can run, the
+// scheduler resolves the waits: a warp collective completes when every
 // lane named in its mask waits at it; __syncthreads completes when every thread of the block waits
 // at the same call site. Anything else (an exited lane, two different sites, a lane at a barrier
 // while its warp waits at a shuffle) is reported as an error naming the kernel, block, thread and
