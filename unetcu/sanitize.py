@@ -270,7 +270,7 @@ def pytest_addoption(parser):
 
 
 def configure(config) -> None:
-    """Set the tool for the session (memcheck: re-run pytest with libasan preloaded)."""
+    """Set the tool for the pytest run (memcheck: re-run pytest with libasan preloaded)."""
     name = config.getoption("--sanitize", default=None)
     if not name:
         return

@@ -32,7 +32,7 @@ namespace emu {
 namespace san {
 
 // (not instrumented; g++ inlines only functions with the same attribute into them, so every
-// helper of the hot path carries it and nothing of the STL is called there)
+// function of the hot path carries it and nothing of the STL is called there)
 #define EMU_NOSAN __attribute__((no_sanitize_thread))
 #define EMU_NOSAN_HOT __attribute__((no_sanitize_thread, always_inline))
 enum { MAX_RANGES = 256 };
@@ -81,8 +81,8 @@ struct State {
     std::vector<Hazard> hazards;
     size_t dropped = 0;
     const Range* last = nullptr;
-    bool busy = false;
-    uintptr_t stk_lo = 0, stk_span = 0;  // the fiber stacks: never tracked, rejected first                  // inside a handler: accesses of out-of-line helpers are ours
+    bool busy = false;                  // inside a handler: accesses of out-of-line functions are ours
+    uintptr_t stk_lo = 0, stk_span = 0; // the fiber stacks: never tracked, rejected first
 };
 inline State g;
 // Bookkeeping called from instrumented code (vector growth, ...) must not see itself.
