@@ -1,13 +1,19 @@
 """What the CPU emulator costs on this machine: __syncthreads and shuffle per thread, a tiled
 SGEMM 128^3 and a wmma tf32 GEMM 128^3, with 1 and all OS threads. These are CPU timings of the
-emulator, not GPU speeds. Usage: python benchmarks/bench_emulator.py"""
+emulator, not GPU speeds. Usage: python -m benchmarks.bench_emulator [--baseline GIT_REV]
+(--baseline: first the collectives again with kernels/emu as it was at GIT_REV, in the same run)"""
 import os
 import platform
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
 import time
 
 import numpy as np
 
-from unetcu.engines import runtime
+from unetcu.engines import emu, runtime
 from unetcu.engines.emu import aligned
 
 COSTS = r"""
@@ -34,7 +40,32 @@ def best(fn, reps=5):
     return min(ts)
 
 
+def baseline(rev: str, rounds: int = 200):
+    """__syncthreads and shuffle costs (1 OS thread) with the emulator headers of git revision `rev`."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        tar = subprocess.run(["git", "-C", str(root), "archive", rev, "kernels/emu"], capture_output=True, check=True).stdout
+        with tarfile.open(fileobj=__import__("io").BytesIO(tar)) as t:
+            t.extractall(tmp)
+        saved, emu.EMU_DIR = emu.EMU_DIR, Path(tmp) / "kernels" / "emu"
+        os.environ["UNETCU_EMU_THREADS"] = "1"
+        try:
+            mod = runtime.compile(COSTS, engine="emu", filename="costs.cu")
+            print(f"-- baseline: kernels/emu at {rev}, 1 OS thread")
+            for block in (32, 256, 1024):
+                y = np.zeros(block, np.float32)
+                t = best(lambda: mod.get_function("barriers")((1,), (block,), (y, np.int32(rounds))))
+                s = best(lambda: mod.get_function("shuffles")((1,), (block,), (y, np.int32(rounds))))
+                print(f"block {block:>4}: __syncthreads {t / rounds / block * 1e9:6.1f} ns/thread, "
+                      f"__shfl_xor_sync {s / rounds / block * 1e9:6.1f} ns/thread")
+        finally:
+            emu.EMU_DIR = saved
+            os.environ.pop("UNETCU_EMU_THREADS")
+
+
 def main():
+    if "--baseline" in sys.argv:
+        baseline(sys.argv[sys.argv.index("--baseline") + 1])
     print(f"emulator costs on {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
           f"(CPU timings, not GPU speeds)")
     mod = runtime.compile(COSTS, engine="emu", filename="costs.cu")

@@ -5,12 +5,14 @@ import os
 import numpy as np
 import pytest
 
-from unetcu.engines import runtime
+from unetcu.engines import runtime, sanitize
+from unetcu.engines.sanitize import pytest_addoption  # noqa: F401  (--sanitize=TOOL)
 
 ORDERS = ("forward", "reverse", "random")
 
 
 def pytest_configure(config):
+    sanitize.configure(config)  # --sanitize=TOOL
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU through CuPy (skipped without one)")
     config.addinivalue_line("markers", "asan: builds emulated kernels under AddressSanitizer (subprocess)")
 
@@ -23,6 +25,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _sanitizer_hazards():
+    """Under a sanitizer tool, a test during which a hazard was reported fails."""
+    yield from sanitize.hazard_check()
 
 
 @pytest.fixture(params=ORDERS)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import rel_err
-from unetcu.engines import emu, runtime
+from unetcu.engines import emu, runtime, sanitize
 from unetcu.engines.emu import EmulatorError, aligned
 
 HERE = Path(__file__).resolve().parent
@@ -615,7 +615,8 @@ def test_static_shared_starts_poisoned(order, rng, grid):
     want = np.bincount(x, minlength=16).astype(np.uint32)
     for name in ("hist_nozero", "hist_nozero_global", "hist"):
         out = np.zeros(16, np.uint32)
-        mod.get_function(name)((grid,), (64,), (x, i32(n), out))
+        with sanitize.expected():  # the *_nozero kernels read bins no thread wrote (initcheck says so)
+            mod.get_function(name)((grid,), (64,), (x, i32(n), out))
         # every block's bins start at 0xffffffff, as garbage would, never at 0
         assert out.tolist() == (want if name == "hist" else want - np.uint32(grid)).tolist(), name
 

@@ -62,6 +62,16 @@ def _cmd_asan(a) -> int:
     return 127
 
 
+def _cmd_sanitize(a) -> int:
+    from .engines import sanitize
+    cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
+    if not cmd:
+        print("unetcu sanitize: give a command after --, e.g. `unetcu sanitize --tool racecheck -- python my_test.py`",
+              file=sys.stderr)
+        return 2
+    return sanitize.run(a.tool, cmd)
+
+
 # ---- train ---------------------------------------------------------------------------------------
 # Every train option is parsed with default None, so that an option given on the command line can be
 # told from a default: a resumed run takes the options it was started with from its checkpoint.
@@ -521,6 +531,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "emulator build is instrumented and an out-of-bounds access is reported at its .cu line.")
     s.add_argument("command", nargs=argparse.REMAINDER, help="the command, e.g. python script.py")
     s.set_defaults(func=_cmd_asan)
+    z = sub.add_parser("sanitize", help="run a command with emulated kernels checked by a compute-sanitizer tool",
+                       description="Run COMMAND with every emulated kernel checked by one of compute-sanitizer's tools "
+                                   "(memcheck, racecheck, initcheck, synccheck) on the CPU; hazards are reported in "
+                                   "compute-sanitizer's shape and the exit status is 1 if there was any.")
+    z.add_argument("--tool", choices=("memcheck", "racecheck", "initcheck", "synccheck"), default="memcheck",
+                   help="the check (default memcheck)")
+    z.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command, e.g. -- python my_test.py")
+    z.set_defaults(func=_cmd_sanitize)
     return p
 
 

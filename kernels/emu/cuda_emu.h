@@ -6,8 +6,9 @@
 // (__syncthreads, __syncwarp, shuffles, votes, wmma), with a hand-written x86-64 context switch
 // (~8 ns; glibc ucontext makes a syscall per switch and is ~15x slower).
 //
-// At a collective point a fiber records what it waits for and yields to the per-block scheduler.
-// When no fiber can run, the scheduler resolves the waits: a warp collective completes when every
+// At a collective point a fiber records what it waits for and hands the CPU to the next ready
+// fiber of the round (the last one to the per-block scheduler). When no fiber can run, the
+// scheduler resolves the waits: a warp collective completes when every
 // lane named in its mask waits at it; __syncthreads completes when every thread of the block waits
 // at the same call site. Anything else (an exited lane, two different sites, a lane at a barrier
 // while its warp waits at a shuffle) is reported as an error naming the kernel, block, thread and
@@ -37,6 +38,7 @@
 #include <float.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include <dlfcn.h>
 #include <atomic>
 #include <string>
 #include <vector>
@@ -48,6 +50,12 @@
 #define EMU_ASAN 1
 #else
 #define EMU_ASAN 0
+#endif
+// racecheck (1) and initcheck (2): see emu_sanitize.h
+#if defined(EMU_SANITIZE)
+#define EMU_SAN EMU_SANITIZE
+#else
+#define EMU_SAN 0
 #endif
 #if defined(_OPENMP)
 #include <omp.h>
@@ -72,7 +80,7 @@
 #define __constant__
 #define __managed__
 #define __align__(n) __attribute__((aligned(n)))  // GNU form: allowed among decl-specifiers, as in CUDA
-#if EMU_ASAN
+#if EMU_ASAN || EMU_SAN
 #define __shared__ static
 #else
 #define __shared__ static thread_local
@@ -342,6 +350,13 @@ struct Sched {
     const void* asan_bottom = nullptr;
     size_t asan_size = 0;
     unsigned long long epoch = 0;    // unique per block run: static __shared__ is poisoned once per epoch
+    // the running round: fibers hand the CPU straight to the next one in order_buf (see pass_on)
+    int pos = 0;
+    // counted as fibers arrive, so that the common cases resolve without a scan of the block
+    int n_bar = 0, n_warp = 0, n_done = 0;
+    bool bar_mismatch = false;
+    const char* bar_file = nullptr;
+    int bar_line = 0, bar_op = 0;
 };
 inline thread_local Sched* g_sched = nullptr;
 
@@ -370,6 +385,27 @@ inline void to_scheduler(Sched* s, Fiber& f) {
 #endif
 }
 
+// A fiber that blocks (or ends) hands the CPU to the next READY fiber of this round itself: one
+// context switch per fiber instead of two through the scheduler. The last one of the round
+// returns to the scheduler. Under ASan every switch goes through the scheduler, which annotates
+// the stack changes.
+inline void pass_on(Sched* s, Fiber& f) {
+#if !EMU_ASAN
+    const int* ord = s->order_buf.data();
+    int n = (int)s->order_buf.size();
+    while (++s->pos < n) {
+        int j = ord[s->pos];
+        Fiber& g = s->fibers[j];
+        if (g.state != READY) continue;
+        s->cur = j;
+        threadIdx = g.tid;
+        emu_switch_ctx(&f.sp, g.sp);
+        return;
+    }
+#endif
+    to_scheduler(s, f);
+}
+
 // Abandon the launch from inside a fiber: record the message, never come back.
 [[noreturn]] inline void fail_here(const std::string& what) {
     Sched* s = sched();
@@ -387,12 +423,23 @@ inline void to_scheduler(Sched* s, Fiber& f) {
 }
 [[noreturn]] inline void __trap_at(const char* file, int line) { fail_here(format("__trap() at %s:%d", file, line)); }
 
+#if EMU_SAN
+}  // namespace emu
+#include "emu_sanitize.h"
+namespace emu {
+#define EMU_SAN_HOOK(call) ::emu::san::call
+#else
+#define EMU_SAN_HOOK(call) ((void)0)
+#endif
+
 // ---- collectives, as seen from a fiber ----------------------------------------------------------
 inline unsigned long long block_barrier(int op, int pred, const char* file, int line) {
     Sched* s = sched();
     Fiber& f = s->fibers[s->cur];
     f.state = AT_BARRIER; f.op = op; f.file = file; f.line = line; f.offer = pred != 0;
-    to_scheduler(s, f);
+    if (s->n_bar++ == 0) { s->bar_file = file; s->bar_line = line; s->bar_op = op; }
+    else if (file != s->bar_file || line != s->bar_line || op != s->bar_op) s->bar_mismatch = true;
+    pass_on(s, f);
     return f.result;
 }
 
@@ -409,7 +456,8 @@ inline unsigned long long warp_collective(int op, unsigned mask, unsigned long l
         fail_here(format("%s at %s:%d: width %d is not a power of two <= 32", op_name(op), file, line, width));
     f.state = AT_WARP; f.op = op; f.mask = mask; f.offer = offer; f.arg = arg; f.width = width;
     f.file = file; f.line = line;
-    to_scheduler(s, f);
+    ++s->n_warp;
+    pass_on(s, f);
     return f.result;
 }
 
@@ -427,7 +475,8 @@ inline unsigned long long next_rand(unsigned long long& x) {  // xorshift64*
     s->invoke(s->fn, s->args);
     Fiber& f = s->fibers[s->cur];
     f.state = DONE;
-    to_scheduler(s, f);
+    ++s->n_done;
+    pass_on(s, f);
     __builtin_unreachable();
 }
 
@@ -560,6 +609,8 @@ inline bool try_warp(Sched* s, int i) {
     }
     for (int j = 0; j < 32; ++j)
         if (m >> j & 1u) s->fibers[w0 + j].state = READY;
+    s->n_warp -= __builtin_popcount(m);
+    EMU_SAN_HOOK(warp_sync(w0, m));
     return true;
 }
 
@@ -580,13 +631,28 @@ inline std::string describe_waits(Sched* s) {
 inline int resolve(Sched* s) {
     bool progress = false;
     int n = s->nthreads, at_barrier = 0, at_warp = 0, done = 0;
-    for (int i = 0; i < n; ++i) {
+    for (int i = 0; i < n && s->n_warp > 0; ++i) {
         if (s->fibers[i].state == AT_WARP) {
             if (try_warp(s, i)) progress = true;
             if (s->failed) return -1;
         }
     }
     if (progress) return 1;
+    if (s->n_bar == n && !s->bar_mismatch) {  // the common case: every thread at one __syncthreads
+        int op = s->bar_op;
+        unsigned long long count = 0;
+        if (op != OP_SYNCTHREADS)
+            for (int i = 0; i < n; ++i) count += s->fibers[i].offer;
+        unsigned long long r = op == OP_SYNCTHREADS_COUNT ? count
+                             : op == OP_SYNCTHREADS_AND ? (count == (unsigned long long)n)
+                             : op == OP_SYNCTHREADS_OR ? (count > 0) : 0;
+        for (int i = 0; i < n; ++i) { s->fibers[i].result = r; s->fibers[i].state = READY; }
+        s->n_bar = 0;
+        s->bar_mismatch = false;
+        EMU_SAN_HOOK(barrier());
+        return 1;
+    }
+    if (s->n_done == n) return 0;
     int first_b = -1, first_d = -1;
     for (int i = 0; i < n; ++i) {
         State st = s->fibers[i].state;
@@ -619,6 +685,9 @@ inline int resolve(Sched* s) {
                          : b.op == OP_SYNCTHREADS_AND ? (count == (unsigned long long)n)
                          : b.op == OP_SYNCTHREADS_OR ? (count > 0) : 0;
     for (int i = 0; i < n; ++i) { s->fibers[i].result = r; s->fibers[i].state = READY; }
+    s->n_bar = 0;
+    s->bar_mismatch = false;
+    EMU_SAN_HOOK(barrier());
     return 1;
 }
 
@@ -628,14 +697,18 @@ inline int resolve(Sched* s) {
 // block-scope declaration: the first thread of a block to pass it fills the variable with 0xFF.
 // File-scope ones are listed in shared_registry() and filled when the block starts.
 inline std::atomic<unsigned long long> g_epoch{0};
-inline void poison_shared(void* p, size_t n, unsigned long long& epoch) {
+inline void poison_shared(void* p, size_t n, unsigned long long& epoch, const char* name) {
     Sched* s = sched();
-    if (epoch != s->epoch) { epoch = s->epoch; memset(p, 0xFF, n); }
+    if (epoch != s->epoch) {
+        epoch = s->epoch; memset(p, 0xFF, n);
+        EMU_SAN_HOOK(shared_range(p, n, name));
+    }
+    (void)name;
 }
-struct SharedVar { void* (*addr)(); size_t bytes; };
+struct SharedVar { void* (*addr)(); size_t bytes; const char* name; };
 inline std::vector<SharedVar>& shared_registry() { static std::vector<SharedVar> r; return r; }
 struct SharedRegistrar {
-    SharedRegistrar(void* (*addr)(), size_t bytes) { shared_registry().push_back(SharedVar{addr, bytes}); }
+    SharedRegistrar(void* (*addr)(), size_t bytes, const char* name) { shared_registry().push_back(SharedVar{addr, bytes, name}); }
 };
 
 inline void run_block(Sched* s) {
@@ -644,7 +717,14 @@ inline void run_block(Sched* s) {
     s->epoch = g_epoch.fetch_add(1, std::memory_order_relaxed) + 1;
     for (const SharedVar& v : shared_registry()) memset(v.addr(), 0xFF, v.bytes);
     if (s->smem && s->smem_bytes) memset(s->smem, 0xFF, s->smem_bytes);  // 0xFFFFFFFF is a float NaN
+    EMU_SAN_HOOK(block_start(s));
+#if EMU_SAN
+    for (const SharedVar& v : shared_registry()) san::shared_range(v.addr(), v.bytes, v.name);
+#endif
+    s->n_bar = s->n_warp = s->n_done = 0;
+    s->bar_mismatch = false;
     std::vector<int>& ord = s->order_buf;
+    ord.reserve(n);
     for (;;) {
         ord.clear();
         for (int k = 0; k < n; ++k) {
@@ -653,12 +733,15 @@ inline void run_block(Sched* s) {
         }
         if (s->order == RANDOM)
             for (size_t k = ord.size(); k > 1; --k) std::swap(ord[k - 1], ord[next_rand(s->rng) % k]);
-        for (int i : ord) {
+        // run_fiber returns when the round is over (the fibers pass the CPU on among themselves;
+        // under ASan after each fiber), or at once on an error
+        for (s->pos = 0; s->pos < (int)ord.size(); ++s->pos) {
+            int i = ord[s->pos];
             if (s->fibers[i].state != READY) continue;
             run_fiber(s, i);
             if (s->failed) return;
         }
-        if (resolve(s) <= 0) return;
+        if (resolve(s) <= 0) { EMU_SAN_HOOK(block_end()); return; }
     }
 }
 
@@ -734,11 +817,11 @@ inline void* dynamic_smem() { return sched()->smem; }
 }  // namespace emu
 // What the builder appends to a `__shared__` declaration (see poison_shared)
 #define EMU_POISON_SHARED(v) do { __shared__ unsigned long long emu_epoch_; \
-    ::emu::poison_shared(&(v), sizeof(v), emu_epoch_); } while (0)
+    ::emu::poison_shared(&(v), sizeof(v), emu_epoch_, #v); } while (0)
 #define EMU_CAT2(a, b) a##b
 #define EMU_CAT(a, b) EMU_CAT2(a, b)
 #define EMU_POISON_SHARED_GLOBAL(v) static ::emu::SharedRegistrar EMU_CAT(emu_shared_reg_, __COUNTER__)( \
-    []() -> void* { return (void*)&(v); }, sizeof(v))
+    []() -> void* { return (void*)&(v); }, sizeof(v), #v)
 
 // Shifts by the word size or more are undefined in C++: x86 takes the count modulo the width (so
 // `(1u << 32) - 1` is 0, an empty mask), the GPU's shift clamps (giving 0xffffffff). Builds use
@@ -770,6 +853,70 @@ extern "C" void __ubsan_handle_shift_out_of_bounds(void* data, void* lhs, void* 
 extern "C" void __ubsan_handle_shift_out_of_bounds_abort(void* data, void* lhs, void* rhs) {
     __ubsan_handle_shift_out_of_bounds(data, lhs, rhs);
 }
+
+// Sanitizer builds add -fsanitize=alignment: an access through a pointer not aligned for its type
+// (a float4 at an address that is not a multiple of 16) faults on the GPU ("misaligned address"),
+// while x86 just does it. This handler reports it at its line.
+namespace emu {
+struct UbsanMismatch { UbsanLoc loc; const UbsanType* type; unsigned char log_align, kind; };
+}  // namespace emu
+extern "C" void __ubsan_handle_type_mismatch_v1(void* data, void* ptr) {
+    const emu::UbsanMismatch* d = (const emu::UbsanMismatch*)data;
+    static const char* kinds[] = {"load of", "store to", "reference binding to", "member access within",
+                                  "member call on", "constructor call on", "downcast of", "downcast of",
+                                  "upcast of", "cast to virtual base of", "binding to", "dynamic operation on"};
+    const char* kind = d->kind < sizeof kinds / sizeof *kinds ? kinds[d->kind] : "access to";
+    unsigned long align = 1ul << d->log_align;
+    std::string what = ptr ? emu::format("%s address %p at %s:%u is misaligned: type %s needs %lu-byte alignment "
+                                         "(the GPU faults with \"misaligned address\")", kind, ptr, d->loc.file,
+                                         d->loc.line, d->type->name, align)
+                           : emu::format("%s a null pointer of type %s at %s:%u", kind, d->type->name, d->loc.file, d->loc.line);
+    if (emu::g_sched && emu::g_sched->cur >= 0) emu::fail_here(what);
+    fprintf(stderr, "unetcu emulator: %s\n", what.c_str());
+    abort();
+}
+extern "C" void __ubsan_handle_type_mismatch_v1_abort(void* data, void* ptr) { __ubsan_handle_type_mismatch_v1(data, ptr); }
+
+#if EMU_ASAN
+// memcheck: when ASan stops the process, say which CUDA thread made the access, in
+// compute-sanitizer's shape, before ASan's own report (which follows with the stack).
+namespace emu {
+inline void asan_death() {
+    Sched* s = g_sched;
+    void* addr = __asan_get_report_address();
+    char name[256] = "";
+    void* region = nullptr;
+    size_t region_size = 0;
+    const char* where = __asan_locate_address(addr, name, sizeof name, &region, &region_size);
+    bool in_smem = s && s->smem && (char*)addr >= (char*)s->smem - 64 && (char*)addr < (char*)s->smem + s->smem_bytes + 64;
+    std::string space = in_smem ? "__shared__ (dynamic)"
+                      : strcmp(where, "heap") == 0 ? "__global__"
+                      : strcmp(where, "global") == 0 ? std::string("__shared__ or __device__")  // ASan names the variable
+                      : strcmp(where, "stack") == 0 ? "__local__" : where;
+    std::string text = format("========= Invalid %s %s of size %zu bytes\n", space.c_str(),
+                              __asan_get_report_access_type() ? "write" : "read", __asan_get_report_access_size());
+    Dl_info info;
+    void* pc = __asan_get_report_pc();
+    if (dladdr(pc, &info) && info.dli_fname) {
+        std::string cmd = format("addr2line -e '%s' -i 0x%lx 2>/dev/null", info.dli_fname,
+                                 (unsigned long)((char*)pc - 1 - (char*)info.dli_fbase));  // as ASan symbolizes it
+        if (FILE* p = popen(cmd.c_str(), "r")) {
+            char line[1024];
+            while (fgets(line, sizeof line, p))
+                if (!strstr(line, "/emu/")) { line[strcspn(line, "\n")] = 0; text += format("=========     at %s\n", line); break; }
+            pclose(p);
+        }
+    }
+    if (s && s->cur >= 0)
+        text += format("=========     by thread (%u,%u,%u) in block (%u,%u,%u) of kernel %s\n", threadIdx.x, threadIdx.y,
+                       threadIdx.z, blockIdx.x, blockIdx.y, blockIdx.z, s->kernel);
+    text += format("=========     Address %p (AddressSanitizer's report is above)\n", addr);
+    fputs(text.c_str(), stderr);
+    if (const char* log = getenv("UNETCU_SANITIZE_LOG"))
+        if (FILE* f = fopen(log, "a")) { fputs(text.c_str(), f); fclose(f); }
+}
+}  // namespace emu
+#endif
 
 // ------------------------------------------------------------------------------------------------
 // nvcuda::wmma. Each emulated thread holds the whole tile in logical row-major order (element <->
@@ -824,11 +971,17 @@ inline void rendezvous(const void* p, unsigned ldm, size_t elem, const char* wha
         emu::fail_here(emu::format("wmma::%s at %s:%d: ldm %u is not a multiple of 16 bytes", what, file, line, ldm));
     emu::warp_collective(emu::OP_WMMA, 0xffffffffu, 0, 0, 32, file, line);
 }
+#if EMU_SAN
+#define EMU_WMMA_LANE_ACCESS ::emu::san::WarpShared emu_warp_shared_(::emu::sched()->cur & 31)
+#else
+#define EMU_WMMA_LANE_ACCESS ((void)0)
+#endif
 
 template <typename Use, int M, int N, int K, typename T, typename L, typename E>
 inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& a, const E* p, unsigned ldm, EMU_SITE) {
     static_assert(!std::is_same<L, void>::value, "matrix_a/matrix_b fragments need a layout");
     rendezvous(p, ldm, sizeof(E), "load_matrix_sync", emu_file_, emu_line_);
+    EMU_WMMA_LANE_ACCESS;
     constexpr bool row = std::is_same<L, row_major>::value;
     for (int r = 0; r < a.rows; ++r)
         for (int c = 0; c < a.cols; ++c)
@@ -837,6 +990,7 @@ inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& a, const E* p, unsign
 template <int M, int N, int K, typename T, typename E>
 inline void load_matrix_sync(fragment<accumulator, M, N, K, T, void>& a, const E* p, unsigned ldm, layout_t l, EMU_SITE) {
     rendezvous(p, ldm, sizeof(E), "load_matrix_sync", emu_file_, emu_line_);
+    EMU_WMMA_LANE_ACCESS;
     for (int r = 0; r < M; ++r)
         for (int c = 0; c < N; ++c)
             a.x[r * N + c] = p[l == mem_row_major ? (size_t)r * ldm + c : (size_t)c * ldm + r];
@@ -844,17 +998,23 @@ inline void load_matrix_sync(fragment<accumulator, M, N, K, T, void>& a, const E
 template <int M, int N, int K, typename T, typename E>
 inline void store_matrix_sync(E* p, const fragment<accumulator, M, N, K, T, void>& a, unsigned ldm, layout_t l, EMU_SITE) {
     rendezvous(p, ldm, sizeof(E), "store_matrix_sync", emu_file_, emu_line_);
+    EMU_WMMA_LANE_ACCESS;
     for (int r = 0; r < M; ++r)
         for (int c = 0; c < N; ++c)
             p[l == mem_row_major ? (size_t)r * ldm + c : (size_t)c * ldm + r] = a.x[r * N + c];
 }
+#if EMU_SAN
+#define EMU_FRAGMENT_ONLY __attribute__((no_sanitize_thread))  // touches fragments (registers) only
+#else
+#define EMU_FRAGMENT_ONLY
+#endif
 template <typename Use, int M, int N, int K, typename T, typename L, typename V>
-inline void fill_fragment(fragment<Use, M, N, K, T, L>& a, const V& v) {
+EMU_FRAGMENT_ONLY inline void fill_fragment(fragment<Use, M, N, K, T, L>& a, const V& v) {
     for (int i = 0; i < a.num_elements; ++i) a.x[i] = v;
 }
 // d = a*b + c with fp32 accumulation; tf32 inputs truncated as the tensor core does.
 template <int M, int N, int K, typename TA, typename LA, typename LB, typename TC>
-inline void mma_sync(fragment<accumulator, M, N, K, TC, void>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
+EMU_FRAGMENT_ONLY inline void mma_sync(fragment<accumulator, M, N, K, TC, void>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
                      const fragment<matrix_b, M, N, K, TA, LB>& b, const fragment<accumulator, M, N, K, TC, void>& c,
                      bool satf = false, EMU_SITE) {
     (void)satf;

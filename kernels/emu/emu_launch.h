@@ -79,6 +79,9 @@ template <typename... A>
 int launch(const char* name, void (*kernel)(A...), const unsigned* grid, const unsigned* block,
            size_t smem_bytes, void** args, int order, unsigned long long seed, int nthreads,
            char* err, size_t errlen) {
+#if EMU_ASAN
+    __asan_set_death_callback(&asan_death);  // this build's, so that it reads this build's scheduler
+#endif
     const long long nblocks = (long long)grid[0] * grid[1] * grid[2];
     const int nthr = (int)(block[0] * block[1] * block[2]);
     std::atomic<bool> failed{false};

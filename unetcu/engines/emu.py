@@ -106,10 +106,14 @@ def num_threads() -> int:
 
 
 def sanitize_mode() -> str | None:
+    """The build's sanitizer: "address" (UNETCU_EMU_SANITIZE=address, or the memcheck tool),
+    "racecheck" or "initcheck" (UNETCU_SANITIZE, see unetcu.engines.sanitize), else None."""
+    from . import sanitize
     mode = os.environ.get("UNETCU_EMU_SANITIZE", "").strip() or None
     if mode not in (None, "address"):
         raise ValueError(f"UNETCU_EMU_SANITIZE={mode!r}: only 'address' is supported")
-    return mode
+    t = sanitize.tool()
+    return mode or (sanitize.BUILD[t] if t else None)
 
 
 def asan_runtime() -> str:
@@ -464,7 +468,12 @@ def build(source: str, options=(), name_expressions=(), filename: str = "kernel.
         if not _asan_loaded():
             raise EmulatorError("an AddressSanitizer build needs libasan preloaded: run the program as "
                                 "`unetcu asan python ...` (or LD_PRELOAD=$(g++ -print-file-name=libasan.so))")
-        flags += ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]
+        flags += ["-O1", "-gdwarf-4", "-fsanitize=address", "-fno-omit-frame-pointer", "-fsanitize=alignment"]
+    elif sanitize in ("racecheck", "initcheck"):
+        # g++'s ThreadSanitizer instrumentation, our handlers (emu_sanitize.h), no TSan runtime;
+        # one OS thread runs the blocks
+        flags += ["-O1", "-gdwarf-4", "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0",
+                  "-fsanitize=alignment", f"-DEMU_SANITIZE={1 if sanitize == 'racecheck' else 2}"]
     else:
         flags += ["-O2", "-fopenmp"]
     flags += gopts
@@ -479,14 +488,23 @@ def build(source: str, options=(), name_expressions=(), filename: str = "kernel.
         h.update(str(f).encode())
         h.update(f.read_bytes())
     key = h.hexdigest()[:24]
-    so = cache_dir() / f"{Path(filename).stem}-{key}{'-asan' if sanitize else ''}.so"
+    suffix = {None: "", "address": "-asan", "racecheck": "-race", "initcheck": "-init"}[sanitize]
+    so = cache_dir() / f"{Path(filename).stem}-{key}{suffix}.so"
     with _build_lock:
         if not so.exists():
             with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
                 cpp = Path(tmp) / "unit.cpp"
                 cpp.write_text(tu)
                 out = Path(tmp) / "unit.so"
-                r = subprocess.run(["g++", *flags, str(cpp), "-o", str(out)], capture_output=True, text=True)
+                if sanitize in ("racecheck", "initcheck"):  # compile, then link without libtsan
+                    obj = Path(tmp) / "unit.o"
+                    r = subprocess.run(["g++", *[f for f in flags if f != "-shared"], "-c", str(cpp), "-o", str(obj)],
+                                       capture_output=True, text=True)
+                    if r.returncode == 0:
+                        r = subprocess.run(["g++", "-shared", "-Wl,-Bsymbolic", "-Wl,-z,defs", str(obj), "-o", str(out)],
+                                           capture_output=True, text=True)
+                else:
+                    r = subprocess.run(["g++", *flags, str(cpp), "-o", str(out)], capture_output=True, text=True)
                 if r.returncode != 0:
                     raise EmuCompileError(f"emulator build of {filename} failed:\n{r.stderr[-6000:]}")
                 os.replace(out, so)
@@ -585,6 +603,14 @@ class EmuKernel:
                 raise EmuCompileError(f"kernel {name}: parameter {self._what(i)} has type {code[1:]!r}, which the "
                                       "emulator cannot pass (CuPy passes arrays as pointers and NumPy scalars as "
                                       "numbers: use a pointer, or pass the fields as separate scalars)")
+        self._so = lib._name
+        self._san = getattr(lib, "emu_san_begin", None)
+        if self._san is not None:
+            self._san.restype = None
+            self._san.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+            self._san_take = lib.emu_san_take
+            self._san_take.restype = ctypes.c_size_t
+            self._san_take.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
         self._fn = getattr(lib, f"emu_launch_{sym}")
         self._fn.restype = ctypes.c_int
         self._fn.argtypes = [ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint), ctypes.c_size_t,
@@ -653,10 +679,26 @@ class EmuKernel:
         ptrs = (ctypes.c_void_p * max(1, len(holders)))(*[ctypes.addressof(h) for h in holders])
         order, seed = get_order()
         err = ctypes.create_string_buffer(4096)
-        rc = self._fn((ctypes.c_uint * 3)(*g), (ctypes.c_uint * 3)(*b), int(shared_mem), ctypes.cast(ptrs, ctypes.c_void_p),
-                      ORDERS[order], seed, num_threads(), err, len(err))
+        from . import sanitize
+        if self._san is not None:  # racecheck / initcheck build: tell it which memory is global
+            arrays = [(a, self._params[i]) for i, a in enumerate(args) if isinstance(a, np.ndarray)]
+            ranges, labels = sanitize.launch_ranges([a for a, _ in arrays], [n for _, n in arrays])
+            buf = (ctypes.c_size_t * max(1, len(ranges)))(*ranges)
+            self._san(sanitize.SAN_MODE[sanitize_mode()], ctypes.cast(buf, ctypes.c_void_p), len(ranges) // 3)
+        try:
+            rc = self._fn((ctypes.c_uint * 3)(*g), (ctypes.c_uint * 3)(*b), int(shared_mem), ctypes.cast(ptrs, ctypes.c_void_p),
+                          ORDERS[order], seed, num_threads(), err, len(err))
+        finally:
+            if self._san is not None:
+                out = ctypes.create_string_buffer(1 << 16)
+                self._san_take(out, len(out))
+                if out.value:
+                    sanitize.report_launch(self.name, self._so, out.value.decode(errors="replace"), labels)
         if rc != 0:
-            raise EmulatorError(err.value.decode(errors="replace"))
+            msg = err.value.decode(errors="replace")
+            if sanitize.tool():
+                sanitize.report_error(self.name, msg)
+            raise EmulatorError(msg)
 
 
 def aligned(a: np.ndarray, align: int = 256) -> np.ndarray:

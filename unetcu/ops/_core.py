@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engines import runtime
+from ..engines import runtime, sanitize
 from ..reference import PRECISIONS, check_precision
 
 BLOCK = 256
@@ -118,6 +118,8 @@ def empty(engine: str, shape, dtype=np.float32):
     a = xp(engine).empty(shape, dtype=dtype)
     if engine == "emu" or os.environ.get("UNETCU_POISON") == "1":
         a.fill(np.nan if np.dtype(dtype).kind == "f" else np.iinfo(dtype).max)
+    if engine == "emu":
+        sanitize.track(a)  # initcheck: a kernel reading it before a kernel wrote it is reported
     return a
 
 
