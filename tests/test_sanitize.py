@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from unetcu.engines import emu, runtime, sanitize
-from unetcu.emu import EmulatorError
+from unetcu.engines.emu import EmulatorError
 
 HERE = Path(__file__).resolve().parent
 BUGS = HERE / "cuda" / "sanitizer_bugs.cu"
@@ -145,8 +145,8 @@ def front_end(tmp_path, tool, body):
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(f"""
         import numpy as np
-        from unetcu import runtime
-        from unetcu.emu import aligned
+        from unetcu.engines import runtime
+        from unetcu.engines.emu import aligned
         m = runtime.compile(open({str(BUGS)!r}).read(), engine="emu", filename={str(BUGS)!r})
     """) + textwrap.dedent(body))
     env = dict(os.environ, UNETCU_CACHE_DIR=os.environ.get("UNETCU_CACHE_DIR", str(tmp_path / "cache")))
