@@ -40,7 +40,17 @@ def best(fn, reps=5):
     return min(ts)
 
 
-def baseline(rev: str, rounds: int = 200):
+def collectives(mod, rounds: int = 200):
+    """Print __syncthreads' and __shfl_xor_sync's cost per thread for blocks of 32, 256 and 1024."""
+    for block in (32, 256, 1024):
+        y = np.zeros(block, np.float32)
+        t = best(lambda: mod.get_function("barriers")((1,), (block,), (y, np.int32(rounds))))
+        s = best(lambda: mod.get_function("shuffles")((1,), (block,), (y, np.int32(rounds))))
+        print(f"block {block:>4}: __syncthreads {t / rounds / block * 1e9:6.1f} ns/thread, "
+              f"__shfl_xor_sync {s / rounds / block * 1e9:6.1f} ns/thread")
+
+
+def baseline(rev: str):
     """__syncthreads and shuffle costs (1 OS thread) with the emulator headers of git revision `rev`."""
     root = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,12 +62,7 @@ def baseline(rev: str, rounds: int = 200):
         try:
             mod = runtime.compile(COSTS, engine="emu", filename="costs.cu")
             print(f"-- baseline: kernels/emu at {rev}, 1 OS thread")
-            for block in (32, 256, 1024):
-                y = np.zeros(block, np.float32)
-                t = best(lambda: mod.get_function("barriers")((1,), (block,), (y, np.int32(rounds))))
-                s = best(lambda: mod.get_function("shuffles")((1,), (block,), (y, np.int32(rounds))))
-                print(f"block {block:>4}: __syncthreads {t / rounds / block * 1e9:6.1f} ns/thread, "
-                      f"__shfl_xor_sync {s / rounds / block * 1e9:6.1f} ns/thread")
+            collectives(mod)
         finally:
             emu.EMU_DIR = saved
             os.environ.pop("UNETCU_EMU_THREADS")
@@ -70,7 +75,6 @@ def main():
           f"(CPU timings, not GPU speeds)")
     mod = runtime.compile(COSTS, engine="emu", filename="costs.cu")
     demo = runtime.load("examples/demo.cu", "emu")
-    rounds = 200
     rng = np.random.default_rng(0)
     A = aligned(rng.standard_normal((128, 128)).astype(np.float32))
     B = aligned(rng.standard_normal((128, 128)).astype(np.float32))
@@ -79,12 +83,7 @@ def main():
     for threads in ("1", str(os.cpu_count())):
         os.environ["UNETCU_EMU_THREADS"] = threads
         print(f"-- {threads} OS thread(s)")
-        for block in (32, 256, 1024):
-            y = np.zeros(block, np.float32)
-            t = best(lambda: mod.get_function("barriers")((1,), (block,), (y, np.int32(rounds))))
-            s = best(lambda: mod.get_function("shuffles")((1,), (block,), (y, np.int32(rounds))))
-            print(f"block {block:>4}: __syncthreads {t / rounds / block * 1e9:6.1f} ns/thread, "
-                  f"__shfl_xor_sync {s / rounds / block * 1e9:6.1f} ns/thread")
+        collectives(mod)
         t = best(lambda: demo.get_function("sgemm_tiled_kernel1")((8, 8), (16, 16), (A, B, C, n, n, n)))
         print(f"tiled SGEMM 128^3 (16x16 tiles): {t * 1e3:.1f} ms")
         t = best(lambda: demo.get_function("wmma_tf32_gemm_kernel1")((8, 8), (32,), (A, B, C, n, n, n)), reps=2)
