@@ -103,16 +103,14 @@ def test_a_ranks_dropout_seed_gives_its_tiles_mask_in_the_whole_batch(rng):
     """rank_dropout_seed: rank r's mask over its b tiles is the slice r*b.. of the mask of the N*b
     tiles drawn with the step's seed (the kernels' counter-based hash, reference.dropout_uniform)."""
     from unetcu import reference
-    from unetcu.distributed import bottom_size, rank_dropout_seed
+    from unetcu.distributed import dropout_chw, rank_dropout_seed
     cfg = dict(depth=3, base_channels=8)
     tile, b, n = 92, 2, 3
-    s = bottom_size(tile, 3)
-    c = 8 * 4
-    x = rng.standard_normal((n * b, c, s, s)).astype(np.float32)
+    x = rng.standard_normal((n * b, *dropout_chw(cfg, tile))).astype(np.float32)
     seed = int(rng.integers(2**63))
     whole = reference.dropout_forward(x, 0.5, seed)
     for r in range(n):
-        mine = reference.dropout_forward(x[r * b:(r + 1) * b], 0.5, rank_dropout_seed(seed, r, b, cfg, (tile, tile)))
+        mine = reference.dropout_forward(x[r * b:(r + 1) * b], 0.5, rank_dropout_seed(seed, r, b, cfg, tile))
         assert np.array_equal(mine, whole[r * b:(r + 1) * b]), f"rank {r}, seed {seed}"
     assert not np.array_equal(reference.dropout_forward(x[b:2 * b], 0.5, seed), whole[b:2 * b])  # the shift matters
 

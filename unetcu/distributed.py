@@ -43,6 +43,8 @@ import sys
 
 import numpy as np
 
+from .model import layer_shapes
+
 GOLDEN = 0x9E3779B97F4A7C15          # the dropout hash's multiplier (kernels/dropout.cu)
 GOLDEN_INV = pow(GOLDEN, -1, 2**64)  # G is odd, so it has an inverse mod 2^64
 
@@ -72,21 +74,20 @@ def launched_ranks() -> int:
     return 1
 
 
-def bottom_size(tile: int, depth: int) -> int:
-    """Side of the feature map that dropout sees (the end of the contracting path) for an input tile."""
-    s = tile
-    for _ in range(depth - 1):
-        s = (s - 4) // 2
-    return s - 4
+def dropout_chw(config: dict, tile: int) -> tuple[int, int, int]:
+    """(C, h, w) of the map dropout sees (the bottleneck's output, after its second conv) for a
+    square input tile, from the network's layer shapes (model.layer_shapes)."""
+    depth = config["depth"]
+    last = next(l for l in layer_shapes(tile, depth, config["base_channels"]) if l["name"] == f"down{depth - 1}.conv2")
+    return last["K"], last["H"] - 2, last["W"] - 2
 
 
-def rank_dropout_seed(seed: int, rank: int, batch: int, config: dict, tile_hw) -> int:
+def rank_dropout_seed(seed: int, rank: int, batch: int, config: dict, tile: int) -> int:
     """The dropout seed that gives rank `rank` (of `batch` tiles) the mask that a batch of
     ranks x batch tiles drawn with `seed` has at its tiles rank*batch ...: the dropout tensor is
-    (batch, C, h, w) with C = base * 2^(depth-1), see the module's docstring."""
-    depth = config["depth"]
-    chw = config["base_channels"] * 2 ** (depth - 1) * bottom_size(tile_hw[0], depth) * bottom_size(tile_hw[1], depth)
-    return (int(seed) + rank * batch * chw * GOLDEN_INV) % 2**64
+    (batch, C, h, w) (dropout_chw), see the module's docstring."""
+    c, h, w = dropout_chw(config, tile)
+    return (int(seed) + rank * batch * c * h * w * GOLDEN_INV) % 2**64
 
 
 def checksum(a) -> int:
@@ -236,7 +237,7 @@ class Distributed:
         with self.nonfinite = (rank, loss), and no all-reduce is done."""
         err, loss, grads = None, math.nan, None
         try:
-            seed = rank_dropout_seed(dropout_seed, self.rank, x.shape[0], model.config, x.shape[2:])
+            seed = rank_dropout_seed(dropout_seed, self.rank, x.shape[0], model.config, x.shape[2])  # square tiles
             loss, grads = model.loss_and_grads(x, labels, weights, dropout_seed=seed)
             loss = float(loss)
         except Exception as e:  # noqa: BLE001 - every rank must hear of it, whatever it is
