@@ -27,6 +27,7 @@ from typing import Callable
 
 from benchmarks.common import ceilings, cpu_median_ms, gpu_median_ms, machine_info, torch_or_none
 from unetcu import UNet, ops, reference as R
+from unetcu.distributed import dropout_chw
 from unetcu.ops.dropout import SEED_IN_MEMORY
 from unetcu.engines import runtime
 
@@ -364,9 +365,8 @@ def run(engine, tile, depth, base, batch, reps, torch, sweep=False, save=None):
     e = dict(engine=engine)
     net = UNet(depth=depth, base_channels=base, engine="numpy")
     layers = net.layers(tile, batch=batch)
-    bottleneck = [L for L in layers if L["name"] == f"down{depth - 1}.conv2"][0]
-    layers += [dict(op="dropout", name=f"down{depth - 1}.dropout", N=batch, C=bottleneck["K"], H=bottleneck["H"] - 2,
-                    W=bottleneck["W"] - 2),
+    c, h, w = dropout_chw(net.config, tile)
+    layers += [dict(op="dropout", name=f"down{depth - 1}.dropout", N=batch, C=c, H=h, W=w),
                dict(op="update", name="all params", n=net.n_params)]
     seen = set()
     for L in layers:

@@ -135,13 +135,18 @@ def layer_shapes(tile: int, depth: int = 5, base_channels: int = 64, in_channels
 
 def _output_elements(l: dict) -> int:
     """The elements of the feature map a layer of layer_shapes writes (the loss writes none)."""
-    n = l["N"]
-    return {"conv3x3": lambda: n * l["K"] * (l["H"] - 2) * (l["W"] - 2),
-            "maxpool2x2": lambda: n * l["C"] * (l["H"] // 2) * (l["W"] // 2),
-            "upconv2x2": lambda: n * l["K"] * 4 * l["H"] * l["W"],
-            "crop_concat": lambda: n * (l["Cs"] + l["Cu"]) * l["H"] * l["H"],
-            "conv1x1": lambda: n * l["K"] * l["H"] * l["W"],
-            "softmax_xent": lambda: 0}[l["op"]]()
+    op, n = l["op"], l["N"]
+    if op == "conv3x3":
+        return n * l["K"] * (l["H"] - 2) * (l["W"] - 2)
+    if op == "maxpool2x2":
+        return n * l["C"] * (l["H"] // 2) * (l["W"] // 2)
+    if op == "upconv2x2":
+        return n * l["K"] * 4 * l["H"] * l["W"]
+    if op == "crop_concat":
+        return n * (l["Cs"] + l["Cu"]) * l["H"] * l["H"]
+    if op == "conv1x1":
+        return n * l["K"] * l["H"] * l["W"]
+    return 0  # softmax_xent: the loss writes no feature map
 
 
 def activation_bytes(tile: int, depth: int, base_channels: int, n_classes: int = 2, in_channels: int = 1,
