@@ -111,13 +111,11 @@ def resolve_engine(engine: str | None = None, kernels: bool = False) -> str:
             raise ValueError("engine numpy runs no kernels: choose emu (the CPU emulator) or cuda (a GPU)")
     if engine == Engine.CUDA:
         ok, why = gpu_status()
-        if not ok and kernels:
-            raise RuntimeError(f"engine cuda needs a GPU and no GPU is usable: {why}. Without a GPU use engine emu "
-                               "(--engine emu: these CUDA kernels emulated on the CPU)")
         if not ok:
-            raise RuntimeError(f"engine cuda needs a GPU and no GPU is usable: {why}. Without a GPU use engine numpy "
-                               "(--engine numpy: trains and predicts on the CPU) or emu (--engine emu: these CUDA "
-                               "kernels emulated on the CPU, for checking them; slow)")
+            cpu = ("engine emu (--engine emu: these CUDA kernels emulated on the CPU)" if kernels else
+                   "engine numpy (--engine numpy: trains and predicts on the CPU) or emu (--engine emu: these CUDA "
+                   "kernels emulated on the CPU, for checking them; slow)")
+            raise RuntimeError(f"engine cuda needs a GPU and no GPU is usable: {why}. Without a GPU use {cpu}")
     return engine
 
 
