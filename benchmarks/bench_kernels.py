@@ -394,7 +394,8 @@ def _positive(text: str) -> int:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_kernels", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", choices=runtime.ENGINES)
     ap.add_argument("--batch", type=_positive, default=1, help="tiles per call, >= 1 (default 1)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -402,7 +403,10 @@ def main(argv=None):
     ap.add_argument("--tiles", action="store_true", help="also time every tile shape of the implicit-GEMM variants "
                     "(rows v3@128x64 ...), to check the per-layer tile choice")
     a = ap.parse_args(argv)
-    engine = runtime.resolve_engine(a.engine)
+    try:
+        engine = runtime.resolve_engine(a.engine)
+    except (ValueError, RuntimeError) as e:  # a bad engine or no GPU: one line, not a traceback
+        ap.error(str(e))
     info = machine_info()
     torch = torch_or_none() if engine == "cuda" else None
     if engine == "cuda":

@@ -135,12 +135,16 @@ def bench_augment(engine, reps):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_step", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", choices=ENGINES)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
-    engine = resolve_engine(a.engine)
+    try:
+        engine = resolve_engine(a.engine)
+    except (ValueError, RuntimeError) as e:  # a bad engine or no GPU: one line, not a traceback
+        ap.error(str(e))
     info = machine_info()
     rows = []
     if engine == "cuda":

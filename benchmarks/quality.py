@@ -134,7 +134,8 @@ def summary(runs):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=default_data_dir())
     ap.add_argument("--sets", nargs="+", default=["isbi2012", "dic_hela"], choices=["isbi2012", "dic_hela", "dsb2018_fluo"])
     ap.add_argument("--arms", nargs="+", default=["unetcu", "peer"], choices=["unetcu", "peer"])
@@ -148,7 +149,10 @@ def main(argv=None):
     ap.add_argument("--figure", help="write image / truth / each arm's instances of a held-out image per set "
                                      "(first seed) to this PNG (default OUT/quality.png)")
     a = ap.parse_args(argv)
-    engine = resolve_engine(a.engine)
+    try:
+        engine = resolve_engine(a.engine)
+    except (ValueError, RuntimeError) as e:  # a bad engine or no GPU: one line, not a traceback
+        ap.error(str(e))
     preset = a.preset or ("paper" if engine == "cuda" else "small")
     steps = a.steps or (4000 if preset == "paper" else 1500)
     root = Path(a.data)

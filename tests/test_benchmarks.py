@@ -132,3 +132,13 @@ def test_the_case_table_covers_every_registered_op():
     from benchmarks.bench_kernels import CASES
     from unetcu import ops
     assert {c.op for cases in CASES.values() for c in cases} == set(ops.REGISTRY)
+
+
+def test_a_bad_engine_is_one_line_not_a_traceback(tmp_path):
+    import os
+    for which in ("kernels", "step"):
+        r = subprocess.run([sys.executable, "-m", "unetcu.cli", "bench", which], capture_output=True, text=True,
+                           timeout=120, cwd=str(tmp_path), env=dict(os.environ, UNETCU_ENGINE="bogus"))
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines()[-1].endswith("unknown engine 'bogus' (UNETCU_ENGINE=bogus): choose one of "
+                                                          "numpy, emu, cuda"), r.stderr

@@ -294,6 +294,17 @@ def test_out_of_bounds_write_caught_by_asan(tmp_path):
     assert re.search(rf"in out_of_bounds .*planted_bugs.cu:{bug_line('oob')}", r.stderr), r.stderr[-3000:]
 
 
+def test_asan_front_end_takes_dashes_and_names_a_missing_command():
+    """`unetcu asan -- CMD` as `unetcu sanitize -- CMD`; a command that does not exist is one line."""
+    r = subprocess.run([sys.executable, "-m", "unetcu.cli", "asan", "--", sys.executable, "-c", "print('ran')"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "ran" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-m", "unetcu.cli", "asan", "--", "no_such_command_xyz"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 127 and r.stderr.strip() == ("unetcu asan: cannot run 'no_such_command_xyz': "
+                                                        "No such file or directory"), r.stderr
+
+
 def test_asan_build_refuses_without_libasan(monkeypatch):
     monkeypatch.setenv("UNETCU_EMU_SANITIZE", "address")
     with pytest.raises(EmulatorError, match="libasan preloaded"):

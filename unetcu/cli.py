@@ -53,12 +53,16 @@ def _cmd_compile_check(a) -> int:
 
 def _cmd_asan(a) -> int:
     from .engines.emu import asan_runtime
-    if not a.command:
+    command = a.command[1:] if a.command[:1] == ["--"] else a.command  # `--` as unetcu sanitize takes it
+    if not command:
         print("unetcu asan: give a command, e.g. `unetcu asan python my_kernel_test.py`", file=sys.stderr)
         return 2
     env = dict(os.environ, LD_PRELOAD=asan_runtime(), UNETCU_EMU_SANITIZE="address",
                ASAN_OPTIONS=os.environ.get("ASAN_OPTIONS", "detect_leaks=0"))
-    os.execvpe(a.command[0], a.command, env)
+    try:
+        os.execvpe(command[0], command, env)
+    except OSError as e:
+        print(f"unetcu asan: cannot run {command[0]!r}: {e.strerror}", file=sys.stderr)
     return 127
 
 
