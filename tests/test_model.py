@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import rel_err
-from unetcu import UNet, valid_input_size
+from unetcu import UNet, valid_input_size, reference as R
 from unetcu.model import output_size
 
 
@@ -59,6 +59,44 @@ def small_problem(rng, depth=3, base=3, n=2, size=None, classes=2):
     return x, labels, weights
 
 
+def decided_problem(rng, model, base, margin=1e-6):
+    """small_problem redrawn until every max-pool window and ReLU of model's (float64) forward is
+    decided by more than margin x the layer's largest value. fp32 rounding (~1e-7 relative) may
+    decide a closer one the other way, which moves one pixel's gradient elsewhere: a 1e-3 gradient
+    difference (seen once in 640 problems: a max-pool near-tie) that is no kernel error."""
+    for _ in range(50):
+        x, labels, weights = small_problem(rng, base=base)
+        if near_decisions(model, x.astype(np.float64), margin) == 0:
+            return x, labels, weights
+    raise AssertionError("50 problems in a row had a near-tied max-pool or ReLU")
+
+
+def near_decisions(model, x, margin):
+    """How many max-pool windows (top two values) and ReLUs (pre-activation vs 0) of model's forward
+    on x are decided by less than margin x the layer's largest value."""
+    cache = {}
+    model.forward(x, train=True, dropout_seed=99, _cache=cache)
+    near = 0
+    for name, entry in cache.items():
+        if name.startswith("skip"):  # the map each max-pool reads: its 2x2 windows' top two values
+            n, c, h, w = entry.shape
+            win = np.sort(entry.reshape(n, c, h // 2, 2, w // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(-1, 4), axis=1)
+            near += int(((win[:, 3] - win[:, 2] < margin * np.abs(entry).max()) & (win[:, 3] > 0)).sum())
+        elif ".conv" in name:  # a 3x3 conv + ReLU: its pre-activation near 0
+            inp = R.crop_concat_forward(*entry[0]) if isinstance(entry[0], tuple) else entry[0]
+            pre = R.conv3x3_forward(inp, model.params[f"{name}.weight"], model.params[f"{name}.bias"], relu=False)
+            near += int((np.abs(pre) < margin * np.abs(pre).max()).sum())
+    return near
+
+
+def test_near_decisions_finds_the_max_pool_near_tie():
+    """The problem drawn from seed 625 has a max-pool window whose top two values the emulated fp32
+    model ordered the other way (a down0.conv1 gradient 1.2e-3 off); decided_problem skips it."""
+    ref = UNet(depth=3, base_channels=4, dropout=0.5, engine="numpy", seed=5).reference()
+    x = small_problem(np.random.default_rng(625), base=4)[0].astype(np.float64)
+    assert near_decisions(ref, x, 1e-6) > 0 and near_decisions(ref, x, 0) == 0
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_reference_model_vs_finite_differences(rng, dropout):
     m = UNet(depth=3, base_channels=2, dropout=dropout, engine="numpy", seed=3).reference()
@@ -94,8 +132,8 @@ def test_model_gradients_match_reference(engine, rng, fuse, precision):
     if precision == "tf32":
         rng = np.random.default_rng(0)
     m = UNet(depth=3, base_channels=4, dropout=0.5, engine=engine, seed=5, fuse=fuse, precision=precision)
-    x, labels, weights = small_problem(rng, base=4)
     ref = UNet(depth=3, base_channels=4, dropout=0.5, engine="numpy", seed=5).reference()
+    x, labels, weights = decided_problem(rng, ref, base=4) if precision == "fp32" else small_problem(rng, base=4)
     rloss, rgrads = ref.loss_and_grads(x.astype(np.float64), labels, weights.astype(np.float64), dropout_seed=99)
     xp = m.xp
     loss, grads = m.loss_and_grads(xp.asarray(x), xp.asarray(labels), xp.asarray(weights), dropout_seed=99)

@@ -33,12 +33,25 @@ def host(a):
     return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
-def close(out, ref, tol=TOL):
+def close(out, ref, magnitude=None, tol=TOL):
+    """Relative L2 error <= tol, NaN fails. For a sum (a convolution), pass `magnitude`, the same sum
+    over its terms' absolute values (`sums`): the error is then relative to ||magnitude||, which
+    bounds fp32 rounding, so an output that cancels to near 0 (one ReLU survivor of 0.001 from terms
+    of 0.3) does not fail a correct kernel."""
     out = host(out)
     err = rel_err(out, ref)
-    assert err <= tol, f"relative L2 error {err:.3e} > {tol}"
+    if magnitude is not None and np.isfinite(err):
+        err = float(np.linalg.norm(out.astype(np.float64) - ref) / max(np.linalg.norm(magnitude), 1e-300))
+    assert err <= tol, f"relative L2 error {err:.3e} > {tol}" + (" (relative to the summed magnitudes)" if magnitude is not None else "")
     maxabs = np.abs(out.astype(np.float64) - ref).max() if out.size else 0.0
     assert maxabs <= 100 * tol * max(1.0, np.abs(ref).max()), f"max abs error {maxabs:.3e}"
+
+
+def sums(f, *args):
+    """f (a reference op) over the float64 inputs, and over their absolute values: the magnitudes
+    that bound each output's fp32 rounding error (for `close(..., magnitude=)`)."""
+    a64 = [np.asarray(a, np.float64) if isinstance(a, np.ndarray) else a for a in args]
+    return f(*a64), f(*(np.abs(a) if isinstance(a, np.ndarray) else a for a in a64))
 
 
 def close_sum(out, ref, magnitude, tol=TOL):
@@ -108,14 +121,30 @@ def test_conv3x3_forward(engine, rng, variant, tile, shape, relu):
     x, wt, b = f32(rng, n, c, h, w), f32(rng, k, c, 3, 3, scale=0.3), f32(rng, k)
     out = ops.conv3x3_forward(dev(x, engine), dev(wt, engine), dev(b, engine), relu=relu, engine=engine,
                               **tiled(variant, tile, op))
-    close(out, R.conv3x3_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64), relu,
-                                 precision(op, variant)))
+    ref, mag = sums(R.conv3x3_forward, x, wt, b, relu, precision(op, variant))
+    close(out, ref, magnitude=mag)
 
 
 # skip (Hs, Ws), (N, Cs, Cu, H, W, K); the smallest has 4 output channels: with one, the ReLU could
 # leave a single output of 0.009 from terms of 6, whose fp32 rounding alone is 1.3e-5 relative
 CONCAT_SHAPES = [((6, 7), (1, 1, 2, 4, 5, 4)), ((13, 12), (2, 3, 4, 9, 8, 5)),
                  ((21, 21), (2, 5, 3, 15, 15, 7))]
+
+
+def test_close_to_the_summed_magnitudes_still_fails_a_wrong_sum(rng):
+    """The bound relative to the terms' magnitudes passes fp32 rounding of an output that cancels,
+    and still fails a sum missing one term, a NaN, or an output off by 1e-4 relative."""
+    x, wt, b = f32(rng, 2, 3, 11, 13), f32(rng, 5, 3, 3, 3, scale=0.3), f32(rng, 5)
+    ref, mag = sums(R.conv3x3_forward, x, wt, b, True, "fp32")
+    close(ref.astype(np.float32), ref, magnitude=mag)
+    missing = wt.copy()
+    missing[2, 1, 0, 2] = 0
+    poisoned = ref.astype(np.float32)
+    poisoned[1, 4, 3, 3] = np.nan
+    for wrong in (R.conv3x3_forward(x.astype(np.float64), missing.astype(np.float64), b.astype(np.float64), True),
+                  poisoned, ref * (1 + 1e-4)):
+        with pytest.raises(AssertionError):
+            close(wrong, ref, magnitude=mag)
 
 
 @pytest.mark.parametrize("variant,tile", conv_cases("conv3x3_forward_concat"))
@@ -128,7 +157,8 @@ def test_conv3x3_forward_concat(engine, rng, variant, tile, skip_hw, up_shape):
     out = ops.conv3x3_forward_concat(dev(skip, engine), dev(up, engine), dev(wt, engine), dev(b, engine), engine=engine,
                                      **tiled(variant, tile, op))
     cat = R.crop_concat_forward(skip.astype(np.float64), up.astype(np.float64))
-    close(out, R.conv3x3_forward(cat, wt.astype(np.float64), b.astype(np.float64), True, precision(op, variant)))
+    ref, mag = sums(R.conv3x3_forward, cat, wt, b, True, precision(op, variant))
+    close(out, ref, magnitude=mag)
 
 
 @pytest.mark.parametrize("variant,tile", conv_cases("conv3x3_backward_data"))
@@ -141,7 +171,8 @@ def test_conv3x3_backward_data(engine, rng, variant, tile, shape, relu):
     out = np.maximum(f32(rng, n, k, h - 2, w - 2), 0) if relu else None  # forward's ReLU output
     dx = ops.conv3x3_backward_data(dev(dout, engine), dev(wt, engine), None if out is None else dev(out, engine),
                                    engine=engine, **tiled(variant, tile, op))
-    close(dx, R.conv3x3_backward_data(dout.astype(np.float64), wt.astype(np.float64), out, precision(op, variant)))
+    ref, mag = sums(R.conv3x3_backward_data, dout, wt, out, precision(op, variant))
+    close(dx, ref, magnitude=mag)
 
 
 @pytest.mark.parametrize("variant", [r.number for r in ops.variants("conv3x3_backward_data") if r.tiles])
@@ -153,9 +184,9 @@ def test_conv3x3_backward_data_applies_the_input_relu_mask(engine, rng, variant,
     out, mask = np.maximum(f32(rng, n, k, h - 2, w - 2), 0), np.maximum(f32(rng, n, c, h, w), 0)
     dx = ops.conv3x3_backward_data(dev(dout, engine), dev(wt, engine), dev(out, engine), mask=dev(mask, engine),
                                    engine=engine, **tiled(variant, None, op))
-    ref = R.conv3x3_backward_data(dout.astype(np.float64), wt.astype(np.float64), out, precision(op, variant))
+    ref, mag = sums(R.conv3x3_backward_data, dout, wt, out, precision(op, variant))
     assert (host(dx)[mask == 0] == 0).all()
-    close(dx, R.relu_mask(ref, mask))
+    close(dx, R.relu_mask(ref, mask), magnitude=R.relu_mask(mag, mask))
 
 
 @pytest.mark.parametrize("variant,tile", conv_cases("conv3x3_backward_data_concat"))
@@ -169,12 +200,12 @@ def test_conv3x3_backward_data_concat(engine, rng, variant, tile, skip_hw, up_sh
     dwin, dup = ops.conv3x3_backward_data_concat(dev(dout, engine), dev(wt, engine), cs,
                                                  None if out is None else dev(out, engine), engine=engine,
                                                  **tiled(variant, tile, op))
-    dx = R.conv3x3_backward_data(dout.astype(np.float64), wt.astype(np.float64), out, precision(op, variant))
+    dx, mag = sums(R.conv3x3_backward_data, dout, wt, out, precision(op, variant))
     # the same as the unfused path: crop_concat_backward of the concatenated input's gradient
-    dskip, rdup = R.crop_concat_backward(dx, (n, cs) + skip_hw)
+    (dskip, rdup), (mskip, mup) = (R.crop_concat_backward(a, (n, cs) + skip_hw) for a in (dx, mag))
     oy, ox = R.crop_offsets(skip_hw, (h, w))
-    close(dwin, dskip[:, :, oy:oy + h, ox:ox + w])
-    close(dup, rdup)
+    close(dwin, dskip[:, :, oy:oy + h, ox:ox + w], magnitude=mskip[:, :, oy:oy + h, ox:ox + w])
+    close(dup, rdup, magnitude=mup)
 
 
 @pytest.mark.parametrize("variant,tile", conv_cases("conv3x3_backward_weight"))
@@ -288,12 +319,12 @@ def test_maxpool2x2(engine, rng, shape, v):
 def test_upconv2x2(engine, rng, shape, v):
     n, c, h, w, k = shape
     x, wt, b = f32(rng, n, c, h, w), f32(rng, c, k, 2, 2), f32(rng, k)
-    x64, w64 = x.astype(np.float64), wt.astype(np.float64)
+    x64 = x.astype(np.float64)
     close(ops.upconv2x2_forward(dev(x, engine), dev(wt, engine), dev(b, engine), engine=engine, variant=v["upconv2x2_forward"]),
-          R.upconv2x2_forward(x64, w64, b.astype(np.float64)))
+          *sums(R.upconv2x2_forward, x, wt, b))
     dout = f32(rng, n, k, 2 * h, 2 * w)
     close(ops.upconv2x2_backward_data(dev(dout, engine), dev(wt, engine), engine=engine, variant=v["upconv2x2_backward_data"]),
-          R.upconv2x2_backward_data(dout.astype(np.float64), w64))
+          *sums(R.upconv2x2_backward_data, dout, wt))
     dw0, db0 = f32(rng, c, k, 2, 2), f32(rng, k)
     dw, db = ops.upconv2x2_backward_weight(dev(dout, engine), dev(x, engine), dw=dev(dw0, engine), db=dev(db0, engine), engine=engine,
                                            variant=v["upconv2x2_backward_weight"])
@@ -345,10 +376,10 @@ def test_conv1x1(engine, rng, shape, v):
     n, c, h, w, k = shape
     x, wt, b = f32(rng, n, c, h, w), f32(rng, k, c, 1, 1), f32(rng, k)
     close(ops.conv1x1_forward(dev(x, engine), dev(wt, engine), dev(b, engine), engine=engine, variant=v["conv1x1_forward"]),
-          R.conv1x1_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64)))
+          *sums(R.conv1x1_forward, x, wt, b))
     dout = f32(rng, n, k, h, w)
     close(ops.conv1x1_backward_data(dev(dout, engine), dev(wt, engine), engine=engine, variant=v["conv1x1_backward_data"]),
-          R.conv1x1_backward_data(dout.astype(np.float64), wt.astype(np.float64)))
+          *sums(R.conv1x1_backward_data, dout, wt))
     dw, db = ops.conv1x1_backward_weight(dev(dout, engine), dev(x, engine), engine=engine, variant=v["conv1x1_backward_weight"])
     gw, gb = R.conv1x1_backward_weight(dout.astype(np.float64), x.astype(np.float64))
     # sums over N*H*W pixels (6 in the smallest shape) can cancel: bound the error by the summed magnitudes
