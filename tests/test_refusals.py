@@ -119,6 +119,7 @@ def test_resume_from_an_image_says_what_was_expected(tmp_path):
     r = run("train", "--resume", "x.png", cwd=tmp_path)
     line = one_line(r)
     assert r.returncode == 1 and "not a readable unetcu model file (a PNG image)" in line and "pickle" not in line
+    assert "predict" not in line and "images" not in line  # predict's argument order is not train's business
 
 
 def test_ctrl_c_after_the_last_step_still_reports_the_checkpoint(tmp_path, monkeypatch):

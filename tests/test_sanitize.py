@@ -196,6 +196,14 @@ def test_front_end_exit_status(tmp_path):
     assert r.returncode == 0 and "ERROR SUMMARY: 0 errors" in r.stderr, r.stderr[-3000:]
 
 
+def test_front_end_names_a_missing_command_in_one_line():
+    """Nothing ran under the tool, so no banner and no ERROR SUMMARY: one line, exit 127."""
+    r = subprocess.run([sys.executable, "-m", "unetcu.cli", "sanitize", "--tool", "racecheck", "--", "no_such_command_xyz"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 127 and r.stderr.strip() == ("unetcu sanitize: cannot run 'no_such_command_xyz': "
+                                                        "not found or not executable"), r.stderr
+
+
 def test_sanitizer_builds_are_cached_apart(monkeypatch, tmp_path):
     monkeypatch.setenv("UNETCU_CACHE_DIR", str(tmp_path))
     src = 'extern "C" __global__ void k(float* y) { y[threadIdx.x] = 1.0f; }'

@@ -196,7 +196,7 @@ def check_model_file(path) -> None:
             head = f.read(8)
         kind = next((v for k, v in _MAGIC.items() if head.startswith(k)), "not an .npz archive")
         raise ValueError(f"{path}: not a readable unetcu model file ({kind}); expected a checkpoint.npz written by "
-                         "`unetcu train` (for predict: the model comes first, then the images)")
+                         "`unetcu train`")
 
 
 # ---- the model -----------------------------------------------------------------------------------

@@ -69,7 +69,10 @@ def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, 
         raise ValueError(f"instances must be one of {INSTANCE_METHODS}, got {instances!r}")
     if min_distance is not None and instances != "watershed":
         raise ValueError("--min-distance sets the watershed's seed spacing: give it with --instances watershed")
-    model, _, state = UNet.load(model_path, engine=engine, with_state=True, precision=precision)
+    try:
+        model, _, state = UNet.load(model_path, engine=engine, with_state=True, precision=precision)
+    except ValueError as e:  # an image where the model belongs: name the order
+        raise ValueError(f"{e} (the model comes first, then the images)" if " image)" in str(e) else str(e)) from None
     if instances == "watershed" and min_distance is None:
         if not state.get("object_radius"):
             raise ValueError(f"{model_path} does not record the size of its training objects (trained on class labels, "

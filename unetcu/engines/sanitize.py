@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -244,11 +245,14 @@ def run(name: str, cmd) -> int:
     fd, log = tempfile.mkstemp(prefix="unetcu-sanitize-", suffix=".log")
     os.close(fd)
     try:
+        if shutil.which(cmd[0]) is None:  # before the banner: nothing ran under the tool
+            print(f"unetcu sanitize: cannot run {cmd[0]!r}: not found or not executable", file=sys.stderr)
+            return 127
         sys.stderr.write(f"{PREFIX}UNETCU-SANITIZER ({name}, CPU emulator)\n")
         sys.stderr.flush()
         try:
             rc = subprocess.call(cmd, env=child_env(name, log))
-        except FileNotFoundError as e:
+        except OSError as e:
             print(f"unetcu sanitize: cannot run {cmd[0]!r}: {e.strerror}", file=sys.stderr)
             return 127
         with open(log) as f:
