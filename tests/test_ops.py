@@ -405,6 +405,23 @@ def test_dropout_same_mask_on_every_engine(engine, rng, p, v):
     close(dx, R.dropout_backward(dout.astype(np.float64), p, seed))
 
 
+@pytest.mark.parametrize("v", family_variants("dropout_forward"))
+def test_dropout_keeps_exactly_the_draws_at_or_above_p(engine, v):
+    """p = (k + 0.4) / 2^24 between two draws: fp32 rounds it down to k / 2^24, so a kernel comparing
+    with p in fp32 would keep draw k, which p drops; draw k + 1 is kept. Every engine, every variant."""
+    seed, n = 99, 4000
+    bits = R.dropout_bits(seed, n)
+    i = int(np.argmax(bits >= 2 ** 23))  # a draw in [0.5, 1): fp32's spacing there is 2^-24
+    k = int(bits[i])
+    assert np.float32((k + 0.4) / 2 ** 24) == k / 2 ** 24  # the fp32 p that would keep draw k
+    for p, kept in (((k + 0.4) / 2 ** 24, False), ((k - 0.4) / 2 ** 24, True), (k / 2 ** 24, True)):
+        s = dev(np.array([seed], np.uint64), engine) if v["dropout_forward"] == SEED_IN_MEMORY else seed
+        y = host(ops.dropout_forward(dev(np.full(n, 2.0, np.float32), engine), p=p, seed=s, engine=engine,
+                                     variant=v["dropout_forward"]))
+        assert (y[i] != 0) == kept, (p, k)
+        assert np.array_equal(y != 0, bits >= R.dropout_threshold(p))
+
+
 @pytest.mark.parametrize("v", family_variants("sgd_momentum_update"))
 def test_sgd_momentum_update(engine, rng, v):
     p0, g, v0 = f32(rng, 1001), f32(rng, 1001), f32(rng, 1001)

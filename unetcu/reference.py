@@ -7,6 +7,8 @@ Each function computes in the dtype its inputs promote to.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -190,9 +192,9 @@ def conv1x1_backward_weight(dout, x):
 
 
 # ---- dropout -------------------------------------------------------------------------------------
-def dropout_uniform(seed: int, count: int) -> np.ndarray:
-    """The counter-based RNG the dropout kernels use: splitmix64 of seed*golden + index, top 24
-    bits as a float in [0, 1). Element i's draw depends only on (seed, i), so backward recomputes
+def dropout_bits(seed: int, count: int) -> np.ndarray:
+    """The counter-based RNG the dropout kernels use: splitmix64 of seed*golden + index, its top 24
+    bits (uint32 in [0, 2^24)). Element i's draw depends only on (seed, i), so backward recomputes
     the mask instead of storing it, and every engine draws the same numbers."""
     with np.errstate(over="ignore"):
         z = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.arange(count, dtype=np.uint64)
@@ -200,12 +202,25 @@ def dropout_uniform(seed: int, count: int) -> np.ndarray:
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(40)).astype(np.float64) * (1.0 / (1 << 24))
+    return (z >> np.uint64(40)).astype(np.uint32)
+
+
+def dropout_uniform(seed: int, count: int) -> np.ndarray:
+    """dropout_bits as floats in [0, 1) (k / 2^24, exact in float64)."""
+    return dropout_bits(seed, count) * (1.0 / (1 << 24))
+
+
+def dropout_threshold(p: float) -> int:
+    """The integer the kernels compare each 24-bit draw k with: k >= ceil(p * 2^24) exactly when
+    k / 2^24 >= p (p * 2^24 is exact in float64). One integer for every engine: p rounded to fp32
+    (0.9 -> 15099494 / 2^24) would keep a draw of 15099494 that p = 0.9 drops."""
+    return math.ceil(p * (1 << 24))
 
 
 def dropout_forward(x, p: float, seed: int):
-    """Inverted dropout: keep with probability 1-p and scale by 1/(1-p), so inference is the identity."""
-    keep = dropout_uniform(seed, x.size).reshape(x.shape) >= p
+    """Inverted dropout: keep when the draw k(seed, i) >= dropout_threshold(p) (probability 1-p) and
+    scale by 1/(1-p), so inference is the identity."""
+    keep = dropout_bits(seed, x.size).reshape(x.shape) >= dropout_threshold(p)
     return np.where(keep, x * (1.0 / (1.0 - p)), 0).astype(x.dtype, copy=False)
 
 

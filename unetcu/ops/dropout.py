@@ -1,6 +1,7 @@
 """dropout: inverted dropout with a counter-based RNG (kernels/dropout.cu).
 
-Element i is kept when u(seed, i) >= p and scaled by 1/(1-p); the draw depends only on (seed, i),
+Element i is kept when its 24-bit draw k(seed, i) >= reference.dropout_threshold(p) (k / 2^24 >= p,
+exactly) and scaled by 1/(1-p); the draw depends only on (seed, i),
 so backward recomputes the mask from the same seed and every engine drops the same elements.
 seed: an int, or a uint64 array of shape (1,) on the op's engine (read by the kernel from memory,
 so a captured CUDA graph draws a new mask when the array's value changes).
@@ -42,12 +43,12 @@ def _run(op, x, p, seed, engine, variant):
         return as_np(op, reference.dropout_forward(x, p, int(seed[0]) if on_device else int(seed)), x)
     out = empty(engine, x.shape)
     kernel(FILE, launch(rec, "grid1d"), engine)(
-        *grid1d(x.size), (x, out, i32(x.size), f32(p), f32(1.0 / (1.0 - p)), seed if on_device else np.uint64(seed)))
+        *grid1d(x.size), (x, out, i32(x.size), np.uint32(reference.dropout_threshold(p)), f32(1.0 / (1.0 - p)), seed if on_device else np.uint64(seed)))
     return out
 
 
 def dropout_forward(x, p=0.5, seed=0, engine=None, variant=None):
-    """x * keep / (1 - p), keep = u(seed, i) >= p. Training only: at inference skip the op."""
+    """x * keep / (1 - p), keep = draw k(seed, i) / 2^24 >= p. Training only: at inference skip the op."""
     return _run("dropout_forward", x, p, seed, engine, variant)
 
 
