@@ -45,10 +45,30 @@ def order(request):
 
 @pytest.fixture
 def rng():
-    seed = int.from_bytes(os.urandom(4), "little")
-    print(f"rng seed {seed}")
+    """A fresh seed each run, printed with a failure; UNETCU_TEST_SEED=N repeats that draw."""
+    seed = int(os.environ.get("UNETCU_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
+    print(f"rng seed {seed} (UNETCU_TEST_SEED={seed} repeats it)")
     return np.random.default_rng(seed)
 
 
 # rel_err(out, ref): ||out - ref|| / ||ref||, inf for any NaN/Inf; the tests import it from here
 from unetcu.reference import rel_err  # noqa: E402,F401
+
+
+# ---- decisions an fp32 result may take the other way -----------------------------------------------
+# A ReLU whose pre-activation is near 0, or a 2x2 max-pool window whose top two values are near-equal,
+# may be decided differently in fp32 than in the float64 reference (rounding ~1e-7 relative), or
+# inside a finite difference's +-eps: one pixel's gradient then moves elsewhere, a large difference
+# that is no kernel error. Tests that compare across such decisions draw problems without them.
+def near_relus(pre, margin) -> int:
+    """How many pre-activations lie within margin x the layer's largest |value| of 0."""
+    return int((np.abs(pre) < margin * np.abs(pre).max()).sum())
+
+
+def near_pools(a, margin) -> int:
+    """How many 2x2 windows of a (N, C, H, W; H, W even) with a positive maximum have their top two
+    values within margin x a's largest |value| (windows of ReLU zeros tie exactly, on every engine,
+    and get no gradient)."""
+    n, c, h, w = a.shape
+    win = np.sort(a.reshape(n, c, h // 2, 2, w // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(-1, 4), axis=1)
+    return int(((win[:, 3] - win[:, 2] < margin * np.abs(a).max()) & (win[:, 3] > 0)).sum())

@@ -4,7 +4,7 @@ vs the float64 reference model, the reference vs finite differences), persistenc
 import numpy as np
 import pytest
 
-from conftest import rel_err
+from conftest import near_pools, near_relus, rel_err
 from unetcu import UNet, valid_input_size, reference as R
 from unetcu.model import output_size
 
@@ -71,22 +71,27 @@ def decided_problem(rng, model, base, margin=1e-6):
     raise AssertionError("50 problems in a row had a near-tied max-pool or ReLU")
 
 
-def near_decisions(model, x, margin):
-    """How many max-pool windows (top two values) and ReLUs (pre-activation vs 0) of model's forward
-    on x are decided by less than margin x the layer's largest value."""
+def near_decisions(model, x, margin, dropout_seed=99):
+    """How many max-pool windows and ReLUs of model's forward on x are decided by less than margin x
+    the layer's largest value (conftest.near_pools, near_relus)."""
     cache = {}
-    model.forward(x, train=True, dropout_seed=99, _cache=cache)
+    model.forward(x, train=True, dropout_seed=dropout_seed, _cache=cache)
     near = 0
     for name, entry in cache.items():
-        if name.startswith("skip"):  # the map each max-pool reads: its 2x2 windows' top two values
-            n, c, h, w = entry.shape
-            win = np.sort(entry.reshape(n, c, h // 2, 2, w // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(-1, 4), axis=1)
-            near += int(((win[:, 3] - win[:, 2] < margin * np.abs(entry).max()) & (win[:, 3] > 0)).sum())
-        elif ".conv" in name:  # a 3x3 conv + ReLU: its pre-activation near 0
+        if name.startswith("skip"):  # the map each max-pool reads
+            near += near_pools(entry, margin)
+        elif ".conv" in name:  # a 3x3 conv + ReLU: its pre-activation
             inp = R.crop_concat_forward(*entry[0]) if isinstance(entry[0], tuple) else entry[0]
-            pre = R.conv3x3_forward(inp, model.params[f"{name}.weight"], model.params[f"{name}.bias"], relu=False)
-            near += int((np.abs(pre) < margin * np.abs(pre).max()).sum())
+            near += near_relus(R.conv3x3_forward(inp, model.params[f"{name}.weight"], model.params[f"{name}.bias"],
+                                                 relu=False), margin)
     return near
+
+
+def decisions(model, x, dropout_seed):
+    """Every discrete choice of model's forward on x: the max-pools' argmax and the ReLUs' signs."""
+    cache = {}
+    model.forward(x, train=True, dropout_seed=dropout_seed, _cache=cache)
+    return [v for k, v in cache.items() if k.startswith("pool")] + [v[1] > 0 for k, v in cache.items() if ".conv" in k]
 
 
 def test_near_decisions_finds_the_max_pool_near_tie():
@@ -103,18 +108,24 @@ def test_reference_model_vs_finite_differences(rng, dropout):
     x, labels, weights = small_problem(rng, base=2)
     x = x.astype(np.float64)
     loss, grads = m.loss_and_grads(x, labels, weights.astype(np.float64), dropout_seed=11)
+    chosen = decisions(m, x, 11)
+    checked = 0
     for name in ("down0.conv1.weight", "down2.conv2.bias", "up1.upconv.weight", "up0.conv1.weight", "head.bias"):
         p = m.params[name].reshape(-1)
         for i in rng.choice(p.size, size=min(3, p.size), replace=False):
-            old = p[i]
-            p[i] = old + 1e-6
-            fp = m.loss_and_grads(x, labels, weights.astype(np.float64), dropout_seed=11)[0]
-            p[i] = old - 1e-6
-            fm = m.loss_and_grads(x, labels, weights.astype(np.float64), dropout_seed=11)[0]
+            old, f, same = p[i], [], True
+            for step in (1e-6, -1e-6):
+                p[i] = old + step
+                f.append(m.loss_and_grads(x, labels, weights.astype(np.float64), dropout_seed=11)[0])
+                same = same and all(np.array_equal(a, b) for a, b in zip(decisions(m, x, 11), chosen))
             p[i] = old
-            num = (fp - fm) / 2e-6
+            if not same:  # a ReLU or max-pool flips inside +-eps (1 problem in ~150): no derivative to compare
+                continue
+            num = (f[0] - f[1]) / 2e-6
             ana = grads[name].reshape(-1)[i]
             assert abs(num - ana) <= 1e-6 * max(1.0, abs(num)) + 1e-8, (name, i, num, ana)
+            checked += 1
+    assert checked >= 10  # of 15: a kink is crossed rarely
 
 
 @pytest.mark.parametrize("engine", ["emu", "numpy", pytest.param("cuda", marks=pytest.mark.gpu)])
@@ -140,9 +151,18 @@ def test_model_gradients_match_reference(engine, rng, fuse, precision):
     tol, loss_tol = (1e-4, 1e-5) if precision == "fp32" else (0.2, 1e-3)
     assert np.isfinite(loss) and abs(loss - rloss) <= loss_tol * abs(rloss)
     assert list(grads) == list(m.params)
+    # head.bias's gradient is (s, -s), s a sum over pixels of the 2-class softmax gradient, which can
+    # cancel to 1e-3 of its terms (seed 902 of the numpy engine: 1.09 x tol relative): bound it by the
+    # summed magnitudes of its terms, |dlogits|; every other bias stayed below 0.14 x tol in 3900 draws
+    dz = R.softmax_xent(ref.forward(x.astype(np.float64), train=True, dropout_seed=99), labels,
+                        weights.astype(np.float64))[1]
     for k, g in grads.items():
         g = g.get() if hasattr(g, "get") else g
         assert g.shape == m.params[k].shape and g.dtype == np.float32
+        if k == "head.bias" and precision == "fp32":
+            excess = np.abs(g - rgrads[k]) - tol * np.abs(dz).sum(axis=(0, 2, 3))
+            assert (excess <= 0).all(), (k, g, rgrads[k])
+            continue
         assert rel_err(g, rgrads[k]) < tol, (k, rel_err(g, rgrads[k]))
         cos = float(np.vdot(g, rgrads[k]) / (np.linalg.norm(g) * np.linalg.norm(rgrads[k])))
         assert cos > 0.98, (k, cos)

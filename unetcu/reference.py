@@ -167,13 +167,22 @@ def softmax_xent(logits, labels, weights):
     n, k, h, w = logits.shape
     if labels.min() < 0 or labels.max() >= k:
         raise ValueError(f"softmax_xent: labels must lie in [0, {k}), found {labels.min()}..{labels.max()}")
+    # accurate where the label's margin is large (p_label -> 1): log s = log1p(r), r the sum of the
+    # non-max exp (the max's is 1), and p_label - 1 = -(the other classes' exp) / s, never 1 - 1
     z = logits - logits.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    lp = np.take_along_axis(logp, labels[:, None].astype(np.int64), 1)[:, 0]
+    e = np.exp(z)
+    top = np.zeros(z.shape, bool)
+    np.put_along_axis(top, z.argmax(axis=1)[:, None], True, 1)
+    r = np.where(top, 0, e).sum(axis=1, keepdims=True)
+    lab = labels[:, None].astype(np.int64)
+    lp = np.take_along_axis(z, lab, 1)[:, 0] - np.log1p(r[:, 0])
     p_count = n * h * w
     loss = -(weights * lp).sum() / p_count
-    d = np.exp(logp)
-    np.put_along_axis(d, labels[:, None].astype(np.int64), np.take_along_axis(d, labels[:, None].astype(np.int64), 1) - 1, 1)
+    s = 1 + r
+    d = e / s
+    at_label = np.zeros(z.shape, bool)
+    np.put_along_axis(at_label, lab, True, 1)
+    np.put_along_axis(d, lab, -np.where(at_label, 0, e).sum(axis=1, keepdims=True) / s, 1)
     return loss, d * weights[:, None] / p_count
 
 
