@@ -42,8 +42,9 @@ def _run(op, x, p, seed, engine, variant):
     if engine == "numpy":
         return as_np(op, reference.dropout_forward(x, p, int(seed[0]) if on_device else int(seed)), x)
     out = empty(engine, x.shape)
+    threshold = np.uint32(reference.dropout_threshold(p))  # an integer: no engine rounds p
     kernel(FILE, launch(rec, "grid1d"), engine)(
-        *grid1d(x.size), (x, out, i32(x.size), np.uint32(reference.dropout_threshold(p)), f32(1.0 / (1.0 - p)), seed if on_device else np.uint64(seed)))
+        *grid1d(x.size), (x, out, i32(x.size), threshold, f32(1.0 / (1.0 - p)), seed if on_device else np.uint64(seed)))
     return out
 
 
