@@ -572,9 +572,13 @@ def test_get_global_constant_and_device(order, rng):
     x = rng.standard_normal(n).astype(np.float32)
     y = nan_array(n - 16)
     mod.get_function("filter17")((3,), (128,), (x, y, i32(n)))
-    s = np.stack([x[i:i + 17] for i in range(n - 16)]).astype(np.float64) @ taps
+    windows = np.stack([x[i:i + 17] for i in range(n - 16)]).astype(np.float64)
+    s = windows @ taps
     assert rel_err(y, s * scale) < 1e-6
-    assert int(count) == int((s > 0).sum())
+    # the kernel decides s > 0 in fp32: an output within its rounding (1e-6 of |windows| @ |taps|) of 0
+    # may count either way (1 draw in 400000 had one)
+    m = 1e-6 * (np.abs(windows) @ np.abs(taps))
+    assert int((s > m).sum()) <= int(count) <= int((s > -m).sum())
     with pytest.raises(emu.CUDADriverError, match=r"^CUDA_ERROR_NOT_FOUND: named symbol not found .*'nope'.*has: c_k, d_positive, d_scale"):
         mod.get_global("nope")
 
@@ -705,10 +709,13 @@ def test_cooperative_groups(order, rng):
     bs, ts, mv = nan_array(grid), nan_array(N), nan_array(2 * N)
     tm, bal, votes = np.full(N, -9, np.int32), np.zeros(N, np.uint32), np.full(N, -9, np.int32)
     mod.get_function("cg_ops")((grid,), (block,), (x[:n].copy(), i32(n), bs, ts, tm, bal, votes, mv))
+    # fp32 sums, each within 1e-6 of the sum of its terms' magnitudes (3 block sums can all cancel to
+    # near 0: relative to themselves, 1 draw in 2700 failed); NaN fails
     x64 = x.astype(np.float64)
-    assert rel_err(bs, x64.reshape(grid, -1).sum(1)) < 1e-6
+    assert (np.abs(bs - x64.reshape(grid, -1).sum(1)) <= 1e-6 * np.abs(x64).reshape(grid, -1).sum(1)).all(), bs
     t = x.reshape(-1, 8)
-    assert rel_err(ts, np.repeat(t.astype(np.float64).sum(1), 8)) < 1e-6
+    t64 = t.astype(np.float64)
+    assert (np.abs(ts - np.repeat(t64.sum(1), 8)) <= 1e-6 * np.repeat(np.abs(t64).sum(1), 8)).all(), ts
     assert tm.tolist() == np.repeat((t * np.float32(100)).astype(np.int32).max(1), 8).tolist()
     assert bal.tolist() == np.repeat(((t > 0) * (1 << np.arange(8))).sum(1), 8).tolist()
     tile_in_warp = np.arange(N) % 32 // 8  # t8 is partitioned from a warp: 4 tiles

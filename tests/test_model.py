@@ -59,14 +59,14 @@ def small_problem(rng, depth=3, base=3, n=2, size=None, classes=2):
     return x, labels, weights
 
 
-def decided_problem(rng, model, base, margin=1e-6):
+def decided_problem(rng, model, base, margin=1e-6, dropout_seed=99):
     """small_problem redrawn until every max-pool window and ReLU of model's (float64) forward is
     decided by more than margin x the layer's largest value. fp32 rounding (~1e-7 relative) may
     decide a closer one the other way, which moves one pixel's gradient elsewhere: a 1e-3 gradient
     difference (seen once in 640 problems: a max-pool near-tie) that is no kernel error."""
     for _ in range(50):
         x, labels, weights = small_problem(rng, base=base)
-        if near_decisions(model, x.astype(np.float64), margin) == 0:
+        if near_decisions(model, x.astype(np.float64), margin, dropout_seed) == 0:
             return x, labels, weights
     raise AssertionError("50 problems in a row had a near-tied max-pool or ReLU")
 
@@ -105,7 +105,7 @@ def test_near_decisions_finds_the_max_pool_near_tie():
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_reference_model_vs_finite_differences(rng, dropout):
     m = UNet(depth=3, base_channels=2, dropout=dropout, engine="numpy", seed=3).reference()
-    x, labels, weights = small_problem(rng, base=2)
+    x, labels, weights = decided_problem(rng, m, base=2, dropout_seed=11)  # else +-eps may flip most coordinates
     x = x.astype(np.float64)
     loss, grads = m.loss_and_grads(x, labels, weights.astype(np.float64), dropout_seed=11)
     chosen = decisions(m, x, 11)
