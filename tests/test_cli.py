@@ -206,6 +206,9 @@ def test_messages_say_what_was_expected(small_model, tmp_path):
     r = run("predict", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--out", str(tmp_path / "o"))
     one_line_error(r, "a.png: not a readable unetcu model file (a PNG image)", "checkpoint.npz written by `unetcu train`",
                    "the model comes first, then the images")
+    (tmp_path / "notes (an image).txt").write_text("not a model")  # the hint follows the content, not the name
+    r = run("predict", str(tmp_path / "notes (an image).txt"), str(tmp_path / "a.png"), "--out", str(tmp_path / "o"))
+    assert "comes first" not in one_line_error(r, "not a readable unetcu model file (not an .npz archive)")
     (tmp_path / "pred").mkdir()
     (tmp_path / "gt").mkdir()
     Image.fromarray(np.zeros((30, 30), np.uint16)).save(tmp_path / "pred" / "a_instances.png")

@@ -101,7 +101,7 @@ def test_ranks_draw_the_tiles_of_one_batch_in_order(augment):
 
 def test_a_ranks_dropout_seed_gives_its_tiles_mask_in_the_whole_batch(rng):
     """rank_dropout_seed: rank r's mask over its b tiles is the slice r*b.. of the mask of the N*b
-    tiles drawn with the step's seed (the kernels' counter-based hash, reference.dropout_uniform)."""
+    tiles drawn with the step's seed (the kernels' counter-based hash, reference.dropout_bits)."""
     from unetcu import reference
     from unetcu.distributed import dropout_chw, rank_dropout_seed
     cfg = dict(depth=3, base_channels=8)

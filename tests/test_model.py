@@ -125,7 +125,7 @@ def test_reference_model_vs_finite_differences(rng, dropout):
             ana = grads[name].reshape(-1)[i]
             assert abs(num - ana) <= 1e-6 * max(1.0, abs(num)) + 1e-8, (name, i, num, ana)
             checked += 1
-    assert checked >= 10  # of 15: a kink is crossed rarely
+    assert checked >= 10  # of 14: a kink is crossed rarely
 
 
 @pytest.mark.parametrize("engine", ["emu", "numpy", pytest.param("cuda", marks=pytest.mark.gpu)])

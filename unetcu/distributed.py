@@ -29,7 +29,7 @@ printed by that rank, which then calls MPI_Abort: the job ends, it never hangs (
 
 Dropout: the dropout kernels draw element i's mask from (seed, i) alone, with
 i = seed * G + index (mod 2^64) inside the hash, G = 0x9E3779B97F4A7C15 (kernels/dropout.cu,
-reference.dropout_uniform). Rank r's batch is elements [r*b*CHW, (r+1)*b*CHW) of the batch N*b,
+reference.dropout_bits). Rank r's batch is elements [r*b*CHW, (r+1)*b*CHW) of the batch N*b,
 so rank r uses seed + r*b*CHW * G^-1 (mod 2^64): the same mask, without a kernel argument.
 """
 from __future__ import annotations

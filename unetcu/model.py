@@ -186,6 +186,14 @@ _MAGIC = {b"\x89PNG": "a PNG image", b"II*\x00": "a TIFF image", b"MM\x00*": "a 
           b"BM": "a BMP image", b"GIF8": "a GIF image"}
 
 
+class NotAModelFile(ValueError):
+    """A file that cannot be a checkpoint; kind: what it looks like ("a PNG image", ...)."""
+
+    def __init__(self, message, kind):
+        super().__init__(message)
+        self.kind = kind
+
+
 def check_model_file(path) -> None:
     """Refuse what cannot be a checkpoint before np.load tries it (a checkpoint is an .npz zip;
     np.load would answer an image with advice about allow_pickle)."""
@@ -195,8 +203,8 @@ def check_model_file(path) -> None:
         with open(path, "rb") as f:
             head = f.read(8)
         kind = next((v for k, v in _MAGIC.items() if head.startswith(k)), "not an .npz archive")
-        raise ValueError(f"{path}: not a readable unetcu model file ({kind}); expected a checkpoint.npz written by "
-                         "`unetcu train`")
+        raise NotAModelFile(f"{path}: not a readable unetcu model file ({kind}); expected a checkpoint.npz written by "
+                            "`unetcu train`", kind)
 
 
 # ---- the model -----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import numpy as np
 from .data import ImageFile, page_names, standardise
 from .files import atomic_write, same_file
 from .instances import METHODS as INSTANCE_METHODS, instances as find_instances, min_distance_for
-from .model import UNet, check_memory
+from .model import NotAModelFile, UNet, check_memory
 from .tiling import default_tile, predict_probs
 from .viz import colour_instances
 
@@ -71,8 +71,10 @@ def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, 
         raise ValueError("--min-distance sets the watershed's seed spacing: give it with --instances watershed")
     try:
         model, _, state = UNet.load(model_path, engine=engine, with_state=True, precision=precision)
-    except ValueError as e:  # an image where the model belongs: name the order
-        raise ValueError(f"{e} (the model comes first, then the images)" if " image)" in str(e) else str(e)) from None
+    except NotAModelFile as e:
+        if not e.kind.endswith(" image"):
+            raise
+        raise ValueError(f"{e} (the model comes first, then the images)") from None  # an image where the model belongs
     if instances == "watershed" and min_distance is None:
         if not state.get("object_radius"):
             raise ValueError(f"{model_path} does not record the size of its training objects (trained on class labels, "
