@@ -139,9 +139,9 @@ def test_conv1x1_gradients(rng):
 
 
 def test_dropout_statistics_and_gradient(rng):
-    u = R.dropout_uniform(123, 200_000)
+    u = R.dropout_bits(123, 200_000) / 2 ** 24  # the draws as floats in [0, 1)
     assert 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.005
-    assert np.array_equal(u, R.dropout_uniform(123, 200_000)) and not np.array_equal(u, R.dropout_uniform(124, 200_000))
+    assert np.array_equal(u, R.dropout_bits(123, 200_000) / 2 ** 24) and not np.array_equal(u, R.dropout_bits(124, 200_000) / 2 ** 24)
     x = rng.standard_normal(50_000) + 3
     y = R.dropout_forward(x, 0.3, seed=7)
     kept = y != 0

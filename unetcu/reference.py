@@ -214,11 +214,6 @@ def dropout_bits(seed: int, count: int) -> np.ndarray:
     return (z >> np.uint64(40)).astype(np.uint32)
 
 
-def dropout_uniform(seed: int, count: int) -> np.ndarray:
-    """dropout_bits as floats in [0, 1) (k / 2^24, exact in float64)."""
-    return dropout_bits(seed, count) * (1.0 / (1 << 24))
-
-
 def dropout_threshold(p: float) -> int:
     """The integer the kernels compare each 24-bit draw k with: k >= ceil(p * 2^24) exactly when
     k / 2^24 >= p (p * 2^24 is exact in float64). One integer for every engine: p rounded to fp32
