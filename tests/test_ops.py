@@ -591,6 +591,12 @@ def test_argument_errors():
         ops.crop_concat_forward(x, np.ones((1, 2, 9, 9), np.float32), engine="numpy")
     with pytest.raises(ValueError, match=r"dropout_forward: p must lie in \[0, 1\)"):
         ops.dropout_forward(x, p=1.0, engine="numpy")
+    with pytest.raises(ValueError, match=r"dropout_forward: p must lie in \[0, 1\), got '0.5'"):
+        ops.dropout_forward(x, p="0.5", engine="numpy")
+    for seed in (1.5, None, -1, 2 ** 64):  # never truncated or wrapped into another seed
+        with pytest.raises(ValueError, match=r"dropout_forward: seed must be an integer in \[0, 2\^64\) or a \(1,\) uint64"):
+            ops.dropout_forward(x, seed=seed, engine="numpy")
+    assert np.array_equal(ops.dropout_forward(x, seed=np.int64(5), engine="numpy"), ops.dropout_forward(x, seed=5, engine="numpy"))
 
 
 def test_non_contiguous_inputs_are_copied(rng):

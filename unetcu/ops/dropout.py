@@ -9,6 +9,8 @@ Variants: 1 (seed as an argument), 2 (seed in device memory); the seed's type pi
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .. import reference
@@ -28,13 +30,13 @@ for _d in ("forward", "backward"):
 def _run(op, x, p, seed, engine, variant):
     engine = resolve_engine(engine)
     x = check(op, "x" if op.endswith("forward") else "dout", x, engine)
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"{op}: p must lie in [0, 1), got {p}")
-    on_device = hasattr(seed, "dtype")
+    if not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
+        raise ValueError(f"{op}: p must lie in [0, 1), got {p!r}")
+    on_device = hasattr(seed, "dtype") and not isinstance(seed, np.generic)  # an array, not a NumPy scalar
     if on_device:
         seed = check(op, "seed", seed, engine, (1,), np.uint64, names=("1",))
-    elif not 0 <= int(seed) < 2**64:
-        raise ValueError(f"{op}: seed must be a non-negative 64-bit integer, got {seed}")
+    elif not isinstance(seed, numbers.Integral) or not 0 <= int(seed) < 2**64:  # 1.5 is no seed: never truncated
+        raise ValueError(f"{op}: seed must be an integer in [0, 2^64) or a (1,) uint64 array, got {seed!r}")
     check_size(op, x.size)
     rec = pick_variant(op, variant if variant is not None else (SEED_IN_MEMORY if on_device else None))
     if (rec.number == SEED_IN_MEMORY) != on_device:
