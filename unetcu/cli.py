@@ -98,6 +98,7 @@ def _train_options(a):
     """(options, resumed): the options of this run, a dict over TRAIN_DEFAULTS' keys; `resumed` is
     (model, momentum, state) of --resume's checkpoint, or None."""
     from .model import UNet
+    from .train import check_saved_options
     given = {k: v for k, v in vars(a).items() if k in TRAIN_DEFAULTS and v is not None}
     for k in ("data", "val_data"):  # folders are kept absolute, so a resume from elsewhere compares them right
         if k in given and given[k] != "synthetic":
@@ -108,6 +109,7 @@ def _train_options(a):
         return opts, None
     resumed = UNet.load(a.resume, engine=given.get("engine"), with_state=True)
     state = resumed[2]
+    check_saved_options(a.resume, state)
     saved = {k: v for k, v in state.get("config", {}).items() if k in TRAIN_DEFAULTS}
     saved.update(state.get("config", {}).get("run", {}))
     if "optimizer" not in state.get("config", {"optimizer": None}):  # written when SGD at a fixed lr was all there was

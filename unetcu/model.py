@@ -427,7 +427,8 @@ class UNet:
         arrays = {f"param/{k}": _to_host(v) for k, v in self.params.items()}
         if momentum is not None:
             arrays.update({f"momentum/{k}": _to_host(v) for k, v in momentum.items()})
-        meta = dict(format=FORMAT, config=self.config, state=state or {})
+        from . import __version__
+        meta = dict(format=FORMAT, version=__version__, config=self.config, state=state or {})
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         path = os.fspath(path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -458,16 +459,78 @@ class UNet:
                 raise KeyError("format")
         except (KeyError, ValueError, UnicodeDecodeError):
             raise ValueError(f"{path} is not a unetcu model file (no '{FORMAT}' header)") from None
-        model = cls(engine=engine, precision=precision, fuse=fuse, **meta["config"])
+        config = _checked_config(path, meta)
+        model = cls(engine=engine, precision=precision, fuse=fuse, **config)
+        # optimizer state is "momentum/NAME" (sgd) or "momentum/m:NAME", "momentum/v:NAME" (adam)
+        def known(k):
+            kind, _, name = k.partition("/")
+            return kind == "param" and name in model.params or kind == "momentum" and (
+                name in model.params or name[:2] in ("m:", "v:") and name[2:] in model.params)
+        unknown = sorted(k for k in arrays if not known(k))
+        if unknown:  # e.g. a newer unetcu's normalisation layers: ignoring them would run another network
+            raise ValueError(f"{path}: {_writer(meta)} holds arrays this unetcu {_version()} does not know "
+                             f"({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}); update unetcu to read it")
         for k in model.params:
             a = arrays.get(f"param/{k}")
             if a is None or a.shape != model.params[k].shape:
                 raise ValueError(f"{path}: parameter {k} is missing or has the wrong shape")
-            model.params[k] = model.xp.asarray(a.astype(np.float32))
+            model.params[k] = model.xp.asarray(_checked_array(path, f"parameter {k}", a))
         if not with_state:
             return model
-        momentum = {k[len("momentum/"):]: model.xp.asarray(v) for k, v in arrays.items() if k.startswith("momentum/")}
+        momentum = {k[len("momentum/"):]: model.xp.asarray(_checked_array(path, f"optimizer state {k[len('momentum/'):]}", v))
+                    for k, v in arrays.items() if k.startswith("momentum/")}
         return model, (momentum or None), meta.get("state", {})
+
+
+def _version():
+    from . import __version__
+    return __version__
+
+
+def written_by(path) -> str:
+    """'written by unetcu V' for a checkpoint's header (or says that it records no version)."""
+    with np.load(os.fspath(path)) as z:
+        return _writer(json.loads(bytes(z["meta"]).decode()))
+
+
+def _writer(meta) -> str:
+    v = meta.get("version")
+    return f"written by unetcu {v}" if v else "written by a unetcu that did not record its version (before 0.1.0)"
+
+
+def _checked_config(path, meta) -> dict:
+    """The network options of a checkpoint's header, each known to this unetcu and of its type; a key
+    from a newer unetcu (say a normalisation option) is refused, never dropped."""
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: the checkpoint's header has no network options ('config'); not a unetcu model file")
+    known = {"in_channels": int, "n_classes": int, "depth": int, "base_channels": int, "dropout": float}
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise ValueError(f"{path}: {_writer(meta)} with network option(s) {', '.join(map(repr, unknown))} that this "
+                         f"unetcu {_version()} does not know; update unetcu to read it")
+    missing = sorted(set(known) - set(config))
+    if missing:
+        raise ValueError(f"{path}: {_writer(meta)} lacks network option(s) {', '.join(map(repr, missing))}")
+    for k, t in known.items():
+        v = config[k]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and (t is float or v == int(v))
+        if not ok:
+            raise ValueError(f"{path}: network option {k!r} is {v!r}; expected {'a number' if t is float else 'a whole number'}")
+    return {k: t(config[k]) for k, t in known.items()}
+
+
+def _checked_array(path, what, a) -> np.ndarray:
+    """A stored array as float32, refused if it is not floating point or holds NaN or Inf (a diverged run
+    saved by another tool, a damaged file): such weights predict NaN everywhere, an all-background result."""
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{path}: {what} is stored as {a.dtype}, not floating point; a damaged or foreign file")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        nan = int(np.isnan(a).sum())
+        raise ValueError(f"{path}: {what} holds {nan} NaN and {int(bad.sum()) - nan} Inf of {a.size} values "
+                         f"(a diverged or damaged run); refusing to load it")
+    return a.astype(np.float32)
 
 
 def _to_host(a):

@@ -90,6 +90,18 @@ class TrainConfig:
         return lr_at(step, self.steps, self.lr, self.warmup_steps, self.schedule)
 
 
+def check_saved_options(path, state: dict) -> None:
+    """Refuse a checkpoint whose training options include one this unetcu does not know (written by a
+    newer unetcu, say): dropping it would resume a different run without a word."""
+    from dataclasses import fields
+    from .model import written_by
+    from . import __version__
+    unknown = sorted(set(state.get("config", {})) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"--resume {path}: {written_by(path)} with training option(s) {', '.join(map(repr, unknown))} "
+                         f"that this unetcu {__version__} does not know; update unetcu to continue the run")
+
+
 @dataclass
 class Prepared:
     """A training image with its class map and weight map, as arrays of the model's engine."""
