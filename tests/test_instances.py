@@ -55,7 +55,7 @@ def test_predict_writes_the_chosen_instances(tmp_path):
     probs = np.stack([1 - p_fg, p_fg])
     for m, n in (("components", 1), ("watershed", 2)):
         (tmp_path / m).mkdir()
-        assert write_results(tmp_path / m, "x", probs, method=m) == n
+        assert write_results(tmp_path / m, "x", probs, method=m) == (n, 0)
         assert np.asarray(Image.open(tmp_path / m / "x_instances.png")).max() == n
 
 
@@ -103,3 +103,79 @@ def test_min_distance_without_watershed_is_refused(tmp_path):
     with pytest.raises(ValueError, match="give it with --instances watershed"):
         predict_files(tmp_path / "m.npz", [tmp_path / "a.png"], tmp_path / "o", engine="numpy", min_distance=5)
     assert not (tmp_path / "o").exists()
+
+
+def test_remove_small_drops_specks_and_renumbers_the_rest():
+    """Against an independent count: random blobs of random sizes, every threshold from 0 to the largest."""
+    from unetcu.instances import min_size_for, remove_small
+    rng = np.random.default_rng()
+    inst = np.zeros((40, 53), np.int32)
+    for k in range(1, 30):  # rectangles of 1..60 px, later ones over earlier (some ids vanish entirely)
+        y, x = rng.integers(0, 38), rng.integers(0, 50)
+        inst[y:y + rng.integers(1, 7), x:x + rng.integers(1, 11)] = k
+    ids, areas = np.unique(inst[inst > 0], return_counts=True)
+    for t in range(0, int(areas.max()) + 2):
+        out, removed = remove_small(inst, t)
+        kept = ids[areas >= t]
+        assert removed == int((areas < t).sum())
+        assert out.max() == len(kept) and set(np.unique(out[out > 0])) == set(range(1, len(kept) + 1))
+        assert np.array_equal(out > 0, np.isin(inst, kept))
+        for new, old in enumerate(kept, start=1):  # renumbered in their order, each object whole
+            assert np.array_equal(out == new, inst == old)
+    assert min_size_for(10.0) == 31 and min_size_for(0.5) == 1
+
+
+def _speckled_run(tmp_path):
+    """A checkpoint of the tiny net trained 1 step on synthetic cells, and an image with specks."""
+    from unetcu import UNet
+    from unetcu.data import synthetic_dataset
+    from unetcu.train import PRESETS, TrainConfig, train
+    depth, base, tile = PRESETS["tiny"]
+    data = synthetic_dataset(2, (96, 96), seed=5)
+    train(UNet(depth=depth, base_channels=base, engine="numpy"), data, [],
+          TrainConfig(steps=1, tile=tile, out=str(tmp_path / "run")), progress=False, log=lambda *a: None)
+    return tmp_path / "run" / "checkpoint.npz"
+
+
+def test_predict_leaves_specks_out_of_the_instances_and_counts_them(tmp_path, monkeypatch, capsys):
+    """A foreground of 2 large objects and 9 one-pixel specks: NAME_instances.png holds the 2 by default
+    (a tenth of the training objects' area), all 11 with --min-size 0, and the line says how many went;
+    NAME_labels.png keeps the specks (the network's output)."""
+    from unetcu import predict as P
+    from unetcu.cli import main
+    ckpt = _speckled_run(tmp_path)
+    fg = _disks([(30, 30), (70, 70)], 12) > 0
+    rng = np.random.default_rng()
+    for y, x in rng.choice(np.argwhere(ndi_free(fg)), 9, replace=False):
+        fg[y, x] = True
+    monkeypatch.setattr(P, "predict_probs", lambda model, img, **kw: np.stack([1.0 - fg, fg * 1.0]).astype(np.float32))
+    Image.fromarray(rng.integers(0, 255, fg.shape, dtype=np.uint8)).save(tmp_path / "a.png")
+    assert main(["predict", str(ckpt), str(tmp_path / "a.png"), "--out", str(tmp_path / "p")]) == 0
+    err = capsys.readouterr().err
+    assert "2 objects (9 under" in err and "px left out)" in err, err
+    assert np.asarray(Image.open(tmp_path / "p" / "a_instances.png")).max() == 2
+    assert (np.asarray(Image.open(tmp_path / "p" / "a_labels.png")) > 0).sum() == fg.sum()
+    assert main(["predict", str(ckpt), str(tmp_path / "a.png"), "--out", str(tmp_path / "q"), "--min-size", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "11 objects ->" in err and "left out" not in err, err
+    assert np.asarray(Image.open(tmp_path / "q" / "a_instances.png")).max() == 11
+
+
+def ndi_free(fg):
+    """Pixels 3 px from the foreground, on a grid of spacing 3: specks there touch nothing, nor each other."""
+    from scipy import ndimage as ndi
+    grid = np.zeros(fg.shape, bool)
+    grid[::3, ::3] = True
+    return grid & ~ndi.binary_dilation(fg, iterations=3)
+
+
+def test_predict_refuses_non_finite_probabilities(tmp_path, monkeypatch):
+    """Finite weights so large that a pixel's logits overflow: NaN would become background with exit 0."""
+    from unetcu import predict as P
+    ckpt = _speckled_run(tmp_path)
+    Image.fromarray(np.random.default_rng().integers(0, 255, (40, 40), dtype=np.uint8)).save(tmp_path / "a.png")
+    probs = np.full((2, 40, 40), 0.5, np.float32)
+    probs[:, 3, 7] = np.nan
+    monkeypatch.setattr(P, "predict_probs", lambda model, img, **kw: probs)
+    with pytest.raises(ValueError, match="a: the model's output is not finite"):
+        P.predict_files(ckpt, [tmp_path / "a.png"], tmp_path / "p", engine="numpy", progress=False)

@@ -269,7 +269,7 @@ def _cmd_predict(a) -> int:
     try:
         predict_files(a.model, a.images, a.out, engine=a.engine, tile=a.tile, batch=a.batch, tta=a.tta,
                       progress=not a.no_progress, precision=a.precision, overwrite=a.overwrite,
-                      instances=a.instances, min_distance=a.min_distance)
+                      instances=a.instances, min_distance=a.min_distance, min_size=a.min_size)
     except PredictInterrupted as e:
         _ignore_sigint()
         print(f"unetcu predict: interrupted after {len(e.done)} of {len(e.done) + len(e.left)} pages: their outputs "
@@ -285,8 +285,8 @@ def _predict_large(a) -> int:
     if a.tta:
         raise ValueError("--tta is not available for block-wise prediction (--out NAME.zarr): the rotated image's "
                          "tiles would not line up with the blocks")
-    if a.instances != "components" or a.min_distance is not None:
-        raise ValueError("--instances/--min-distance apply to NAME_instances.png; block-wise prediction (--out NAME.zarr) "
+    if a.instances != "components" or a.min_distance is not None or a.min_size is not None:
+        raise ValueError("--instances/--min-distance/--min-size apply to NAME_instances.png; block-wise prediction (--out NAME.zarr) "
                          "writes probabilities and labels only")
     try:
         s = predict_zarr(a.model, a.images[0], a.out, engine=a.engine, precision=a.precision, tile=a.tile,
@@ -492,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--min-distance", type=number(int, 1, 100000), metavar="PX",
                     help="watershed: least distance between two objects' centres in pixels (default: 0.9 x the "
                          "median radius of the objects the model was trained on)")
+    pr.add_argument("--min-size", type=number(int, 0, 10**9), metavar="PX",
+                    help="leave objects of fewer pixels out of NAME_instances.png, and say how many (default: a tenth "
+                         "of the median area of the objects the model was trained on; 0 keeps every object)")
     pr.add_argument("--overwrite", action="store_true",
                     help="replace existing output files (never an input file)")
     pr.add_argument("--no-progress", action="store_true", help="no line per image (progress bar for zarr) on stderr")

@@ -37,6 +37,30 @@ def min_distance_for(radius: float) -> int:
     return max(2, int(round(0.9 * radius)))
 
 
+def min_size_for(radius: float) -> int:
+    """The least object area kept by predict for training objects of this median radius: a tenth of
+    their median area pi r^2, at least 1 px. A foreground speck far smaller than any training object
+    (noise on an image unlike the training data) is not an object; a tenth keeps small cells."""
+    return max(1, int(round(0.1 * np.pi * radius ** 2)))
+
+
+def remove_small(inst: np.ndarray, min_size: int) -> tuple[np.ndarray, int]:
+    """(ids, removed): the (H, W) object ids without the objects of fewer than min_size pixels (set to
+    background), the others renumbered 1..n in their order; removed = how many were dropped."""
+    inst = np.asarray(inst)
+    area = np.bincount(inst.ravel().astype(np.int64))
+    small = area < min_size
+    small[0] = False  # the background stays
+    removed = int(np.count_nonzero(small[1:] & (area[1:] > 0)))
+    if not removed:
+        return inst, 0
+    keep = ~small & (area > 0)
+    keep[0] = False
+    new = np.zeros(area.size, inst.dtype)
+    new[keep] = np.arange(1, int(keep.sum()) + 1)
+    return new[inst], removed
+
+
 def instances(fg: np.ndarray, method: str = "components", min_distance: int = 7) -> np.ndarray:
     """(H, W) int32 object ids (0 = background, 1..n) of a (H, W) boolean foreground mask.
     Raises ValueError for an unknown method or a mask that is not 2-D."""

@@ -15,19 +15,24 @@ import numpy as np
 
 from .data import ImageFile, page_names, standardise
 from .files import atomic_write, same_file
-from .instances import METHODS as INSTANCE_METHODS, instances as find_instances, min_distance_for
+from .instances import METHODS as INSTANCE_METHODS, instances as find_instances, min_distance_for, min_size_for, remove_small
 from .model import NotAModelFile, UNet, check_memory
 from .tiling import default_tile, predict_probs
 from .viz import colour_instances
 
 OUTPUTS = ("_prob.tif", "_labels.png", "_instances.png", "_overlay.png")
 def write_results(out: Path, name: str, probs: np.ndarray, img: np.ndarray | None = None, method: str = "components",
-                  min_distance: int = 7):
+                  min_distance: int = 7, min_size: int = 0) -> tuple[int, int]:
+    """Write NAME's four outputs; returns (objects in NAME_instances.png, objects under min_size px
+    removed from it). NAME_labels.png and NAME_prob.tif stay the network's output, specks included."""
     import tifffile
     from PIL import Image
+    if not np.isfinite(probs).all():  # huge (finite) weights overflow: NaN would read as background
+        raise ValueError(f"{name}: the model's output is not finite ({int((~np.isfinite(probs)).sum())} values): "
+                         "its weights are out of range (a diverging run?)")
     k = probs.shape[0]
     labels = probs.argmax(0)
-    inst = find_instances(labels > 0, method, min_distance)
+    inst, removed = remove_small(find_instances(labels > 0, method, min_distance), min_size)
     n = int(inst.max())
     if n >= 2**16:
         raise ValueError(f"{name}: {n} objects do not fit a 16-bit instance image")
@@ -38,7 +43,7 @@ def write_results(out: Path, name: str, probs: np.ndarray, img: np.ndarray | Non
     atomic_write(out / f"{name}_instances.png", lambda p: Image.fromarray(inst.astype(np.uint16)).save(p, format="PNG"))
     if img is not None:
         atomic_write(out / f"{name}_overlay.png", lambda p: Image.fromarray(colour_instances(inst, img)).save(p, format="PNG"))
-    return n
+    return n, removed
 
 
 def check_outputs(out: Path, names, inputs, overwrite: bool) -> list[Path]:
@@ -61,10 +66,12 @@ def check_outputs(out: Path, names, inputs, overwrite: bool) -> list[Path]:
 
 
 def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, tta=False, progress=True,
-                  precision="fp32", overwrite=False, instances="components", min_distance=None):
+                  precision="fp32", overwrite=False, instances="components", min_distance=None, min_size=None):
     """Segment image files (see the module's docstring); instances: the method of NAME_instances.png,
     one of unetcu.instances.METHODS; min_distance: the watershed's seed spacing in pixels (default:
-    from the checkpoint's object_radius). Raises ValueError for watershed without either."""
+    from the checkpoint's object_radius); min_size: objects of fewer pixels are left out of
+    NAME_instances.png (default: a tenth of the training objects' median area, from object_radius;
+    0 where the checkpoint records none). Raises ValueError for watershed without a spacing."""
     if instances not in INSTANCE_METHODS:
         raise ValueError(f"instances must be one of {INSTANCE_METHODS}, got {instances!r}")
     if min_distance is not None and instances != "watershed":
@@ -80,6 +87,8 @@ def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, 
             raise ValueError(f"{model_path} does not record the size of its training objects (trained on class labels, "
                              "or by an older unetcu): give --min-distance PX for --instances watershed")
         min_distance = min_distance_for(state["object_radius"])
+    if min_size is None:
+        min_size = min_size_for(state["object_radius"]) if state.get("object_radius") else 0
     if model.config["in_channels"] != 1:
         raise ValueError(f"{model_path}: the model takes {model.config['in_channels']} channels; files give 1")
     files = [ImageFile(p) for p in images]  # every layout checked
@@ -106,14 +115,15 @@ def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, 
             del page
             try:
                 probs = predict_probs(model, img, tile=tile, batch=batch, tta=tta)
-                n = write_results(out, name, probs, img, instances, min_distance or 7)
+                n, removed = write_results(out, name, probs, img, instances, min_distance or 7, min_size)
             except KeyboardInterrupt:  # a page's outputs are all there or none: drop a partial set
                 for suffix in OUTPUTS:
                     (out / f"{name}{suffix}").unlink(missing_ok=True)
                 raise PredictInterrupted(flat[:i], flat[i:], out) from None
             i += 1
             if progress:
-                print(f"[{i}/{len(flat)}] {name}: {img.shape[0]}x{img.shape[1]}, {n} objects -> {out}/{name}_*",
+                small = f" ({removed} under {min_size} px left out)" if removed else ""
+                print(f"[{i}/{len(flat)}] {name}: {img.shape[0]}x{img.shape[1]}, {n} objects{small} -> {out}/{name}_*",
                       file=sys.stderr)
     return flat
 

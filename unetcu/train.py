@@ -400,6 +400,13 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
     done, done_rng = start, rng.bit_generator.state
 
     def save(step, rng_state):
+        # a gradient can overflow while the loss stays finite: the next loss would say so, but the last
+        # step's update is saved first, and a checkpoint of NaN weights predicts NaN everywhere
+        bad = next((k for k, p in model.params.items() if not bool(model.xp.isfinite(p).all())), None)
+        if bad is not None:
+            kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written"
+            raise TrainingDiverged(f"the weights ({bad}) became non-finite at step {step}; training stopped "
+                                   f"({kept}). Lower the learning rate (--lr) or clip the gradients (--clip).")
         state = dict(step=step, rng=rng_state, history=history, config=asdict(cfg), object_radius=radius)
         model.save(ckpt, momentum=opt.state, state=_jsonable(state))
 
@@ -412,7 +419,9 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
     interrupts = _Interrupts()
     bar.begin(" (the first step also compiles the elastic warp)" if cfg.augment == "elastic" else "")
     try:
-        with interrupts:
+        # numpy's overflow warnings would spill source lines before the one-line message: a non-finite
+        # loss or weight is what ends a diverged run here, checked at every step and every checkpoint
+        with interrupts, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for step in range(start + 1, cfg.steps + 1):
                 interrupts.check()
                 x, lab, wt = draw_batch(data, cfg, model, rng, *([dist.part] if dist else []))
