@@ -138,3 +138,37 @@ def test_an_intact_checkpoint_still_loads_with_its_state(run):
     assert set(momentum) == {f"{s}:{k}" for s in "mv" for k in model.params}
     assert state["step"] == 2
     assert all(np.isfinite(p).all() for p in model.params.values())
+
+
+def test_a_diverging_run_ends_in_one_line_without_numpy_warnings(run, tmp_path):
+    """SGD at lr 10 overflows within a few steps: the user sees the one-line reason, not numpy's
+    RuntimeWarnings with their source lines."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "unetcu.cli", "train", "--preset", "tiny", "--steps", "40", "--data",
+                        str(run / "ex"), "--out", str(tmp_path / "div"), "--optimizer", "sgd", "--lr", "10",
+                        "--warmup", "0", "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 3, r.stderr
+    assert "Warning" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "became nan" in r.stderr or "became inf" in r.stderr or "non-finite" in r.stderr, r.stderr
+
+
+def test_non_finite_weights_after_the_last_update_are_never_saved(run, tmp_path, capsys, monkeypatch):
+    """A gradient that overflows while the loss stays finite poisons the weights after the loss was
+    checked: the checkpoint of that step is refused, the previous one kept."""
+    from unetcu import optim
+    step = optim.Optimizer.step
+
+    def poisoned(self, params, grads, lr, t):
+        step(self, params, grads, lr, t)
+        if t == 3:
+            params["up0.conv2.weight"][0, 0, 1, 1] = np.inf
+    monkeypatch.setattr(optim.Optimizer, "step", poisoned)
+    out = tmp_path / "r"
+    argv = ["train", "--preset", "tiny", "--steps", "3", "--ckpt-every", "2", "--data", str(run / "ex"), "--out",
+            str(out), "--no-progress"]
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert "the weights (up0.conv2.weight) became non-finite at step 3" in err and "last good checkpoint" in err, err
+    _, _, state = UNet.load(out / "checkpoint.npz", engine="numpy", with_state=True)
+    assert state["step"] == 2
