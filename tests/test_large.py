@@ -197,15 +197,21 @@ def test_errors_are_one_line(tmp_path, model_path, capsys):
              "already holds this prediction", "--overwrite")
 
 
-@pytest.mark.parametrize("shape", [(1, 57), (9, 7), (3, 200)])
+@pytest.mark.parametrize("shape", [(1, 157), (157, 1), (1, 1), (2, 131), (131, 2), (9, 7), (3, 200)])
 def test_images_smaller_than_the_margin_are_mirrored_as_in_memory(tmp_path, model_path, model, rng, shape):
-    """Pads wider than the image (mirrored again and again) and 1-pixel axes (repeated): the same
-    window as tiling.mirror_pad."""
+    """Pads wider than the image (mirrored again and again) and 1-pixel axes (repeated, the other
+    axis still mirrored): the same window as tiling.mirror_pad, so the same result bit for bit,
+    and a line scan (1xN, Nx1) predicts as the same line written twice does in memory."""
     img = rng.standard_normal(shape).astype(np.float32)
     src = write_zarr(tmp_path / "in.zarr", img, (2, 3))
     large.predict_zarr(model_path, src, tmp_path / "o.zarr", engine="numpy", tile=TILE, block=52,
                        standardise=False, progress=False)
-    assert np.array_equal(read(tmp_path / "o.zarr")[0], predict_probs(model, img, tile=TILE, batch=BATCH))
+    probs = read(tmp_path / "o.zarr")[0]
+    assert np.array_equal(probs, predict_probs(model, img, tile=TILE, batch=BATCH))
+    if 1 in shape:  # two equal rows (columns) reflect into that row everywhere: the same window
+        axis = 0 if shape[0] == 1 else 1
+        twice = predict_probs(model, np.concatenate([img, img], axis), tile=TILE, batch=BATCH)
+        assert np.array_equal(probs, twice[:, :shape[0], :shape[1]]), np.abs(probs - twice[:, :shape[0], :shape[1]]).max()
 
 
 def test_ctrl_c_then_rerun(tmp_path, model_path, model, rng):

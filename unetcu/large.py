@@ -36,7 +36,7 @@ from .data import InputError, ImageFile
 from .model import UNet, check_memory, output_size
 from .reference import check_precision
 from .engines.runtime import ENGINES
-from .tiling import default_tile, predict_padded
+from .tiling import default_tile, mirror_index, predict_padded
 
 FORMAT = "unetcu-blocks-v1"
 INSTALL = 'pip install -e ".[large]"'
@@ -208,12 +208,13 @@ def _axis_plan(n: int, out: int, margin: int, block: int):
     return outs, tuple(chunks)
 
 
-def _mirror(x, axis: int, before: int, after: int, edge: bool):
-    """Pad one axis of a dask array like np.pad(mode='reflect') (or 'edge'), by concatenating the
-    mirrored rows taken from the array itself: the pad is small, the array is never copied."""
+def _mirror(x, axis: int, before: int, after: int):
+    """Pad one axis of a dask array as tiling.mirror_pad pads it (tiling.mirror_index: reflect, a
+    1-pixel axis repeats; each axis on its own), by concatenating the mirrored rows taken from the
+    array itself: the pad is small, the array is never copied."""
     import dask.array as da
     n = x.shape[axis]
-    idx = np.pad(np.arange(n), (before, after), mode="edge" if edge else "reflect")
+    idx = mirror_index(n, before, after)
     parts = [da.take(x, idx[:before], axis=axis)] if before else []
     parts.append(x)
     if after:
@@ -409,10 +410,9 @@ def predict_zarr(model_path, source, out, engine=None, precision="fp32", tile=No
             xs = ((x.astype(np.float64) - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
         else:
             xs = x.astype(np.float32)
-        edge = min(h, w) == 1  # tiling.mirror_pad repeats a 1-pixel axis, on both axes
         total_h, total_w = sum(rows_out), sum(cols_out)
-        xp = _mirror(xs, 1, margin, margin + total_h - h, edge)
-        xp = _mirror(xp, 2, margin, margin + total_w - w, edge)
+        xp = _mirror(xs, 1, margin, margin + total_h - h)
+        xp = _mirror(xp, 2, margin, margin + total_w - w)
         xp = xp.rechunk(((1,) * nz, rows_chunks, cols_chunks))  # one block (+ its margins) per chunk
         spec = dict(model=os.path.abspath(model_path), sha=sha, engine=run_engine, precision=precision, tile=tile,
                     batch=batch, h=h, w=w, block=b, ndim=ndim, out=os.path.abspath(out))

@@ -13,13 +13,24 @@ import numpy as np
 from .model import output_size, valid_input_size
 
 
+def mirror_index(n: int, before: int, after: int) -> np.ndarray:
+    """The source index of every position of one axis of n pixels padded by `before` and `after`:
+    mirrored without repeating the edge pixel (numpy's 'reflect', period 2n-2), reflecting again
+    as often as needed when a pad is wider than the axis; a 1-pixel axis cannot reflect and repeats.
+    Each axis is padded on its own: a 1-pixel-thin image (a line scan) is mirrored along its long
+    axis exactly as a wider image is."""
+    if n < 1 or before < 0 or after < 0:
+        raise ValueError(f"mirror_index: an axis of {n} pixels padded by ({before}, {after})")
+    return np.pad(np.arange(n), (before, after), mode="edge" if n == 1 else "reflect")
+
+
 def mirror_pad(img: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
     """Pad the last two axes by mirroring without repeating the edge pixel (numpy's 'reflect'),
-    reflecting again as often as needed when a pad is wider than the image."""
-    pad = [(0, 0)] * (img.ndim - 2) + [(top, bottom), (left, right)]
-    if min(img.shape[-2:]) == 1:  # a 1-pixel axis cannot reflect: repeat it
-        return np.pad(img, pad, mode="edge")
-    return np.pad(img, pad, mode="reflect")
+    reflecting again as often as needed when a pad is wider than the image; each axis on its own
+    (mirror_index): a 1-pixel axis repeats, the other axis still reflects."""
+    rows = mirror_index(img.shape[-2], top, bottom)
+    cols = mirror_index(img.shape[-1], left, right)
+    return np.take(np.take(img, rows, axis=-2), cols, axis=-1)
 
 
 def default_tile(depth: int, image_hw, max_out: int = 388) -> int:
