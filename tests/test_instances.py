@@ -153,6 +153,7 @@ def test_predict_leaves_specks_out_of_the_instances_and_counts_them(tmp_path, mo
     assert main(["predict", str(ckpt), str(tmp_path / "a.png"), "--out", str(tmp_path / "p")]) == 0
     err = capsys.readouterr().err
     assert "2 objects (9 under" in err and "px left out)" in err, err
+    assert "to look at: " in err and "_overlay.png" in err and "near black in a photo viewer" in err, err
     assert np.asarray(Image.open(tmp_path / "p" / "a_instances.png")).max() == 2
     assert (np.asarray(Image.open(tmp_path / "p" / "a_labels.png")) > 0).sum() == fg.sum()
     assert main(["predict", str(ckpt), str(tmp_path / "a.png"), "--out", str(tmp_path / "q"), "--min-size", "0"]) == 0

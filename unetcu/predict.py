@@ -125,6 +125,10 @@ def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, 
                 small = f" ({removed} under {min_size} px left out)" if removed else ""
                 print(f"[{i}/{len(flat)}] {name}: {img.shape[0]}x{img.shape[1]}, {n} objects{small} -> {out}/{name}_*",
                       file=sys.stderr)
+    if progress:  # the ids 1..n of a 16-bit image are near black in a photo viewer: name the file to look at
+        print(f"to look at: {out}/*_overlay.png (objects in colour over the image); *_instances.png holds the object "
+              "ids as 16-bit values (near black in a photo viewer: open it in Fiji or napari, or give it to evaluate)",
+              file=sys.stderr)
     return flat
 
 
