@@ -234,3 +234,44 @@ def test_evaluate_plain_instance_labels_against_themselves(tmp_path):
     assert r.returncode == 0, r.stderr
     mean = r.stdout.strip().splitlines()[-1].split()
     assert mean[0] == "mean" and [float(v) for v in mean[1:]] == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0], r.stdout
+
+
+def test_evaluate_says_the_order_and_names_images_given_as_labels(tmp_path):
+    """Issue 24: `evaluate predictions examples/images` advised label mode 'threshold' (which scored
+    the images as masks, exit 0); `evaluate examples/labels predictions` gave no hint of the order."""
+    from unetcu.predict import write_results
+    assert run("synth", str(tmp_path / "ex"), "--count", "2", "--size", "64", "--seed", "7").returncode == 0
+    ex = tmp_path / "ex"
+    (tmp_path / "pred").mkdir()
+    for k in range(2):
+        inst = np.asarray(Image.open(ex / "labels" / f"synth_{k:03d}.png"))
+        fg = (inst > 0).astype(np.float32)
+        write_results(tmp_path / "pred", f"synth_{k:03d}", np.stack([1 - fg, fg]), np.zeros(fg.shape))
+    assert run("evaluate", str(tmp_path / "pred"), str(ex / "labels")).returncode == 0
+    for mode in ("auto", "threshold"):
+        r = run("evaluate", str(tmp_path / "pred"), str(ex / "images"), "--label-mode", mode)
+        line = one_line_error(r, "looks like an image, not a label image", "evaluate takes PREDICTIONS then LABELS",
+                              str(ex / "labels"))
+        assert "threshold" not in line and r.returncode == 1
+    r = run("evaluate", str(ex / "labels"), str(tmp_path / "pred"))
+    one_line_error(r, "evaluate takes PREDICTIONS then LABELS", f"unetcu evaluate {tmp_path / 'pred'} {ex / 'labels'}")
+
+
+def test_evaluate_per_page_predictions_against_a_stack(tmp_path):
+    """Issue 24: per-page predictions (predict's names for a stack's pages) against a label stack."""
+    import tifffile
+    rng = np.random.default_rng()
+    labs = np.stack([synthetic_cells((48, 56), seed=int(s))[1] for s in rng.integers(0, 1 << 30, 3)]).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "train-labels.tif", labs, photometric="minisblack")
+    (tmp_path / "pred").mkdir()
+    for k in range(3):
+        Image.fromarray(labs[k]).save(tmp_path / "pred" / f"train-volume-{k:03d}_instances.png")
+    r = run("evaluate", str(tmp_path / "pred"), str(tmp_path / "train-labels.tif"))
+    assert r.returncode == 0, r.stderr
+    rows = r.stdout.strip().splitlines()
+    assert [x.split()[0] for x in rows[1:]] == ["train-volume-000", "train-volume-001", "train-volume-002", "mean"]
+    assert [float(v) for v in rows[-1].split()[1:]] == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0], r.stdout
+    r = run("evaluate", str(tmp_path / "pred"), str(tmp_path / "train-labels.tif"))
+    (tmp_path / "pred" / "train-volume-002_instances.png").unlink()
+    r = run("evaluate", str(tmp_path / "pred"), str(tmp_path / "train-labels.tif"))
+    one_line_error(r, "2 prediction pages", "3 label pages", "differ in number")

@@ -185,10 +185,62 @@ def _prediction_files(path):
     return found
 
 
-def evaluate_files(pred_path, label_path, label_mode: str = "auto"):
-    """[(name, metrics)] for predictions paired with label images by name or by last number."""
+def _by_number(items, stem):
+    """items in the order of their names' last number (slice_2 before slice_10; 0- or 1-based alike)
+    when every name has one and no two share it, else in name order."""
+    import re
+    nums = [re.findall(r"\d+", stem(x)) for x in items]
+    if all(nums) and len({int(n[-1]) for n in nums}) == len(items):
+        return [x for _, x in sorted(zip([int(n[-1]) for n in nums], items), key=lambda t: t[0])]
+    return sorted(items, key=stem)
+
+
+def _predict_outputs(files) -> list:
+    """The files among `files` that are predict's outputs by their content, not only their names:
+    NAME_prob.tif holding float class pages, or NAME_labels.png with NAME_instances.png beside it
+    (ground truth that is merely named NAME_labels.png is none)."""
+    from .data import ImageFile, InputError
+    stems = {f.stem for f in files}
+    found = []
+    for f in files:
+        if f.stem.endswith("_labels") and f.stem[:-7] + "_instances" in stems:
+            found.append(f)
+        elif f.stem.endswith("_prob") and f.suffix.lower() in (".tif", ".tiff") and len(found) < 3:
+            try:
+                fp = ImageFile(f)
+                if fp.n_pages >= 2 and next(fp.pages()).dtype.kind == "f":
+                    found.append(f)
+            except (InputError, OSError):
+                pass
+    return found
+
+
+def _check_order(pred_path, label_path, preds: dict, labels: list):
+    """Refuse PREDICTIONS and LABELS given the other way round: the first holds plain label images
+    and the second predict's outputs (unetcu predict says the same for a model given after its images)."""
+    if any(kind != "plain" for kind, _ in preds.values()):
+        return
+    outputs = _predict_outputs(labels)
+    if outputs:
+        raise ValueError(f"evaluate takes PREDICTIONS then LABELS: {label_path} holds predict's outputs "
+                         f"({outputs[0].name}) and {pred_path} label images; give them the other way round "
+                         f"(unetcu evaluate {label_path} {pred_path})")
+
+
+def _siblings_hint(path) -> str:
+    """' (LABELS, e.g. examples/labels)' when a labels/ folder lies beside the folder given."""
     from pathlib import Path
-    from .data import IMAGE_EXTS, ImageFile, InputError, instances_from_label_image, open_label, pair_labels
+    p = Path(path)
+    cand = (p if p.is_dir() else p.parent).parent / "labels"
+    return f", e.g. {cand}" if cand.is_dir() and cand.resolve() != Path(path).resolve() else ""
+
+
+def evaluate_files(pred_path, label_path, label_mode: str = "auto"):
+    """[(name, metrics)] for predictions paired with label images by name or by last number; a
+    multi-page label stack pairs its page k with the k-th prediction page (per-page files in the
+    order of their last number, or the pages of a prediction stack), and the other way round."""
+    from pathlib import Path
+    from .data import IMAGE_EXTS, ImageFile, InputError, NotALabelImage, open_label, pair_labels, read_label
     preds = _prediction_files(pred_path)
     lp = Path(label_path)
     if not lp.exists():
@@ -196,34 +248,73 @@ def evaluate_files(pred_path, label_path, label_mode: str = "auto"):
     labels = sorted(f for f in lp.iterdir() if f.suffix.lower() in IMAGE_EXTS) if lp.is_dir() else [lp]
     if not labels:
         raise FileNotFoundError(f"{lp}: no label images")
+    _check_order(pred_path, label_path, preds, labels)
     names = sorted(preds)
-    paired = pair_labels(names, labels) if len(names) > 1 or len(labels) > 1 else [labels[0]]  # one file each: a pair
+    popen = {n: ImageFile(preds[n][1], "image" if preds[n][0] == "prob" else "label") for n in names}
+    lopen = {f: open_label(f, label_mode) for f in labels}
+
+    def npages(n):  # prediction pages (a probability file's pages are its classes: one prediction)
+        return 1 if preds[n][0] == "prob" else popen[n].n_pages
+
+    # items: (row name, prediction name, its page, label file, its page)
+    if (len(labels) == 1 and lopen[labels[0]].n_pages > 1) or (len(names) == 1 and npages(names[0]) > 1):
+        pitems = [(n if npages(n) == 1 else f"{n}-{k:03d}", n, k)
+                  for n in _by_number(names, lambda n: n) for k in range(npages(n))]
+        litems = [(f, k) for f in _by_number(labels, lambda f: f.stem) for k in range(lopen[f].n_pages)]
+        if len(pitems) != len(litems):
+            def desc(files, opened):
+                return (f"{files[0]}: {opened.describe()}" if len(files) == 1 else
+                        f"{Path(files[0]).parent}: {len(files)} files")
+            raise InputError(f"{len(pitems)} prediction pages ({desc([preds[n][1] for n in names], popen[names[0]])}) "
+                             f"and {len(litems)} label pages ({desc(labels, lopen[labels[0]])}) differ in number; "
+                             "evaluate pairs the k-th page with the k-th")
+        items = [(row, n, k, f, j) for (row, n, k), (f, j) in zip(pitems, litems)]
+    else:
+        paired = pair_labels(names, labels) if len(names) > 1 or len(labels) > 1 else [labels[0]]  # one each: a pair
+        items = []
+        for n, lab in zip(names, paired):
+            if lab is None:
+                raise ValueError(f"no label image for prediction {preds[n][1].name} (pairing by name or by last number)")
+            pn, ln = npages(n), lopen[lab].n_pages
+            if pn != ln:
+                raise InputError(f"prediction {preds[n][1]} ({popen[n].describe()}"
+                                 f"{', one page per class' if preds[n][0] == 'prob' else ''}) and label {lab} "
+                                 f"({lopen[lab].describe()}) differ in number of pages")
+            items += [(n if pn == 1 else f"{n}-{k:03d}", n, k, lab, k) for k in range(pn)]
+    cache = {}
+
+    def page(opened, k, key):  # the pages of one file per side at a time, each file read once
+        if cache.get(key, (None,))[0] is not opened:
+            cache[key] = (opened, list(opened.pages()))
+        return cache[key][1] if k is None else cache[key][1][k]
+
+    def read(arr, where, role, given):
+        try:
+            return read_label(arr, label_mode, where)[0]
+        except NotALabelImage as e:
+            what = ("LABELS", "the ground truth" + _siblings_hint(given)) if role == "label" else \
+                   ("PREDICTIONS", "predict's outputs or label images")
+            raise NotALabelImage(f"{what[0]} {given}: {e.where} looks like an image, not a label image ({e.why}); "
+                                 f"evaluate takes PREDICTIONS then LABELS ({what[1]})", e.where, e.why) from None
+
     rows = []
-    for name, lab in zip(names, paired):
-        kind, f = preds[name]
-        if lab is None:
-            raise ValueError(f"no label image for prediction {f.name} (pairing by name or by last number)")
-        fl = open_label(lab, label_mode)
-        if fl.n_pages != 1:
-            raise InputError(f"label {lab} has {fl.n_pages} pages of {fl.hw[0]}x{fl.hw[1]}; evaluate takes one page "
-                             "per label image")
-        true = instances_from_label_image(next(fl.pages()), label_mode, str(lab))
-        fp = ImageFile(f, "image" if kind == "prob" else "label")
-        pages = list(fp.pages())
+    for row, n, k, lab, j in items:
+        kind, f = preds[n]
+        fp, fl = popen[n], lopen[lab]
+        true = read(page(fl, j, "l"), fl.where(j), "label", label_path)
         if kind == "prob":
-            if len(pages) < 2:
+            a = page(fp, None, "p")
+            if len(a) < 2:
                 raise InputError(f"{f}: expected class probabilities (one page per class), got {fp.describe()}")
-            a = pages
-        elif len(pages) != 1:
-            raise InputError(f"{f}: expected one page of labels, got {fp.describe()}")
         if fp.hw != true.shape:
             raise InputError(f"prediction {f} ({fp.describe()}) and label {lab} ({fl.describe()}) differ in size")
         if kind == "prob":
-            rows.append((name, evaluate(true, prob_fg=1.0 - np.asarray(a[0], np.float64))))
+            rows.append((row, evaluate(true, prob_fg=1.0 - np.asarray(a[0], np.float64))))
         else:
+            p = page(fp, k, "p")
             if kind == "plain":
-                inst = instances_from_label_image(pages[0], label_mode, str(f))
+                inst = read(p, fp.where(k), "pred", pred_path)
             else:  # predict's instance ids, or the components of its class map
-                inst = pages[0] if kind == "instances" else segments(pages[0] > 0)
-            rows.append((name, evaluate(true, pred_inst=inst)))
+                inst = p if kind == "instances" else segments(p > 0)
+            rows.append((row, evaluate(true, pred_inst=inst)))
     return rows
