@@ -263,9 +263,8 @@ def test_palette_and_miniswhite_tiff(tmp_path, rng):
     tifffile.imwrite(tmp_path / "p.tif", idx, photometric="palette", colormap=cmap)
     assert np.allclose(read_image(tmp_path / "p.tif"), luma(cmap[:, idx].transpose(1, 2, 0) / 257), atol=1e-4)
     assert np.array_equal(read_image(tmp_path / "p.tif", "label"), idx)
-    tifffile.imwrite(tmp_path / "w.tif", idx, photometric="miniswhite")
-    with pytest.raises(InputError, match=r"w\.tif: TIFF photometric MINISWHITE .*shape \(37, 53\)"):
-        ImageFile(tmp_path / "w.tif")
+    tifffile.imwrite(tmp_path / "w.tif", idx, photometric="miniswhite")  # min-is-white: the values as stored
+    assert np.array_equal(read_image(tmp_path / "w.tif", "label"), idx)
 
 
 def test_pillow_written_tiffs(tmp_path, rng, gray, rgb):
@@ -300,3 +299,123 @@ def test_prob_tif_reads_back_as_one_page_per_class(tmp_path, rng, k):
     write_results(tmp_path, "x", p, rng.standard_normal((H, W)))
     f = ImageFile(tmp_path / "x_prob.tif")
     assert (f.n_pages, f.hw) == (k, (H, W)) and np.array_equal(read_image(tmp_path / "x_prob.tif"), p)
+
+
+# ---- 1-bit and min-is-white TIFF (issue 24, item 11) ---------------------------------------------
+def blobs(rng, h=H, w=W):
+    """A random boolean mask of a few blobs (never empty, never full)."""
+    m = ndi_gauss(rng.standard_normal((h, w)), 3) > 0.1
+    m[0, 0], m[-1, -1] = True, False
+    return m
+
+
+def ndi_gauss(a, s):
+    from scipy import ndimage
+    return ndimage.gaussian_filter(a, s)
+
+
+def components(m):
+    from scipy import ndimage
+    return ndimage.label(m)[0]
+
+
+def test_one_bit_tiff_masks_read_as_the_true_pixels(tmp_path, rng):
+    """Issue input: a boolean mask saved by tifffile (1 bit, photometric MINISWHITE) was refused;
+    it reads as 1 where the array was True, as an image and as a label (foreground = True)."""
+    m = blobs(rng)
+    tifffile.imwrite(tmp_path / "b.tif", m)
+    with tifffile.TiffFile(tmp_path / "b.tif") as t:
+        assert (t.pages[0].photometric.name, t.pages[0].bitspersample) == ("MINISWHITE", 1)
+    assert np.array_equal(read_image(tmp_path / "b.tif"), m.astype(np.uint8))
+    lab = read_image(tmp_path / "b.tif", "label")
+    assert np.array_equal(lab, m.astype(np.uint8))
+    for mode in ("auto", "binary", "threshold"):
+        assert np.array_equal(instances_from_label_image(lab, mode) > 0, m)
+    # neighbours: 1-bit min-is-black (tifffile, Pillow), a 1-bit PNG, a multi-page 1-bit stack
+    tifffile.imwrite(tmp_path / "bb.tif", m, photometric="minisblack")
+    Image.fromarray(m).save(tmp_path / "pil.tif")
+    Image.fromarray(m).save(tmp_path / "pil.png")
+    assert Image.open(tmp_path / "pil.png").mode == "1"
+    for f in ("bb.tif", "pil.tif", "pil.png"):
+        assert np.array_equal(read_image(tmp_path / f, "label"), m.astype(np.uint8)), f
+    stack = np.stack([blobs(rng) for _ in range(3)])
+    tifffile.imwrite(tmp_path / "s.tif", stack)
+    f = ImageFile(tmp_path / "s.tif", "label")
+    assert (f.n_pages, f.hw) == (3, (H, W))
+    assert np.array_equal(read_image(tmp_path / "s.tif", "label"), stack.astype(np.uint8))
+
+
+def test_one_bit_masks_as_evaluate_and_train_labels(tmp_path, rng):
+    """The same mask as an evaluate label and a train label: foreground where it was True."""
+    from unetcu import metrics as M
+    m = np.zeros((48, 64), bool)
+    m[5:20, 6:25] = m[28:44, 30:60] = True
+    for d in ("images", "labels", "pred"):
+        (tmp_path / d).mkdir()
+    tifffile.imwrite(tmp_path / "labels" / "a.tif", m)
+    Image.fromarray(rng.integers(0, 255, m.shape, dtype=np.uint8)).save(tmp_path / "images" / "a.png")
+    Image.fromarray(components(m).astype(np.uint16)).save(tmp_path / "pred" / "a_instances.png")
+    ((_, r),) = M.evaluate_files(tmp_path / "pred", tmp_path / "labels")
+    assert r["iou"] == 1.0 and r["seg"] == 1.0
+    (s,) = D.load_folder(tmp_path)
+    assert np.array_equal(s.instances > 0, m) and s.instances.max() == 2
+
+
+def test_miniswhite_8bit_reads_the_values_as_stored(tmp_path, rng):
+    """ImageJ's binary masks with an inverting LUT: 8-bit 0/255, photometric MINISWHITE, 255 =
+    the foreground ImageJ shows (black). Values are read as stored (as tifffile and ImageJ give
+    them), so the foreground is 255 as for a min-is-black mask; images likewise."""
+    m = blobs(rng)
+    ij = np.where(m, 255, 0).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "ij.tif", ij, imagej=True, photometric="miniswhite")
+    with tifffile.TiffFile(tmp_path / "ij.tif") as t:
+        assert t.is_imagej and t.pages[0].photometric.name == "MINISWHITE"
+    lab = read_image(tmp_path / "ij.tif", "label")
+    assert np.array_equal(lab, ij) and np.array_equal(instances_from_label_image(lab, "auto") > 0, m)
+    g16 = rng.integers(0, 65535, (2, H, W), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "g16.tif", g16, photometric="miniswhite")
+    assert np.array_equal(read_image(tmp_path / "g16.tif"), g16)
+
+
+@pytest.mark.parametrize("compression", ["tiff_lzw", "group4"])
+def test_miniswhite_decoded_by_pillow_reads_as_stored(tmp_path, rng, compression):
+    """Neighbour: a compressed min-is-white TIFF that tifffile cannot decode here (no imagecodecs)
+    goes through Pillow, which inverts min-is-white; the values come out as stored all the same."""
+    from PIL import TiffImagePlugin
+    m = blobs(rng)
+    for comp, name in ((None, "raw.tif"), (compression, "c.tif")):
+        info = TiffImagePlugin.ImageFileDirectory_v2()
+        info[262] = 0  # photometric min-is-white
+        Image.fromarray(m).save(tmp_path / name, tiffinfo=info, **({"compression": comp} if comp else {}))
+    stored = tifffile.imread(tmp_path / "raw.tif")  # tifffile: the stored bits
+    assert stored.dtype == bool and 0 < stored.sum() < stored.size
+    for name in ("raw.tif", "c.tif"):
+        assert np.array_equal(read_image(tmp_path / name, "label"), stored.astype(np.uint8)), name
+    g = rng.integers(0, 256, (H, W), dtype=np.uint8)
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info[262] = 0
+    Image.fromarray(g).save(tmp_path / "g.tif", tiffinfo=info)
+    Image.fromarray(g).save(tmp_path / "gc.tif", tiffinfo=info, compression="tiff_lzw")
+    assert np.array_equal(read_image(tmp_path / "gc.tif"), read_image(tmp_path / "g.tif"))
+    assert np.array_equal(read_image(tmp_path / "g.tif"), tifffile.imread(tmp_path / "g.tif"))
+
+
+# ---- images given where labels belong (issue 24, item 16) -----------------------------------------
+def test_an_image_given_as_a_label_is_named_as_one(tmp_path, rng):
+    """Issue input: a gray image read as a label was taken for a JPEG-damaged mask and the advice
+    was label mode 'threshold' (which then scored the image as a mask); every mode now says it
+    looks like an image, and none suggests threshold. A damaged mask keeps its own message."""
+    img, _ = D.synthetic_cells((96, 96), seed=int(rng.integers(1 << 30)))
+    Image.fromarray(np.round(img * 255).astype(np.uint8)).save(tmp_path / "im.png")
+    lab = read_image(tmp_path / "im.png", "label")
+    for mode in ("auto", "binary", "instance", "classes", "threshold"):
+        with pytest.raises(InputError, match=r"im\.png: looks like an image, not a label image") as e:
+            instances_from_label_image(lab, mode, str(tmp_path / "im.png"))
+        assert "threshold" not in str(e.value)
+    # neighbour: a 16-bit microscope image
+    g16 = np.round(ndi_gauss(rng.standard_normal((80, 90)), 4) * 3000 + 20000 + rng.normal(0, 50, (80, 90)))
+    with pytest.raises(InputError, match="looks like an image"):
+        instances_from_label_image(g16.astype(np.uint16), "auto", "g16.tif")
+    # instance labels of many small objects stay labels
+    inst = np.kron(rng.permutation(24 * 24).reshape(24, 24) + 1, np.ones((4, 4), int))
+    assert np.array_equal(instances_from_label_image(inst, "auto"), inst)
