@@ -225,3 +225,81 @@ def test_options_that_would_be_ignored_or_never_take_effect_are_refused(tmp_path
             cwd=tmp_path)
     assert r.returncode == 1 and msg in one_line(r), r.stderr
     assert not (tmp_path / "r").exists()
+
+
+# ---- class maps (issue 24, item 3) ------------------------------------------------------------------
+def class_folder(path, rng, values, n=3, size=48):
+    """images/ + labels/ of n class maps: 6x6 blocks of 8 pixels drawn from `values`, each value in every map."""
+    for d in ("images", "labels"):
+        (path / d).mkdir(parents=True)
+    for k in range(n):
+        grid = rng.choice(values, (6, 6))
+        grid.flat[:len(values)] = values
+        Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(path / "images" / f"c{k}.png")
+        Image.fromarray(np.kron(grid, np.ones((8, 8), int)).astype(np.uint8)).save(path / "labels" / f"c{k}.png")
+    return path
+
+
+def train(tmp_path, *args):
+    return run("train", "--preset", "tiny", "--engine", "numpy", "--steps", "2", "--out", str(tmp_path / "r"),
+               "--no-progress", "--overwrite", *args)
+
+
+def test_class_map_under_auto_is_read_as_class_ids(tmp_path, rng):
+    """Issue input: `train --classes 3` on class maps {0,1,2} under the default --labels auto read
+    them as instance ids (targets {0,1}) with no word. Now auto means class ids above 2 classes, and
+    every run says in one line how its labels were read."""
+    from unetcu import data as D
+    d = class_folder(tmp_path / "d3", rng, [0, 1, 2])
+    for s in D.load_folder(d, "auto", 3):
+        assert s.semantic and s.read_as == "classes" and sorted(np.unique(s.classes())) == [0, 1, 2]
+    r = train(tmp_path, "--data", str(d), "--classes", "3")
+    assert r.returncode == 0, r.stderr
+    assert "labels: class ids 0..2 (3 classes), 3 images" in r.stdout.splitlines()
+    # neighbours: 4 classes; 3 classes of which the maps use 2 (said); --val-data read the same way
+    d4 = class_folder(tmp_path / "d4", rng, [0, 1, 2, 3])
+    r = train(tmp_path, "--data", str(d4), "--classes", "4")
+    assert r.returncode == 0 and "labels: class ids 0..3 (4 classes), 3 images" in r.stdout, r.stderr
+    d01 = class_folder(tmp_path / "d01", rng, [0, 1])
+    r = train(tmp_path, "--data", str(d01), "--classes", "3", "--val-data", str(d))
+    assert r.returncode == 0, r.stderr
+    assert "labels: class ids 0..2 (3 classes), 6 images" in r.stdout
+    assert any(s.read_as == "classes" for s in D.load_folder(d, "auto", 3))
+    r = train(tmp_path, "--data", str(d01), "--classes", "3", "--val-fraction", "0")
+    assert r.returncode == 0 and "labels: class ids 0, 1 of 3 classes (class 2 in no image" in r.stdout, r.stderr
+    # two classes: binary masks and instance ids say so, with their object counts
+    r = train(tmp_path, "--data", str(d01))
+    assert r.returncode == 0 and "labels: binary masks (objects: connected components), 3 images, " in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("extra, msg", [
+    (("--classes", "3"), "label value 3 is outside the model's 3 classes (0..2"),  # values >= classes
+    (("--classes", "3", "--labels", "instance"), "--labels instance gives 2 classes (background, object interior), "
+                                                 "not the 3 of --classes 3"),
+    (("--classes", "3", "--labels", "binary"), "--labels binary gives 2 classes"),
+])
+def test_class_maps_that_do_not_fit_are_refused_in_one_line(tmp_path, rng, extra, msg):
+    d = class_folder(tmp_path / "d", rng, [0, 1, 2, 3])
+    r = train(tmp_path, "--data", str(d), *extra)
+    line = one_line(r)
+    assert r.returncode == 1 and msg in line, r.stderr
+    if "outside" in msg:
+        assert "labels/c0.png" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_val_data_class_values_are_checked_naming_the_file(tmp_path, rng):
+    d = class_folder(tmp_path / "d", rng, [0, 1, 2])
+    v = class_folder(tmp_path / "v", rng, [0, 1, 2, 5])
+    r = train(tmp_path, "--data", str(d), "--classes", "3", "--val-data", str(v))
+    assert r.returncode == 1 and "v/labels/c0.png: label value 5 is outside the model's 3 classes" in one_line(r)
+
+
+def test_synthetic_default_says_its_labels_and_refuses_more_classes(tmp_path):
+    r = train(tmp_path, "--n-synthetic", "1")
+    assert r.returncode == 0, r.stderr
+    assert any(line.startswith("labels: instance ids (synthetic), 2 images, ") for line in r.stdout.splitlines()), r.stdout
+    r = train(tmp_path, "--n-synthetic", "1", "--classes", "3")
+    assert r.returncode == 1 and "--classes 3: the synthetic cells have 2 classes" in one_line(r)
+    r = train(tmp_path, "--n-synthetic", "1", "--labels", "classes")
+    assert r.returncode == 1 and "--labels classes applies to label images of --data" in one_line(r)
