@@ -274,4 +274,4 @@ def test_evaluate_per_page_predictions_against_a_stack(tmp_path):
     r = run("evaluate", str(tmp_path / "pred"), str(tmp_path / "train-labels.tif"))
     (tmp_path / "pred" / "train-volume-002_instances.png").unlink()
     r = run("evaluate", str(tmp_path / "pred"), str(tmp_path / "train-labels.tif"))
-    one_line_error(r, "2 prediction pages", "3 label pages", "differ in number")
+    one_line_error(r, "2 pages of predictions", "3 pages of labels", "differ in number")

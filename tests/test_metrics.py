@@ -181,14 +181,14 @@ def test_page_count_mismatch_refused_in_one_line(tmp_path, rng):
     (tmp_path / "pred").mkdir()
     for k in range(3):
         Image.fromarray(labs[k]).save(tmp_path / "pred" / f"p{k}.png")
-    with pytest.raises(InputError, match=r"3 prediction pages \(.*pred: 3 files\) and 4 label pages \(.*gt\.tif: 4 pages "
-                                         r"of 30x38\) differ in number") as e:
+    with pytest.raises(InputError, match=r"3 pages of predictions \(.*pred: 3 files\) and 4 pages of labels \(.*gt\.tif: "
+                                         r"4 pages of 30x38\) differ in number") as e:
         M.evaluate_files(tmp_path / "pred", tmp_path / "gt.tif")
     assert "\n" not in str(e.value)
     tifffile.imwrite(tmp_path / "pred3.tif", labs[:3], photometric="minisblack")
-    with pytest.raises(InputError, match=r"3 prediction pages .*pred3\.tif.* and 4 label pages"):
+    with pytest.raises(InputError, match=r"3 pages of predictions .*pred3\.tif.* and 4 pages of labels"):
         M.evaluate_files(tmp_path / "pred3.tif", tmp_path / "gt.tif")
-    with pytest.raises(InputError, match=r"4 prediction pages .* and 3 label pages"):
+    with pytest.raises(InputError, match=r"4 pages of predictions .* and 3 pages of labels"):
         M.evaluate_files(tmp_path / "gt.tif", tmp_path / "pred")
     # folders of stacks pair by name, then page by page; a stack against one page is refused
     for d in ("ps", "ls"):
@@ -253,3 +253,16 @@ def test_swapped_arguments_get_the_order(tmp_path, rng):
         Image.open(d / "labels" / f"s_{k:03d}.png").save(d / "gt" / f"s_{k:03d}_labels.png")
     rows = M.evaluate_files(d / "labels", d / "gt")
     assert [r["seg"] for _, r in rows] == [1.0, 1.0]
+
+
+def test_a_probability_file_is_one_prediction_not_a_stack(tmp_path, rng):
+    """Neighbour: NAME_prob.tif's pages are classes: against a 2-page label stack it is one page."""
+    import tifffile
+    from unetcu.data import InputError
+    labs = _pages(rng, 2)
+    tifffile.imwrite(tmp_path / "gt.tif", labs, photometric="minisblack")
+    fg = (labs[0] > 0).astype(np.float32)
+    tifffile.imwrite(tmp_path / "a_prob.tif", np.stack([1 - fg, fg]), photometric="minisblack")
+    with pytest.raises(InputError, match=r"1 page of predictions \(.*a_prob\.tif: 2 pages of 30x38, one page per class\)"
+                                         r" and 2 pages of labels"):
+        M.evaluate_files(tmp_path / "a_prob.tif", tmp_path / "gt.tif")

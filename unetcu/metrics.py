@@ -262,12 +262,15 @@ def evaluate_files(pred_path, label_path, label_mode: str = "auto"):
                   for n in _by_number(names, lambda n: n) for k in range(npages(n))]
         litems = [(f, k) for f in _by_number(labels, lambda f: f.stem) for k in range(lopen[f].n_pages)]
         if len(pitems) != len(litems):
-            def desc(files, opened):
-                return (f"{files[0]}: {opened.describe()}" if len(files) == 1 else
-                        f"{Path(files[0]).parent}: {len(files)} files")
-            raise InputError(f"{len(pitems)} prediction pages ({desc([preds[n][1] for n in names], popen[names[0]])}) "
-                             f"and {len(litems)} label pages ({desc(labels, lopen[labels[0]])}) differ in number; "
-                             "evaluate pairs the k-th page with the k-th")
+            def desc(files, opened, prob=False):
+                return (f"{files[0]}: {opened.describe()}{', one page per class' if prob else ''}" if len(files) == 1
+                        else f"{Path(files[0]).parent}: {len(files)} files")
+
+            def pages(n):
+                return f"{n} page" + ("s" if n != 1 else "")
+            pdesc = desc([preds[n][1] for n in names], popen[names[0]], preds[names[0]][0] == "prob")
+            raise InputError(f"{pages(len(pitems))} of predictions ({pdesc}) and {pages(len(litems))} of labels "
+                             f"({desc(labels, lopen[labels[0]])}) differ in number; evaluate pairs the k-th page with the k-th")
         items = [(row, n, k, f, j) for (row, n, k), (f, j) in zip(pitems, litems)]
     else:
         paired = pair_labels(names, labels) if len(names) > 1 or len(labels) > 1 else [labels[0]]  # one each: a pair
