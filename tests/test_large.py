@@ -143,18 +143,26 @@ def test_rerun_resumes_skipping_written_blocks(tmp_path, model_path, model, rng,
     assert not s["resumed"] and s["computed"] == s["blocks"]
 
 
-def test_local_cluster_two_worker_processes(tmp_path, model_path, model, rng):
+@pytest.fixture(scope="module")
+def cluster():
+    """A distributed LocalCluster of 2 worker processes (one thread each) on 127.0.0.1."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  host="127.0.0.1") as cl:
+        yield cl
+
+
+def test_local_cluster_two_worker_processes(tmp_path, model_path, model, rng, cluster):
     """`unetcu predict --scheduler ADDRESS` on a distributed LocalCluster of 2 worker processes:
     the same result, and each worker loaded the model once, not once per block."""
-    distributed = pytest.importorskip("distributed")
+    import distributed
     h, w = odd_size(rng, 200, 260), odd_size(rng, 250, 330)
     img = rng.standard_normal((h, w)).astype(np.float32)
     src = write_zarr(tmp_path / "in.zarr", img, (64, 64))
     out = tmp_path / "out.zarr"
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
-            distributed.Client(cl) as client:
+    with distributed.Client(cluster, set_as_default=False) as client:
         rc = cli.main(["predict", model_path, src, "--out", str(out), "--engine", "numpy", "--tile", str(TILE),
-                       "--block", "52", "--scheduler", cl.scheduler_address, "--no-progress"])
+                       "--block", "52", "--scheduler", cluster.scheduler_address, "--no-progress"])
         loads = client.run(lambda: large.LOADS)
     probs, _, done = read(out)
     assert rc == 0 and done.size >= 20 and done.all()
@@ -210,8 +218,8 @@ def test_images_smaller_than_the_margin_are_mirrored_as_in_memory(tmp_path, mode
     assert np.array_equal(probs, predict_probs(model, img, tile=TILE, batch=BATCH))
     if 1 in shape:  # two equal rows (columns) reflect into that row everywhere: the same window
         axis = 0 if shape[0] == 1 else 1
-        twice = predict_probs(model, np.concatenate([img, img], axis), tile=TILE, batch=BATCH)
-        assert np.array_equal(probs, twice[:, :shape[0], :shape[1]]), np.abs(probs - twice[:, :shape[0], :shape[1]]).max()
+        twice = predict_probs(model, np.concatenate([img, img], axis), tile=TILE, batch=BATCH)[:, :shape[0], :shape[1]]
+        assert np.array_equal(probs, twice), np.abs(probs - twice).max()
 
 
 def test_ctrl_c_then_rerun(tmp_path, model_path, model, rng):
@@ -241,4 +249,112 @@ def test_ctrl_c_then_rerun(tmp_path, model_path, model, rng):
     assert cli.main(args) == 0
     probs, _, done = read(out)
     assert n < done.size and done.all()
+    assert np.abs(probs - predict_probs(model, standardise(img), tile=TILE)).max() <= STATS_TOL
+
+
+BAD_SCHEDULERS = {  # a malformed --scheduler and the words its one line must hold
+    "127.0.0.1": "no port", "tcp://127.0.0.1": "no port", "thread": "no port", "[::1]": "no port",
+    "tpc://127.0.0.1:8786": "unknown scheme 'tpc://'", "tcp//127.0.0.1:8786": "host 'tcp//127.0.0.1'",
+    "tcp://:8786": "no host", "127.0.0.1:99999": "port '99999'", "127.0.0.1:0": "port '0'",
+    "tcp://127.0.0.1:8786/": "port '8786/'", "tcp://::1:8786": "IPv6 host goes in brackets", "": "empty",
+    "tcp://[::1:8786": "closing ']'", "inproc://": "inproc address",
+}
+
+
+def test_scheduler_address_checked_before_connecting(tmp_path, model_path, capsys, monkeypatch):
+    """Every malformed address is one line naming its problem, before any client is made or the
+    input is read; the forms distributed reads pass the check."""
+    distributed = pytest.importorskip("distributed")
+
+    def no_client(*a, **k):
+        raise AssertionError("a client was made for a malformed address")
+    monkeypatch.setattr(distributed, "Client", no_client)
+    src = write_zarr(tmp_path / "in.zarr", np.ones((60, 70), np.float32), (30, 30))
+    for bad, words in BAD_SCHEDULERS.items():
+        rc = cli.main(["predict", model_path, src, "--out", str(tmp_path / "o.zarr"), "--engine", "numpy",
+                       "--no-progress", "--scheduler", bad])
+        one_line(capsys, rc, f"--scheduler {bad}" if bad else "--scheduler ''", words, "tcp://10.0.0.5:8786")
+    assert not (tmp_path / "o.zarr").exists()
+    for good in ("tcp://127.0.0.1:8786", "127.0.0.1:8786", "localhost:1", "tls://localhost:8786",
+                 "ws://127.0.0.1:8786", "tcp://[::1]:8786", "inproc://127.0.0.1/1/1", "threads", "processes",
+                 "sync", None):
+        assert large.check_scheduler(good) == good
+
+
+def test_scheduler_refusals_exit_at_once_without_traceback(tmp_path, model_path):
+    """In a process of its own (a half-made client would print its traceback at exit): each
+    malformed address, and a port where nobody listens, is one line on stderr and returns at once
+    (the port within the connect timeout, here 2 s), and the process then exits at once."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    pytest.importorskip("distributed")
+    with socket.socket() as sk:  # a port on 127.0.0.1 that nobody listens on
+        sk.bind(("127.0.0.1", 0))
+        closed = f"tcp://127.0.0.1:{sk.getsockname()[1]}"
+    src = write_zarr(tmp_path / "in.zarr", np.ones((60, 70), np.float32), (30, 30))
+    addresses = ["127.0.0.1", "tpc://127.0.0.1:8786", "tcp://127.0.0.1", "inproc://", closed]
+    script = f"""
+import json, sys, time
+from unetcu import cli
+import distributed  # imported before the clock starts
+for a in {addresses!r}:
+    t = time.perf_counter()
+    rc = cli.main(["predict", {model_path!r}, {src!r}, "--out", {str(tmp_path / "o.zarr")!r}, "--engine", "numpy",
+                   "--no-progress", "--scheduler", a])
+    print(json.dumps([a, rc, time.perf_counter() - t]), flush=True)
+print(json.dumps(time.time()), flush=True)
+"""
+    env = {**__import__("os").environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    end = time.time()
+    out = p.stdout.strip().splitlines()
+    assert "Traceback" not in p.stdout + p.stderr and "Task exception" not in p.stderr, p.stderr
+    assert p.returncode == 0 and len(out) == len(addresses) + 1, (out, p.stderr)
+    errs = p.stderr.strip().splitlines()
+    assert len(errs) == len(addresses), errs  # one line each
+    for (a, rc, sec), err in zip(map(json.loads, out[:-1]), errs):
+        assert rc == 1 and a in err, (a, err)
+        assert sec < (2 + 5 if a == closed else 5), (a, sec)  # no 20 s connect, no retries
+    assert "cannot reach the Dask scheduler" in errs[-1] and "within 2 s" in errs[-1], errs[-1]
+    assert end - json.loads(out[-1]) < 10, end - json.loads(out[-1])  # no 40 s wait for a client at exit
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_ctrl_c_on_a_cluster_then_rerun(tmp_path, model_path, model, rng, cluster, progress):
+    """A real SIGINT to `unetcu predict ... --scheduler ADDRESS` (a LocalCluster on 127.0.0.1) once
+    some blocks are written, with and without distributed's progress bar: exit 130 and the local
+    path's one line, no traceback and no asyncio 'Task exception'; the same command finishes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    h, w = odd_size(rng, 260, 310), odd_size(rng, 260, 310)
+    img = rng.standard_normal((h, w)).astype(np.float32)
+    src = write_zarr(tmp_path / "in.zarr", img, (100, 100))
+    out = tmp_path / "out.zarr"
+    args = ["predict", model_path, src, "--out", str(out), "--engine", "numpy", "--tile", str(TILE), "--block", "52",
+            "--scheduler", cluster.scheduler_address, *([] if progress else ["--no-progress"])]
+    p = subprocess.Popen([sys.executable, "-m", "unetcu.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    t0 = time.time()
+    while not list((out / "done").rglob("c/*/*")) and time.time() - t0 < 120 and p.poll() is None:
+        time.sleep(0.05)
+    assert p.poll() is None, p.communicate()  # still running, some blocks written
+    os.kill(p.pid, signal.SIGINT)
+    t1 = time.time()
+    stdout, stderr = p.communicate(timeout=120)
+    assert "Traceback" not in stdout + stderr and "Task exception" not in stderr, stderr
+    assert p.returncode == 130 and time.time() - t1 < 30, (p.returncode, stderr)
+    last = stderr.strip().splitlines()[-1]
+    assert "interrupted with" in last and "rerun the same command" in last, stderr
+    if not progress:
+        assert len(stderr.strip().splitlines()) == 1, stderr
+    n = int(last.split("interrupted with ")[1].split()[0])
+    assert cli.main([a for a in args if a != "--no-progress"] + ["--no-progress"]) == 0
+    probs, _, done = read(out)
+    assert 1 <= n < done.size and done.all()
     assert np.abs(probs - predict_probs(model, standardise(img), tile=TILE)).max() <= STATS_TOL

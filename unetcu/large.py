@@ -22,6 +22,7 @@ marked done, so an interrupted run resumes where it stopped. Dask and zarr are t
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -42,6 +43,8 @@ FORMAT = "unetcu-blocks-v1"
 INSTALL = 'pip install -e ".[large]"'
 TIFF_EXTS = (".tif", ".tiff")
 DEFAULT_BLOCK = 1024  # about this many output pixels a side, rounded to whole output tiles
+LOCAL_SCHEDULERS = ("threads", "processes", "sync")  # Dask's schedulers on this machine
+CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler (less if dask's distributed.comm.timeouts.connect is)
 
 
 def _require():
@@ -64,6 +67,70 @@ def _sha256(path) -> str:
         for b in iter(lambda: f.read(1 << 20), b""):
             h.update(b)
     return h.hexdigest()
+
+
+# ---- the scheduler -------------------------------------------------------------------------------
+def check_scheduler(scheduler):
+    """The scheduler argument, checked for form before anything connects: None, a distributed.Client,
+    one of LOCAL_SCHEDULERS, or an address of a distributed scheduler as distributed reads it:
+    SCHEME://HOST:PORT with a scheme distributed knows (tcp, tls, ws, wss, ucx; HOST:PORT alone is
+    tcp; an IPv6 host in brackets) or inproc://... (a scheduler in this very process). Returns it;
+    ValueError (one line) for any other form, RuntimeError when distributed is not installed."""
+    if scheduler is None or not isinstance(scheduler, str) or scheduler in LOCAL_SCHEDULERS:
+        return scheduler
+    try:
+        from distributed.comm import registry
+        from distributed.comm.addressing import parse_host_port
+    except ImportError:
+        raise RuntimeError(f"--scheduler ADDRESS needs distributed: {INSTALL}") from None
+    form = ("give a scheduler's SCHEME://HOST:PORT as `dask scheduler` prints it (e.g. tcp://10.0.0.5:8786), or "
+            f"{', '.join(LOCAL_SCHEDULERS[:-1])} or {LOCAL_SCHEDULERS[-1]} for this machine")
+    if not scheduler.strip():
+        raise ValueError(f"--scheduler {scheduler!r}: an empty address; {form}")
+    scheme, sep, loc = scheduler.partition("://")
+    if not sep:
+        import dask
+        scheme, loc = dask.config.get("distributed.comm.default-scheme", "tcp"), scheduler
+    problem = None
+    if scheme not in registry.backends:
+        try:
+            registry.get_backend(scheme)  # a backend another package registers (entry point)
+        except (ValueError, ImportError):
+            problem = f"unknown scheme '{scheme}://' (distributed knows {', '.join(sorted(registry.backends))})"
+    if problem is None and scheme == "inproc":
+        if not loc.strip():
+            problem = "an inproc address names a scheduler (inproc://HOST/PID/N)"
+    elif problem is None:
+        problem = _host_port_problem(loc)
+        if problem is None:
+            parse_host_port(loc)  # distributed's own reading, which the checks above let through
+    if problem:
+        raise ValueError(f"--scheduler {scheduler}: {problem}; {form}")
+    return scheduler
+
+
+def _host_port_problem(loc: str):
+    """What is wrong with HOST:PORT (or [IPv6]:PORT) in words, or None."""
+    if loc.startswith("["):
+        host, sep, rest = loc[1:].partition("]")
+        if not sep:
+            return "an IPv6 host needs its closing ']'"
+        port = rest[1:] if rest.startswith(":") else None
+    else:
+        host, sep, port = loc.rpartition(":")
+        if not sep:
+            host, port = loc, None
+        elif ":" in host:
+            return f"an IPv6 host goes in brackets, as [{host}]:{port}"
+    if not host:
+        return "no host name or IP address before the port"
+    if any(ch.isspace() or ch in "/?#@" for ch in host):
+        return f"host {host!r} is not a host name or IP address"
+    if port is None:
+        return "no port"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"port {port!r} is not a number from 1 to 65535"
+    return None
 
 
 # ---- input ---------------------------------------------------------------------------------------
@@ -338,6 +405,7 @@ def predict_zarr(model_path, source, out, engine=None, precision="fp32", tile=No
     tile, block), FileExistsError (out), RuntimeError (extra missing, a block that failed),
     BlocksInterrupted (Ctrl-C)."""
     _require()
+    check_scheduler(scheduler)  # a malformed address is refused before anything is read or connected
     import dask.array as da
     from dask.delayed import Delayed
     t0 = time.perf_counter()
@@ -351,7 +419,7 @@ def predict_zarr(model_path, source, out, engine=None, precision="fp32", tile=No
     check_precision(precision)
     # On a cluster the engine is the workers': this machine (maybe without a GPU) only reads the
     # checkpoint's config; on this machine the engine is resolved (and its memory checked) here.
-    remote = scheduler is not None and not (isinstance(scheduler, str) and scheduler in ("threads", "processes", "sync"))
+    remote = scheduler is not None and not (isinstance(scheduler, str) and scheduler in LOCAL_SCHEDULERS)
     if remote and engine is not None:
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
@@ -438,7 +506,9 @@ def predict_zarr(model_path, source, out, engine=None, precision="fp32", tile=No
 
 class _scheduler:
     """Context: (compute(*collections, what=...) -> results, client or None) on the chosen
-    scheduler, with a progress bar on stderr when asked."""
+    scheduler, with a progress bar on stderr when asked. On a distributed scheduler a Ctrl-C (or
+    any error) cancels this run's futures before it propagates, and a client opened here is closed
+    on the way out, quietly: no traceback, no asyncio 'Task exception was never retrieved'."""
 
     def __init__(self, scheduler, workers, progress=True):
         self.scheduler, self.workers, self.progress = scheduler, workers, progress
@@ -446,29 +516,15 @@ class _scheduler:
 
     def __enter__(self):
         import dask
-        s = self.scheduler
+        s = check_scheduler(self.scheduler)
         if s is not None and not isinstance(s, str):  # a distributed.Client
             self.client = s
-        elif s not in (None, "threads", "processes", "sync"):
-            try:
-                from distributed import Client
-            except ImportError:
-                raise RuntimeError(f"--scheduler ADDRESS needs distributed: {INSTALL}") from None
-            try:
-                self.client = Client(s, timeout="20s", set_as_default=False)
-            except (OSError, TimeoutError) as e:
-                raise RuntimeError(f"cannot reach the Dask scheduler at {s}: {e}") from None
-            self.own = True
+        elif s not in (None, *LOCAL_SCHEDULERS):
+            self.client, self.own = _connect(s), True
 
         def compute(*cols, what=""):
             if self.client is not None:
-                futures = self.client.compute(list(cols))
-                if self.progress:
-                    from distributed import progress
-                    print(f"{what} on {self.client.scheduler.address}", file=sys.stderr)
-                    progress(futures)
-                    print(file=sys.stderr)
-                return self.client.gather(futures)
+                return self._compute_distributed(cols, what)
             kw = dict(scheduler=s or "threads")
             if self.workers:
                 kw["num_workers"] = self.workers
@@ -480,7 +536,69 @@ class _scheduler:
                 return dask.compute(*cols, **kw)
         return compute, self.client
 
+    def _compute_distributed(self, cols, what):
+        # Not client.gather(futures) while the futures run: a Ctrl-C inside it leaves one of its
+        # per-future waiters failing with AllExit for every future, each printed by asyncio as a
+        # 'Task exception was never retrieved' traceback. as_completed waits in this thread.
+        from distributed import as_completed
+        client, futures, bar = self.client, [], False
+        try:
+            futures = client.compute(list(cols))
+            if self.progress:  # distributed's bar on stderr, given this client's scheduler and loop
+                from distributed.diagnostics.progressbar import TextProgressBar
+                print(f"{what} on {client.scheduler.address}", file=sys.stderr)
+                bar = True
+                with contextlib.redirect_stdout(sys.stderr):
+                    TextProgressBar(futures, scheduler=client.scheduler.address, loop=client.loop, complete=True)
+                bar = False
+                print(file=sys.stderr)
+            for f in as_completed(futures, loop=client.loop):
+                if f.status != "finished":
+                    f.result()  # raises the task's own error, as gather would
+            return client.gather(futures)  # all finished: nothing left to wait for
+        except BaseException:
+            if bar:
+                print(file=sys.stderr)  # what follows starts below the bar
+            with contextlib.suppress(Exception):
+                client.cancel(futures)  # nothing of this run keeps running on the cluster
+            raise
+
     def __exit__(self, *exc):
         if self.own:
-            self.client.close()
+            _close(self.client)
         return False
+
+
+def _connect_timeout() -> float:
+    import dask
+    from dask.utils import parse_timedelta
+    return min(CONNECT_TIMEOUT, parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s"))
+
+
+def _connect(address):
+    """A distributed.Client of the scheduler at `address` (checked by check_scheduler), or a
+    one-line RuntimeError when it cannot be reached within _connect_timeout()."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise RuntimeError(f"--scheduler ADDRESS needs distributed: {INSTALL}") from None
+    timeout = _connect_timeout()
+    # Built in two steps so that a client whose connection fails is still ours to close here: left
+    # to its __del__ at exit, it would wait twice the timeout and then print a traceback.
+    client = Client.__new__(Client)
+    try:
+        client.__init__(address, timeout=timeout, set_as_default=False)
+    except BaseException as e:
+        _close(client)
+        if not isinstance(e, Exception):  # Ctrl-C while connecting
+            raise
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RuntimeError(f"cannot reach the Dask scheduler at {address} within {timeout:g} s: {why}") from None
+    return client
+
+
+def _close(client):
+    """Close a client we opened, without a traceback whatever state it is in."""
+    with contextlib.suppress(Exception):
+        if getattr(client, "status", "closed") not in ("closed", "newly-created"):
+            client.close(timeout=5)
