@@ -395,9 +395,11 @@ def predict_zarr(model_path, source, out, engine=None, precision="fp32", tile=No
     Each slice is standardised with its own mean and standard deviation (standardise=False: the
     input is taken as already standardised). scheduler: None or "threads" (Dask's threaded
     scheduler, `workers` threads), "processes" (a local process pool), a distributed scheduler
-    address ("tcp://host:8786"), or a distributed.Client. The model file must be readable by every
-    worker at the same path (it is loaded once per worker process). engine: resolved here for a
-    local scheduler; for a cluster, give the workers' engine (None: resolved here).
+    address ("tcp://host:8786", checked by check_scheduler before anything else), or a
+    distributed.Client; on a Ctrl-C the run's futures on the cluster are cancelled. The model file
+    must be readable by every worker at the same path (it is loaded once per worker process).
+    engine: resolved here for a local scheduler; for a cluster, give the workers' engine (None:
+    resolved here).
 
     An existing `out` made by the same model, settings and input resumes (its blocks marked done
     are skipped); any other existing `out` is refused unless overwrite. Returns a summary dict
