@@ -828,9 +828,45 @@ def test_extern_shared_in_included_headers(order, rng, tmp_path):
 def test_header_errors_name_the_header(tmp_path):
     main = write_headers(tmp_path)
     (tmp_path / "detail" / "smem.cuh").write_text(
-        "#pragma once\n\n__device__ float* two() { extern __shared__ float a[]; extern __shared__ float b[]; return a; }\n")
-    with pytest.raises(emu.EmuCompileError, match=r"smem.cuh:3: the emulator needs each `extern __shared__ T name\[\];` alone on its line"):
+        "#pragma once\n\n__device__ float* two() { extern __shared__ float a[]; extern __shared__ float b[32]; return a; }\n")
+    with pytest.raises(emu.EmuCompileError, match=r"^\S*smem.cuh:3: `extern __shared__` declares dynamic shared memory, which must be "
+                                                  r"unsized arrays[^\n]*$"):
         runtime.compile(main.read_text(), engine="emu", options=(f"-I{tmp_path / 'inc'}",), filename=str(main))
     (tmp_path / "detail" / "smem.cuh").write_text("#pragma once\n\n__device__ float* two() {\n  return undefined_name; }\n")
     with pytest.raises(emu.EmuCompileError, match=r"smem.cuh:4:\d+: error: .undefined_name. was not declared"):
         runtime.compile(main.read_text(), engine="emu", options=(f"-I{tmp_path / 'inc'}",), filename=str(main))
+
+
+EXTERN_FORMS = HERE / "cuda" / "extern_shared_forms.cu"
+
+
+def test_extern_shared_written_any_way_nvcc_accepts(order, rng):
+    # several declarations or names on a line, code around them, split over lines, __align__, file
+    # scope, an extern "C" block, a macro body, a header, `T name[][N]`: all one dynamic buffer
+    mod = runtime.compile(EXTERN_FORMS.read_text(), engine="emu", filename=str(EXTERN_FORMS))
+    grid, block = 3, 64
+    n = grid * block
+    x = rng.standard_normal(n).astype(np.float32)
+    out = nan_array(4 * n)
+    mod.get_function("reverse_through_every_name")((grid,), (block,), (x, out, i32(n)), shared_mem=block * 4)
+    rev = x.reshape(grid, block)[:, ::-1].ravel()
+    assert out.reshape(4, n).tolist() == [rev.tolist()] * 4
+    x = rng.standard_normal(5 * 64).astype(np.float32)
+    out = nan_array(5 * 64)
+    mod.get_function("transpose_tile")((5,), (8, 8), (x, out), shared_mem=8 * 9 * 4)
+    assert out.tolist() == x.reshape(5, 8, 8).transpose(0, 2, 1).ravel().tolist()
+
+
+def test_extern_shared_lines_stay_and_refusals_name_them(tmp_path):
+    # the emulator's rewriting keeps every line where it was: an error after a split declaration
+    # at file scope is reported at its own line
+    src = ('extern __shared__ float a[]; __device__ float f(int i) { return a[i]; }\n'
+           'extern __shared__\n   float b[],\n   c[];\n'
+           'extern "C" __global__ void k(float* y) { y[0] = f(0) + b[0] + c[0]; }\n'
+           'extern "C" __global__ void broken(float* y) { y[0] = undeclared; }\n')
+    with pytest.raises(emu.EmuCompileError, match=r"forms.cu:6:\d+: error: .undeclared. was not declared"):
+        runtime.compile(src, engine="emu", filename="forms.cu")
+    with pytest.raises(emu.EmuCompileError, match=r"^scalar.cu:2: `extern __shared__` declares dynamic shared memory, which "
+                                                  r"must be unsized arrays[^\n]*$"):
+        runtime.compile('extern "C" __global__ void k(float* y) {\n  extern __shared__ float s;\n  y[0] = s; }\n',
+                        engine="emu", filename="scalar.cu")

@@ -4,7 +4,7 @@ A source is turned into one translation unit::
 
     (cuda_emu.h, force-included)
     #line 1 "<the .cu file>"
-    <the source, with `extern __shared__ T name[];` pointed at the dynamic buffer, a poison
+    <the source, with its `extern __shared__` names pointed at the dynamic buffer, a poison
      statement after each static `__shared__` declaration, and the user headers that declare
      shared memory inlined (behind #line markers) and rewritten the same way>
     #include "emu_launch.h"
@@ -132,10 +132,11 @@ def _asan_loaded() -> bool:
 
 # ---- source handling -----------------------------------------------------------------------------
 def strip_comments(src: str) -> str:
-    """Blank out comments and string literals, keeping every newline (so offsets keep their line)."""
+    """Blank out comments, string and character literals, keeping every newline (so offsets keep
+    their line)."""
     def blank(m):
         return re.sub(r"[^\n]", " ", m.group(0))
-    return re.sub(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"', blank, src, flags=re.S)
+    return re.sub(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])+\'', blank, src, flags=re.S)
 
 
 _GLOBAL_RE = re.compile(r"\b__global__\b")
@@ -251,9 +252,55 @@ def global_variables(src: str) -> list[str]:
     return [n for (_, n), enc in zip(found, braces) if not enc or all(_is_linkage_block(src, b) == "C" for b in enc)]
 
 
-_EXTERN_SMEM = re.compile(
-    r"^([ \t]*)extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?([A-Za-z_][\w:<>, ]*?[\w>])\s*"
-    r"(?:__align__\s*\(\s*\d+\s*\)\s*)?([A-Za-z_]\w*)\s*\[\s*\]\s*;[ \t]*$", re.M)
+def _balanced(code: str, i: int) -> int:
+    """The offset just past the parenthesised group that opens at code[i]."""
+    depth = 0
+    for j in range(i, len(code)):
+        depth += {"(": 1, ")": -1}.get(code[j], 0)
+        if depth == 0:
+            return j + 1
+    return len(code)
+
+
+def _directive_spans(code: str) -> list[tuple[int, int]]:
+    """(start, end) of each preprocessor directive, continuation lines included."""
+    return [(m.start(), m.end()) for m in re.finditer(r"^[ \t]*#(?:[^\n]*\\\n)*[^\n]*", code, re.M)]
+
+
+# attributes nvcc accepts among an extern __shared__ declaration's specifiers: they only ask for an
+# alignment, and the dynamic buffer is 128-byte aligned (emu_launch.h)
+_ATTRIBUTE = re.compile(r"\b(?:__align__|alignas|__attribute__|__declspec)\s*(?=\()")
+_UNSIZED = re.compile(r"^(?P<stars>[\s*&]*?)\s*(?P<name>[A-Za-z_]\w*)\s*\[\s*\](?P<rest>(?:\s*\[[^\[\]]*\])*)\s*$")
+
+
+def _extern_shared(code: str):
+    """(start, end, spec, [(stars, name, rest)]) of each `extern __shared__` declaration in code
+    (comments and strings blanked), however it is written: several declarators, split over lines,
+    attributes, in a macro body. Declarators that are not unsized arrays give None for the list."""
+    spans = _directive_spans(code)
+    for m in re.finditer(r"\b__shared__\b", code):
+        start = max(code.rfind(c, 0, m.start()) for c in ";{}") + 1
+        for a, b in spans:  # a directive between the previous statement and this one is not part of it
+            if start <= a < m.start() and b < m.start():
+                start = b
+        end = code.find(";", m.end())
+        if end < 0 or not re.search(r"\bextern\b", code[start:end]):
+            continue
+        start += re.match(r"(?:\s|\\\n)*", code[start:end]).end()  # a macro body's line ends too
+        decl = code[start:end].replace("\\\n", "  ")
+        while True:  # drop the attributes (with their balanced parentheses)
+            a = _ATTRIBUTE.search(decl)
+            if not a:
+                break
+            decl = decl[:a.start()] + " " * (_balanced(decl, a.end()) - a.start()) + decl[_balanced(decl, a.end()):]
+        decl = re.sub(r"\b(?:extern|__shared__)\b", " ", decl)
+        parts = _split_top(decl)
+        first = re.search(r"[\s*&]*[A-Za-z_]\w*\s*\[", parts[0])
+        spec = parts[0][:first.start()].strip() if first else ""
+        found = [_UNSIZED.match(p) for p in [parts[0][first.start():] if first else parts[0]] + parts[1:]]
+        declarators = None if not spec or not all(found) else \
+            [(re.sub(r"\s+", "", f.group("stars")), f.group("name"), f.group("rest").strip()) for f in found]
+        yield start, end + 1, re.sub(r"\s+", " ", spec), declarators
 
 
 _SHARED_DECL = re.compile(r"\b__shared__\b([^;{}]*);")
@@ -262,27 +309,46 @@ _SHARED_DECL = re.compile(r"\b__shared__\b([^;{}]*);")
 def rewrite(src: str, filename: str = "kernel.cu") -> tuple[str, list[str]]:
     """The source edits the emulator needs; all keep every line where it was.
 
-    `extern __shared__ T name[];` alone on its line becomes, inside a function, a local pointer to
-    the dynamic buffer; at file scope, a macro for it (returned, so it can be #undef'd after the
-    source). `static __shared__` becomes `__shared__` (the header adds the static). Every other
-    `__shared__` declaration gets a poison statement after it (EMU_POISON_SHARED in cuda_emu.h), so
-    static shared memory starts each block as garbage, as on the GPU.
+    `extern __shared__ T name[];` (however nvcc accepts it written: several names, over several
+    lines, with attributes, in a macro body) becomes, inside a function, a local pointer to the
+    dynamic buffer; at file scope, a macro for each name on lines of its own followed by a #line
+    (the names are returned, so they can be #undef'd after the source). `static __shared__` becomes
+    `__shared__` (the header adds the static). Every other `__shared__` declaration gets a poison
+    statement after it (EMU_POISON_SHARED in cuda_emu.h), so static shared memory starts each block
+    as garbage, as on the GPU.
     """
     code = strip_comments(src)
     macros = []
-
-    def repl(m):
-        indent, typ, name = m.group(1), m.group(2), m.group(3)
-        if code.count("{", 0, m.start()) - code.count("}", 0, m.start()) > 0:
-            return f"{indent}{typ}* const {name} = ({typ}*)::emu::dynamic_smem();"
-        macros.append(name)
-        return f"#define {name} (({typ}*)::emu::dynamic_smem())"
-    out = _EXTERN_SMEM.sub(repl, src)
-    left = re.search(r"\bextern\s+__shared__\b", strip_comments(out))
-    if left:
-        line = out.count("\n", 0, left.start()) + 1
-        raise EmuCompileError(f"{filename}:{line}: the emulator needs each `extern __shared__ T name[];` alone on its "
-                              "line (one declaration, nothing else on the line)")
+    spans = _directive_spans(code)
+    decls = list(_extern_shared(code))
+    out, last = [], 0
+    for (start, end, spec, declarators), enclosing in zip(decls, _open_braces(code, [d[0] for d in decls])):
+        line = code.count("\n", 0, start) + 1
+        if declarators is None:
+            raise EmuCompileError(f"{filename}:{line}: `extern __shared__` declares dynamic shared memory, which must be "
+                                  "unsized arrays (`extern __shared__ T name[];`, several names allowed); this "
+                                  "declaration is something else")
+        in_macro = any(a <= start < b for a, b in spans)
+        in_function = any(_is_linkage_block(src, b) is None for b in enclosing)
+        # the pointer type of each name: `T name[][N]` is used as a `T (*)[N]`
+        ptr = [(f"{spec} {stars}(*){rest}", name) for stars, name, rest in declarators]
+        if in_function:
+            text = " ".join(f"{t.replace('(*)', f'(* const {n})', 1)} = ({t})::emu::dynamic_smem();" for t, n in ptr)
+        elif in_macro:
+            raise EmuCompileError(f"{filename}:{line}: `extern __shared__` at file scope inside a macro body: the emulator "
+                                  "turns a file-scope declaration into a macro of its own, which cannot be nested; "
+                                  "declare it inside the function that uses it")
+        else:
+            # a macro per name, on lines of their own after the code before it on its line; the #line
+            # after them counts the declaration's own line breaks
+            macros += [n for _, n in ptr]
+            text = ("\n" + "".join(f"#define {n} (({t})::emu::dynamic_smem())\n" for t, n in ptr) +
+                    f'#line {code.count(chr(10), 0, end) + 1} "{filename}"\n')
+        if in_function:  # keep every line break of the declaration (a macro body's with its backslash)
+            text += "".join(" \\\n" if in_macro else "\n" for _ in range(src.count("\n", start, end)))
+        out += [src[last:start], text]
+        last = end
+    out = "".join(out) + src[last:]
     out = re.sub(r"\bstatic(\s+)__shared__\b", r"\1__shared__", out)
 
     code = strip_comments(out)
