@@ -750,6 +750,106 @@ def test_grid_sync_refused_by_design(call):
         runtime.compile(src, engine="emu", filename="grid_sync.cu")
 
 
+COOP = HERE / "cuda" / "coop_groups.cu"
+
+
+@pytest.fixture(scope="module")
+def coop():
+    return runtime.compile(COOP.read_text(), engine="emu", filename=str(COOP))
+
+
+def test_thread_group_by_value_and_runtime_tiles(coop, order, rng):
+    # simpleCooperativeGroups' sumReduction(thread_group g, ...) over the block, a tile<16> and a
+    # run-time tiled_partition(block, 8)
+    n = 64
+    x = rng.integers(-1000, 1000, n).astype(np.int32)
+    out = np.full(3 * n, -7, np.int32)
+    coop.get_function("sums_through_thread_group")((1,), (n,), (x, out), shared_mem=n * 4)
+    want = []
+    for size, extra in ((n, 0), (16, 0), (8, 1000)):  # the run-time tile is a coalesced group (type 1)
+        s = np.full(n, -1 + extra)
+        s[::size] = x.reshape(-1, size).sum(1) + extra
+        want += s.tolist()
+    assert out.tolist() == want
+
+
+def test_coalesced_threads_warp_aggregated_atomics(coop, order, rng):
+    n = 3000
+    x = rng.integers(-5, 9, n).astype(np.int32)
+    dst, count = np.full(n, -99, np.int32), np.zeros(1, np.int32)
+    coop.get_function("compact_positive")((3,), (160,), (x, i32(n), dst, count))
+    assert count[0] == (x > 0).sum() and sorted(dst[:count[0]].tolist()) == sorted(x[x > 0].tolist())
+    assert (dst[count[0]:] == -99).all()
+    nb = 6
+    b = rng.integers(0, nb, n).astype(np.int32)
+    idx, counters = np.full(nb * n, -1, np.int32), np.zeros(nb, np.int32)
+    coop.get_function("bucket_indices")((2,), (96,), (b, i32(n), idx, counters))
+    for k in range(nb):
+        assert sorted(idx[k * n:k * n + counters[k]].tolist()) == np.flatnonzero(b == k).tolist()
+
+
+def test_coalesced_group_operations(coop, order, rng):
+    # one pass through the branch, so the group is exactly the warp's lanes with x > 0
+    N = 96
+    x = rng.integers(-60, 100, N).astype(np.int32)
+    outs = [np.full(N, -7, np.int32) for _ in range(2)] + [np.zeros(N, np.uint32)] + [np.full(N, -7, np.int32) for _ in range(5)]
+    coop.get_function("coalesced_ops")((1,), (N,), (x, *outs))
+    rank, size, ballot, up, down, total, parity, meta = outs
+    for w in range(N // 32):
+        v = x[32 * w:32 * w + 32]
+        lanes = np.flatnonzero(v > 0)
+        for r, lane in enumerate(lanes):
+            i = 32 * w + lane
+            assert (rank[i], size[i]) == (r, len(lanes))
+            assert ballot[i] == sum(1 << k for k, m in enumerate(lanes) if v[m] > 50)
+            assert up[i] == v[lanes[r - 1] if r >= 1 else lane] and down[i] == v[lanes[r + 2] if r + 2 < len(lanes) else lane]
+            assert total[i] == v[lanes].sum()
+        odd = (v & 1).astype(bool)
+        assert parity[32 * w:32 * w + 32].tolist() == np.where(odd, v[odd].sum(), v[~odd].sum()).tolist()
+        labels = np.fmod(v, 3)  # C's % keeps the dividend's sign
+        leaders = sorted({int(np.flatnonzero(labels == l)[0]) for l in labels})
+        split = odd.any() and not odd.all()
+        want = [leaders.index(int(np.flatnonzero(labels == labels[k])[0])) + 10 * len(leaders)
+                + (100 * int(odd[k]) + 2000 if split else 1000) for k in range(32)]
+        assert meta[32 * w:32 * w + 32].tolist() == want
+    untouched = x <= 0
+    assert (rank[untouched] == -7).all() and (ballot[untouched] == 0).all()
+
+
+def test_grid_group_sync_through_thread_group_is_an_error(coop):
+    with pytest.raises(EmulatorError, match=rf"^thread_group::sync\(\) of a grid group at .*coop_groups.cu:"
+                                            rf"{line_of(COOP.read_text(), 'out[g.thread_rank()]') + 1} is not supported by the emulator, by design"):
+        coop.get_function("grid_through_thread_group")((2,), (32,), (np.zeros(64, np.int32),))
+
+
+@pytest.mark.parametrize("code,what", [
+    ("cg::this_grid().sync();", r"grid_group::sync\(\) is not supported by the emulator, by design"),
+    ("cg::sync(cg::this_grid());", r"cooperative_groups::sync\(grid\) is not supported by the emulator, by design"),
+    ("cg::this_grid().barrier_wait(cg::this_grid().barrier_arrive());", r"grid_group::barrier_(arrive|wait)\(\) is not supported"),
+    ("cg::this_multi_grid();", r"this_multi_grid\(\) \(multi-grid groups\) is not supported"),
+    ("auto c = cg::this_cluster();", r"this_cluster\(\) \(thread block clusters\) is not supported"),
+    ("auto t = cg::tiled_partition<64>(cg::this_thread_block());", r"the emulator supports thread_block_tile<N> for N a power of two <= 32"),
+    ("auto l = cg::labeled_partition(cg::coalesced_threads(), 0.5f);", r"labeled_partition: the label must be an integral or pointer type"),
+])
+def test_cooperative_groups_refusals_are_one_line(code, what):
+    # named at the kernel's line, also from a device function inlined into it, never g++'s trail
+    src = ("#include <cooperative_groups.h>\nnamespace cg = cooperative_groups;\n"
+           f"__device__ void helper() {{\n  {code}\n}}\n"
+           'extern "C" __global__ void k(float* y) {\n  helper();\n}\n')
+    with pytest.raises(emu.EmuCompileError) as e:
+        runtime.compile(src, engine="emu", filename="refused.cu")
+    assert re.fullmatch(rf"refused.cu:4: {what}[^\n]*", str(e.value)), str(e.value)
+
+
+@pytest.mark.parametrize("header,what", [("cooperative_groups/memcpy_async.h", "asynchronous copies are not supported"),
+                                         ("helper_cuda.h", "no such header: the emulator provides .*cuda_runtime_api.h")])
+def test_missing_headers_are_one_line(header, what):
+    with pytest.raises(emu.EmuCompileError) as e:
+        runtime.compile(f'#include <cuda_runtime_api.h>\n#include <{header}>\nextern "C" __global__ void k() {{}}\n',
+                        engine="emu", filename="inc.cu")
+    assert re.fullmatch(rf"inc.cu:2: #include <{re.escape(header)}>: {what}[^\n]*", str(e.value)), str(e.value)
+
+
 def write_headers(root: Path) -> Path:
     """A kernel whose shared memory is declared in headers: the CUDA samples' SharedMemory<T> in
     a header included by a relative path, a block reduction in one found through -I."""

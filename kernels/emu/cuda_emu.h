@@ -302,18 +302,19 @@ emu_switch_ctx:
 
 namespace emu {
 
-enum State : int { READY, AT_BARRIER, AT_WARP, DONE };
+enum State : int { READY, AT_BARRIER, AT_WARP, AT_COALESCE, DONE };
 enum Op : int { OP_SYNCTHREADS, OP_SYNCTHREADS_COUNT, OP_SYNCTHREADS_AND, OP_SYNCTHREADS_OR,
                 OP_SYNCWARP, OP_SHFL_IDX, OP_SHFL_UP, OP_SHFL_DOWN, OP_SHFL_XOR,
                 OP_ALL, OP_ANY, OP_BALLOT, OP_WMMA,
                 OP_REDUCE_ADD, OP_REDUCE_MIN, OP_REDUCE_MAX, OP_REDUCE_AND, OP_REDUCE_OR, OP_REDUCE_XOR,
-                OP_MATCH_ANY, OP_MATCH_ALL };
+                OP_MATCH_ANY, OP_MATCH_ALL, OP_COALESCE };
 inline const char* op_name(int op) {
     static const char* names[] = {"__syncthreads", "__syncthreads_count", "__syncthreads_and",
         "__syncthreads_or", "__syncwarp", "__shfl_sync", "__shfl_up_sync", "__shfl_down_sync",
         "__shfl_xor_sync", "__all_sync", "__any_sync", "__ballot_sync", "a wmma operation",
         "__reduce_add_sync", "__reduce_min_sync", "__reduce_max_sync", "__reduce_and_sync",
-        "__reduce_or_sync", "__reduce_xor_sync", "__match_any_sync", "__match_all_sync"};
+        "__reduce_or_sync", "__reduce_xor_sync", "__match_any_sync", "__match_all_sync",
+        "coalesced_threads()"};
     return names[op];
 }
 
@@ -353,7 +354,7 @@ struct Sched {
     // the running round: fibers hand the CPU straight to the next one in order_buf (see pass_on)
     int pos = 0;
     // counted as fibers arrive, so that the common cases resolve without a scan of the block
-    int n_bar = 0, n_warp = 0, n_done = 0;
+    int n_bar = 0, n_warp = 0, n_done = 0, n_coal = 0;
     bool bar_mismatch = false;
     const char* bar_file = nullptr;
     int bar_line = 0, bar_op = 0;
@@ -461,6 +462,19 @@ inline unsigned long long warp_collective(int op, unsigned mask, unsigned long l
     return f.result;
 }
 
+// cooperative_groups::coalesced_threads(): wait until no lane of the block can run on, then the
+// group is the lanes of this warp that wait at this same call site (see resolve_coalesced). Not a
+// synchronization on the GPU (it is __activemask()), so no sanitizer hook: ordering still needs a
+// collective of the group.
+inline unsigned coalesce(const char* file, int line) {
+    Sched* s = sched();
+    Fiber& f = s->fibers[s->cur];
+    f.state = AT_COALESCE; f.op = OP_COALESCE; f.file = file; f.line = line;
+    ++s->n_coal;
+    pass_on(s, f);
+    return (unsigned)f.result;
+}
+
 // ---- the scheduler ------------------------------------------------------------------------------
 inline unsigned long long next_rand(unsigned long long& x) {  // xorshift64*
     x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
@@ -537,7 +551,10 @@ inline bool set_error(Sched* s, const std::string& what) {
 }
 
 // Complete the warp collective of fiber `i` if its whole mask has arrived. Returns true if released.
-inline bool try_warp(Sched* s, int i) {
+// A lane of the mask waiting at another collective is not yet an error: that collective (of other
+// lanes, another mask) may still complete and the lane come on, as under independent thread
+// scheduling. Only when no collective of the block can complete is it reported (`report`).
+inline bool try_warp(Sched* s, int i, bool report = false) {
     Fiber& f = s->fibers[i];
     int w0 = i & ~31, nlanes = std::min(32, s->nthreads - w0);
     unsigned m = f.mask;
@@ -553,10 +570,12 @@ inline bool try_warp(Sched* s, int i) {
         if (g.state == AT_BARRIER) return false;  // may be a deadlock; decided when nothing else moves
         if (g.state != AT_WARP) return false;
         bool same_site = g.file == f.file && g.line == f.line;
-        if (g.op != f.op || g.mask != m || (f.op != OP_SYNCWARP && !same_site))
+        if (g.op != f.op || g.mask != m || (f.op != OP_SYNCWARP && !same_site)) {
+            if (!report) return false;
             return set_error(s, format("lanes of warp %d disagree: %s is at %s (%s:%d, mask %s) but lane %d is at %s (%s:%d, mask %s)",
                                        w0 / 32, who(f).c_str(), op_name(f.op), f.file, f.line, lanes_str(m).c_str(), j,
                                        op_name(g.op), g.file, g.line, lanes_str(g.mask).c_str()));
+        }
     }
     unsigned long long vote = 0;
     for (int j = 0; j < 32; ++j)
@@ -626,6 +645,24 @@ inline std::string describe_waits(Sched* s) {
     return out;
 }
 
+// Release every lane waiting in coalesced_threads(), grouped by warp and call site. Called only when
+// no fiber can run, so each group holds every lane of its warp that can reach that site now.
+inline void resolve_coalesced(Sched* s) {
+    for (int i = 0; i < s->nthreads; ++i) {
+        Fiber& f = s->fibers[i];
+        if (f.state != AT_COALESCE) continue;
+        int w0 = i & ~31;
+        unsigned m = 0;
+        for (int j = 0; j < 32 && w0 + j < s->nthreads; ++j) {
+            const Fiber& g = s->fibers[w0 + j];
+            if (g.state == AT_COALESCE && g.file == f.file && g.line == f.line) m |= 1u << j;
+        }
+        for (int j = 0; j < 32; ++j)
+            if (m >> j & 1u) { s->fibers[w0 + j].result = m; s->fibers[w0 + j].state = READY; }
+        s->n_coal -= __builtin_popcount(m);
+    }
+}
+
 // Called when no fiber is READY. Returns 1 if some were released, 0 if the block finished,
 // -1 on error (s->error set).
 inline int resolve(Sched* s) {
@@ -638,6 +675,7 @@ inline int resolve(Sched* s) {
         }
     }
     if (progress) return 1;
+    if (s->n_coal > 0) { resolve_coalesced(s); return 1; }
     if (s->n_bar == n && !s->bar_mismatch) {  // the common case: every thread at one __syncthreads
         int op = s->bar_op;
         unsigned long long count = 0;
@@ -662,6 +700,8 @@ inline int resolve(Sched* s) {
     }
     if (done == n) return 0;
     if (at_warp > 0) {
+        for (int i = 0; i < n; ++i)  // lanes stuck at different collectives: name the first such pair
+            if (s->fibers[i].state == AT_WARP && (try_warp(s, i, true), s->failed)) return -1;
         set_error(s, "warp-collective deadlock: lanes wait at a warp collective while lanes of its mask wait at __syncthreads" + describe_waits(s));
         return -1;
     }
@@ -721,7 +761,7 @@ inline void run_block(Sched* s) {
 #if EMU_SAN
     for (const SharedVar& v : shared_registry()) san::shared_range(v.addr(), v.bytes, v.name);
 #endif
-    s->n_bar = s->n_warp = s->n_done = 0;
+    s->n_bar = s->n_warp = s->n_done = s->n_coal = 0;
     s->bar_mismatch = false;
     std::vector<int>& ord = s->order_buf;
     ord.reserve(n);

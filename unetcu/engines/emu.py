@@ -11,8 +11,11 @@ A source is turned into one translation unit::
     <one exported launcher + signature function per kernel, one accessor per global variable>
 
 compiled to a shared object cached by the content hash of everything that goes into it, and loaded
-with ctypes. `EmuKernel.__call__(grid, block, args, shared_mem=0)` mirrors `cupy.RawKernel`;
-`EmuModule.get_function` / `get_global` find names as `cupy.RawModule` does.
+with ctypes. When g++ refuses it for what the emulator does not support (an error attribute or
+static_assert of its headers, a header it does not have), the EmuCompileError is one line naming
+the user's file and line (compile_error). `EmuKernel.__call__(grid, block, args, shared_mem=0)`
+mirrors `cupy.RawKernel`; `EmuModule.get_function` / `get_global` find names as `cupy.RawModule`
+does.
 
 Knobs (environment variables, or the functions below):
   UNETCU_EMU_ORDER     forward | reverse | random | random:SEED  thread order inside each round
@@ -457,6 +460,51 @@ def gxx_options(options) -> list[str]:
     return out
 
 
+# ---- g++'s verdict ---------------------------------------------------------------------------------
+_DIAG = re.compile(r"^(?P<file>[^\n:]+):(?P<line>\d+):\d+: (?P<kind>fatal error|error): (?P<msg>[^\n]*)$", re.M)
+_REQUIRED_HERE = re.compile(r"^(?P<file>[^\n:]+):(?P<line>\d+):\d+:   required from here$", re.M)
+# headers a CUDA source may include that the emulator refuses on purpose, and why
+_REFUSED_HEADERS = {
+    "cuda/barrier": "asynchronous barriers", "cuda/pipeline": "asynchronous copies", "cuda_pipeline.h": "asynchronous copies",
+    "cuda_awbarrier.h": "asynchronous barriers", "cooperative_groups/memcpy_async.h": "asynchronous copies",
+    "texture_fetch_functions.h": "textures", "texture_indirect_functions.h": "textures",
+    "surface_functions.h": "surfaces", "surface_indirect_functions.h": "surfaces",
+}
+
+
+def _emu_header(path: str) -> bool:
+    return os.path.abspath(path).startswith(str(EMU_DIR) + os.sep)
+
+
+def compile_error(filename: str, stderr: str) -> str:
+    """What an EmuCompileError says: one line `file:line: what` for what the emulator refuses (its
+    headers' error attributes and static_asserts, named at the user's line that led there) and for
+    a header it does not have; g++'s own diagnostics for an error in the user's code."""
+    first = _DIAG.search(stderr)
+    if first:
+        f, line, msg = first.group("file"), first.group("line"), first.group("msg")
+        refused = re.search(r"declared with attribute error: (.*)", msg)
+        if refused:  # g++ names the call's own line, also when it was inlined
+            return f"{f}:{line}: {refused.group(1)}"
+        missing = re.fullmatch(r"(.+): No such file or directory", msg)
+        if first.group("kind") == "fatal error" and missing:
+            name = missing.group(1)
+            if name in _REFUSED_HEADERS:
+                why = (f"{_REFUSED_HEADERS[name]} are not supported by the emulator (no hardware to model, or no meaning on "
+                       "a CPU; see kernels/emu/README.md)")
+            else:
+                ours = sorted(str(p.relative_to(EMU_DIR / "include")) for p in (EMU_DIR / "include").rglob("*") if p.is_file())
+                why = (f"no such header: the emulator provides {', '.join(ours)} (host-side headers are not needed: it "
+                       "compiles device code, as NVRTC does) and it is not in the -I folders of options")
+            return f"{f}:{line}: #include <{name}>: {why}"
+        if _emu_header(f):  # deep in the emulator's headers: the user's line that instantiated it
+            here = [m for m in _REQUIRED_HERE.finditer(stderr, 0, first.start()) if not _emu_header(m.group("file"))]
+            if here:
+                msg = re.sub(r"^static assertion failed: ", "", msg)
+                return f"{here[-1].group('file')}:{here[-1].group('line')}: {msg}"
+    return f"emulator build of {filename} failed:\n{stderr[-6000:]}"
+
+
 # ---- building ------------------------------------------------------------------------------------
 _GXX_VERSION = None
 _build_lock = threading.Lock()
@@ -572,7 +620,7 @@ def build(source: str, options=(), name_expressions=(), filename: str = "kernel.
                 else:
                     r = subprocess.run(["g++", *flags, str(cpp), "-o", str(out)], capture_output=True, text=True)
                 if r.returncode != 0:
-                    raise EmuCompileError(f"emulator build of {filename} failed:\n{r.stderr[-6000:]}")
+                    raise EmuCompileError(compile_error(filename, r.stderr))
                 os.replace(out, so)
         lib = _loaded.get(str(so))
         if lib is None:

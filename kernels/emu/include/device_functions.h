@@ -1,0 +1,2 @@
+#pragma once
+// <device_functions.h> under the emulator: what it declares for device code lives in cuda_emu.h (force-included).
