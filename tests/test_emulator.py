@@ -647,16 +647,115 @@ extern "C" __global__ void full_mask_by_shift(const int* x, int* y) {
 """
 
 
-def test_shift_by_word_size_is_reported(order, rng):
-    mod = runtime.compile(SHIFT_SRC, engine="emu", filename="shift_mask.cu")
+def test_shift_by_word_size_runs_as_on_the_gpu(order, rng, capfd):
+    # (1u << 32) - 1 is the full mask on the GPU (its shift clamps the count): the kernel works there
+    mod = runtime.compile(SHIFT_SRC + f"// {rng.integers(2**62)}\n", engine="emu", filename="shift_mask.cu")
     x = rng.integers(-100, 100, 32).astype(np.int32)
-    y = np.zeros(32, np.int32)
-    mod.get_function("first_lanes_bcast")((1,), (32,), (x, y, i32(20)))
-    assert y[:20].tolist() == [int(x[1])] * 20
-    with pytest.raises(EmulatorError, match=r"shift by 32 at .*shift_mask.cu:3: the count is not below the width for a 32-bit 'unsigned int'"):
-        mod.get_function("first_lanes_bcast")((1,), (32,), (x, y, i32(32)))
-    with pytest.raises(EmulatorError, match=r"shift by 32 at .*shift_mask.cu:7: .*32-bit 'int'"):
+    with sanitize.expected():  # under `pytest --sanitize` the shifts are findings, not warnings
+        for lanes in (20, 32, 32):
+            y = np.full(32, -999, np.int32)
+            mod.get_function("first_lanes_bcast")((1,), (32,), (x, y, i32(lanes)))
+            assert y[:lanes].tolist() == [int(x[1])] * lanes
+        y = np.full(32, -999, np.int32)
         mod.get_function("full_mask_by_shift")((1,), (32,), (x, y))
+    assert y.tolist() == [int(x[0])] * 32
+    err = capfd.readouterr().err
+    if sanitize.tool():
+        return
+    # one warning per site, however often it runs
+    assert len(re.findall(r"warning: shift_mask.cu:3: << by 32 of a 32-bit 'unsigned int' in kernel first_lanes_bcast", err)) == 1, err
+    assert len(re.findall(r"warning: shift_mask.cu:7: << by 32 of a 32-bit 'int' .*computed as the GPU does \(0", err)) == 1, err
+
+
+SHIFTS = HERE / "cuda" / "shifts.cu"
+
+
+def gpu_shift(v, k, bits, signed, left):
+    """What PTX shl/shr give: the 32-bit count clamps to the width."""
+    c = int(k) & 0xFFFFFFFF
+    v = int(v)
+    if c >= bits:
+        return 0 if left or not signed or v >= 0 else -1
+    r = (v << c) if left else (v >> c)
+    r &= (1 << bits) - 1
+    return r - (1 << bits) if signed and r >> (bits - 1) else r
+
+
+def test_shift_out_of_range_computes_what_the_gpu_computes(order, rng, capfd):
+    # a build never loaded in this process, so that its warnings (once per site) are fresh
+    mod = runtime.compile(SHIFTS.read_text() + f"// {rng.integers(2**62)}\n", engine="emu", filename=str(SHIFTS))
+    n = 300
+    x = rng.integers(-2**31, 2**31, n).astype(np.int32)
+    c = np.where(rng.random(n) < 0.5, rng.integers(0, 32, n), rng.integers(-40, 200, n)).astype(np.int32)
+    o32, u32 = np.full(5 * n, 7, np.int32), np.full(3 * n, 7, np.uint32)
+    o64, u64 = np.full(2 * n, 7, np.int64), np.full(2 * n, 7, np.uint64)
+    with sanitize.expected():
+        mod.get_function("shift_every_type")((3,), (128,), (x, c, o32, u32, o64, u64, i32(n)))
+    u = x.astype(np.int64) & 0xFFFFFFFF
+    want32 = [gpu_shift(v, k, 32, True, True) for v, k in zip(x, c)] + [gpu_shift(v, k, 32, True, False) for v, k in zip(x, c)]
+    want32 += [gpu_shift(v & 0xFF, k, 32, True, True) for v, k in zip(u, c)] + want32[:n]
+    want32 += [gpu_shift(gpu_shift(1, k, 32, False, True) - 1, 0, 32, True, True) for k in c]
+    assert o32.tolist() == want32
+    assert u32.tolist() == ([gpu_shift(v, k, 32, False, True) for v, k in zip(u, c)] + [gpu_shift(v, k, 32, False, False) for v, k in zip(u, c)]
+                            + [gpu_shift(v, k if k & 1 else k + 1, 32, False, False) for v, k in zip(u, c)])
+    assert o64.tolist() == [gpu_shift(v, k, 64, True, True) for v, k in zip(x, c)] + [gpu_shift(v, k, 64, True, False) for v, k in zip(x, c)]
+    assert u64.tolist() == [gpu_shift(v, k, 64, False, True) for v, k in zip(u, c)] + [gpu_shift(v, k, 64, False, False) for v, k in zip(u, c)]
+    word = np.zeros(1, np.int32)
+    with sanitize.expected():
+        mod.get_function("or_bits")((4,), (256,), (word,))  # simpleAtomicIntrinsics: 1 << tid for tid up to 1023
+    assert word[0] == -1
+    masks = np.zeros(64, np.uint32)
+    c[0] = 40  # so that the bare macro's line stops the kernel
+    with sanitize.expected(), pytest.raises(EmulatorError, match="macro body"):
+        mod.get_function("macro_mask")((1,), (32,), (c[:32].copy(), masks))
+    assert masks[:32].tolist() == [gpu_shift(1, k, 32, False, True) - 1 & 0xFFFFFFFF for k in c[:32]]
+    err = capfd.readouterr().err
+    if sanitize.tool():
+        return
+    helper = HERE / "cuda" / "shift_helpers.cuh"
+    assert re.search(rf"warning: {re.escape(str(helper))}:3: << by -?\d+ of a 32-bit 'unsigned int' in kernel shift_every_type", err), err
+    assert re.search(rf"warning: {re.escape(str(SHIFTS))}:{line_of(SHIFTS.read_text(), 'atomicOr')}: << by \d+ of a 32-bit 'int' in "
+                     r"kernel or_bits .*computed as the GPU does", err), err
+    assert all(line.startswith("unetcu emulator: warning:") for line in err.splitlines()), err
+
+
+def test_shift_rewrite_keeps_precedence(order, rng):
+    # the emulator turns `a << n` into a call: operands must be what C++'s precedence makes them
+    mod = runtime.compile(SHIFTS.read_text(), engine="emu", filename=str(SHIFTS))
+    m = 64
+    a = rng.integers(-2**20, 2**20, m).astype(np.int32)
+    b = rng.integers(-2**20, 2**20, m).astype(np.int32)
+    n = rng.integers(0, 12, m).astype(np.int32)
+    out = np.full(16 * m, -7, np.int32)
+    mod.get_function("shift_precedence")((1,), (m,), (a, b, n, out))
+
+    def i32_(v):  # C's conversion to a 32-bit int
+        v &= 0xFFFFFFFF
+        return v - (1 << 32) if v >> 31 else v
+    want = []
+    for i in range(m):
+        x, y, k = int(a[i]), int(b[i]), int(n[i])
+        ux, uy = x & 0xFFFFFFFF, y & 0xFFFFFFFF
+        w = i32_(x << (max(k - 1, 0)))
+        want += [i32_((x + y) << (k + 1)), i32_(x << k) & y, x & i32_(y << k), x | (y >> k) ^ x, int(x == i32_(y << k)),
+                 i32_(x << k) if k & 1 else y >> k, i32_(ux << k), i32_(ux >> k), -x >> (k * 2 % 7), i32_(int(a[i ^ 1]) << k),
+                 int(i32_(2 * x << k) < y), w, i32_(((uy << k) & 0xFFFFFFFF) >> 1), int(x < (y >> k)),
+                 i32_(int(not x) << k) | (~y >> k), i32_(i32_(x << k) + (y >> k) - (i32_(x << k) >> k))]
+    assert out.tolist() == want
+
+
+def test_shift_the_emulator_cannot_rewrite_stops_the_kernel(rng):
+    # a shift in a macro body with a bare parameter keeps C++'s undefined behaviour (x86 would give
+    # another value than the GPU): never a silent wrong result, an error at its line
+    mod = runtime.compile(SHIFTS.read_text(), engine="emu", filename=str(SHIFTS))
+    c = rng.integers(0, 32, 32).astype(np.int32)
+    out = np.zeros(64, np.uint32)
+    mod.get_function("macro_mask")((1,), (32,), (c, out))
+    assert out.tolist() == [(1 << int(k)) - 1 for k in c] * 2
+    c[5] = 32
+    with pytest.raises(EmulatorError, match=rf"shift by 32 at .*shifts.cu:{line_of(SHIFTS.read_text(), 'FIRST_LANES_BARE(c[')}: "
+                                            r"the count is not below the width .*macro body"):
+        mod.get_function("macro_mask")((1,), (32,), (c, out))
 
 
 CG_SRC = r"""

@@ -140,6 +140,28 @@ def test_synccheck_reports_in_compute_sanitizer_shape(monkeypatch):
     assert "Barrier error detected. Divergent thread(s) in block" in got[0] and line("divergent-warp") in got[0]
 
 
+# ---- shifts the GPU clamps ------------------------------------------------------------------------
+SHIFTS = HERE / "cuda" / "shifts.cu"
+
+
+@pytest.mark.parametrize("tool", ["synccheck", "racecheck", "initcheck"])
+def test_out_of_range_shift_is_a_finding(monkeypatch, capfd, tool):
+    # simpleAtomicIntrinsics' atomicOr(&x, 1 << tid): the kernel runs as on the GPU (bits past 31
+    # set nothing) and the tool reports the shift; a plain run only warns (tests/test_emulator.py)
+    monkeypatch.setenv(sanitize.ENV, tool)
+    mod = runtime.compile(SHIFTS.read_text(), engine="emu", filename=str(SHIFTS))
+    at = next(n for n, text in enumerate(SHIFTS.read_text().splitlines(), 1) if "atomicOr" in text)
+    for _ in range(2):  # a finding in every launch, not once per process
+        word = np.zeros(1, np.int32)
+        with sanitize.expected() as got:
+            mod.get_function("or_bits")((2,), (64,), (word,))
+        assert word[0] == -1
+        assert len(got) == 1 and re.search(rf"Undefined shift: << by \d+ of a 32-bit 'int': the count is not below the width\n"
+                                           rf".*at .*shifts.cu:{at} in or_bits\n.*by thread \(\d+,0,0\) in block \(\d+,0,0\) "
+                                           r"\(96 such shifts at this line in this launch\)", got[0]), got
+    assert "unetcu emulator: warning" not in capfd.readouterr().err
+
+
 # ---- memcheck and the front end ---------------------------------------------------------------------
 def front_end(tmp_path, tool, body):
     script = tmp_path / "script.py"

@@ -60,6 +60,11 @@
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
+#if EMU_SAN
+#define EMU_NO_TSAN __attribute__((no_sanitize_thread))  // the emulator's own bookkeeping
+#else
+#define EMU_NO_TSAN
+#endif
 
 #if !defined(__x86_64__)
 #error "the unetcu CUDA emulator's context switch is written for x86-64 only"
@@ -863,11 +868,110 @@ inline void* dynamic_smem() { return sched()->smem; }
 #define EMU_POISON_SHARED_GLOBAL(v) static ::emu::SharedRegistrar EMU_CAT(emu_shared_reg_, __COUNTER__)( \
     []() -> void* { return (void*)&(v); }, sizeof(v), #v)
 
-// Shifts by the word size or more are undefined in C++: x86 takes the count modulo the width (so
-// `(1u << 32) - 1` is 0, an empty mask), the GPU's shift clamps (giving 0xffffffff). Builds use
-// -fsanitize=shift-exponent, whose check calls this handler: report the line instead of computing
-// a value that differs between the two machines. (Defined here, not inline: the header is in
-// exactly one translation unit per emulator build.)
+// ---- shifts, as the GPU computes them ---------------------------------------------------------------
+// A shift by a count not below the width of the (promoted) left operand is undefined in C++, and
+// the two machines disagree: x86 takes the count modulo the width (`1 << 40` is 256, `(1u << 32) - 1`
+// is 0), the GPU's shl/shr clamp it (0, or the sign for an arithmetic >>; nvcc emits plain PTX
+// shl.b32 / shr.s32 / shr.u32 / shl.b64 for `<<` and `>>`, whose count is an unsigned 32-bit
+// register, so a negative count is a huge one). The builder turns each shift whose count is not a
+// small literal into emu::shl / shr / shl_assign / shr_assign (unetcu/engines/emu.py,
+// rewrite_shifts); they compute the GPU's value and record the site, which the Python side prints
+// once as a warning, or reports as a finding under `unetcu sanitize`.
+namespace emu {
+template <typename T> struct shift_int
+    : std::integral_constant<bool, std::is_integral<T>::value || (std::is_enum<T>::value && std::is_convertible<T, int>::value)> {};
+template <typename T> inline const char* int_name() {
+    return std::is_same<T, int>::value ? "int" : std::is_same<T, unsigned>::value ? "unsigned int"
+         : std::is_same<T, long>::value ? "long" : std::is_same<T, unsigned long>::value ? "unsigned long"
+         : std::is_same<T, long long>::value ? "long long" : std::is_same<T, unsigned long long>::value ? "unsigned long long"
+         : "integer";
+}
+struct ShiftSite {
+    const char* file; int line; const char* op; long long count; bool count_signed; unsigned bits; const char* type;
+    unsigned long long hits; uint3 tid, bid; const char* kernel;
+};
+inline std::atomic_flag g_shift_lock = ATOMIC_FLAG_INIT;
+inline std::vector<ShiftSite>& shift_sites() { static std::vector<ShiftSite> v; return v; }
+// Off the fast path: one entry per site (and operator) for the launch, with its first thread.
+__attribute__((noinline, cold)) EMU_NO_TSAN inline void shift_out_of_range(const char* op, long long count, bool count_signed,
+                                                                      unsigned bits, const char* type, const char* file, int line) {
+    while (g_shift_lock.test_and_set(std::memory_order_acquire)) {}
+    std::vector<ShiftSite>& v = shift_sites();
+    bool seen = false;
+    for (ShiftSite& x : v)
+        if (x.file == file && x.line == line && x.op == op) { ++x.hits; seen = true; break; }
+    if (!seen)
+        v.push_back(ShiftSite{file, line, op, count, count_signed, bits, type, 1, threadIdx, blockIdx,
+                              g_sched ? g_sched->kernel : ""});
+    g_shift_lock.clear(std::memory_order_release);
+}
+template <typename A, typename B, typename std::enable_if<shift_int<A>::value && shift_int<B>::value, int>::type = 0>
+constexpr auto shl(A a, B b, const char* file = __builtin_FILE(), int line = __builtin_LINE()) -> decltype(+a) {
+    using R = decltype(+a);  // the promoted type: a char or short is shifted as an int
+    unsigned c = (unsigned)(unsigned long long)b;  // the GPU's 32-bit count register
+    if (c >= sizeof(R) * 8) {
+        shift_out_of_range("<<", (long long)b, std::is_signed<B>::value, sizeof(R) * 8, int_name<R>(), file, line);
+        return 0;
+    }
+    return (R)((typename std::make_unsigned<R>::type)a << c);  // as unsigned: no C++ overflow, the GPU's bits
+}
+template <typename A, typename B, typename std::enable_if<shift_int<A>::value && shift_int<B>::value, int>::type = 0>
+constexpr auto shr(A a, B b, const char* file = __builtin_FILE(), int line = __builtin_LINE()) -> decltype(+a) {
+    using R = decltype(+a);
+    unsigned c = (unsigned)(unsigned long long)b;
+    if (c >= sizeof(R) * 8) {
+        shift_out_of_range(">>", (long long)b, std::is_signed<B>::value, sizeof(R) * 8, int_name<R>(), file, line);
+        return std::is_signed<R>::value && +a < 0 ? (R)-1 : (R)0;  // shr.s32 fills with the sign
+    }
+    return (R)(+a >> c);
+}
+// not integers (a stream, a class with its own operator): the operator itself
+template <typename A, typename B, typename std::enable_if<!(shift_int<typename std::decay<A>::type>::value &&
+                                                            shift_int<typename std::decay<B>::type>::value), int>::type = 0>
+constexpr decltype(auto) shl(A&& a, B&& b, const char* = __builtin_FILE(), int = __builtin_LINE()) {
+    return std::forward<A>(a) << std::forward<B>(b);
+}
+template <typename A, typename B, typename std::enable_if<!(shift_int<typename std::decay<A>::type>::value &&
+                                                            shift_int<typename std::decay<B>::type>::value), int>::type = 0>
+constexpr decltype(auto) shr(A&& a, B&& b, const char* = __builtin_FILE(), int = __builtin_LINE()) {
+    return std::forward<A>(a) >> std::forward<B>(b);
+}
+template <typename A, typename B>
+constexpr A& shl_assign(A& a, B&& b, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    if constexpr (shift_int<typename std::remove_cv<A>::type>::value && shift_int<typename std::decay<B>::type>::value)
+        a = (typename std::remove_cv<A>::type)shl(a, b, file, line);
+    else
+        a <<= std::forward<B>(b);
+    return a;
+}
+template <typename A, typename B>
+constexpr A& shr_assign(A& a, B&& b, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    if constexpr (shift_int<typename std::remove_cv<A>::type>::value && shift_int<typename std::decay<B>::type>::value)
+        a = (typename std::remove_cv<A>::type)shr(a, b, file, line);
+    else
+        a >>= std::forward<B>(b);
+    return a;
+}
+}  // namespace emu
+// The launch's out-of-range shifts, one line per site (file|line|op|count|bits|type|hits|thread|block|kernel),
+// taken by the Python side after each launch.
+extern "C" __attribute__((visibility("default"))) EMU_NO_TSAN size_t emu_shift_take(char* buf, size_t n) {
+    while (emu::g_shift_lock.test_and_set(std::memory_order_acquire)) {}
+    std::string out;
+    for (const emu::ShiftSite& x : emu::shift_sites())
+        out += emu::format(x.count_signed ? "%s|%d|%s|%lld|%u|%s|%llu|%u,%u,%u|%u,%u,%u|%s\n" : "%s|%d|%s|%llu|%u|%s|%llu|%u,%u,%u|%u,%u,%u|%s\n",
+                           x.file, x.line, x.op, x.count, x.bits, x.type, x.hits, x.tid.x, x.tid.y, x.tid.z,
+                           x.bid.x, x.bid.y, x.bid.z, x.kernel);
+    emu::shift_sites().clear();
+    emu::g_shift_lock.clear(std::memory_order_release);
+    snprintf(buf, n, "%s", out.c_str());
+    return out.size();
+}
+
+// A shift the builder did not rewrite (in a macro whose parameter is bare in an operand, or next to
+// a `>` it could not tell from a template's) still has g++'s -fsanitize=shift-exponent check, which calls this
+// handler: x86 would compute another value than the GPU, so the kernel stops at that line. (Defined
+// here, not inline: the header is in exactly one translation unit per emulator build.)
 namespace emu {
 struct UbsanLoc { const char* file; unsigned line, column; };
 struct UbsanType { unsigned short kind, info; char name[1]; };
@@ -881,9 +985,11 @@ extern "C" void __ubsan_handle_shift_out_of_bounds(void* data, void* lhs, void* 
     unsigned rbits = d->rhs->kind == 0 ? 1u << (d->rhs->info >> 1) : 64;
     long long count = (long long)(uintptr_t)rhs;
     if (rsigned && rbits < 64) count = (long long)((unsigned long long)count << (64 - rbits)) >> (64 - rbits);
-    std::string what = emu::format("shift by %lld at %s:%u: %s for a %u-bit %s (undefined in C++; x86 takes the count "
-                                   "modulo %u, the GPU clamps it, so the two disagree); for a mask of n lanes write "
-                                   "n >= 32 ? 0xffffffffu : (1u << n) - 1", count, d->loc.file, d->loc.line,
+    std::string what = emu::format("shift by %lld at %s:%u: %s for a %u-bit %s, in code the emulator does not rewrite "
+                                   "(a macro body with a bare parameter in an operand, or next to a `>` it took for a "
+                                   "template's): x86 would take the count modulo %u where the GPU clamps it; put the "
+                                   "macro's parameters in parentheses, or check the count",
+                                   count, d->loc.file, d->loc.line,
                                    count < 0 ? "the count is negative" : "the count is not below the width",
                                    bits, d->lhs->name, bits);
     if (emu::g_sched && emu::g_sched->cur >= 0) emu::fail_here(what);

@@ -5,8 +5,10 @@ A source is turned into one translation unit::
     (cuda_emu.h, force-included)
     #line 1 "<the .cu file>"
     <the source, with its `extern __shared__` names pointed at the dynamic buffer, a poison
-     statement after each static `__shared__` declaration, and the user headers that declare
-     shared memory inlined (behind #line markers) and rewritten the same way>
+     statement after each static `__shared__` declaration, each shift by a count that is not a
+     small literal made a call that computes the GPU's value (::emu::shl, ...), and the user
+     headers that declare shared memory or shift in device code inlined (behind #line markers)
+     and rewritten the same way>
     #include "emu_launch.h"
     <one exported launcher + signature function per kernel, one accessor per global variable>
 
@@ -15,7 +17,8 @@ with ctypes. When g++ refuses it for what the emulator does not support (an erro
 static_assert of its headers, a header it does not have), the EmuCompileError is one line naming
 the user's file and line (compile_error). `EmuKernel.__call__(grid, block, args, shared_mem=0)`
 mirrors `cupy.RawKernel`; `EmuModule.get_function` / `get_global` find names as `cupy.RawModule`
-does.
+does. After each launch the shifts whose count was out of range are warned about (or reported
+under `unetcu sanitize`).
 
 Knobs (environment variables, or the functions below):
   UNETCU_EMU_ORDER     forward | reverse | random | random:SEED  thread order inside each round
@@ -306,6 +309,213 @@ def _extern_shared(code: str):
         yield start, end + 1, re.sub(r"\s+", " ", spec), declarators
 
 
+# ---- shifts ---------------------------------------------------------------------------------------
+# C++ leaves a shift by a count not below the width of the (promoted) left operand undefined, and
+# x86 takes the count modulo the width, while the GPU clamps it (PTX shl/shr, which nvcc emits for
+# `<<` and `>>`): `1 << 40` is 256 on x86 and 0 on the GPU. So every shift whose count is not a
+# small literal becomes a call, `a << n` -> `::emu::shl(a, n)` (cuda_emu.h), which computes what the
+# GPU computes and reports a count out of range. Operands are found by C++'s precedence over the
+# tokens; where that is unsure (a `>>` that may close a template, a macro body) the shift is left
+# alone and g++'s shift check (the handler in cuda_emu.h) stops the kernel at that line instead.
+_TOKEN = re.compile(r"[A-Za-z_]\w*|\.?\d(?:[\w.]|[eEpP][+-])*|<<=|>>=|<<|>>|->\*?|\+\+|--|&&|\|\||[<>!=+\-*/%&|^]=|::|\.\.\."
+                    r"|[^\sA-Za-z_\d]")
+_TYPE_WORDS = {"int", "unsigned", "signed", "char", "short", "long", "float", "double", "bool", "void"}
+_KEYWORDS_STOP = {"return", "case", "throw", "else", "do", "co_return", "co_yield", "goto", "typedef", "using",
+                  "if", "while", "for", "switch", "constexpr", "static_assert", "const", "volatile", "auto"} | _TYPE_WORDS
+_ASSIGN = {"=", "+=", "-=", "*=", "/=", "%=", "&=", "|=", "^=", "<<=", ">>="}
+# tokens that end a shift's operand (lower precedence than <<, or a delimiter)
+_STOP = _ASSIGN | {",", ";", "?", ":", "<", ">", "<=", ">=", "==", "!=", "&&", "||", "|", "^", "#", "{", "}"}
+
+
+def _template_brackets(toks) -> dict[int, int]:
+    """{index of `<`: index of its `>` (or `>>`)} for the `<` that open template argument lists, by
+    a guess: a `<` after a name, closed before the statement or the enclosing bracket ends."""
+    pairs, stack = {}, []  # stack: ("(" | "[" | "{" | "<", index)
+
+    def opens_template(k):
+        prev = toks[k - 1][0] if k else ""
+        if not re.fullmatch(r"[A-Za-z_]\w*", prev) or prev in _KEYWORDS_STOP - {"const", "volatile"}:
+            return False
+        outer = sum(1 for c, _ in stack if c == "<")
+        d, p = 1, 0
+        for j in range(k + 1, min(len(toks), k + 400)):
+            t = toks[j][0]
+            if t in "([":
+                p += 1
+            elif t in ")]":
+                if p == 0:
+                    return False
+                p -= 1
+            elif t in ("{", "}", ";", "&&", "||") or (p == 0 and t in _ASSIGN - {"="}):
+                return False
+            elif p == 0 and t == "<" and re.fullmatch(r"[A-Za-z_]\w*", toks[j - 1][0]):
+                d += 1
+            elif p == 0 and t == ">":
+                d -= 1
+            elif p == 0 and t == ">>":
+                if d == 1 and outer == 0:
+                    return False  # `a < b >> c`: a comparison with a shift, not `x<y>>`
+                d -= 2
+            if d <= 0:
+                return True
+        return False
+
+    for k, (t, _) in enumerate(toks):
+        if t in "([{":
+            stack.append((t, k))
+        elif t in ")]}":
+            while stack and stack[-1][0] == "<":
+                stack.pop()
+            if stack:
+                stack.pop()
+        elif t == ";":
+            while stack and stack[-1][0] == "<":
+                stack.pop()
+        elif t == "<" and opens_template(k):
+            stack.append(("<", k))
+        elif t in (">", ">>") and stack and stack[-1][0] == "<":
+            pairs[stack.pop()[1]] = k
+            if t == ">>" and stack and stack[-1][0] == "<":
+                pairs[stack.pop()[1]] = k
+    return pairs
+
+
+def _small_literal(toks, a: int, b: int) -> bool:
+    """The tokens [a, b) are one integer literal below 32 (a shift by it is defined for every type)."""
+    m = re.fullmatch(r"(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9]\d*)[uUlL]*", toks[a][0]) if b - a == 1 else None
+    if not m:
+        return False
+    digits = m.group(1)
+    base = 16 if digits[:2] in ("0x", "0X") else 8 if digits.startswith("0") else 10
+    return int(digits, base) < 32
+
+
+def rewrite_shifts(src: str) -> str:
+    """`a << n`, `a >> n`, `a <<= n`, `a >>= n` with a count that is not a small literal, as calls
+    of ::emu::shl / shr / shl_assign / shr_assign (cuda_emu.h); lines and the rest of the text stay."""
+    code = strip_comments(src)
+    spans = _directive_spans(code)
+    toks = [(m.group(0), m.start()) for m in _TOKEN.finditer(code) if m.group(0) != "\\"]  # not line splices
+    if not any(t in ("<<", ">>", "<<=", ">>=") for t, _ in toks):
+        return src
+    directive = [-1] * len(toks)  # the directive a token is in, if any
+    d = 0
+    for k, (_, pos) in enumerate(toks):
+        while d < len(spans) and spans[d][1] <= pos:
+            d += 1
+        if d < len(spans) and spans[d][0] <= pos:
+            directive[k] = d
+    # a #define's body: (first token, last token, parameter names). A shift in it is rewritten only
+    # where the expansion cannot change what its operands are: both ends inside the body, and no
+    # parameter bare in an operand (`(1u << (n))`, not `1u << n`, whose n may be `c ? 1 : 2`)
+    bodies = {}
+    for k, (t, _) in enumerate(toks):
+        d = directive[k]
+        if t == "#" and d >= 0 and d not in bodies and k + 2 < len(toks) and toks[k + 1][0] == "define":
+            last = max(j for j in range(k, min(len(toks), k + 100000)) if directive[j] == d)
+            j, params = k + 3, set()
+            name_end = toks[k + 2][1] + len(toks[k + 2][0])
+            if j <= last and toks[j][0] == "(" and toks[j][1] == name_end:  # function-like
+                while j <= last and toks[j][0] != ")":
+                    params.add(toks[j][0])
+                    j += 1
+                j += 1
+            bodies[d] = (j, last, params)
+    templ = _template_brackets(toks)
+    closers = {}
+    for o, c in templ.items():  # a `>>` may close two: jump to the outer opener
+        closers[c] = min(o, closers.get(c, o))
+    match, stack = {}, []
+    for k, (t, _) in enumerate(toks):
+        if t in "([{":
+            stack.append(k)
+        elif t in ")]}" and stack:
+            o = stack.pop()
+            match[o], match[k] = k, o
+
+    def operand_end(k):  # the previous token ends an operand: a following & is binary
+        t = toks[k][0] if k >= 0 else ";"
+        return bool(re.fullmatch(r"\w+|\.?\d.*", t)) and t not in _KEYWORDS_STOP or t in (")", "]", "++", "--") \
+            or k in closers
+
+    def left(k):
+        j = k - 1
+        while j >= 0:
+            t = toks[j][0]
+            if t in (")", "]") and j in match:
+                if match[j] and toks[match[j] - 1][0] in ("if", "while", "for", "switch"):
+                    break  # `if (c) a << n`: the condition is not part of the operand
+                j = match[j] - 1
+            elif j in closers:
+                j = closers[j] - 1
+            elif t in _TYPE_WORDS and j + 1 < k and toks[j + 1][0] == "(":
+                j -= 1  # a functional cast, `unsigned(x) << n`
+            elif t in _KEYWORDS_STOP or t in _STOP or t in ("(", "[", ")", "]"):
+                break
+            elif t == "&" and operand_end(j - 1):
+                break  # a binary &
+            else:
+                j -= 1
+        return j + 1
+
+    def right(k, assign):
+        j, first, pending = k + 1, True, 0
+        while j < len(toks):
+            t = toks[j][0]
+            if t in ("(", "[", "{") and j in match and (t != "{" or first):
+                j = match[j] + 1
+            elif j in templ:
+                j = templ[j] + 1
+            elif j in closers or t in (")", "]", "}", ",", ";", "#") or (t == ":" and assign and not pending):
+                break
+            elif assign and t in ("?", ":"):  # a conditional in the count of `x <<= c ? 1 : 2`
+                pending += 1 if t == "?" else -1
+                j += 1
+            elif not assign and (t in _STOP or t in ("<<", ">>") or (t == "&" and not first)):
+                break
+            else:
+                j += 1
+            first = False
+        return j
+
+    def bare_param(a, b, params):  # a parameter outside any bracket of the operand toks[a:b]
+        depth = 0
+        for i in range(a, b):
+            depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(toks[i][0], 0)
+            if depth == 0 and toks[i][0] in params:
+                return True
+        return False
+
+    shifts = []
+    for k, (t, pos) in enumerate(toks):
+        if t not in ("<<", ">>", "<<=", ">>=") or k in closers:
+            continue
+        if k and toks[k - 1][0] == "operator":
+            continue
+        a, b = left(k), right(k, t.endswith("="))
+        if a >= k or b <= k + 1 or _small_literal(toks, k + 1, b):
+            continue
+        if directive[k] >= 0:
+            first, last, params = bodies.get(directive[k], (len(toks), -1, set()))
+            if not (first < a and b <= last) or bare_param(a, k, params) or bare_param(k + 1, b, params):
+                continue
+        if any(toks[i][0] in ("cout", "cerr", "clog", "endl") for i in range(a, b)):
+            continue  # host code's streams (NVRTC has none): an operator<<, not a shift
+        fn = {"<<": "shl", ">>": "shr", "<<=": "shl_assign", ">>=": "shr_assign"}[t]
+        end = toks[b - 1][1] + len(toks[b - 1][0])
+        shifts.append((toks[a][1], pos, len(t), end, fn))
+    # (position, kind, tie, text); at one position: closings (inner calls first), the operator,
+    # then openings (outer calls first)
+    edits = []
+    for start, pos, n, end, fn in shifts:
+        edits += [(start, 2, -end, f"::emu::{fn}("), (pos, 1, 0, "," + " " * (n - 1)), (end, 0, -start, ")")]
+    out, last = [], 0
+    for pos, kind, _, text in sorted(edits):
+        out.append(src[last:pos] + text)
+        last = pos + len(text) if kind == 1 else pos  # the operator is replaced, the rest inserted
+    return "".join(out) + src[last:]
+
+
 _SHARED_DECL = re.compile(r"\b__shared__\b([^;{}]*);")
 
 
@@ -318,7 +528,7 @@ def rewrite(src: str, filename: str = "kernel.cu") -> tuple[str, list[str]]:
     (the names are returned, so they can be #undef'd after the source). `static __shared__` becomes
     `__shared__` (the header adds the static). Every other `__shared__` declaration gets a poison
     statement after it (EMU_POISON_SHARED in cuda_emu.h), so static shared memory starts each block
-    as garbage, as on the GPU.
+    as garbage, as on the GPU. Last, the shifts (rewrite_shifts).
     """
     code = strip_comments(src)
     macros = []
@@ -365,7 +575,7 @@ def rewrite(src: str, filename: str = "kernel.cu") -> tuple[str, list[str]]:
         edits.append((m.end(), "".join(f" {macro}({n});" for n in names)))
     for pos, text in reversed(edits):
         out = out[:pos] + text + out[pos:]
-    return out, macros
+    return rewrite_shifts(out), macros
 
 
 _INCLUDE_LINE = re.compile(r"^[ \t]*#[ \t]*include\b[^\n]*$", re.M)
@@ -382,9 +592,9 @@ def _includes(text: str):
 
 
 def expand_includes(src: str, path: str, search_dirs, emu_dirs, _state=None) -> tuple[str, list[str]]:
-    """`src` rewritten, with every user header that declares `__shared__` memory (or includes one
-    that does) inlined and rewritten too, behind #line markers so that messages name the header and
-    its line. Other user headers are included by absolute path (they may sit next to an inlined
+    """`src` rewritten, with every user header that declares `__shared__` memory or has device
+    code with shifts (or includes one that does) inlined and rewritten too, behind #line markers so
+    that messages name the header and its line. Other user headers are included by absolute path (they may sit next to an inlined
     header, which g++ would no longer search); the emulator's own and system headers are left to g++."""
     state = _state if _state is not None else {"once": set(), "depth": 0, "needs": {}}
 
@@ -403,7 +613,9 @@ def expand_includes(src: str, path: str, search_dirs, emu_dirs, _state=None) -> 
                 return False
             text = Path(f).read_text()
             inner = (resolve(f, k, n) for _, _, k, n in _includes(text))
-            state["needs"][f] = (bool(re.search(r"\b__shared__\b", strip_comments(text)))
+            code = strip_comments(text)
+            shifts = re.search(r"<<|>>", code) and re.search(r"\b__device__\b|\b__global__\b", code)
+            state["needs"][f] = (bool(re.search(r"\b__shared__\b", code) or shifts)
                                  or any(needs_rewrite(g, seen + (f,)) for g in inner if g))
         return state["needs"][f]
 
@@ -731,6 +943,14 @@ class EmuKernel:
                              ctypes.c_void_p, ctypes.c_int, ctypes.c_ulonglong, ctypes.c_int,
                              ctypes.c_char_p, ctypes.c_size_t]
         self.max_dynamic_shared_size_bytes = DEFAULT_SHARED_LIMIT
+        self._shift_take = lib.emu_shift_take
+        self._shift_take.restype = ctypes.c_size_t
+        self._shift_take.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+
+    def _report_shifts(self) -> None:
+        buf = ctypes.create_string_buffer(1 << 16)
+        if self._shift_take(buf, len(buf)):
+            _shift_findings(self.name, self._so, buf.value.decode(errors="replace"))
 
     def _what(self, i: int) -> str:
         return f"{i} ({self._params[i]})" if self._params[i] else str(i)
@@ -803,6 +1023,7 @@ class EmuKernel:
             rc = self._fn((ctypes.c_uint * 3)(*g), (ctypes.c_uint * 3)(*b), int(shared_mem), ctypes.cast(ptrs, ctypes.c_void_p),
                           ORDERS[order], seed, num_threads(), err, len(err))
         finally:
+            self._report_shifts()
             if self._san is not None:
                 out = ctypes.create_string_buffer(1 << 16)
                 self._san_take(out, len(out))
@@ -813,6 +1034,33 @@ class EmuKernel:
             if sanitize.tool():
                 sanitize.report_error(self.name, msg)
             raise EmulatorError(msg)
+
+
+_shift_warned: set = set()
+
+
+def _shift_findings(kernel: str, so: str, text: str) -> None:
+    """The out-of-range shifts of a launch (emu_shift_take's lines): under `unetcu sanitize` a
+    finding each; otherwise a warning on stderr, once per site in the process."""
+    import sys
+    from . import sanitize
+    for row in text.splitlines():
+        file, line, op, count, bits, typ, hits, tid, bid, _ = row.split("|")
+        what = "is negative" if count.startswith("-") else "is not below the width"
+        gpu = "0" if op == "<<" or not typ.startswith(("int", "long")) else "0 or -1 (the sign)"
+        if sanitize.tool():
+            sanitize.emit(f"Undefined shift: {op} by {count} of a {bits}-bit '{typ}': the count {what}\n"
+                          f"    at {file}:{line} in {kernel}\n"
+                          f"    by thread ({tid}) in block ({bid}) ({hits} such shift{'s' if hits != '1' else ''} at this "
+                          "line in this launch)\n"
+                          f"    C++ leaves it undefined; the GPU clamps the count, so the emulator computed {gpu}, as "
+                          "the GPU does")
+        elif (so, file, line, op) not in _shift_warned:
+            _shift_warned.add((so, file, line, op))
+            print(f"unetcu emulator: warning: {file}:{line}: {op} by {count} of a {bits}-bit '{typ}' in kernel {kernel} "
+                  f"(thread ({tid}), block ({bid})): the count {what}, which C++ leaves undefined; computed as the GPU "
+                  f"does ({gpu}: its shift clamps the count, x86's would take it modulo {bits}); "
+                  "`unetcu sanitize` reports it as an error", file=sys.stderr)
 
 
 def aligned(a: np.ndarray, align: int = 256) -> np.ndarray:
