@@ -940,6 +940,24 @@ def test_cooperative_groups_refusals_are_one_line(code, what):
     assert re.fullmatch(rf"refused.cu:4: {what}[^\n]*", str(e.value)), str(e.value)
 
 
+def test_refusal_in_a_template_kernel_names_its_line():
+    # reduction's multi_warp_cg_reduce: the source builds (block_tile_memory is accepted) until a
+    # tile wider than a warp is instantiated, which is refused at the kernel's line
+    src = ("#include <cooperative_groups.h>\nnamespace cg = cooperative_groups;\n"
+           "template <unsigned B, unsigned W> __global__ void k(float* y) {\n"
+           "  __shared__ cg::block_tile_memory<B> scratch;\n"
+           "  auto tile = cg::tiled_partition<W>(cg::this_thread_block(scratch));\n"
+           "  y[threadIdx.x] = tile.thread_rank();\n}\n")
+    mod = runtime.compile(src, engine="emu", filename="wide.cu", name_expressions=["k<64, 32>"])
+    y = np.full(64, -1.0, np.float32)
+    mod.get_function("k<64, 32>")((1,), (64,), (y,))
+    assert y.tolist() == (np.arange(64) % 32).tolist()
+    with pytest.raises(emu.EmuCompileError) as e:
+        runtime.compile(src, engine="emu", filename="wide.cu", name_expressions=["k<128, 64>"])
+    assert re.fullmatch(r"wide.cu:5: the emulator supports thread_block_tile<N> for N a power of two <= 32 \(one warp\)",
+                        str(e.value)), str(e.value)
+
+
 @pytest.mark.parametrize("header,what", [("cooperative_groups/memcpy_async.h", "asynchronous copies are not supported"),
                                          ("helper_cuda.h", "no such header: the emulator provides .*cuda_runtime_api.h")])
 def test_missing_headers_are_one_line(header, what):

@@ -674,7 +674,7 @@ def gxx_options(options) -> list[str]:
 
 # ---- g++'s verdict ---------------------------------------------------------------------------------
 _DIAG = re.compile(r"^(?P<file>[^\n:]+):(?P<line>\d+):\d+: (?P<kind>fatal error|error): (?P<msg>[^\n]*)$", re.M)
-_REQUIRED_HERE = re.compile(r"^(?P<file>[^\n:]+):(?P<line>\d+):\d+:   required from here$", re.M)
+_REQUIRED_FROM = re.compile(r"^(?P<file>[^\n:]+):(?P<line>\d+):\d+:   required from ", re.M)
 # headers a CUDA source may include that the emulator refuses on purpose, and why
 _REFUSED_HEADERS = {
     "cuda/barrier": "asynchronous barriers", "cuda/pipeline": "asynchronous copies", "cuda_pipeline.h": "asynchronous copies",
@@ -709,11 +709,12 @@ def compile_error(filename: str, stderr: str) -> str:
                 why = (f"no such header: the emulator provides {', '.join(ours)} (host-side headers are not needed: it "
                        "compiles device code, as NVRTC does) and it is not in the -I folders of options")
             return f"{f}:{line}: #include <{name}>: {why}"
-        if _emu_header(f):  # deep in the emulator's headers: the user's line that instantiated it
-            here = [m for m in _REQUIRED_HERE.finditer(stderr, 0, first.start()) if not _emu_header(m.group("file"))]
+        if _emu_header(f):  # deep in the emulator's headers: the innermost user line that led there
+            chain = stderr.rfind("In instantiation of", 0, first.start())
+            here = [m for m in _REQUIRED_FROM.finditer(stderr, max(chain, 0), first.start()) if not _emu_header(m.group("file"))]
             if here:
                 msg = re.sub(r"^static assertion failed: ", "", msg)
-                return f"{here[-1].group('file')}:{here[-1].group('line')}: {msg}"
+                return f"{here[0].group('file')}:{here[0].group('line')}: {msg}"
     return f"emulator build of {filename} failed:\n{stderr[-6000:]}"
 
 

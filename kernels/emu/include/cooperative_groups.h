@@ -91,6 +91,10 @@ public:
     dim3 dim_threads() const { return blockDim; }
 };
 inline thread_block this_thread_block() { return thread_block(); }
+// The scratch CUDA wants for tiles wider than a warp: accepted and unused, so that a source with
+// such a kernel builds; instantiating thread_block_tile<64> is what is refused (one line).
+template <unsigned MaxBlockSize = 1024> struct block_tile_memory {};
+template <unsigned MaxBlockSize> inline thread_block this_thread_block(block_tile_memory<MaxBlockSize>&) { return thread_block(); }
 
 // A group of lanes of one warp given by a mask: what coalesced_threads(), labeled_partition,
 // binary_partition and the run-time tiled_partition of a coalesced group return. Its ranks are
