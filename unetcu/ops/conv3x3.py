@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import functools
 
-from .. import reference
+import numpy as np
+
+from .. import cpu, reference
 from ..engines.runtime import resolve_engine
 from ._core import (Variant, accumulate_reference, as_np, check, check_size, empty, grid1d, i32, kernel, param_grads,
                     float_dtype, launch, pick_variant, register, REGISTRY)
@@ -201,6 +203,8 @@ def _forward(op, skip, up, oy, ox, w, b, relu, engine, variant, precision, tile)
     check_size(op, n * max(c, k) * skip.shape[2] * skip.shape[3])
     rec = _variant(op, variant, precision, tile)
     if engine == "numpy":
+        if float_dtype(op, skip, up, w, b) == np.float32:  # the fast float32 path; float64 is the oracle
+            return cpu.conv3x3_forward(_reference_input(skip, up), w, b, relu, precision)
         return as_np(op, reference.conv3x3_forward(_reference_input(skip, up), w, b, relu, precision), skip, up, w, b)
     out = empty(engine, (n, k, h - 2, wd - 2))
     if up is not None or rec.launch == "igemm":  # the two-source kernels: implicit GEMM, or concat variant 1
@@ -237,7 +241,7 @@ def conv3x3_backward_data(dout, w, out=None, mask=None, engine=None, variant=Non
     if mask is not None and not rec.tiles:
         raise ValueError(f"{op}: mask= needs an implicit-GEMM variant ({sorted(v for v, r in REGISTRY[op].items() if r.tiles)})")
     if engine == "numpy":
-        dx = reference.conv3x3_backward_data(dout, w, out, precision)
+        dx = _numpy_backward_data(op, dout, w, out, precision, mask)
         return as_np(op, dx if mask is None else reference.relu_mask(dx, mask), dout, w, out, mask)
     dx = empty(engine, (n, c, ho + 2, wo + 2))
     if rec.launch == "igemm":
@@ -262,11 +266,18 @@ def conv3x3_backward_data_concat(dout, w, skip_channels, out=None, engine=None, 
         raise ValueError(f"{op}: skip_channels must lie in 1..{c - 1} (w has {c} input channels), got {skip_channels}")
     rec = _variant(op, variant, precision, tile)
     if engine == "numpy":
-        dx = reference.conv3x3_backward_data(dout, w, out, precision)
+        dx = _numpy_backward_data(op, dout, w, out, precision)
         return as_np(op, dx[:, :cs], dout, w, out), as_np(op, dx[:, cs:], dout, w, out)
     dwin, dup = empty(engine, (n, cs, ho + 2, wo + 2)), empty(engine, (n, c - cs, ho + 2, wo + 2))
     _backward_data_igemm(op, launch(rec, "igemm"), dout, out, w, None, dwin, dup, cs, c - cs, engine, tile)
     return dwin, dup
+
+
+def _numpy_backward_data(op, dout, w, out, precision, *more):
+    """The numpy engine's dx: the fast float32 path, or the float64 oracle."""
+    if float_dtype(op, dout, w, out, *more) == np.float32:
+        return cpu.conv3x3_backward_data(dout, w, out, precision)
+    return reference.conv3x3_backward_data(dout, w, out, precision)
 
 
 def _backward_data_args(op, dout, w, out, engine):
@@ -323,8 +334,9 @@ def _backward_weight(op, dout, skip, up, oy, ox, out, dw, db, engine, variant, p
     if splits is not None and (not rec.tiles or int(splits) < 1):
         raise ValueError(f"{op}: splits= needs an implicit-GEMM variant and a count >= 1, got {splits!r} for {name}")
     if engine == "numpy":
-        return accumulate_reference(dw, db, reference.conv3x3_backward_weight(dout, _reference_input(skip, up), out,
-                                                                              precision))
+        fast = dw.dtype == np.float32  # the fast float32 path; float64 is the oracle
+        return accumulate_reference(dw, db, (cpu if fast else reference).conv3x3_backward_weight(
+            dout, _reference_input(skip, up), out, precision))
     sizes = (i32(n), i32(c), i32(h), i32(wd), i32(k))
     name = launch(rec, "igemm", "grid1d", "block_per_ck")
     if rec.launch == "igemm":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import reference
+from .. import cpu, reference
 from ..engines.runtime import resolve_engine
 from ._core import Variant, as_np, check, check_size, empty, grid1d, i32, kernel, launch, pick_variant, register
 
@@ -28,8 +28,8 @@ def maxpool2x2_forward(x, engine=None, variant=None):
                          "(choose the input size with unetcu.valid_input_size)")
     check_size(op, x.size)
     rec = pick_variant(op, variant)
-    if engine == "numpy":
-        out, am = reference.maxpool2x2_forward(x)
+    if engine == "numpy":  # float32: the fast path; float64: the oracle
+        out, am = (cpu if x.dtype == np.float32 else reference).maxpool2x2_forward(x)
         return as_np(op, out, x), am
     out = empty(engine, (n, c, h // 2, w // 2))
     argmax = empty(engine, (n, c, h // 2, w // 2), np.uint8)
@@ -47,7 +47,7 @@ def maxpool2x2_backward(dout, argmax, engine=None, variant=None):
     check_size(op, 4 * dout.size)
     rec = pick_variant(op, variant)
     if engine == "numpy":
-        return as_np(op, reference.maxpool2x2_backward(dout, argmax), dout)
+        return as_np(op, (cpu if dout.dtype == np.float32 else reference).maxpool2x2_backward(dout, argmax), dout)
     dx = empty(engine, (n, c, 2 * h, 2 * w))
     kernel(FILE, launch(rec, "grid1d"), engine)(*grid1d(dout.size), (dout, argmax, dx, i32(n), i32(c), i32(2 * h), i32(2 * w)))
     return dx

@@ -1,0 +1,85 @@
+"""The numpy engine's fast float32 convolutions (unetcu/cpu.py) against the float64 oracle, through the
+op layer as the model calls them: every direction, with and without the ReLU masks, the concatenated
+inputs, fp32 and tf32, at the op suite's odd shapes and a few more (1x1 outputs, W = 3, N > 1)."""
+import numpy as np
+import pytest
+
+from conftest import near_relus  # noqa: F401 (the op suite's helpers)
+from test_ops import CONV_SHAPES, close, f32, sums
+from unetcu import cpu, ops, reference as R
+
+SHAPES = CONV_SHAPES + [(1, 2, 3, 3, 3), (3, 2, 5, 3, 2), (1, 3, 3, 9, 4)]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fast_conv3x3_matches_the_oracle(rng, shape, precision):
+    n, c, h, w, k = shape
+    x, wt, b = f32(rng, n, c, h, w), f32(rng, k, c, 3, 3, scale=0.3), f32(rng, k)
+    for relu in (False, True):
+        out = ops.conv3x3_forward(x, wt, b, relu=relu, engine="numpy", precision=precision)
+        assert out.dtype == np.float32 and out.flags.c_contiguous
+        close(out, *sums(R.conv3x3_forward, x, wt, b, relu, precision))
+    dout = f32(rng, n, k, h - 2, w - 2)
+    relu_out = np.maximum(f32(rng, n, k, h - 2, w - 2), 0)
+    for o in (None, relu_out):
+        dx = ops.conv3x3_backward_data(dout, wt, o, engine="numpy", precision=precision)
+        assert dx.dtype == np.float32
+        close(dx, *sums(R.conv3x3_backward_data, dout, wt, o, precision))
+        dw0, db0 = f32(rng, k, c, 3, 3), f32(rng, k)  # accumulated into, as the op layer promises
+        dw, db = ops.conv3x3_backward_weight(dout, x, o, dw=dw0.copy(), db=db0.copy(), engine="numpy",
+                                             precision=precision)
+        (gw, gb), (mw, mb) = sums(R.conv3x3_backward_weight, dout, x, o, precision)
+        close(dw, gw + dw0, magnitude=mw + np.abs(dw0))
+        close(db, gb + db0, magnitude=mb + np.abs(db0))
+
+
+def test_fast_conv3x3_of_a_concatenation_matches_the_oracle(rng):
+    skip, up = f32(rng, 2, 3, 14, 15), f32(rng, 2, 4, 8, 9)
+    wt, b = f32(rng, 5, 7, 3, 3, scale=0.3), f32(rng, 5)
+    x = R.crop_concat_forward(skip, up)
+    close(ops.conv3x3_forward_concat(skip, up, wt, b, engine="numpy"), *sums(R.conv3x3_forward, x, wt, b, True))
+    dout = f32(rng, 2, 5, 6, 7)
+    dwin, dup = ops.conv3x3_backward_data_concat(dout, wt, 3, engine="numpy")
+    ref, mag = sums(R.conv3x3_backward_data, dout, wt, None)
+    close(dwin, ref[:, :3], mag[:, :3])
+    close(dup, ref[:, 3:], mag[:, 3:])
+    dw, db = ops.conv3x3_backward_weight_concat(dout, skip, up, engine="numpy")
+    (gw, gb), (mw, mb) = sums(R.conv3x3_backward_weight, dout, x, None)
+    close(dw, gw, mw)
+    close(db, gb, mb)
+
+
+def test_reused_buffers_never_leak_between_calls(rng):
+    """The im2col and wide buffers are reused per shape: a second call with other values, and a call of
+    another shape in between, give exactly what a fresh computation gives."""
+    x1, x2 = f32(rng, 1, 3, 9, 11), f32(rng, 1, 3, 9, 11)
+    wt, b = f32(rng, 4, 3, 3, 3), f32(rng, 4)
+    first = cpu.conv3x3_forward(x2, wt, b).copy()
+    cpu.conv3x3_forward(x1, wt, b)
+    cpu.conv3x3_forward(f32(rng, 2, 3, 6, 5), wt, b)
+    assert np.array_equal(cpu.conv3x3_forward(x2, wt, b), first)
+    dout = f32(rng, 1, 4, 7, 9)
+    dw1, db1 = cpu.conv3x3_backward_weight(dout, x2)
+    cpu.conv3x3_backward_weight(f32(rng, 1, 4, 7, 9), x1)
+    dw2, db2 = cpu.conv3x3_backward_weight(dout, x2)
+    assert np.array_equal(dw1, dw2) and np.array_equal(db1, db2)
+
+
+def test_the_float64_oracle_is_still_the_reference_code(rng):
+    """float64 inputs on the numpy engine take reference.py, not the fast path (the oracle stays plain)."""
+    x, wt, b = (a.astype(np.float64) for a in (f32(rng, 1, 2, 6, 7), f32(rng, 3, 2, 3, 3), f32(rng, 3)))
+    out = ops.conv3x3_forward(x, wt, b, engine="numpy")
+    assert out.dtype == np.float64 and np.array_equal(out, R.conv3x3_forward(x, wt, b))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2, 2), (2, 3, 6, 10), (1, 5, 14, 4)])
+def test_fast_maxpool_matches_the_oracle_ties_included(rng, shape):
+    """Values drawn from a few levels so that windows tie (ties go to the first position)."""
+    x = rng.integers(-2, 3, shape).astype(np.float32) + f32(rng, *shape) * (rng.random(shape) < 0.5)
+    out, am = ops.maxpool2x2_forward(x, engine="numpy")
+    rout, ram = R.maxpool2x2_forward(x.astype(np.float64))
+    assert am.dtype == np.uint8 and np.array_equal(am, ram) and np.array_equal(out, rout)
+    dout = f32(rng, *out.shape)
+    dx = ops.maxpool2x2_backward(dout, am, engine="numpy")
+    assert dx.dtype == np.float32 and np.array_equal(dx, R.maxpool2x2_backward(dout.astype(np.float64), ram))

@@ -1,0 +1,164 @@
+"""The numpy engine's float32 ops: the valid 3x3 convolution lowered to one large GEMM per image
+through NumPy's BLAS, apart from the float64 oracle in reference.py (which stays the plain,
+obviously right einsum code the kernels are tested against, and which these are tested against).
+
+The lowering (im2col over a flat image): an image x (C, H, W) is read as its flat (C, H*W) rows.
+The output pixel (y, x) of a valid 3x3 convolution is computed at the flat position p = y*W + x of a
+grid as wide as the input (the last two columns of each row are garbage and are dropped), and tap
+(dy, dx) reads the flat input at p + dy*W + dx. So each tap's operand is one *contiguous* slice of
+every channel's row, x_flat[:, s : s + L] with s = dy*W + dx and L = (H-3)*W + W-2 (the last valid
+output's flat position + 1, which keeps every read inside the image): im2col is 9 slice copies
+(memcpy speed) instead of a gather, and the GEMM (K, 9C) @ (9C, L) is one BLAS call per image.
+Backward-weight is the same im2col times the gradient laid out on the same wide grid (zeros in the
+garbage columns); backward-data is the forward convolution of the gradient zero-padded by 2 with
+the kernel flipped and transposed (C and K swapped), as in reference.conv3x3_backward_data.
+
+Buffers (the im2col matrix, the wide output) are kept per thread and shape and reused across calls:
+a training step allocates them once. Threads: NumPy's BLAS uses its own thread pool (OpenBLAS: all
+cores unless OPENBLAS_NUM_THREADS says otherwise); `unetcu train` reports it (blas_threads()).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from .reference import tf32_round
+
+_local = threading.local()  # predict's Dask threads run the numpy engine concurrently: a buffer per thread
+
+
+def _buffer(name: str, shape, init=None) -> np.ndarray:
+    """A float32 scratch array of this shape, reused by the next call of the same name and shape on this
+    thread (its contents are whatever the last call left); init(a) runs once, when it is created."""
+    cache = getattr(_local, "buffers", None)
+    if cache is None:
+        cache = _local.buffers = {}
+    key = (name, tuple(shape))
+    a = cache.get(key)
+    if a is None:
+        if len(cache) > 64:  # a run of many shapes (predict over odd image sizes): keep the memory bounded
+            cache.clear()
+        a = cache[key] = np.empty(shape, np.float32)
+        if init is not None:
+            init(a)
+    return a
+
+
+def _ones_row(a):
+    a[-1] = 1.0
+
+
+def _im2col(xi: np.ndarray) -> np.ndarray:
+    """xi (C, H, W) -> cols (9C + 1, L): row t*C + c is channel c's flat row from tap t = 3*dy + dx; the
+    last row is ones, so that the bias is the GEMM's last column (and db the last column of dw's GEMM)."""
+    c, h, w = xi.shape
+    length = (h - 3) * w + w - 2
+    flat = xi.reshape(c, h * w)
+    cols = _buffer("conv.cols", (9 * c + 1, length), _ones_row)
+    for t in range(9):
+        s = (t // 3) * w + t % 3
+        cols[t * c:(t + 1) * c] = flat[:, s:s + length]
+    return cols
+
+
+def _tf32(precision, *arrays):
+    """The products' operands as `precision` computes them (reference._operands' rule)."""
+    return arrays if precision == "fp32" else tuple(tf32_round(a) for a in arrays)
+
+
+def conv3x3_forward(x, w, b, relu=True, precision="fp32"):
+    """x (N, C, H, W), w (K, C, 3, 3), b (K,) float32 -> (N, K, H-2, W-2) float32, ReLU applied if relu.
+    Same as reference.conv3x3_forward to float32 rounding (a different summation order)."""
+    x, w = _tf32(precision, x, w)
+    n, c, h, wd = x.shape
+    k = w.shape[0]
+    ho, wo = h - 2, wd - 2
+    # (K, 9C + 1): column t*C + c = w[:, c, dy, dx] (im2col's row order), then the bias
+    wb = np.concatenate([w.transpose(0, 2, 3, 1).reshape(k, 9 * c), b[:, None]], axis=1)
+    out = np.empty((n, k, ho, wo), np.float32)
+    wide = _buffer("conv.wide", (k, ho * wd))  # the output on the input-wide grid
+    length = (ho - 1) * wd + wo
+    for i in range(n):
+        np.matmul(wb, _im2col(x[i]), out=wide[:, :length])
+        valid = wide.reshape(k, ho, wd)[:, :, :wo]
+        if relu:
+            np.maximum(valid, 0, out=out[i])
+        else:
+            out[i] = valid
+    return out
+
+
+def _masked(dout, out, dst):
+    """dst = the gradient through forward's ReLU (dout where out > 0), or dout itself without one."""
+    if out is None:
+        dst[...] = dout
+    else:
+        np.multiply(dout, out > 0, out=dst)
+
+
+def conv3x3_backward_weight(dout, x, out=None, precision="fp32"):
+    """dout (N, K, H-2, W-2), x (N, C, H, W) float32 -> (dw (K, C, 3, 3), db (K,)); dout is masked by
+    out > 0 when forward's ReLU output `out` is given (as reference.conv3x3_backward_weight; db is
+    exact in both precisions)."""
+    n, c, h, wd = x.shape
+    k, ho, wo = dout.shape[1:]
+    length = (ho - 1) * wd + wo
+    wide = _buffer("conv.gwide", (k, ho, wd))  # the gradient on the input-wide grid, 0 in the garbage columns
+    wide[:, :, wo:] = 0
+    dwb = np.zeros((k, 9 * c + 1), np.float32)
+    db = np.zeros(k, np.float32)
+    for i in range(n):
+        _masked(dout[i], None if out is None else out[i], wide[:, :, :wo])
+        if precision != "fp32":  # db from the unrounded gradient; the products from the rounded one
+            db += wide.sum(axis=(1, 2))
+            wide[...] = tf32_round(wide)
+        # (K, L) @ (L, 9C + 1), BLAS reading the transposed view as it is; the last column is db
+        dwb += wide.reshape(k, ho * wd)[:, :length] @ _im2col(_tf32(precision, x[i])[0]).T
+    if precision == "fp32":
+        db = dwb[:, -1].copy()
+    return np.ascontiguousarray(dwb[:, :-1].reshape(k, 3, 3, c).transpose(0, 3, 1, 2)), db
+
+
+def _zeros(a):
+    a[...] = 0.0
+
+
+def conv3x3_backward_data(dout, w, out=None, precision="fp32"):
+    """dout (N, K, H-2, W-2), w (K, C, 3, 3) float32 -> dx (N, C, H, W): the forward convolution of the
+    (ReLU-masked) gradient zero-padded by 2 with w flipped and transposed."""
+    n, k, ho, wo = dout.shape
+    g = _buffer("conv.gpad", (n, k, ho + 4, wo + 4), _zeros)  # the border stays 0: only the inside is written
+    _masked(dout, out, g[:, :, 2:-2, 2:-2])
+    wt = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, K, 3, 3)
+    return conv3x3_forward(g, wt, np.zeros(w.shape[1], np.float32), relu=False, precision=precision)
+
+
+# ---- maxpool2x2 ----------------------------------------------------------------------------------
+def _windows(a):
+    """The four (N, C, H/2, W/2) strided views of a (N, C, H, W) array's 2x2 windows, row-major."""
+    n, c, h, w = a.shape
+    v = a.reshape(n, c, h // 2, 2, w // 2, 2)
+    return v[:, :, :, 0, :, 0], v[:, :, :, 0, :, 1], v[:, :, :, 1, :, 0], v[:, :, :, 1, :, 1]
+
+
+def maxpool2x2_forward(x):
+    """x (N, C, H, W), H and W even -> (out, argmax uint8 0..3 row-major, ties to the first), as
+    reference.maxpool2x2_forward: elementwise over the four window views, no (..., 4) gather."""
+    a, b, c, d = _windows(x)
+    right = b > a  # strict: a tie stays with the earlier position
+    top = np.where(right, b, a)
+    lower = d > c
+    bottom = np.where(lower, d, c)
+    below = bottom > top
+    argmax = np.where(below, 2 + lower, right).astype(np.uint8)
+    return np.where(below, bottom, top), argmax
+
+
+def maxpool2x2_backward(dout, argmax):
+    """dout, argmax (N, C, h, w) -> dx (N, C, 2h, 2w): each gradient at its window's argmax, 0 elsewhere."""
+    n, c, h, w = dout.shape
+    dx = np.empty((n, c, 2 * h, 2 * w), dout.dtype)
+    for pos, view in enumerate(_windows(dx)):
+        np.multiply(dout, argmax == pos, out=view)
+    return dx
