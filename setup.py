@@ -25,6 +25,7 @@ setup(
         "tifffile>=2022.5",
         "matplotlib>=3.5",
         "scikit-image>=0.20",  # the watershed of `predict --instances watershed`
+        "threadpoolctl>=3",  # names the BLAS (and its threads) the numpy engine's convolutions run on
     ],
     extras_require={
         # CuPy + an NVRTC of the toolkit generation the driver runs (a newer NVRTC's cubins may not load)

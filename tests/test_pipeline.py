@@ -154,6 +154,36 @@ def test_displacement_statistics_match_sigma():
     assert 4 < np.std(mid) < 10  # between nodes the field is a weighted mean of several nodes
 
 
+def test_displacement_field_is_the_bicubic_interpolation_of_the_grid():
+    """The separable field (two small matrix products) against the definition evaluated pixel by pixel:
+    Keys' cubic over the 4x4 nodes around each pixel, nodes past the grid's edge extrapolated from the
+    nearest node along each axis, at random grids and tile sizes (1, 2 and odd included)."""
+    def keys(t):
+        t = abs(t)
+        return (1.5 * t - 2.5) * t * t + 1 if t < 1 else ((-0.5 * t + 2.5) * t - 4) * t + 2 if t < 2 else 0.0
+
+    def node(g, a, b):
+        ia, ib = min(max(a, 0), 2), min(max(b, 0), 2)
+        v = g[ia, ib].copy()
+        if a != ia:
+            v += (a - ia) * (g[ia, ib] - g[ia - (a - ia), ib])
+        if b != ib:
+            v += (b - ib) * (g[ia, ib] - g[ia, ib - (b - ib)])
+        return v
+
+    rng = np.random.default_rng()
+    for t in (1, 2, 5, 24, 33):
+        g = rng.normal(0, 10, (3, 3, 2))
+        field = augment.displacement_field(g, t)
+        assert field.shape == (2, t, t)
+        for oy, ox in {(0, 0), (t - 1, t - 1), (t // 2, t // 3)} | {tuple(rng.integers(0, t, 2)) for _ in range(20)}:
+            gy, gx = (oy * 2 / (t - 1), ox * 2 / (t - 1)) if t > 1 else (0.0, 0.0)
+            fy, fx = int(np.floor(gy)), int(np.floor(gx))
+            want = sum(keys(gy - (fy + a)) * keys(gx - (fx + b)) * node(g, fy + a, fx + b)
+                       for a in range(-1, 3) for b in range(-1, 3))
+            assert np.allclose(field[:, oy, ox], want, rtol=0, atol=1e-10), (t, oy, ox)
+
+
 def test_warp_cuda_simulator_matches_cpu(tmp_path):
     """The same per-pixel code as a Numba CUDA kernel, run in Numba's CUDA simulator."""
     img, lab, w = _triple(3, (30, 30))

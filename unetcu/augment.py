@@ -32,6 +32,8 @@ def _make_pixel(jit):
     @jit
     def reflect(i, n):
         # mirror index without repeating the edge pixel (period 2n-2), any distance out
+        if 0 <= i < n:  # most taps: no integer division
+            return i
         if n == 1:
             return 0
         p = 2 * n - 2
@@ -47,34 +49,6 @@ def _make_pixel(jit):
         if t < 2.0:
             return ((-0.5 * t + 2.5) * t - 4.0) * t + 2.0
         return 0.0
-
-    @jit
-    def grid_node(grid, a, b, c):
-        # node (a, b) of the 3x3 grid, linearly extrapolated one node past each edge
-        ia = min(max(a, 0), 2)
-        ib = min(max(b, 0), 2)
-        v = grid[ia, ib, c]
-        if a != ia:
-            v += (a - ia) * (grid[ia, ib, c] - grid[ia - (a - ia), ib, c])
-        if b != ib:
-            v += (b - ib) * (grid[ia, ib, c] - grid[ia, ib - (b - ib), c])
-        return v
-
-    @jit
-    def displacement(grid, gy, gx, c):
-        # bicubic interpolation of component c at grid coordinates (gy, gx) in [0, 2]
-        fy = math.floor(gy)
-        fx = math.floor(gx)
-        s = 0.0
-        for a in range(-1, 3):
-            wy = keys(gy - (fy + a))
-            if wy == 0.0:
-                continue
-            for b in range(-1, 3):
-                wx = keys(gx - (fx + b))
-                if wx != 0.0:
-                    s += wy * wx * grid_node(grid, int(fy) + a, int(fx) + b, c)
-        return s
 
     @jit
     def sample_cubic(img, y, x):
@@ -109,15 +83,13 @@ def _make_pixel(jit):
         return top + ty * (bot - top)
 
     @jit
-    def pixel(idx, tile, out, grid, rot, flip_y, flip_x, cy, cx, cubic, image, labels, weights,
-              out_image, out_labels, out_weights, out_disp):
+    def pixel(idx, tile, out, disp, rot, flip_y, flip_x, cy, cx, cubic, image, labels, weights,
+              out_image, out_labels, out_weights):
         oy = idx // tile
         ox = idx % tile
         half = (tile - 1) * 0.5
-        gy = oy * 2.0 / (tile - 1) if tile > 1 else 0.0
-        gx = ox * 2.0 / (tile - 1) if tile > 1 else 0.0
-        dy = displacement(grid, gy, gx, 0)
-        dx = displacement(grid, gy, gx, 1)
+        dy = disp[0, oy, ox]
+        dx = disp[1, oy, ox]
         py = oy - half + dy
         px = ox - half + dx
         if flip_y:
@@ -132,8 +104,6 @@ def _make_pixel(jit):
             out_image[oy, ox] = sample_cubic(image, sy, sx)
         else:
             out_image[oy, ox] = sample_linear(image, sy, sx)
-        out_disp[0, oy, ox] = dy
-        out_disp[1, oy, ox] = dx
         m = (tile - out) // 2
         ly = oy - m
         lx = ox - m
@@ -149,11 +119,11 @@ _cpu_pixel = _make_pixel(njit(cache=False))
 
 
 @njit(parallel=True, cache=False)
-def _warp_cpu(tile, out, grid, rot, flip_y, flip_x, cy, cx, cubic, image, labels, weights,
-              out_image, out_labels, out_weights, out_disp):
+def _warp_cpu(tile, out, disp, rot, flip_y, flip_x, cy, cx, cubic, image, labels, weights,
+              out_image, out_labels, out_weights):
     for idx in prange(tile * tile):
-        _cpu_pixel(idx, tile, out, grid, rot, flip_y, flip_x, cy, cx, cubic, image, labels, weights,
-                   out_image, out_labels, out_weights, out_disp)
+        _cpu_pixel(idx, tile, out, disp, rot, flip_y, flip_x, cy, cx, cubic, image, labels, weights,
+                   out_image, out_labels, out_weights)
 
 
 _cuda_kernel = None
@@ -161,12 +131,12 @@ _cuda_pixel = None
 cuda = None  # numba.cuda, imported on first use; a module global so Numba's simulator can swap it
 
 
-def _warp_kernel(tile, out, grid, rot, flip_y, flip_x, cy, cx, cubic, image, labels, weights,
-                 out_image, out_labels, out_weights, out_disp):
+def _warp_kernel(tile, out, disp, rot, flip_y, flip_x, cy, cx, cubic, image, labels, weights,
+                 out_image, out_labels, out_weights):
     idx = cuda.grid(1)  # one thread per tile pixel
     if idx < tile * tile:
-        _cuda_pixel(idx, tile, out, grid, rot, flip_y, flip_x, cy, cx, cubic, image, labels, weights,
-                    out_image, out_labels, out_weights, out_disp)
+        _cuda_pixel(idx, tile, out, disp, rot, flip_y, flip_x, cy, cx, cubic, image, labels, weights,
+                    out_image, out_labels, out_weights)
 
 
 def _get_cuda_kernel():
@@ -234,10 +204,9 @@ def warp(image, labels, weights, params: WarpParams, tile: int, out: int, cubic:
         o_img = np.empty((tile, tile), np.float32)
         o_lab = np.empty((out, out), np.int32)
         o_w = np.empty((out, out), np.float32)
-        disp = np.empty((2, tile, tile), np.float64)
-        grid = np.ascontiguousarray(params.grid, dtype=np.float64)
-        _warp_cpu(*sizes, grid, *scalars, np.ascontiguousarray(image), np.ascontiguousarray(labels),
-                  np.ascontiguousarray(weights), o_img, o_lab, o_w, disp)
+        disp = displacement_field(params.grid, tile)
+        _warp_cpu(*sizes, disp, *scalars, np.ascontiguousarray(image), np.ascontiguousarray(labels),
+                  np.ascontiguousarray(weights), o_img, o_lab, o_w)
     elif target == "cuda":
         kern = _get_cuda_kernel()
         if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
@@ -247,18 +216,44 @@ def warp(image, labels, weights, params: WarpParams, tile: int, out: int, cubic:
         o_img = xp.empty((tile, tile), np.float32)
         o_lab = xp.empty((out, out), np.int32)
         o_w = xp.empty((out, out), np.float32)
-        disp = xp.empty((2, tile, tile), np.float64)
-        grid = xp.asarray(np.ascontiguousarray(params.grid, dtype=np.float64))
+        disp = xp.asarray(displacement_field(params.grid, tile))
         threads = 256
         blocks = -(-tile * tile // threads)
         if xp is np:
-            kern[blocks, threads](*sizes, grid, *scalars, image, labels, weights, o_img, o_lab, o_w, disp)
+            kern[blocks, threads](*sizes, disp, *scalars, image, labels, weights, o_img, o_lab, o_w)
         else:  # on CuPy's current stream, so it is ordered with our kernels
             stream = cuda.external_stream(xp.cuda.get_current_stream().ptr)
-            kern[blocks, threads, stream](*sizes, grid, *scalars, image, labels, weights, o_img, o_lab, o_w, disp)
+            kern[blocks, threads, stream](*sizes, disp, *scalars, image, labels, weights, o_img, o_lab, o_w)
     else:
         raise ValueError(f"warp: target must be 'cpu' or 'cuda', got {target!r}")
     return gray_values(o_img, params, xp), o_lab, o_w, disp
+
+
+def _keys(t):
+    """Keys' cubic convolution kernel, a = -0.5 (Catmull-Rom), elementwise: interpolating, exact at nodes."""
+    t = np.abs(t)
+    return np.where(t < 1, (1.5 * t - 2.5) * t * t + 1, np.where(t < 2, ((-0.5 * t + 2.5) * t - 4) * t + 2, 0.0))
+
+
+def displacement_field(grid, tile: int) -> np.ndarray:
+    """(2, tile, tile) float64: the 3x3 grid of displacement vectors (3, 3, 2) interpolated at every tile
+    pixel with bicubic (Keys) convolution, the grid extended past its edges by linear extrapolation.
+    Separable, so it is two small matrix products per component, (T, 6) @ (6, 6) @ (6, T), instead of
+    16 kernel evaluations per pixel: the grid's 6 nodes per axis, -1..4, cover every tap."""
+    g = np.asarray(grid, dtype=np.float64)
+    ext = np.empty((6, 6, 2))
+    for a in range(-1, 5):  # node (a, b): the nearest grid node, plus each axis's slope times the distance past it
+        for b in range(-1, 5):
+            ia, ib = min(max(a, 0), 2), min(max(b, 0), 2)
+            v = g[ia, ib].copy()
+            if a != ia:
+                v += (a - ia) * (g[ia, ib] - g[ia - (a - ia), ib])
+            if b != ib:
+                v += (b - ib) * (g[ia, ib] - g[ia, ib - (b - ib)])
+            ext[a + 1, b + 1] = v
+    pos = np.arange(tile) * (2.0 / (tile - 1)) if tile > 1 else np.zeros(1)  # grid coordinates in [0, 2]
+    w = _keys(pos[:, None] - np.arange(-1, 5)[None, :])  # (T, 6): weight of node -1..4 at each pixel
+    return np.stack([w @ ext[:, :, c] @ w.T for c in range(2)])
 
 
 def gray_values(tile, params: WarpParams, xp=np):

@@ -15,7 +15,7 @@ the kernel flipped and transposed (C and K swapped), as in reference.conv3x3_bac
 
 Buffers (the im2col matrix, the wide output) are kept per thread and shape and reused across calls:
 a training step allocates them once. Threads: NumPy's BLAS uses its own thread pool (OpenBLAS: all
-cores unless OPENBLAS_NUM_THREADS says otherwise); `unetcu train` reports it (blas_threads()).
+cores unless OPENBLAS_NUM_THREADS says otherwise); `unetcu train` names it and its threads (blas_info()).
 """
 from __future__ import annotations
 
@@ -26,6 +26,15 @@ import numpy as np
 from .reference import tf32_round
 
 _local = threading.local()  # predict's Dask threads run the numpy engine concurrently: a buffer per thread
+
+
+def blas_info() -> str:
+    """The BLAS behind NumPy's matmul and its thread count, e.g. 'openblas 0.3.31, 2 threads'
+    (threadpoolctl), for the run's banner: the numpy engine's speed is mostly this library's."""
+    from threadpoolctl import threadpool_info
+    libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    return ", ".join(f"{i['internal_api']} {i.get('version') or ''}".rstrip() + f", {i['num_threads']} threads"
+                     for i in libs) or "no BLAS found by threadpoolctl"
 
 
 def _buffer(name: str, shape, init=None) -> np.ndarray:
