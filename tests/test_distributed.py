@@ -7,10 +7,12 @@ The MPI tests start `mpirun -n 2` (Open MPI from Debian in CI, see .ci/run) with
 are skipped where mpirun or mpi4py is missing, unless UNETCU_REQUIRE_MPI=1 (CI sets it)."""
 import csv
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -40,12 +42,15 @@ if MISSING and os.environ.get("UNETCU_REQUIRE_MPI") == "1":
 needs_mpi = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
 
+def _env():
+    return dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1",
+                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
 def run(cmd, timeout=300, cwd=None):
     """Run cmd in its own process group; on a timeout kill the whole group (mpirun and its ranks)
     and fail: a hang is a defect."""
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=cwd,
                          start_new_session=True)
     try:
         out, err = p.communicate(timeout=timeout)
@@ -237,6 +242,164 @@ def test_mpirun_without_distributed_is_refused(tmp_path):
     r = mpirun(2, *TINY, "--steps", "2", "--out", str(tmp_path / "run"))
     assert r.returncode == 1 and "started by an MPI launcher as 2 processes without --distributed" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+# ---- ranks that differ: refused before step 1 ----------------------------------------------------------
+def mpmd(*ranks, timeout=120):
+    """`mpirun -n 1 -wdir DIR [PREFIX...] python -m unetcu.cli train ARGS : -n 1 ...`, one app per
+    (wdir, prefix, args) of ranks: each rank with its own folder, command prefix and options."""
+    cmd = ["mpirun", *oversubscribe()]
+    for i, (wdir, prefix, args) in enumerate(ranks):
+        cmd += [":"] * (i > 0) + ["-n", "1", "-wdir", str(wdir), *prefix, sys.executable, "-m", "unetcu.cli", "train", *args]
+    return run(cmd, timeout)
+
+
+def synth(folder, count=3, seed=100):
+    r = subprocess.run([sys.executable, "-m", "unetcu.cli", "synth", str(folder), "--count", str(count), "--size", "64",
+                        "--seed", str(seed), "--overwrite"], capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Data folders written once: data (3 images, seed 100), val (1, seed 7), val8 (1, seed 8),
+    other (2, seed 5: its synth_000 and synth_001 differ from data's)."""
+    d = tmp_path_factory.mktemp("folders")
+    for name, count, seed in (("data", 3, 100), ("val", 1, 7), ("val8", 1, 8), ("other", 2, 5)):
+        synth(d / name, count, seed)
+    return d
+
+
+def _package_copy(dest):
+    """unetcu's source tree (the package and its kernels) copied to dest, one .py file changed by a
+    comment: another version of the code, for rank 1 (PYTHONPATH=dest)."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(os.path.join(ROOT, "unetcu"), dest / "unetcu", ignore=ignore)
+    shutil.copytree(os.path.join(ROOT, "kernels"), dest / "kernels", ignore=ignore)
+    with open(dest / "unetcu" / "weightmap.py", "a") as f:
+        f.write("# a local edit\n")
+    return ["env", f"PYTHONPATH={dest}"]
+
+
+DIFFER = {  # what rank 1 has that rank 0 has not -> the message (rank 0's data is n0/data, 3 images)
+    "a-file-differs": "rank 1's --data ({n1}/data) differs from rank 0's ({n0}/data): images/synth_001.png has other "
+                      "content on rank 1; every rank must train on the same files",
+    "a-file-missing": "rank 1's --data ({n1}/data) differs from rank 0's ({n0}/data): images/synth_002.png is missing "
+                      "on rank 1; every rank must train on the same files",
+    "another-val-data": "rank 1's --val-data ({n1}/val) differs from rank 0's ({n0}/val): images/synth_000.png has other "
+                        "content on rank 1",
+    "an-option": "the ranks' options differ: --w0 10.0 on rank 0, 5.0 on rank 1; start every rank with the same options",
+    "synthetic-data": "the ranks' options differ: --n-synthetic 3 on rank 0, 4 on rank 1",
+    "other-code": "rank 1 runs other code than rank 0: unetcu 0.1.0 as rank 0, but unetcu/weightmap.py has other "
+                  "content; every rank must run the same unetcu",
+}
+
+
+@needs_mpi
+@pytest.mark.parametrize("case", list(DIFFER))
+def test_ranks_whose_data_options_or_code_differ_are_refused_before_step_1(tmp_path, folders, case):
+    """`mpirun -n 1 -wdir n0 ... --data data : -n 1 -wdir n1 ... --data data`: every rank sends rank
+    0 a fingerprint of its code, options and data (file contents, by name in the folder), and a
+    difference stops every rank before anything is created, with one line naming the ranks and the
+    first difference. Each rank names its folder by the same relative path, so paths are not
+    compared: the files are (the next test: the same files in other folders train)."""
+    n0, n1 = tmp_path / "n0", tmp_path / "n1"
+    for n in (n0, n1):
+        shutil.copytree(folders / "data", n / "data")
+        shutil.copytree(folders / ("val8" if case == "another-val-data" and n == n1 else "val"), n / "val")
+    args, prefix, extra = [*TINY, "--distributed", "--steps", "2", "--out", "run", "--data", "data"], [], []
+    if case == "a-file-differs":
+        for sub in ("images", "labels"):
+            shutil.copy(folders / "other" / sub / "synth_001.png", n1 / "data" / sub)
+    elif case == "a-file-missing":
+        for sub in ("images", "labels"):
+            os.remove(n1 / "data" / sub / "synth_002.png")
+    elif case == "another-val-data":
+        args += ["--val-data", "val"]
+    elif case == "an-option":
+        extra = ["--w0", "5"]
+    elif case == "synthetic-data":
+        args = [a for a in args if a not in ("--data", "data")]
+        extra = ["--n-synthetic", "4"]
+    elif case == "other-code":
+        prefix = _package_copy(tmp_path / "copy")
+    r = mpmd((n0, [], args), (n1, prefix, args + extra))
+    want = DIFFER[case].format(n0=n0, n1=n1)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count(want) == 1 and r.stderr.startswith("unetcu train: "), r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (n0 / "run").exists() and not (n1 / "run").exists()
+
+
+@needs_mpi
+def test_ranks_with_the_same_files_in_other_folders_train_and_resume_after_a_move(tmp_path, folders):
+    """The check compares files, not paths: two copies of one data folder train together. The run
+    records its data's fingerprint, so a distributed --resume accepts the folder moved elsewhere
+    (same files) and refuses it when a file changed, on every rank, in one line."""
+    n0, n1 = tmp_path / "n0", tmp_path / "n1"
+    for n in (n0, n1):
+        shutil.copytree(folders / "data", n / "data")
+    args = [*TINY, "--distributed", "--steps", "2", "--val-every", "2", "--data", "data"]
+    r = mpmd((n0, [], args + ["--out", str(tmp_path / "run")]), (n1, [], args + ["--out", str(tmp_path / "run")]))
+    assert r.returncode == 0, r.stderr
+    ckpt = str(tmp_path / "run" / "checkpoint.npz")
+    shutil.move(n0 / "data", tmp_path / "moved")
+    r = mpirun(2, "--distributed", "--resume", ckpt, "--steps", "3", "--data", str(tmp_path / "moved"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert f"resumed from {ckpt} at step 2" in r.stdout and len(losses(tmp_path / "run")) == 3
+    assert load(tmp_path / "run")[2]["config"]["run"]["data"] == str(tmp_path / "moved")
+    for sub in ("images", "labels"):
+        shutil.copy(folders / "other" / sub / "synth_000.png", tmp_path / "moved" / sub)
+    r = mpirun(2, "--distributed", "--resume", ckpt, "--steps", "4", "--no-progress")
+    assert r.returncode == 1 and r.stderr.count(
+        f"unetcu train: --resume {ckpt}: the run's --data {tmp_path / 'moved'} changed since the run started: "
+        "images/synth_000.png has other content;") == 1, r.stderr
+
+
+# ---- Ctrl-C: every rank stops at one step, rank 0 saves it and says how to resume ------------------------
+@needs_mpi
+@pytest.mark.parametrize("how", ["ctrl-c-to-mpirun", "sigterm-to-one-rank"])
+def test_ctrl_c_saves_the_last_step_and_prints_the_resume_command(tmp_path, how):
+    """Ctrl-C reaches mpirun alone; Open MPI 4.1 sends each rank SIGCONT, SIGTERM a second later
+    (odls_base_sigkill_timeout) and SIGKILL a second after that. The ranks take SIGTERM (and
+    SIGINT) as a request: at their next exchange every rank stops at the same step, rank 0 saves
+    the last finished one and prints the single-process message with the mpirun command, and the
+    ranks exit 130 (mpirun itself returns 1 after its own Ctrl-C: Open MPI's status for a job it was
+    told to end). A SIGTERM sent to one rank alone stops them all the same way, and mpirun returns
+    the ranks' 130. The resumed run goes on from the saved step."""
+    out = tmp_path / "run"
+    ckpt = out / "checkpoint.npz"
+    cmd = ["mpirun", "-n", "2", *oversubscribe(), sys.executable, "-m", "unetcu.cli", "train", *TINY, "--distributed",
+           "--steps", "100000", "--ckpt-every", "100000", "--val-every", "100000", "--out", str(out)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                         start_new_session=True)
+    try:
+        t = time.monotonic()
+        while not (out / "log.csv").exists() or len((out / "log.csv").read_text().splitlines()) < 4:
+            assert p.poll() is None and time.monotonic() - t < 180, "the run did not start"
+            time.sleep(0.1)
+        if how == "ctrl-c-to-mpirun":
+            os.kill(p.pid, signal.SIGINT)
+        else:
+            ranks = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+            assert len(ranks) == 2, ranks
+            os.kill(int(ranks[-1]), signal.SIGTERM)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    m = re.search(rf"^unetcu train: interrupted; step (\d+) saved in {re.escape(str(ckpt))} \(logs in "
+                  rf"{re.escape(str(out))}/\); resume with: mpirun -n 2 unetcu train --distributed --resume "
+                  rf"{re.escape(str(ckpt))}$", stderr, re.M)
+    assert m and stderr.count("interrupted") == 1, stderr
+    assert "Traceback" not in stderr
+    assert p.returncode == (1 if how == "ctrl-c-to-mpirun" else 130), stderr
+    step = int(m.group(1))
+    assert load(out)[2]["step"] == step and len(losses(out)) == step >= 3
+    r = mpirun(2, "--distributed", "--resume", str(ckpt), "--steps", str(step + 2), "--no-progress")
+    assert r.returncode == 0 and f"resumed from {ckpt} at step {step}" in r.stdout, r.stderr
+    assert len(losses(out)) == step + 2
 
 
 # ---- GPU: 2 ranks on whatever GPUs there are -----------------------------------------------------------

@@ -26,6 +26,19 @@ the same step with that rank's message; an error before training starts (a refus
 missing file) is exchanged the same way (Distributed.gate). An error that only one rank can see
 at a point where the others wait in a collective (rank 0 failing to write a checkpoint, say) is
 printed by that rank, which then calls MPI_Abort: the job ends, it never hangs (run_cli).
+Every collective before the gradient all-reduce is one exchange (Distributed.exchange), so a rank
+that fails in the setup meets the others wherever they wait.
+
+Before the first step the ranks compare their code (unetcu's version and a hash of each .py and
+kernel file), options and data (a hash of each file, named in its folder: the folders may lie at
+other paths on each rank): a difference stops every rank with one line naming the ranks and the
+first difference (Distributed.check_setup).
+
+Signals: Ctrl-C reaches mpirun alone, which sends every rank SIGCONT, then SIGTERM, then SIGKILL
+(Open MPI 4.1, odls_base_sigkill_timeout seconds apart, default 1). A rank's SIGTERM or SIGINT only
+sets a flag (run_cli), carried by the next exchange: every rank stops at the same step
+(RanksInterrupted, a KeyboardInterrupt), rank 0 saves the last finished step and prints the
+resume command, the others wait for it (a barrier), and every rank exits 130.
 
 Dropout: the dropout kernels draw element i's mask from (seed, i) alone, with
 i = seed * G + index (mod 2^64) inside the hash, G = 0x9E3779B97F4A7C15 (kernels/dropout.cu,
@@ -39,7 +52,9 @@ import io
 import json
 import math
 import os
+import signal
 import sys
+import threading
 
 import numpy as np
 
@@ -129,6 +144,12 @@ class RanksStopped(Exception):
     """Marker base: raised on every rank at once (the ranks agreed), so no rank has to abort."""
 
 
+class RanksInterrupted(KeyboardInterrupt):
+    """A SIGTERM or SIGINT reached a rank (mpirun sends SIGTERM to every rank on Ctrl-C): raised on
+    every rank at the same exchange, so that train() saves the last finished step on rank 0 and
+    every rank ends together."""
+
+
 def _stopped(type_name: str, message: str) -> BaseException:
     """An exception of the named type (ValueError, ... else RuntimeError) that every rank raises together."""
     base = _TYPES.get(type_name, RuntimeError)
@@ -162,6 +183,8 @@ class Distributed:
         self.engine = self.backend = None
         self.device, self.shared_gpu = None, False
         self.flat = None           # (P,) float32 on the engine: the gradients, packed
+        self.signalled = None      # the SIGTERM/SIGINT this rank received (run_cli's handler), else None
+        self.interrupted = False   # the ranks agreed to stop on a signal (RanksInterrupted)
         self.nonfinite = None      # (rank, loss) of the first rank whose loss was not finite
         if engine_hint in (None, "cuda"):
             from .engines.runtime import gpu_status
@@ -172,22 +195,54 @@ class Distributed:
                 cupy.cuda.Device(self.device).use()
                 self.shared_gpu = self.local_size > n  # NCCL refuses two ranks on one GPU
 
+    # -- the one exchange ---------------------------------------------------------------------------
+    def exchange(self, value=None, error: BaseException | None = None, where: str = ""):
+        """Collective: every rank's (error, value, signalled) by one allgather; returns the ranks'
+        values. Every collective before the gradient all-reduce is this one call, so a rank that
+        fails anywhere in the setup (run_cli: gate(error)) meets the others at whatever exchange
+        they are in. Raises on every rank at once: a RanksStopped if any rank brings an error (the
+        lowest rank's message, prefixed "rank r: " + where unless it is rank 0's own in the setup),
+        else a RanksInterrupted if a SIGTERM/SIGINT reached any rank (run_cli's handler)."""
+        err = None if error is None else (type(error).__name__, _first_line(error))
+        got = self.comm.allgather((err, value, self.signalled is not None))
+        errors = [(r, e) for r, (e, _, _) in enumerate(got) if e is not None]
+        if errors:
+            r, (name, msg) = errors[0]
+            raise _stopped(name, msg if r == 0 and not where else f"rank {r}: {where}{msg}")
+        if any(s for _, _, s in got):
+            self.interrupted = True
+            raise RanksInterrupted()
+        return [v for _, v, _ in got]
+
     # -- the start: every rank ready, with the same state -------------------------------------------
     def gate(self, error: BaseException | None = None, digest: str | None = None, step: int = 0):
         """Collective: exchange (error, state hash) with every rank. Raises on every rank at once
         (a RanksStopped) if any rank brings an error (the lowest rank's message; rank 0's own
-        message as it is, another's prefixed "rank r: ") or if the hashes differ."""
-        got = self.comm.allgather((None if error is None else (type(error).__name__, _first_line(error)), digest))
-        errors = [(r, e) for r, (e, _) in enumerate(got) if e is not None]
-        if errors:
-            r, (name, msg) = errors[0]
-            raise _stopped(name, msg if r == 0 else f"rank {r}: {msg}")
-        digests = [d for _, d in got]
+        message as it is, another's prefixed "rank r: ") or if the hashes differ (exchange)."""
+        digests = self.exchange(digest, error)
         if len(set(digests)) > 1:
             differ = ", ".join(f"rank {r} {d[:12]}" for r, d in enumerate(digests))
             raise _stopped("RuntimeError", f"step {step}: the ranks' weights differ ({differ}); training stopped. "
                                            "The ranks must run the same unetcu on the same data with identical kernels")
         self.phase = "training"
+
+    def check_setup(self, setup: dict):
+        """Collective, before anything is generated or loaded: stop every rank (ValueError, one line,
+        the same on every rank) unless every rank runs the same code with the same options on the
+        same data. setup (cli._rank_setup): code (code_fingerprint), options, data and val_data
+        (data.fingerprint of the folder, None for synthetic data: its generator is fixed by the
+        options and the code), paths (each rank's folders, named in the message, not compared).
+        The ranks exchange a hash of each part; only when one differs does rank 0 gather that part
+        from every rank to name the first difference."""
+        parts = ("code", "options", "data", "val_data")  # in the order a difference is reported
+        mine = {k: hashlib.sha256(json.dumps(setup[k], sort_keys=True, default=str).encode()).hexdigest() for k in parts}
+        got = self.exchange(mine)
+        part = next((k for k in parts if any(g[k] != got[0][k] for g in got)), None)
+        if part is None:
+            return
+        every = self.comm.gather((setup[part], setup["paths"]), root=0)
+        msg = self.comm.bcast(_setup_difference(part, every) if self.root else None, root=0)
+        raise _stopped("ValueError", msg)
 
     def begin(self, model, optimizer, cfg, rng_state, step: int):
         """Called by train() before its first step: refuses what cannot run distributed, checks
@@ -233,21 +288,17 @@ class Distributed:
         of every rank's loss (a float) and gradient (dict of views into one flat buffer). The
         dropout mask of rank r is that of tiles r*b.. of the whole step (rank_dropout_seed).
         Raises on every rank together (a RanksStopped, of the failing rank's error type) if any
-        rank's forward or backward raised; a rank's NaN/Inf loss is returned as the step's loss,
-        with self.nonfinite = (rank, loss), and no all-reduce is done."""
+        rank's forward or backward raised, a RanksInterrupted (before this step's update) if a
+        rank was signalled; a rank's NaN/Inf loss is returned as the step's loss, with
+        self.nonfinite = (rank, loss), and no all-reduce is done."""
         err, loss, grads = None, math.nan, None
         try:
             seed = rank_dropout_seed(dropout_seed, self.rank, x.shape[0], model.config, x.shape[2])  # square tiles
             loss, grads = model.loss_and_grads(x, labels, weights, dropout_seed=seed)
             loss = float(loss)
         except Exception as e:  # noqa: BLE001 - every rank must hear of it, whatever it is
-            err = (type(e).__name__, _first_line(e))
-        got = self.comm.allgather((loss, err))  # (loss, error) of each rank, a few bytes
-        errors = [(r, e) for r, (_, e) in enumerate(got) if e is not None]
-        if errors:
-            r, (name, msg) = errors[0]
-            raise _stopped(name, f"rank {r}: step {step}: {msg}")
-        losses = [v for v, _ in got]
+            err = e
+        losses = self.exchange(loss, err, f"step {step}: ")  # (error, loss, signalled) of each rank, a few bytes
         bad = [(r, v) for r, v in enumerate(losses) if not math.isfinite(v)]
         if bad:
             self.nonfinite = bad[0]
@@ -289,12 +340,62 @@ class Distributed:
         return f" on rank {self.nonfinite[0]}" if self.nonfinite else ""
 
 
+def _setup_difference(part: str, every: list) -> str:
+    """The message of check_setup: the ranks whose `part` differs from rank 0's, and the first
+    difference of the first of them. every: (part, paths) of each rank."""
+    from .data import first_difference
+    ref = every[0][0]
+    ranks = [r for r, (p, _) in enumerate(every) if p != ref]
+    if not ranks:  # the hashes differed, the parts compare equal: no file or option to name
+        return f"the ranks' {part} differ; every rank must run the same unetcu with the same options on the same files"
+    r, (mine, paths) = ranks[0], every[ranks[0]]
+    more = "" if len(ranks) == 1 else f" (ranks {', '.join(map(str, ranks))} differ from rank 0)"
+    if part == "code":
+        if mine["version"] != ref["version"]:
+            what = f"unetcu {mine['version']}, rank 0 unetcu {ref['version']}"
+        else:
+            what = f"unetcu {ref['version']} as rank 0, but {first_difference(ref['files'], mine['files'])}"
+        return f"rank {r} runs other code than rank 0: {what}{more}; every rank must run the same unetcu"
+    if part == "options":
+        k = next(k for k in sorted(set(ref) | set(mine)) if ref.get(k) != mine.get(k))
+        return (f"the ranks' options differ: --{k.replace('_', '-')} {ref.get(k)} on rank 0, {mine.get(k)} on rank {r}"
+                f"{more}; start every rank with the same options")
+    flag = "--" + part.replace("_", "-")
+    return (f"rank {r}'s {flag} ({paths[part]}) differs from rank 0's ({every[0][1][part]}): "
+            f"{first_difference(ref, mine)} on rank {r}{more}; every rank must train on the same files")
+
+
+def code_fingerprint() -> dict:
+    """The code this process runs: unetcu's version and {file: first 32 hex digits of its SHA-256}
+    of the package's .py files and the kernels' files (.cu, .cuh, the emulator's headers), named
+    relative to the package ("unetcu/model.py") and to the kernels folder ("kernels/conv3x3.cu")."""
+    from pathlib import Path
+    from . import __version__
+    from .engines.runtime import kernels_dir
+    package, kernels = Path(__file__).resolve().parent, kernels_dir().resolve()
+    files = {}
+    for base, name, pattern in ((package, "unetcu", "*.py"), (kernels, "kernels", "*")):
+        for p in sorted(base.rglob(pattern)):
+            if (not p.is_file() or "__pycache__" in p.parts or p.suffix in (".pyc", ".md")
+                    or (base == package and kernels in p.parents)):
+                continue
+            files[f"{name}/{p.relative_to(base).as_posix()}"] = hashlib.sha256(p.read_bytes()).hexdigest()[:32]
+    return dict(version=__version__, files=files)
+
+
+def resume_command(checkpoint, ranks: int) -> str:
+    """The command that continues a run trained on `ranks` processes."""
+    if ranks > 1:
+        return f"mpirun -n {ranks} unetcu train --distributed --resume {checkpoint}"
+    return f"unetcu train --resume {checkpoint}"
+
+
 def check_ranks(run: dict, dist: Distributed | None, resume: str):
     """Refuse (ValueError) to resume a run on another number of ranks than it was trained on: the
     tiles of each step depend on it. run: the checkpoint's config["run"]."""
     had, now = int(run.get("ranks", 1)), dist.size if dist is not None else 1
     if had != now:
-        how = f"mpirun -n {had} unetcu train --distributed --resume {resume}" if had > 1 else f"unetcu train --resume {resume} (no mpirun)"
+        how = resume_command(resume, had) + ("" if had > 1 else " (no mpirun)")
         raise ValueError(f"--resume {resume}: the run was trained on {had} rank(s), this is {now}; each step's tiles "
                          f"depend on the number of ranks: resume it with {how}")
 
@@ -319,9 +420,19 @@ def run_cli(cmd, a) -> int:
     if not dist.root:
         sys.stdout = open(os.devnull, "w")
         sys.stderr = held
+    # SIGTERM (what mpirun sends every rank on Ctrl-C) and SIGINT only raise a flag: the ranks stop
+    # together at their next exchange (a RanksInterrupted), and rank 0 saves the last finished step
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        def flag(signum, frame):
+            dist.signalled = signum
+        old = {s: signal.signal(s, flag) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
             rc = cmd(a)
+            if rc == 130 and dist.interrupted:  # every rank stopped at one step: wait for rank 0's save
+                dist.comm.Barrier()
+                return rc
         except BaseException as e:
             if dist.phase == "setup" and not isinstance(e, (RanksStopped, KeyboardInterrupt, SystemExit)):
                 dist.gate(e)  # collective: the others hear of it before training starts (raises)
@@ -330,6 +441,10 @@ def run_cli(cmd, a) -> int:
         if dist.root:
             raise  # main prints it, once
         return 1
+    except RanksInterrupted:  # before the first step (train() reports one after it, rc 130): nothing saved
+        if dist.root:
+            raise KeyboardInterrupt from None  # main says "interrupted", exit 130
+        return 130
     except BaseException as e:
         # this rank alone: say why, then end the job (the others may wait in a collective)
         sys.stderr = real_err
@@ -342,6 +457,8 @@ def run_cli(cmd, a) -> int:
     finally:
         if not dist.root:
             sys.stdout, sys.stderr = sys.__stdout__, real_err
+        for s, h in old.items():
+            signal.signal(s, h)
     if rc == 130:  # Ctrl-C on this rank (rank 0 saved the last step): end the others
         real_err.write(held.getvalue())
         real_err.flush()
