@@ -343,3 +343,82 @@ def test_resume_of_a_folder_run_from_elsewhere(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"data: {tmp_path / 'ex'}: 2 training, 1 validation images" in r.stdout
     assert [int(x["step"]) for x in rows(tmp_path / "run" / "log.csv")] == [1, 2, 3, 4]
+
+
+# ---- the data of a resumed run: the same files, wherever they are -------------------------------
+def _synth(folder, count, seed, cwd):
+    r = run("synth", folder, "--count", str(count), "--size", "64", "--seed", str(seed), "--overwrite", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+
+
+def test_resume_follows_moved_data_and_refuses_changed_files(tmp_path):
+    """A run records the content of its --data and --val-data (data.fingerprint: a hash per file,
+    named in the folder). --resume takes the folders at another path (relative or absolute) when
+    they hold the same files, and refuses in one line, naming the first differing file, a folder
+    whose files changed, moved or not; a folder gone from the run's path is named."""
+    _synth("ex", 3, 100, tmp_path)
+    _synth("val", 1, 7, tmp_path)
+    r = run("train", *TINY, "--data", "ex", "--val-data", "val", "--steps", "2", "--val-every", "2", "--out", "run",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ck = str(tmp_path / "run" / "checkpoint.npz")
+    os.rename(tmp_path / "ex", tmp_path / "ex2")
+    os.rename(tmp_path / "val", tmp_path / "val2")
+    refused = [
+        ((), f"the run's --data {tmp_path / 'ex'} is gone; if it was moved, give its new place with --data"),
+        (("--data", "ex2"), f"the run's --val-data {tmp_path / 'val'} is gone"),
+        (("--data", "ex2", "--val-data", "ex2"), f"--val-data {tmp_path / 'ex2'} does not hold the run's files (from "
+                                                 f"{tmp_path / 'val'}): images/synth_000.png has other content"),
+    ]
+    for args, msg in refused:
+        r = run("train", "--resume", ck, "--steps", "3", *args, "--no-progress", cwd=tmp_path)
+        assert r.returncode == 1 and msg in one_line(r), (args, r.stderr)
+    r = run("train", "--resume", ck, "--steps", "3", "--data", "ex2", "--val-data", str(tmp_path / "val2"),
+            "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"data: {tmp_path / 'ex2'}: 3 training, 1 validation images" in r.stdout
+    state = UNet.load(ck, with_state=True)[2]["config"]["run"]
+    assert (state["data"], state["val_data"]) == (str(tmp_path / "ex2"), str(tmp_path / "val2"))
+    # the new place is the run's now: no option needed; a changed or missing file is refused by name
+    _synth("ex2", 1, 5, tmp_path)  # synth_000 replaced by another image
+    r = run("train", "--resume", ck, "--steps", "4", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 1 and (f"the run's --data {tmp_path / 'ex2'} changed since the run started: "
+                                  "images/synth_000.png has other content;") in one_line(r), r.stderr
+    os.rename(tmp_path / "ex2", tmp_path / "ex3")
+    r = run("train", "--resume", ck, "--steps", "4", "--data", "ex3", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 1 and (f"--data {tmp_path / 'ex3'} does not hold the run's files (from {tmp_path / 'ex2'}): "
+                                  "images/synth_000.png has other content") in one_line(r), r.stderr
+    _synth("ex3", 1, 100, tmp_path)  # the original synth_000 back ...
+    for sub in ("images", "labels"):
+        os.remove(tmp_path / "ex3" / sub / "synth_002.png")  # ... and a pair gone
+    r = run("train", "--resume", ck, "--steps", "4", "--data", "ex3", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 1 and "images/synth_002.png is missing" in one_line(r), r.stderr
+    assert [int(x["step"]) for x in rows(tmp_path / "run" / "log.csv")] == [1, 2, 3]  # refusals wrote nothing
+
+
+def test_resume_of_a_checkpoint_that_records_no_data_content(tmp_path):
+    """A checkpoint written before runs recorded their data's content cannot tell whether another
+    folder holds the same files: the run's own path is taken (and the output says its files were
+    not checked), another path is refused saying why."""
+    import json
+    _synth("ex", 3, 100, tmp_path)
+    r = run("train", *TINY, "--data", "ex", "--steps", "2", "--val-every", "2", "--out", "run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ck = tmp_path / "run" / "checkpoint.npz"
+    with np.load(ck) as z:
+        arrays = dict(z)
+    meta = json.loads(arrays["meta"].tobytes())
+    for k in ("data_files", "val_data_files"):
+        del meta["state"]["config"]["run"][k]
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(ck, **arrays)
+    os.rename(tmp_path / "ex", tmp_path / "ex2")
+    r = run("train", "--resume", str(ck), "--steps", "3", "--data", "ex2", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 1 and (f"--data {tmp_path / 'ex2'} differs from the run's {tmp_path / 'ex'}, and this "
+                                  "checkpoint (written before unetcu recorded the content of a run's data) cannot tell "
+                                  "whether it holds the same files") in one_line(r), r.stderr
+    os.rename(tmp_path / "ex2", tmp_path / "ex")
+    r = run("train", "--resume", str(ck), "--steps", "3", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"records no content of its --data (written before unetcu did): the files in {tmp_path / 'ex'}" in r.stdout
+    assert UNet.load(ck, with_state=True)[2]["config"]["run"]["data_files"]  # recorded from now on
