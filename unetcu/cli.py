@@ -117,12 +117,64 @@ def _train_options(a):
     if "run" not in state.get("config", {}):  # written before checkpoints recorded their run's options
         saved = {k: v for k, v in saved.items() if k not in ("out",)}
     for k, v in given.items():
+        if k in ("data", "val_data") and _is_folder(saved.get(k)) and _is_folder(v):
+            continue  # a data folder may have moved: _data_files compares its files' content
         if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != v:
             raise ValueError(f"--resume {a.resume}: {_flag(k)} {v} differs from the run's {saved[k]!r}; a resumed run keeps "
                              f"its data, network and sampling (omit {_flag(k)}, or start a new run)")
     opts = {**TRAIN_DEFAULTS, **saved, **given}
     opts["out"] = given.get("out") or os.path.dirname(os.path.abspath(a.resume))
     return opts, resumed
+
+
+def _is_folder(data) -> bool:
+    return data not in (None, "synthetic")
+
+
+def _data_files(o, resume=None, saved=None) -> dict:
+    """{"data_files": ..., "val_data_files": ...}: the content of the run's data folders
+    (data.fingerprint; None for synthetic data), recorded in its checkpoint. With --resume the folders
+    must hold the files the run recorded, at its path or another (a folder that was moved): a file
+    that differs is refused (ValueError) by name. A checkpoint written before runs recorded their
+    files cannot tell: its data is taken at the run's own path only."""
+    from . import data as D
+    files = {}
+    for k in ("data", "val_data"):
+        path, flag = o[k], _flag(k)
+        files[f"{k}_files"] = None
+        if not _is_folder(path):
+            continue
+        was, had = (saved or {}).get(k), (saved or {}).get(f"{k}_files")
+        if resume and path == was and not os.path.isdir(path):
+            raise FileNotFoundError(f"--resume {resume}: the run's {flag} {was} is gone; if it was moved, give its new "
+                                    f"place with {flag}")
+        if resume and had is None and path != was:
+            raise ValueError(f"--resume {resume}: {flag} {path} differs from the run's {was}, and this checkpoint (written "
+                             "before unetcu recorded the content of a run's data) cannot tell whether it holds the same "
+                             f"files: put the data back at {was} (or a link to it there), or start a new run")
+        now = files[f"{k}_files"] = D.fingerprint(path)
+        if resume and had is None:
+            print(f"note: {resume} records no content of its {flag} (written before unetcu did): the files in {path} "
+                  "are taken as they are")
+        elif resume and (diff := D.first_difference(had, now)):
+            if path == was:
+                raise ValueError(f"--resume {resume}: the run's {flag} {path} changed since the run started: {diff}; a "
+                                 "resumed run trains on its own files (restore them, or start a new run)")
+            raise ValueError(f"--resume {resume}: {flag} {path} does not hold the run's files (from {was}): {diff}; a "
+                             "resumed run trains on its own files")
+    return files
+
+
+def _rank_setup(o, engine, steps) -> dict:
+    """What must be the same on every rank of `train --distributed` (Distributed.check_setup): the
+    options (data folders by their content, wherever each rank has them), the code and the data."""
+    from .distributed import code_fingerprint
+    skip = ("data", "val_data", "out", "no_progress", "overwrite", "data_files", "val_data_files")
+    options = {k: v for k, v in o.items() if k in TRAIN_DEFAULTS and k not in skip}
+    options.update(engine=engine, steps=steps, data="a folder" if _is_folder(o["data"]) else o["data"],
+                   val_data="a folder" if _is_folder(o["val_data"]) else o["val_data"])
+    return dict(code=code_fingerprint(), options=options, data=o["data_files"], val_data=o["val_data_files"],
+                paths={"data": o["data"], "val_data": o["val_data"]})
 
 
 def _cmd_train(a) -> int:
@@ -161,7 +213,16 @@ def _cmd_train(a) -> int:
         raise ValueError(f"--momentum applies to --optimizer sgd; this run uses {o['optimizer']} (its moments have fixed betas)")
     if o["cuda_graph"] and engine != "cuda":
         raise ValueError(f"--cuda-graph needs the cuda engine; this run uses {engine}")
-    if o["data"] == "synthetic":
+    o.update(_data_files(o, a.resume, resumed[2].get("config", {}).get("run") if resumed else None))
+    if getattr(a, "dist", None) is not None:  # every rank: the same code, options and data, or none starts
+        a.dist.check_setup(_rank_setup(o, engine, steps))
+    if o["data"] == "synthetic":  # labels: the generator's instances, 2 classes
+        if a.labels is not None:
+            raise ValueError(f"--labels {a.labels} applies to label images of --data/--val-data folders; the synthetic "
+                             "cells come with instance labels")
+        if n_classes > 2:
+            raise ValueError(f"--classes {n_classes}: the synthetic cells have 2 classes (background, cell interior); "
+                             "more classes need --data with class-id labels")
         size = (max(256, tile // 2), max(256, tile // 2))
         train_s = D.synthetic_dataset(o["n_synthetic"], size, seed=o["seed"] * 2 + 1)
         val_s = D.synthetic_dataset(max(1, o["n_synthetic"] // 8), size, seed=o["seed"] * 2 + 2)
@@ -169,20 +230,23 @@ def _cmd_train(a) -> int:
         data_opt = "synthetic"
     else:
         data_opt = o["data"]
-        allsamples = D.load_folder(data_opt, o["labels"])
+        label_mode = D.label_mode_for(o["labels"], n_classes)  # auto: class ids above 2 classes; binary etc. give 2
+        allsamples = D.load_folder(data_opt, label_mode, n_classes)
         if o["val_data"]:
-            train_s, val_s = allsamples, D.load_folder(o["val_data"], o["labels"])
+            train_s, val_s = allsamples, D.load_folder(o["val_data"], label_mode, n_classes)
         else:
             train_s, val_s = D.split_train_val(allsamples, o["val_fraction"])
         source = f"{o['data']}: {len(train_s)} training, {len(val_s)} validation images"
     print(f"data: {source}")
+    print(D.describe_labels(list(train_s) + list(val_s), n_classes))
     if resumed:
         model = resumed[0]
         model.precision = o["precision"]  # not part of the saved model: a resume may change it
     else:
         model = UNet(in_channels=1, n_classes=n_classes, depth=depth, base_channels=base, dropout=dropout, engine=engine,
                      seed=o["seed"], precision=o["precision"])
-    run = {k: o[k] for k in ("val_data", "val_fraction", "labels", "classes", "n_synthetic", "no_dropout")}
+    run = {k: o[k] for k in ("val_data", "val_fraction", "labels", "classes", "n_synthetic", "no_dropout", "data_files",
+                             "val_data_files")}
     run.update(data=data_opt, preset=preset)
     cfg = TrainConfig(steps=steps, optimizer=o["optimizer"], lr=o["lr"], warmup=o["warmup"], schedule=o["schedule"],
                       momentum=o["momentum"], weight_decay=o["weight_decay"], clip=o["clip"],
@@ -202,8 +266,9 @@ def _cmd_train(a) -> int:
             print("unetcu train: interrupted before the first step finished; nothing was saved"
                   + (f" ({out}/ holds what it held before)" if out.exists() else ""), file=sys.stderr)
         else:
+            dist = getattr(a, "dist", None)
             print(f"unetcu train: interrupted; step {e.step} saved in {e.checkpoint} (logs in {out}/); "
-                  f"resume with: unetcu train --resume {e.checkpoint}", file=sys.stderr)
+                  f"resume with: {distributed.resume_command(e.checkpoint, dist.size if dist else 1)}", file=sys.stderr)
         return 130
     last = [r for r in history if "val_iou" in r]
     if last:
@@ -400,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "pair by file name or by their last number. Writes OUT/checkpoint.npz (for predict and\n"
                               "--resume), OUT/log.csv (a row per step), OUT/curves.png (redrawn at each validation) and\n"
                               "OUT/samples.png. A folder that holds a run is never overwritten without --overwrite.\n"
-                              "Ctrl-C saves the last finished step and says how to resume.")
+                              "Ctrl-C saves the last finished step and says how to resume (under mpirun too).")
     t.add_argument("--data", help="'synthetic' (default) or a folder of images/ and labels/")
     t.add_argument("--val-data", help="a separate validation folder (default: the last --val-fraction of --data)")
     t.add_argument("--val-fraction", type=number(float, 0, 1, hi_open=True),
@@ -409,8 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how to read label images: binary (exactly two values, the higher is foreground), instance "
                         "(0 = background, 1..n objects), classes (pixel values are class ids), threshold (foreground "
                         "where value > the midpoint of min and max: for masks saved lossily), auto = binary if two "
-                        "values else instance (see the README's Input formats)")
-    t.add_argument("--classes", type=number(int, 2, 256), help="number of classes, 2..256 (default 2: background, object)")
+                        "values else instance, and class ids with --classes above 2 (binary, instance, threshold give 2 "
+                        "classes); the run prints how they were read (see the README's Input formats)")
+    t.add_argument("--classes", type=number(int, 2, 256),
+                   help="number of classes, 2..256 (default 2: background, object); above 2 the labels are class ids "
+                        "0..N-1")
     t.add_argument("--preset", choices=("auto", "paper", "small", "tiny"),
                    help="network size (default: paper on a GPU, small on a CPU)")
     t.add_argument("--engine", choices=ENGINES, help="default: cuda if a GPU is usable, else numpy")
@@ -445,7 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue the run of this checkpoint with its own options (same losses as without the break); "
                         "--steps, --lr, --clip, --weight-decay, --val-every, --ckpt-every, --engine, --precision may change "
-                        "(a new --steps stretches the schedule's decay to the new last step)")
+                        "(a new --steps stretches the schedule's decay to the new last step); --data and --val-data may "
+                        "give the new place of a moved folder, which must hold the run's files (the checkpoint records a "
+                        "hash of each)")
     t.add_argument("--seed", type=number(int, 0), help="seed of the initial weights, synthetic images and every random draw (default 0)")
     t.add_argument("--out", help="output folder (default runs/unet; with --resume, the checkpoint's folder)")
     t.add_argument("--overwrite", action="store_true", default=None,
@@ -453,7 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", default=None, help="no progress bar")
     t.add_argument("--distributed", action="store_true",
                    help="train on the N processes of `mpirun -n N` (data-parallel, each with --batch tiles; the same "
-                        "steps as one process with N x --batch; see the README's Distributed training)")
+                        "steps as one process with N x --batch; every rank must run the same code with the same options "
+                        "on the same files; see the README's Distributed training)")
     t.set_defaults(func=_cmd_train)
     sy = sub.add_parser("synth", help="write example images and instance labels (synthetic touching cells)",
                         description="Write COUNT synthetic images of touching cells to OUT/images (8-bit PNG) and their "
@@ -469,8 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Segment images of any size with overlap-tile inference (mirrored borders). For each "
                                     "input NAME writes NAME_prob.tif (float32 class probabilities, one page per class), "
                                     "NAME_labels.png (class per pixel; for 2 classes 0/255), NAME_instances.png "
-                                    "(16-bit objects: connected components of the foreground, or --instances watershed) and NAME_overlay.png (a colour "
-                                    "preview: each object in its own colour over the gray image). Refuses, before "
+                                    "(16-bit object ids: connected components of the foreground, or --instances watershed, without specks under "
+                                    "--min-size; near black in a photo viewer) and NAME_overlay.png (the picture to look at: "
+                                    "each object in its own colour over the gray image). Refuses, before "
                                     "writing anything, an output that would replace an input or an existing file "
                                     "(unless --overwrite). Colour becomes gray by ITU-R 601 luma, alpha is dropped; "
                                     "see the README's Input formats. With --out NAME.zarr: a zarr store (2-D, or 3-D "
@@ -502,16 +574,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="zarr: output block side in pixels, a multiple of the output tile (default about 1024)")
     pr.add_argument("--workers", type=number(int, 1, 4096), help="zarr: workers (threads, or processes) of the local Dask scheduler (default: one per core)")
     pr.add_argument("--scheduler", metavar="ADDRESS",
-                    help="zarr: a Dask distributed scheduler (tcp://host:8786), or 'threads' (default) or 'processes' "
-                         "on this machine")
+                    help="zarr: a Dask distributed scheduler's SCHEME://HOST:PORT as `dask scheduler` prints it "
+                         "(tcp://host:8786; tls, ws, wss, ucx; HOST:PORT alone is tcp), checked before connecting; "
+                         "one that does not answer within 10 s is an error; or 'threads' (default), 'processes' or "
+                         "'sync' on this machine. Ctrl-C cancels the run's blocks on the cluster")
     pr.set_defaults(func=_cmd_predict)
     ev = sub.add_parser("evaluate", help="score predictions against label images (pixel error, IoU, SEG, Rand, VI)",
                         description="Score predictions against ground truth with the ISBI 2012 and cell tracking "
                                     "challenge metrics: pixel error (misclassification rate, and 1 - max pixel F-score), "
                                     "foreground IoU, SEG, foreground-restricted Rand error and information error "
-                                    "(thresholds 0.0..1.0 by 0.1 on probability maps; ground-truth background ignored).")
-    ev.add_argument("pred", help="a prediction file or folder (NAME_prob.tif, NAME_instances.png or label images)")
-    ev.add_argument("labels", help="a label image or folder; pairs by name or by last number")
+                                    "(thresholds 0.0..1.0 by 0.1 on probability maps; ground-truth background ignored). "
+                                    "A multi-page label stack pairs its page k with the k-th prediction (per-page files "
+                                    "in the order of their last number, or the pages of a prediction stack).")
+    ev.add_argument("pred", help="a prediction file or folder (NAME_prob.tif, NAME_instances.png or label images), "
+                                 "or a multi-page stack")
+    ev.add_argument("labels", help="a label image, folder or multi-page stack (the ground truth); pairs by name or by "
+                                   "last number, a stack page by page")
     ev.add_argument("--label-mode", choices=("auto", "binary", "instance", "threshold"), default="auto",
                     help="how to read labels (auto: binary if two values, else instance ids; threshold: foreground "
                          "where value > midpoint of min and max, for masks saved lossily)")

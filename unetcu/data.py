@@ -30,6 +30,7 @@ class Sample:
     instances: np.ndarray  # (H, W) int32, 0 = background (for label mode 'classes': the class map)
     name: str
     semantic: bool = False  # True: `instances` holds class ids as given (label mode 'classes')
+    read_as: str = ""       # how the label file was read: binary, instance, classes, threshold ("": generated)
 
     def classes(self) -> np.ndarray:
         """The training target: class ids (H, W) int32."""
@@ -285,9 +286,12 @@ class ImageFile:
             if any(e != 2 for e in kinds):  # 2 = unassociated alpha; 1 (premultiplied) and 0 (other data) refused
                 raise InputError(f"{self.path}: TIFF extra samples {[e.name for e in kf.extrasamples]} (axes {axes}, "
                                  f"shape {shape}) are not a layout unetcu reads: only an unassociated alpha is dropped")
-            # photometric: 0 min-is-white, 1 min-is-black, 2 RGB, 3 palette
-            if pm == 1 and ns - extra == 1:
-                self.layout = "gray" + ("+alpha" if extra else "")
+            # photometric: 0 min-is-white, 1 min-is-black, 2 RGB, 3 palette. Min-is-white gray (1-bit
+            # masks from tifffile's imwrite(bool), ImageJ masks with an inverting LUT) is read as
+            # stored, as tifffile and ImageJ give it: 1-bit True = 1, ImageJ's foreground = 255
+            self._miniswhite = pm == 0
+            if pm in (0, 1) and ns - extra == 1:
+                self.layout = "gray" + ("+alpha" if extra else "") + (" (min-is-white, values as stored)" if pm == 0 else "")
             elif pm == 2 and ns - extra == 3:
                 self.layout = "RGB" + ("A" if extra else "")
             elif pm == 3 and ns == 1:
@@ -301,6 +305,8 @@ class ImageFile:
             self._kaxes = kaxes
 
     def _tiff_page(self, a: np.ndarray, where: str) -> np.ndarray:
+        if a.dtype == bool:  # 1-bit: 0/1
+            a = a.astype(np.uint8)
         if self._kaxes == "SYX":
             a = np.moveaxis(a, 0, -1)
         if a.ndim == 3:
@@ -330,7 +336,10 @@ class ImageFile:
         with Image.open(self.path) as im:
             for k in range(done, self.n_pages):
                 im.seek(k)
-                yield _pil_page(im, self.role, self.where(k))
+                a = _pil_page(im, self.role, self.where(k))
+                if not self._pil and self._miniswhite and im.mode in ("1", "L"):
+                    a = (1 if im.mode == "1" else 255) - a  # Pillow inverts min-is-white; values as stored
+                yield a
 
     def pages(self):
         """Yield each page as a 2-D array in the file's dtype (float32 for converted colour)."""
@@ -393,12 +402,45 @@ def _damaged_binary(lab, values) -> bool:
     return pieces > 3 * (len(values) - 2)
 
 
-def instances_from_label_image(lab: np.ndarray, mode: str = "auto", where: str = "label image") -> np.ndarray:
+def _looks_like_image(lab, values) -> str:
+    """Why `lab` looks like a gray image rather than labels ('' if it does not): many values that
+    change between most neighbouring pixels by small steps (a label image changes only at object
+    borders; a lossy mask's edges jump by half its range or more), each value in many pieces (a
+    label id is about one piece). Measured: images 45..98 % of neighbours differ, < 0.1 % of the
+    differences above half the range; labels < 5 %; lossy masks < 40 %, with > 5 % such jumps."""
+    if len(values) <= 16 or lab.size < 64:
+        return ""
+    h, w = lab.shape  # a window of at most 1024 x 1024 from the middle decides
+    y, x = max(0, h // 2 - 512), max(0, w // 2 - 512)
+    a = lab[y:y + 1024, x:x + 1024].astype(np.float64)
+    steps = np.concatenate([np.abs(np.diff(a, axis=0)).ravel(), np.abs(np.diff(a, axis=1)).ravel()])
+    differ = steps > 0
+    share = float(differ.mean())
+    if share < 0.1 or (steps > (float(values[-1]) - float(values[0])) / 2).sum() > 0.01 * differ.sum():
+        return ""
+    from skimage.measure import label
+    pieces = int(label(np.unique(a, return_inverse=True)[1].reshape(a.shape) + 1, background=0, connectivity=1).max())
+    if pieces < 3 * len(np.unique(a)):
+        return ""
+    return (f"{len(values)} distinct values that change by small steps between {share:.0%} of neighbouring pixels, "
+            f"in {pieces} pieces; labels change only at object borders")
+
+
+def instances_from_label_image(lab: np.ndarray, mode: str = "auto", where: str = "label image",
+                               n_classes: int | None = None) -> np.ndarray:
     """Label image (H, W) -> instances, after an audit of its values for the mode (a refusal
     names `where`). 'binary': two values, foreground = the larger (or nonzero), objects = its
     connected components; 'instance': 0 = background, 1..n object ids; 'classes': class ids as
-    they are; 'auto': binary if two values, else instance; 'threshold' (the explicit rule for
-    lossy masks): foreground where value > the midpoint of min and max, then components."""
+    they are (below n_classes when given); 'auto': binary if two values, else instance;
+    'threshold' (the explicit rule for lossy masks): foreground where value > the midpoint of min
+    and max, then components. A gray image given as a label is refused in every mode."""
+    return read_label(lab, mode, where, n_classes)[0]
+
+
+def read_label(lab: np.ndarray, mode: str = "auto", where: str = "label image",
+               n_classes: int | None = None) -> tuple[np.ndarray, str]:
+    """(instances, how it was read: 'binary', 'instance', 'classes' or 'threshold'), see
+    instances_from_label_image."""
     lab = np.asarray(lab)
     if mode not in LABEL_MODES:
         raise ValueError(f"label mode must be one of {', '.join(LABEL_MODES)}, got {mode!r}")
@@ -408,13 +450,17 @@ def instances_from_label_image(lab: np.ndarray, mode: str = "auto", where: str =
     if bad:
         raise InputError(f"{where}: {bad} non-finite label values (NaN or Inf)")
     values = np.unique(lab)
-    if mode == "threshold":
-        fg = lab > (float(values[0]) + float(values[-1])) / 2 if len(values) > 1 else np.zeros(lab.shape, bool)
-        return ndi.label(fg)[0].astype(np.int32)
-    if lab.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
+    if mode != "threshold" and lab.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
         frac = values[values != np.round(values)]
         raise InputError(f"{where}: label values must be whole numbers; found {_values(frac)} "
                          f"({len(values)} distinct values) — a probability map?")
+    why = _looks_like_image(lab, values)
+    if why:
+        raise NotALabelImage(f"{where}: looks like an image, not a label image ({why}); give the label "
+                             "images (ground truth) here", where, why)
+    if mode == "threshold":
+        fg = lab > (float(values[0]) + float(values[-1])) / 2 if len(values) > 1 else np.zeros(lab.shape, bool)
+        return ndi.label(fg)[0].astype(np.int32), mode
     if mode == "auto":
         if len(values) <= 2:
             mode = "binary"
@@ -429,13 +475,63 @@ def instances_from_label_image(lab: np.ndarray, mode: str = "auto", where: str =
             raise InputError(f"{where}: {len(values)} distinct values ({_values(values)}); a binary mask has 2 "
                              "— lossy compression? (save it losslessly, or use label mode 'threshold')")
         comp, _ = ndi.label(lab > values.min() if len(values) == 2 else lab > 0)
-        return comp.astype(np.int32)
+        return comp.astype(np.int32), mode
     if values[0] < 0:
         raise InputError(f"{where}: negative label values ({_values(values[values < 0])}); {mode} labels are "
                          "0 = background and positive ids")
     if values[-1] >= 2**31:
         raise InputError(f"{where}: label value {values[-1]:g} does not fit 32-bit ids")
-    return lab.astype(np.int32)
+    if mode == "classes" and n_classes is not None and values[-1] >= n_classes:
+        raise InputError(f"{where}: label value {values[-1]:g} is outside the model's {n_classes} classes "
+                         f"(0..{n_classes - 1}; values {_values(values)})"
+                         + ("; a binary mask? read it with --labels binary" if len(values) == 2 and n_classes == 2 else ""))
+    return lab.astype(np.int32), mode
+
+
+class NotALabelImage(InputError):
+    """A gray image where a label image belongs; where: the file (and page), why: the evidence."""
+
+    def __init__(self, message, where, why):
+        super().__init__(message)
+        self.where, self.why = where, why
+
+
+def label_mode_for(mode: str, n_classes: int) -> str:
+    """The label mode `train` reads with for n_classes: with more than 2 classes 'auto' means class
+    ids; binary, instance and threshold labels give 2 classes (background, object interior), so
+    they are refused then."""
+    if mode not in LABEL_MODES:
+        raise ValueError(f"label mode must be one of {', '.join(LABEL_MODES)}, got {mode!r}")
+    if n_classes > 2 and mode != "classes":
+        if mode == "auto":
+            return "classes"
+        raise ValueError(f"--labels {mode} gives 2 classes (background, object interior), not the {n_classes} of "
+                         f"--classes {n_classes}: give class-id labels with --labels classes (or auto)")
+    return mode
+
+
+def describe_labels(samples: list[Sample], n_classes: int) -> str:
+    """One line: how the labels were read ("labels: instance ids, 16 images, 412 objects",
+    "labels: class ids 0..2 (3 classes), 16 images"), saying which classes occur in no image."""
+    n = len(samples)
+    images = f"{n} image" + ("s" if n != 1 else "")
+    if samples and all(s.semantic for s in samples):
+        present = np.unique(np.concatenate([np.unique(s.instances) for s in samples]))
+        lo, hi = int(present[0]), int(present[-1])
+        missing = sorted(set(range(n_classes)) - {int(v) for v in present})
+        if not missing:
+            return f"labels: class ids {lo}..{hi} ({n_classes} classes), {images}"
+        return (f"labels: class ids {', '.join(map(str, present))} of {n_classes} classes "
+                f"(class{'es' if len(missing) > 1 else ''} {', '.join(map(str, missing))} in no image: check --classes), {images}")
+    names = {"binary": "binary masks (objects: connected components)", "instance": "instance ids",
+             "threshold": "thresholded masks (objects: connected components)", "classes": "class ids",
+             "": "instance ids (synthetic)"}
+    kinds = {}
+    for s in samples:
+        kinds[s.read_as] = kinds.get(s.read_as, 0) + 1
+    objects = sum(int(np.count_nonzero(np.unique(s.instances))) for s in samples if not s.semantic)
+    how = ", ".join(names[k] + (f" ({c} images)" if len(kinds) > 1 else "") for k, c in kinds.items())
+    return f"labels: {how}, {images}, {objects} objects"
 
 
 def _key(stem: str) -> str:
@@ -497,12 +593,12 @@ def _pair(ip, lp, label_mode: str):
     return fi, fl
 
 
-def _samples(fi: ImageFile, fl: ImageFile, label_mode: str, stem: str) -> list[Sample]:
+def _samples(fi: ImageFile, fl: ImageFile, label_mode: str, stem: str, n_classes: int | None = None) -> list[Sample]:
     out = []
     for k, (a, b) in enumerate(zip(fi.pages(), fl.pages())):
         name = stem if fi.n_pages == 1 else f"{stem}-{k:03d}"
-        out.append(Sample(standardise(a), instances_from_label_image(b, label_mode, fl.where(k)), name,
-                          label_mode == "classes"))
+        inst, how = read_label(b, label_mode, fl.where(k), n_classes)
+        out.append(Sample(standardise(a), inst, name, label_mode == "classes", how))
     return out
 
 
@@ -515,22 +611,61 @@ def split_train_val(samples: list, val_fraction: float) -> tuple[list, list]:
     return samples[:len(samples) - nval], samples[len(samples) - nval:]
 
 
-def load_folder(root, label_mode: str = "auto") -> list[Sample]:
+def load_folder(root, label_mode: str = "auto", n_classes: int | None = None) -> list[Sample]:
     """Every (image, label) pair of a folder as Samples. Multi-page files give one sample per page;
-    an image and its label must have the same pages of the same size."""
+    an image and its label must have the same pages of the same size. With n_classes the mode is
+    label_mode_for(label_mode, n_classes) ('auto' = class ids above 2 classes) and class ids must
+    lie below it."""
+    if n_classes is not None:
+        label_mode = label_mode_for(label_mode, n_classes)
     pairs = [_pair(ip, lp, label_mode) for ip, lp in find_pairs(root)]  # every layout checked first
-    return [s for fi, fl in pairs for s in _samples(fi, fl, label_mode, fi.path.stem)]
+    return [s for fi, fl in pairs for s in _samples(fi, fl, label_mode, fi.path.stem, n_classes)]
 
 
-def load_stack(images_tif, labels_tif, label_mode: str = "auto") -> list[Sample]:
+def load_stack(images_tif, labels_tif, label_mode: str = "auto", n_classes: int | None = None) -> list[Sample]:
     """A pair of multi-page TIFF stacks (e.g. ISBI's train-volume.tif / train-labels.tif)."""
+    if n_classes is not None:
+        label_mode = label_mode_for(label_mode, n_classes)
     fi, fl = _pair(images_tif, labels_tif, label_mode)
     stem = Path(images_tif).stem
-    return [Sample(s.image, s.instances, f"{stem}-{k:03d}", s.semantic)
-            for k, s in enumerate(_samples(fi, fl, label_mode, stem))]
+    return [Sample(s.image, s.instances, f"{stem}-{k:03d}", s.semantic, s.read_as)
+            for k, s in enumerate(_samples(fi, fl, label_mode, stem, n_classes))]
 
 
 def page_names(f: ImageFile) -> list[str]:
     """Output names of a file's pages: its stem, or stem-000, stem-001, ... for several pages."""
     stem = f.path.stem
     return [stem] if f.n_pages == 1 else [f"{stem}-{k:03d}" for k in range(f.n_pages)]
+
+
+def fingerprint(root) -> dict[str, str]:
+    """The content of what a run reads from a data folder: {name relative to root ('/'-separated):
+    the first 32 hex digits of its SHA-256} for every image and label file find_pairs pairs. A run
+    records it in its checkpoint, so that --resume accepts the folder at another path when its
+    files are the same and refuses it when one has changed; the ranks of `train --distributed`
+    compare theirs before the first step."""
+    import hashlib
+    root = Path(root)
+    files = {}
+    for pair in find_pairs(root):
+        for p in pair:
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            files[p.relative_to(root).as_posix()] = h.hexdigest()[:32]
+    return files
+
+
+def first_difference(had: dict[str, str], now: dict[str, str]) -> str | None:
+    """The first file (in name order) in which two fingerprints differ, in words: 'images/a.png has
+    other content', 'images/a.png is missing' (in had, not in now), 'images/b.png is new'; None if
+    they are equal."""
+    for name in sorted(set(had) | set(now)):
+        if name not in now:
+            return f"{name} is missing"
+        if name not in had:
+            return f"{name} is new"
+        if had[name] != now[name]:
+            return f"{name} has other content"
+    return None

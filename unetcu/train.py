@@ -476,7 +476,8 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
                 if history[-1]["step"] > csv_log.last:  # interrupted after the update, before the log
                     csv_log.append(history[-1])
                 save(done, done_rng)
-                plot_curves(history, out / "curves.png")
+                if dist is None:  # mpirun kills the ranks about a second after its SIGTERM: the message first
+                    plot_curves(history, out / "curves.png")
         kept = done > start or (resume and ckpt.exists() and same_file(resume, ckpt))  # not an old run's
         raise TrainingInterrupted(done, ckpt if kept else None) from None
     return history
