@@ -142,3 +142,16 @@ def test_a_bad_engine_is_one_line_not_a_traceback(tmp_path):
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.strip().splitlines()[-1].endswith("unknown engine 'bogus' (UNETCU_ENGINE=bogus): choose one of "
                                                           "numpy, emu, cuda"), r.stderr
+
+
+def test_cpu_benchmark_worker_and_breakdown_run_without_torch():
+    """bench_cpu's unetcu side (one process per side) and its per-op breakdown, at the tiny preset."""
+    r = subprocess.run([sys.executable, "-m", "benchmarks.bench_cpu", "--worker", "ours", "--presets", "tiny"],
+                       capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["step_ms"] > 0 and res["forward_ms"] > 0
+    from benchmarks.bench_cpu import breakdown
+    bd = breakdown("tiny", reps=2)
+    assert {"conv3x3_forward", "conv3x3_backward_weight", "softmax_xent"} <= set(bd["ops"])
+    assert bd["step_cpu_ms"] > 0 and all(v >= 0 for k, v in bd["ops"].items() if not k.startswith("("))
