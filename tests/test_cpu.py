@@ -87,3 +87,59 @@ def test_fast_maxpool_matches_the_oracle_ties_included(rng, shape):
     dout = f32(rng, *out.shape)
     dx = ops.maxpool2x2_backward(dout, am, engine="numpy")
     assert dx.dtype == np.float32 and np.array_equal(dx, R.maxpool2x2_backward(dout.astype(np.float64), ram))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3, 4, 2), (3, 5, 6, 7, 4), (2, 16, 9, 5, 8)])  # N, C, H, W, K
+def test_fast_upconv_and_conv1x1_match_the_oracle(rng, shape):
+    n, c, h, w, k = shape
+    x = f32(rng, n, c, h, w)
+    wu, bu = f32(rng, c, k, 2, 2), f32(rng, k)
+    close(ops.upconv2x2_forward(x, wu, bu, engine="numpy"), *sums(R.upconv2x2_forward, x, wu, bu))
+    du = f32(rng, n, k, 2 * h, 2 * w)
+    close(ops.upconv2x2_backward_data(du, wu, engine="numpy"), *sums(R.upconv2x2_backward_data, du, wu))
+    dw, db = ops.upconv2x2_backward_weight(du, x, engine="numpy")
+    (gw, gb), (mw, mb) = sums(R.upconv2x2_backward_weight, du, x)
+    close(dw, gw, mw)
+    close(db, gb, mb)
+    w1, b1 = f32(rng, k, c, 1, 1), f32(rng, k)
+    close(ops.conv1x1_forward(x, w1, b1, engine="numpy"), *sums(R.conv1x1_forward, x, w1, b1))
+    d1 = f32(rng, n, k, h, w)
+    close(ops.conv1x1_backward_data(d1, w1, engine="numpy"), *sums(R.conv1x1_backward_data, d1, w1))
+    dw, db = ops.conv1x1_backward_weight(d1, x, engine="numpy")
+    (gw, gb), (mw, mb) = sums(R.conv1x1_backward_weight, d1, x)
+    close(dw, gw, mw)
+    close(db, gb, mb)
+
+
+def test_a_batch_computes_exactly_what_its_images_compute_alone(rng):
+    """Every float32 GEMM op of the numpy engine, bit for bit: a batch's outputs are its images' own,
+    and its weight gradients the in-order sum of the images' (what train --distributed's ranks add).
+    The shapes are the small preset's first level, where the im2col matrix comes in several chunks."""
+    n, c, h, w, k = 3, 4, 60, 70, 5
+    x, dout = f32(rng, n, c, h, w), f32(rng, n, k, h - 2, w - 2)
+    relu_out = np.maximum(f32(rng, n, k, h - 2, w - 2), 0)
+    w3, b3 = f32(rng, k, c, 3, 3), f32(rng, k)
+    wu, bu, du = f32(rng, c, k, 2, 2), f32(rng, k), f32(rng, n, k, 2 * h, 2 * w)
+    w1, b1, d1 = f32(rng, k, c, 1, 1), f32(rng, k), f32(rng, n, k, h, w)
+    per_image = [  # (op, its inputs with the batch first, which inputs are batched)
+        (ops.conv3x3_forward, (x, w3, b3), (0,)),
+        (ops.conv3x3_backward_data, (dout, w3, relu_out), (0, 2)),
+        (ops.upconv2x2_forward, (x, wu, bu), (0,)),
+        (ops.upconv2x2_backward_data, (du, wu), (0,)),
+        (ops.conv1x1_forward, (x, w1, b1), (0,)),
+        (ops.conv1x1_backward_data, (d1, w1), (0,))]
+    for op, args, batched in per_image:
+        whole = op(*args, engine="numpy")
+        for i in range(n):
+            one = op(*(a[i:i + 1] if j in batched else a for j, a in enumerate(args)), engine="numpy")
+            assert np.array_equal(whole[i:i + 1], one), (op.__name__, i)
+    summed = [(ops.conv3x3_backward_weight, (dout, x, relu_out)), (ops.upconv2x2_backward_weight, (du, x)),
+              (ops.conv1x1_backward_weight, (d1, x))]
+    for op, args in summed:
+        whole = op(*args, engine="numpy")
+        acc = None
+        for i in range(n):
+            one = op(*(a[i:i + 1] for a in args), engine="numpy")
+            acc = one if acc is None else tuple(s + o for s, o in zip(acc, one))
+        for got, want in zip(whole, acc):
+            assert np.array_equal(got, want), op.__name__

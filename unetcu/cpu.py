@@ -130,10 +130,13 @@ def conv3x3_backward_weight(dout, x, out=None, precision="fp32"):
         if precision != "fp32":  # db from the unrounded gradient; the products from the rounded one
             db += wide.sum(axis=(1, 2))
             wide[...] = tf32_round(wide)
-        # (K, L) @ (L, 9C + 1) by chunks of L, BLAS reading the transposed view as it is; the last column is db
+        # (K, L) @ (L, 9C + 1) by chunks of L, BLAS reading the transposed view as it is; the last column is db.
+        # Each image's sum is added whole: a batch of N gives what N processes of one image sum (distributed)
         g = wide.reshape(k, ho * wd)
+        dwi = np.zeros_like(dwb)
         for j0, j1, cols in _im2col_chunks(_tf32(precision, x[i])[0]):
-            dwb += g[:, j0:j1] @ cols.T
+            dwi += g[:, j0:j1] @ cols.T
+        dwb += dwi
     if precision == "fp32":
         db = dwb[:, -1].copy()
     return np.ascontiguousarray(dwb[:, :-1].reshape(k, 3, 3, c).transpose(0, 3, 1, 2)), db
@@ -181,3 +184,77 @@ def maxpool2x2_backward(dout, argmax):
     for pos, view in enumerate(_windows(dx)):
         np.multiply(dout, argmax == pos, out=view)
     return dx
+
+
+# ---- upconv2x2 and conv1x1: one GEMM per image -----------------------------------------------------
+# Per image, like the 3x3 convolutions: an image's arithmetic never depends on the batch it came in
+# (BLAS rounds a row differently with the matrix's row count), so a batch of N computes exactly what
+# N processes of one image each compute (train --distributed's ranks against one process).
+def _up_rows(w):
+    """w (C, K, 2, 2) -> (4K, C), row (k, i, j) = w[:, k, i, j]."""
+    c, k = w.shape[:2]
+    return np.ascontiguousarray(w.transpose(1, 2, 3, 0)).reshape(4 * k, c)
+
+
+def _up_split(di):
+    """di (K, 2H, 2W) -> (4K, H*W): row (k, i, j) holds the pixels (2y + i, 2x + j)."""
+    k, h2, w2 = di.shape
+    return np.ascontiguousarray(di.reshape(k, h2 // 2, 2, w2 // 2, 2).transpose(0, 2, 4, 1, 3)).reshape(4 * k, -1)
+
+
+def upconv2x2_forward(x, w, b):
+    """x (N, C, H, W), w (C, K, 2, 2), b (K,) -> (N, K, 2H, 2W), as reference.upconv2x2_forward."""
+    n, c, h, wd = x.shape
+    k = w.shape[1]
+    wm = _up_rows(w)
+    out = np.empty((n, k, 2 * h, 2 * wd), np.float32)
+    for i in range(n):
+        y = (wm @ x[i].reshape(c, h * wd)).reshape(k, 2, 2, h, wd)  # (k, i, j, y, x)
+        np.add(y.transpose(0, 3, 1, 4, 2).reshape(k, 2 * h, 2 * wd), b[:, None, None], out=out[i])
+    return out
+
+
+def upconv2x2_backward_data(dout, w):
+    """dout (N, K, 2H, 2W), w (C, K, 2, 2) -> dx (N, C, H, W)."""
+    n, k, h2, w2 = dout.shape
+    wt = _up_rows(w).T  # (C, 4K)
+    return np.stack([(wt @ _up_split(dout[i])).reshape(-1, h2 // 2, w2 // 2) for i in range(n)])
+
+
+def upconv2x2_backward_weight(dout, x):
+    """dout (N, K, 2H, 2W), x (N, C, H, W) -> (dw (C, K, 2, 2), db (K,)), each image's sum added whole."""
+    n, c = x.shape[:2]
+    k = dout.shape[1]
+    dw, db = np.zeros((c, 4 * k), np.float32), np.zeros(k, np.float32)
+    for i in range(n):
+        dw += x[i].reshape(c, -1) @ _up_split(dout[i]).T
+        db += dout[i].sum(axis=(1, 2))
+    return dw.reshape(c, k, 2, 2), db
+
+
+def conv1x1_forward(x, w, b):
+    """x (N, C, H, W), w (K, C, 1, 1), b (K,) -> (N, K, H, W)."""
+    n, c, h, wd = x.shape
+    wm = w[:, :, 0, 0]
+    out = np.empty((n, w.shape[0], h, wd), np.float32)
+    for i in range(n):
+        np.add((wm @ x[i].reshape(c, -1)).reshape(-1, h, wd), b[:, None, None], out=out[i])
+    return out
+
+
+def conv1x1_backward_data(dout, w):
+    """dout (N, K, H, W), w (K, C, 1, 1) -> dx (N, C, H, W)."""
+    n, k, h, wd = dout.shape
+    wt = w[:, :, 0, 0].T
+    return np.stack([(wt @ dout[i].reshape(k, -1)).reshape(-1, h, wd) for i in range(n)])
+
+
+def conv1x1_backward_weight(dout, x):
+    """dout (N, K, H, W), x (N, C, H, W) -> (dw (K, C, 1, 1), db (K,)), each image's sum added whole."""
+    n, c = x.shape[:2]
+    k = dout.shape[1]
+    dw, db = np.zeros((k, c), np.float32), np.zeros(k, np.float32)
+    for i in range(n):
+        dw += dout[i].reshape(k, -1) @ x[i].reshape(c, -1).T
+        db += dout[i].sum(axis=(1, 2))
+    return dw[:, :, None, None], db

@@ -46,15 +46,13 @@ def min_size_for(radius: float) -> int:
 
 def remove_small(inst: np.ndarray, min_size: int) -> tuple[np.ndarray, int]:
     """(ids, removed): the (H, W) object ids without the objects of fewer than min_size pixels (set to
-    background), the others renumbered 1..n in their order; removed = how many were dropped."""
+    background), the others renumbered 1..n in their order; removed = how many objects were dropped."""
     inst = np.asarray(inst)
     area = np.bincount(inst.ravel().astype(np.int64))
     small = area < min_size
     small[0] = False  # the background stays
     removed = int(np.count_nonzero(small[1:] & (area[1:] > 0)))
-    if not removed:
-        return inst, 0
-    keep = ~small & (area > 0)
+    keep = ~small & (area > 0)  # ids with no pixel (a gap in the numbering) go too
     keep[0] = False
     new = np.zeros(area.size, inst.dtype)
     new[keep] = np.arange(1, int(keep.sum()) + 1)

@@ -4,7 +4,9 @@ x (N, C, H, W), w (K, C, 1, 1), b (K,) -> (N, K, H, W). Variants: 1 for each dir
 """
 from __future__ import annotations
 
-from .. import reference
+import numpy as np
+
+from .. import cpu, reference
 from ..engines.runtime import resolve_engine
 from ._core import (Variant, accumulate_reference, as_np, check, check_size, empty, grid1d, i32, kernel, param_grads,
                     float_dtype, launch, pick_variant, register)
@@ -27,7 +29,7 @@ def conv1x1_forward(x, w, b, engine=None, variant=None):
     check_size(op, n * max(c, k) * h * wd)
     rec = pick_variant(op, variant)
     if engine == "numpy":
-        return as_np(op, reference.conv1x1_forward(x, w, b), x, w, b)
+        return as_np(op, (cpu if x.dtype == np.float32 else reference).conv1x1_forward(x, w, b), x, w, b)
     out = empty(engine, (n, k, h, wd))
     kernel(FILE, launch(rec, "grid1d"), engine)(*grid1d(out.size), (x, w, b, out, i32(n), i32(c), i32(h * wd), i32(k)))
     return out
@@ -43,7 +45,7 @@ def conv1x1_backward_data(dout, w, engine=None, variant=None):
     check_size(op, n * max(c, k) * h * wd)
     rec = pick_variant(op, variant)
     if engine == "numpy":
-        return as_np(op, reference.conv1x1_backward_data(dout, w), dout, w)
+        return as_np(op, (cpu if dout.dtype == np.float32 else reference).conv1x1_backward_data(dout, w), dout, w)
     dx = empty(engine, (n, c, h, wd))
     kernel(FILE, launch(rec, "grid1d"), engine)(*grid1d(dx.size), (dout, w, dx, i32(n), i32(c), i32(h * wd), i32(k)))
     return dx
@@ -61,6 +63,6 @@ def conv1x1_backward_weight(dout, x, dw=None, db=None, engine=None, variant=None
     check_size(op, n * max(c, k) * h * wd)
     rec = pick_variant(op, variant)
     if engine == "numpy":
-        return accumulate_reference(dw, db, reference.conv1x1_backward_weight(dout, x))
+        return accumulate_reference(dw, db, (cpu if dout.dtype == np.float32 else reference).conv1x1_backward_weight(dout, x))
     kernel(FILE, launch(rec, "block_per_ck"), engine)((c, k), (256,), (dout, x, dw, db, i32(n), i32(c), i32(h * wd), i32(k)))
     return dw, db

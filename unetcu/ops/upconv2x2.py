@@ -6,7 +6,9 @@ one block per (c, k) pair with the bias fused).
 """
 from __future__ import annotations
 
-from .. import reference
+import numpy as np
+
+from .. import cpu, reference
 from ..engines.runtime import resolve_engine
 from ._core import (Variant, accumulate_reference, as_np, check, check_size, empty, grid1d, i32, kernel, param_grads,
                     float_dtype, launch, pick_variant, register)
@@ -29,7 +31,7 @@ def upconv2x2_forward(x, w, b, engine=None, variant=None):
     check_size(op, n * max(c, 4 * k) * h * wd)
     rec = pick_variant(op, variant)
     if engine == "numpy":
-        return as_np(op, reference.upconv2x2_forward(x, w, b), x, w, b)
+        return as_np(op, (cpu if x.dtype == np.float32 else reference).upconv2x2_forward(x, w, b), x, w, b)
     out = empty(engine, (n, k, 2 * h, 2 * wd))
     kernel(FILE, launch(rec, "grid1d"), engine)(*grid1d(out.size), (x, w, b, out, i32(n), i32(c), i32(h), i32(wd), i32(k)))
     return out
@@ -48,7 +50,7 @@ def upconv2x2_backward_data(dout, w, engine=None, variant=None):
     check_size(op, dout.size + n * c * h2 * w2)
     rec = pick_variant(op, variant)
     if engine == "numpy":
-        return as_np(op, reference.upconv2x2_backward_data(dout, w), dout, w)
+        return as_np(op, (cpu if dout.dtype == np.float32 else reference).upconv2x2_backward_data(dout, w), dout, w)
     dx = empty(engine, (n, c, h2 // 2, w2 // 2))
     kernel(FILE, launch(rec, "grid1d"), engine)(*grid1d(dx.size), (dout, w, dx, i32(n), i32(c), i32(h2 // 2), i32(w2 // 2), i32(k)))
     return dx
@@ -66,6 +68,6 @@ def upconv2x2_backward_weight(dout, x, dw=None, db=None, engine=None, variant=No
     check_size(op, dout.size + x.size)
     rec = pick_variant(op, variant)
     if engine == "numpy":
-        return accumulate_reference(dw, db, reference.upconv2x2_backward_weight(dout, x))
+        return accumulate_reference(dw, db, (cpu if dout.dtype == np.float32 else reference).upconv2x2_backward_weight(dout, x))
     kernel(FILE, launch(rec, "block_per_ck"), engine)((c, k), (256,), (dout, x, dw, db, i32(n), i32(c), i32(h), i32(wd), i32(k)))
     return dw, db
