@@ -112,8 +112,9 @@ def test_unknown_arrays_missing_or_mistyped_options_are_refused(run, tmp_path):
 
     def extra(arrays):
         arrays["param/down0.norm.weight"] = np.ones(8, np.float32)
-    with pytest.raises(ValueError, match=r"param/down0.norm.weight\); update unetcu"):
-        UNet.load(rewrite(ckpt, tmp_path / "a.npz", extra), engine="numpy")
+    with pytest.raises(ValueError, match=rf"param/down0.norm.weight\) that this unetcu {__version__} does not know; update"):
+        UNet.load(rewrite(ckpt, tmp_path / "a.npz", extra, edit_meta=lambda m: m.update(version="9.1.0")),
+                  engine="numpy")
 
     def unversioned(meta):
         del meta["version"]
@@ -172,3 +173,48 @@ def test_non_finite_weights_after_the_last_update_are_never_saved(run, tmp_path,
     assert "the weights (up0.conv2.weight) became non-finite at step 3" in err and "last good checkpoint" in err, err
     _, _, state = UNet.load(out / "checkpoint.npz", engine="numpy", with_state=True)
     assert state["step"] == 2
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda m: m["state"]["config"].update(lr="fast"), "--lr is 'fast'"),
+    (lambda m: m["state"]["config"].update(steps="x"), "--steps is 'x'"),
+    (lambda m: m["state"]["config"].update(seed=1.5), "--seed is 1.5"),
+    (lambda m: m["state"]["config"].update(batch=0), "--batch is 0"),
+    (lambda m: m["state"]["config"].update(w0=-5.0), "--w0 is -5.0"),
+    (lambda m: m["state"]["config"].update(sigma=0.0), "--sigma is 0.0"),
+    (lambda m: m["state"]["config"].update(momentum=5.0), "--momentum is 5.0"),
+    (lambda m: m["state"]["config"].update(val_every=-1), "--val-every is -1"),
+    (lambda m: m["state"]["config"].update(augment="rotate"), "--augment is 'rotate'"),
+    (lambda m: m["state"]["config"]["run"].update(preset="huge"), "--preset is 'huge'"),
+    (lambda m: m["state"]["config"]["run"].update(classes="2"), "--classes is '2'"),
+    (lambda m: m["state"]["config"]["run"].update(no_dropout="no"), "--no-dropout is 'no'"),
+    (lambda m: m["state"]["config"]["run"].update(foo=1), "'run.foo'"),
+    (lambda m: m["state"].pop("config"), "holds no training options"),
+    (lambda m: m["state"].update(history="x"), "history"),
+    (lambda m: m["state"].update(step=-2), "its step is -2"),
+    (lambda m: m["state"].update(rng=None), "generator state"),
+    (lambda m: m.update(state=[1, 2]), "training state is list"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_saved_training_options_are_held_to_the_command_lines_rules(run, tmp_path, capsys, edit, words):
+    """A checkpoint's training options and state, edited or damaged, are refused in one line by
+    --resume (they used to end in tracebacks, or train with a --w0 the command line refuses)."""
+    bad = rewrite(run / "run" / "checkpoint.npz", tmp_path / "bad.npz", edit_meta=edit)
+    one_line_refusal(capsys, ["train", "--resume", bad, "--steps", "3"], words)
+
+
+def test_unknown_options_of_the_same_version_are_called_an_edit_not_a_newer_file(run, tmp_path, capsys):
+    bad = rewrite(run / "run" / "checkpoint.npz", tmp_path / "same.npz", edit_meta=lambda m: m["config"].update(norm=1))
+    line = one_line_refusal(capsys, ["predict", bad, str(run / "ex" / "images" / "synth_000.png"), "--out",
+                                     str(tmp_path / "p")], "'norm'", "edited or damaged")
+    assert "update unetcu" not in line
+    with pytest.raises(ValueError, match="not a unetcu model file"):
+        UNet.load(rewrite(run / "run" / "checkpoint.npz", tmp_path / "list.npz", edit_meta=lambda m: (m.clear())),
+                  engine="numpy")
+
+
+@pytest.mark.parametrize("radius", ["big", float("nan"), -3.0, True])
+def test_predict_refuses_a_damaged_object_size(run, tmp_path, capsys, radius):
+    bad = rewrite(run / "run" / "checkpoint.npz", tmp_path / "r.npz",
+                  edit_meta=lambda m: m["state"].update(object_radius=radius))
+    one_line_refusal(capsys, ["predict", bad, str(run / "ex" / "images" / "synth_000.png"), "--out",
+                              str(tmp_path / "p")], "object_radius")

@@ -255,6 +255,15 @@ def test_swapped_arguments_get_the_order(tmp_path, rng):
     assert [r["seg"] for _, r in rows] == [1.0, 1.0]
 
 
+def test_predictions_given_as_labels_are_named_as_such(tmp_path, rng):
+    """`evaluate predictions predictions`: predict's outputs as the ground truth get the order, not
+    'no label image for prediction'."""
+    d = _example(tmp_path, rng)
+    with pytest.raises(ValueError, match=r"LABELS .*pred holds predict's outputs .*not ground truth: evaluate takes "
+                                         r"PREDICTIONS then LABELS"):
+        M.evaluate_files(d / "pred", d / "pred")
+
+
 def test_a_probability_file_is_one_prediction_not_a_stack(tmp_path, rng):
     """Neighbour: NAME_prob.tif's pages are classes: against a 2-page label stack it is one page."""
     import tifffile

@@ -422,3 +422,14 @@ def test_resume_of_a_checkpoint_that_records_no_data_content(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"records no content of its --data (written before unetcu did): the files in {tmp_path / 'ex'}" in r.stdout
     assert UNet.load(ck, with_state=True)[2]["config"]["run"]["data_files"]  # recorded from now on
+
+
+def test_resume_with_val_data_of_a_run_that_had_none_says_so(tmp_path):
+    """A run that validated on its --data's last images has no --val-data to move: one line that says
+    so, not 'differs from the run's None'."""
+    _synth("ex", 3, 100, tmp_path)
+    r = run("train", *TINY, "--data", "ex", "--steps", "2", "--val-every", "2", "--out", "run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run("train", "--resume", str(tmp_path / "run" / "checkpoint.npz"), "--steps", "3", "--val-data", "ex",
+            "--no-progress", cwd=tmp_path)
+    assert r.returncode == 1 and "the run had no --val-data" in one_line(r) and "None" not in r.stderr, r.stderr

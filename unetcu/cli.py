@@ -94,6 +94,37 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _check_saved_values(path, saved: dict) -> None:
+    """Each option a checkpoint records, held to the rule its flag has on the command line (range,
+    choices, type): an edited or damaged file is refused in one line, never trained on."""
+    actions = {x.dest: x for x in _train_parser()._actions}
+    for k, v in saved.items():
+        act = actions.get(k)
+        if act is None or (v is None and TRAIN_DEFAULTS.get(k) is None) or k == "warmup" and v is None:
+            continue
+        kind = getattr(act.type, "kind", None)
+        if act.choices is not None:
+            ok = isinstance(v, str) and v in act.choices
+        elif kind is not None:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or v == int(v))
+            try:
+                ok = ok and act.type(str(int(v) if kind is int else v)) is not None
+            except argparse.ArgumentTypeError:
+                ok = False
+        elif act.nargs == 0:  # a store_true flag
+            ok = isinstance(v, bool)
+        else:
+            ok = isinstance(v, str)
+        if not ok:
+            raise ValueError(f"--resume {path}: the run's {_flag(k)} is {v!r}, which {_flag(k)} does not take "
+                             "(a damaged or edited checkpoint)")
+
+
+def _train_parser():
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["train"]
+
+
 def _train_options(a):
     """(options, resumed): the options of this run, a dict over TRAIN_DEFAULTS' keys; `resumed` is
     (model, momentum, state) of --resume's checkpoint, or None."""
@@ -116,9 +147,13 @@ def _train_options(a):
         saved.update(optimizer="sgd", warmup=0, schedule="constant")
     if "run" not in state.get("config", {}):  # written before checkpoints recorded their run's options
         saved = {k: v for k, v in saved.items() if k not in ("out",)}
+    _check_saved_values(a.resume, saved)
     for k, v in given.items():
         if k in ("data", "val_data") and _is_folder(saved.get(k)) and _is_folder(v):
             continue  # a data folder may have moved: _data_files compares its files' content
+        if k not in RESUME_MAY_CHANGE and k in saved and saved[k] is None:
+            raise ValueError(f"--resume {a.resume}: the run had no {_flag(k)}; a resumed run keeps its data, network and "
+                             f"sampling (omit {_flag(k)}, or start a new run)")
         if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != v:
             raise ValueError(f"--resume {a.resume}: {_flag(k)} {v} differs from the run's {saved[k]!r}; a resumed run keeps "
                              f"its data, network and sampling (omit {_flag(k)}, or start a new run)")
@@ -438,6 +473,7 @@ def number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
             raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}")
         return v
     parse.__name__ = name
+    parse.kind = kind  # what a saved value must be (_check_saved_values)
     return parse
 
 

@@ -218,9 +218,13 @@ def _predict_outputs(files) -> list:
 def _check_order(pred_path, label_path, preds: dict, labels: list):
     """Refuse PREDICTIONS and LABELS given the other way round: the first holds plain label images
     and the second predict's outputs (unetcu predict says the same for a model given after its images)."""
+    outputs = _predict_outputs(labels)
+    if outputs and any(kind != "plain" for kind, _ in preds.values()):
+        raise ValueError(f"LABELS {label_path} holds predict's outputs ({outputs[0].name}), not ground truth: evaluate "
+                         f"takes PREDICTIONS then LABELS (the label images the predictions are scored against"
+                         f"{_siblings_hint(label_path)})")
     if any(kind != "plain" for kind, _ in preds.values()):
         return
-    outputs = _predict_outputs(labels)
     if outputs:
         raise ValueError(f"evaluate takes PREDICTIONS then LABELS: {label_path} holds predict's outputs "
                          f"({outputs[0].name}) and {pred_path} label images; give them the other way round "

@@ -455,7 +455,7 @@ class UNet:
             raise ValueError(f"{path} is not a readable unetcu model file (truncated or foreign): {e}") from None
         try:
             meta = json.loads(bytes(arrays.pop("meta")).decode())
-            if meta.get("format") != FORMAT:
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise KeyError("format")
         except (KeyError, ValueError, UnicodeDecodeError):
             raise ValueError(f"{path} is not a unetcu model file (no '{FORMAT}' header)") from None
@@ -468,8 +468,8 @@ class UNet:
                 name in model.params or name[:2] in ("m:", "v:") and name[2:] in model.params)
         unknown = sorted(k for k in arrays if not known(k))
         if unknown:  # e.g. a newer unetcu's normalisation layers: ignoring them would run another network
-            raise ValueError(f"{path}: {_writer(meta)} holds arrays this unetcu {_version()} does not know "
-                             f"({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}); update unetcu to read it")
+            raise ValueError(f"{path}: {_writer(meta)} holds arrays ({', '.join(unknown[:3])}"
+                             f"{', ...' if len(unknown) > 3 else ''}) " + _unknown_cause(meta, "read it"))
         for k in model.params:
             a = arrays.get(f"param/{k}")
             if a is None or a.shape != model.params[k].shape:
@@ -479,12 +479,24 @@ class UNet:
             return model
         momentum = {k[len("momentum/"):]: model.xp.asarray(_checked_array(path, f"optimizer state {k[len('momentum/'):]}", v))
                     for k, v in arrays.items() if k.startswith("momentum/")}
-        return model, (momentum or None), meta.get("state", {})
+        state = meta.get("state", {})
+        if not isinstance(state, dict):
+            raise ValueError(f"{path}: its training state is {type(state).__name__}, not what unetcu writes: a damaged "
+                             "or edited file")
+        return model, (momentum or None), state
 
 
 def _version():
     from . import __version__
     return __version__
+
+
+def _unknown_cause(meta, action: str) -> str:
+    """Why this unetcu does not know something in a checkpoint: a newer unetcu wrote it, or (the same
+    version) the file was edited or damaged."""
+    if meta.get("version") == _version():
+        return "that this unetcu does not know (the same version: an edited or damaged file)"
+    return f"that this unetcu {_version()} does not know; update unetcu to {action}"
 
 
 def written_by(path) -> str:
@@ -507,8 +519,8 @@ def _checked_config(path, meta) -> dict:
     known = {"in_channels": int, "n_classes": int, "depth": int, "base_channels": int, "dropout": float}
     unknown = sorted(set(config) - set(known))
     if unknown:
-        raise ValueError(f"{path}: {_writer(meta)} with network option(s) {', '.join(map(repr, unknown))} that this "
-                         f"unetcu {_version()} does not know; update unetcu to read it")
+        raise ValueError(f"{path}: {_writer(meta)} with network option(s) {', '.join(map(repr, unknown))} "
+                         + _unknown_cause(meta, "read it"))
     missing = sorted(set(known) - set(config))
     if missing:
         raise ValueError(f"{path}: {_writer(meta)} lacks network option(s) {', '.join(map(repr, missing))}")

@@ -8,6 +8,7 @@ page at a time, so memory stays near one page's working set however many pages c
 output file is written to a temporary name and renamed, so a failure leaves no half-written file."""
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -82,6 +83,11 @@ def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, 
         if not e.kind.endswith(" image"):
             raise
         raise ValueError(f"{e} (the model comes first, then the images)") from None  # an image where the model belongs
+    radius = state.get("object_radius")
+    if radius is not None and not (isinstance(radius, (int, float)) and not isinstance(radius, bool)
+                                   and math.isfinite(radius) and radius > 0):
+        raise ValueError(f"{model_path}: the size of its training objects (object_radius) is {radius!r}, not a radius in "
+                         "pixels: a damaged or edited checkpoint")
     if instances == "watershed" and min_distance is None:
         if not state.get("object_radius"):
             raise ValueError(f"{model_path} does not record the size of its training objects (trained on class labels, "
@@ -123,7 +129,8 @@ def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, 
             i += 1
             if progress:
                 small = f" ({removed} under {min_size} px left out)" if removed else ""
-                print(f"[{i}/{len(flat)}] {name}: {img.shape[0]}x{img.shape[1]}, {n} objects{small} -> {out}/{name}_*",
+                print(f"[{i}/{len(flat)}] {name}: {img.shape[0]}x{img.shape[1]}, {n} object{'' if n == 1 else 's'}{small} "
+                      f"-> {out}/{name}_*",
                       file=sys.stderr)
     if progress:  # the ids 1..n of a 16-bit image are near black in a photo viewer: name the file to look at
         print(f"to look at: {out}/*_overlay.png (objects in colour over the image); *_instances.png holds the object "

@@ -91,15 +91,36 @@ class TrainConfig:
 
 
 def check_saved_options(path, state: dict) -> None:
-    """Refuse a checkpoint whose training options include one this unetcu does not know (written by a
-    newer unetcu, say): dropping it would resume a different run without a word."""
+    """Refuse a checkpoint whose training state is not what `unetcu train` writes: an option this
+    unetcu does not know (written by a newer unetcu, say: dropping it would resume a different run
+    without a word), or a step, generator state or history of the wrong kind (a damaged or edited
+    file). The options' values are checked against the command line's rules by the CLI."""
     from dataclasses import fields
     from .model import written_by
     from . import __version__
-    unknown = sorted(set(state.get("config", {})) - {f.name for f in fields(TrainConfig)})
+    config = state.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("run", {}), dict):
+        raise ValueError(f"--resume {path}: holds no training options (a model saved outside `unetcu train`, or a "
+                         "damaged file): it cannot be resumed; start a new run")
+    unknown = sorted(set(config) - {f.name for f in fields(TrainConfig)})
+    unknown += sorted(f"run.{k}" for k in set(config.get("run", {})) - RUN_KEYS)
     if unknown:
-        raise ValueError(f"--resume {path}: {written_by(path)} with training option(s) {', '.join(map(repr, unknown))} "
-                         f"that this unetcu {__version__} does not know; update unetcu to continue the run")
+        writer = written_by(path)
+        cause = ("that this unetcu does not know (the same version: an edited or damaged file)"
+                 if writer.endswith(f" {__version__}") else f"that this unetcu {__version__} does not know; update unetcu "
+                 "to continue the run")
+        raise ValueError(f"--resume {path}: {writer} with training option(s) {', '.join(map(repr, unknown))} {cause}")
+    step, rng, history = state.get("step"), state.get("rng"), state.get("history", [])
+    if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+        raise ValueError(f"--resume {path}: its step is {step!r}, not a count of steps: a damaged or edited file")
+    if not isinstance(rng, dict) or not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        raise ValueError(f"--resume {path}: its generator state or history is not what unetcu train writes: a damaged "
+                         "or edited file")
+
+
+# the keys of TrainConfig.run (how a run was started) that this unetcu writes
+RUN_KEYS = {"val_data", "val_fraction", "labels", "classes", "n_synthetic", "no_dropout", "data_files", "val_data_files",
+            "data", "preset", "ranks"}
 
 
 @dataclass
