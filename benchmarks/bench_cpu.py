@@ -156,6 +156,34 @@ def end_to_end(steps, data, rounds):
     return rows
 
 
+def section(r) -> list[str]:
+    """RESULTS.md's CPU section from bench_cpu's JSON (make_results.py: cpu.json)."""
+    m = r["machine"]
+    lines = ["## CPU: the numpy engine against PyTorch on the CPU", "",
+             f"Measured {m['date']}, commit {m.get('commit', '?')}, on {m['machine']} with {m['cpus']} cores; unetcu's "
+             f"numpy engine on {m['blas']}, PyTorch {m.get('torch')} (oneDNN) with its default threads; each side in "
+             "a process of its own, alternating, the median of the rounds (`python -m benchmarks.bench_cpu`). "
+             "Ratio = ours / PyTorch (< 1: unetcu is faster).", "",
+             "| preset | step (forward + backward): ours | PyTorch | ratio | forward: ours | PyTorch | ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for s in r["steps"]:
+        lines.append(f"| {s['preset']} | {s['ours_step_ms']:.1f} ms | {s['torch_step_ms']:.1f} ms | {s['step_ratio']:.2f}x "
+                     f"| {s['ours_forward_ms']:.1f} ms | {s['torch_forward_ms']:.1f} ms | {s['forward_ratio']:.2f}x |")
+    bd = r["breakdown"]
+    lines += ["", f"unetcu's small-preset step by op, process CPU time over all threads (a step of "
+                  f"{bd['step_cpu_ms']:.0f} ms CPU):", "", "| op | ms |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in bd["ops"].items()]
+    if r.get("end_to_end"):
+        lines += ["", "End to end, small preset, a fresh process each (`--e2e`): `unetcu train` (its defaults) against "
+                      "the PyTorch peer (benchmarks/peer.py's plain recipe: unetcu's tiles, PyTorch's step and Adam). unetcu's "
+                      "side does more: the paper's weight maps (the border term's distance transforms; the peer "
+                      "balances classes only), the validation and its plots at the end:", "",
+                  "| augmentation | steps | unetcu train | PyTorch peer | ratio |", "|---|---|---|---|---|"]
+        lines += [f"| {e['augment']} | {e['steps']} | {e['ours_s']:.1f} s | {e['peer_s']:.1f} s | {e['ratio']:.2f}x |"
+                  for e in r["end_to_end"]]
+    return lines
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["tiny", "small"], choices=list(PRESETS))

@@ -4,7 +4,7 @@
 
 DIR holds kernels.json (bench_kernels.py), step.json (bench_step.py) and optionally quality.json
 (quality.py; also looked for in DIR/quality/), quality-*.json (more quality runs, whose runs are
-added), ablation/runs.jsonl (ablation.py) and large.json (bench_large.py). Nothing in RESULTS.md is
+added), ablation/runs.jsonl (ablation.py), large.json (bench_large.py) and cpu.json (bench_cpu.py). Nothing in RESULTS.md is
 typed by hand.
 """
 from __future__ import annotations
@@ -215,8 +215,8 @@ def main(argv=None):
         q = q or dict(run, runs=[])
         q["runs"] += rs
     abl = [json.loads(line) for line in open(d / "ablation" / "runs.jsonl")] if (d / "ablation" / "runs.jsonl").exists() else []
-    lg = _load(d, "large.json")
-    if not (k or s or q or abl or lg):
+    lg, cpu = _load(d, "large.json"), _load(d, "cpu.json")
+    if not (k or s or q or abl or lg or cpu):
         print(f"make_results: no kernels.json, step.json, quality.json, ablation/runs.jsonl or large.json in {d}",
               file=sys.stderr)
         return 1
@@ -236,6 +236,9 @@ def main(argv=None):
     if lg:
         from benchmarks.bench_large import section as large_section
         lines += large_section(lg) + [""]
+    if cpu:
+        from benchmarks.bench_cpu import section as cpu_section
+        lines += cpu_section(cpu) + [""]
     out.write_text("\n".join(lines))
     print(f"wrote {out}")
     return 0

@@ -155,3 +155,9 @@ def test_cpu_benchmark_worker_and_breakdown_run_without_torch():
     bd = breakdown("tiny", reps=2)
     assert {"conv3x3_forward", "conv3x3_backward_weight", "softmax_xent"} <= set(bd["ops"])
     assert bd["step_cpu_ms"] > 0 and all(v >= 0 for k, v in bd["ops"].items() if not k.startswith("("))
+    from benchmarks.bench_cpu import section
+    row = dict(preset="tiny", ours_step_ms=res["step_ms"], torch_step_ms=2 * res["step_ms"], step_ratio=0.5,
+               ours_forward_ms=res["forward_ms"], torch_forward_ms=res["forward_ms"], forward_ratio=1.0)
+    text = "\n".join(section(dict(machine=dict(date="2026-12-06", machine="x86_64", cpus=2, blas="openblas"),
+                                  steps=[row], breakdown=bd, end_to_end=[])))
+    assert "| tiny |" in text and "0.50x" in text and "| conv3x3_forward |" in text
