@@ -143,3 +143,19 @@ def test_a_batch_computes_exactly_what_its_images_compute_alone(rng):
             acc = one if acc is None else tuple(s + o for s, o in zip(acc, one))
         for got, want in zip(whole, acc):
             assert np.array_equal(got, want), op.__name__
+
+
+def test_the_blas_and_its_threads_are_named(tmp_path):
+    """The numpy engine's speed is mostly its BLAS's: `unetcu train` names it and its threads."""
+    from unetcu.cli import main
+    import contextlib
+    import io
+    info = cpu.blas_info()
+    assert " threads" in info and info.split()[0] in ("openblas", "mkl", "blis", "accelerate", "flexiblas"), info
+    out = io.StringIO()
+    assert main(["synth", str(tmp_path / "ex"), "--count", "2", "--size", "64"]) == 0
+    with contextlib.redirect_stdout(out):
+        assert main(["train", "--preset", "tiny", "--steps", "1", "--data", str(tmp_path / "ex"), "--out",
+                     str(tmp_path / "run"), "--no-progress", "--engine", "numpy"]) == 0
+    assert f"on engine 'numpy' ({cpu.blas_info()}):" in out.getvalue(), out.getvalue()
+    assert cpu.blas_info() == info  # NumPy's BLAS only, whatever other libraries loaded since

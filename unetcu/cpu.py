@@ -33,6 +33,8 @@ def blas_info() -> str:
     (threadpoolctl), for the run's banner: the numpy engine's speed is mostly this library's."""
     from threadpoolctl import threadpool_info
     libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    # NumPy's own (numpy.libs/...): SciPy may load a second OpenBLAS that NumPy's matmul never calls
+    libs = [i for i in libs if "numpy" in i.get("filepath", "")] or libs
     return ", ".join(f"{i['internal_api']} {i.get('version') or ''}".rstrip() + f", {i['num_threads']} threads"
                      for i in libs) or "no BLAS found by threadpoolctl"
 

@@ -402,7 +402,11 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
         dist.begin(model, opt, cfg, rng.bit_generator.state, start)
     if resume:
         log(f"resumed from {resume} at step {start}")
-    log(f"training {model.n_params:,} parameters on engine '{model.engine}': tile {cfg.tile} -> {o}, batch {cfg.batch}, "
+    blas = ""
+    if model.engine == "numpy":  # its speed is mostly the BLAS's: say which, and on how many threads
+        from .cpu import blas_info
+        blas = f" ({blas_info()})"
+    log(f"training {model.n_params:,} parameters on engine '{model.engine}'{blas}: tile {cfg.tile} -> {o}, batch {cfg.batch}, "
         f"{len(data)} training / {len(val_samples)} validation images, {describe(cfg)}, "
         f"augment {cfg.augment}, steps {start}..{cfg.steps}" + (f"; {dist.describe()}" if dist else ""))
     ckpt = out / "checkpoint.npz"
