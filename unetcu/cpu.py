@@ -1,6 +1,7 @@
-"""The numpy engine's float32 ops: the valid 3x3 convolution lowered to one large GEMM per image
-through NumPy's BLAS, apart from the float64 oracle in reference.py (which stays the plain,
-obviously right einsum code the kernels are tested against, and which these are tested against).
+"""The numpy engine's float32 ops: the valid 3x3 convolution, the 2x2 up-convolution and the 1x1 head
+each lowered to GEMMs per image through NumPy's BLAS, and max-pooling over the windows' strided views;
+apart from the float64 oracle in reference.py (which stays the plain, obviously right einsum code the
+kernels are tested against, and which these are tested against: tests/test_cpu.py).
 
 The lowering (im2col over a flat image): an image x (C, H, W) is read as its flat (C, H*W) rows.
 The output pixel (y, x) of a valid 3x3 convolution is computed at the flat position p = y*W + x of a
@@ -8,7 +9,8 @@ grid as wide as the input (the last two columns of each row are garbage and are 
 (dy, dx) reads the flat input at p + dy*W + dx. So each tap's operand is one *contiguous* slice of
 every channel's row, x_flat[:, s : s + L] with s = dy*W + dx and L = (H-3)*W + W-2 (the last valid
 output's flat position + 1, which keeps every read inside the image): im2col is 9 slice copies
-(memcpy speed) instead of a gather, and the GEMM (K, 9C) @ (9C, L) is one BLAS call per image.
+(memcpy speed) instead of a gather, and the GEMM is (K, 9C + 1) @ (9C + 1, L), the bias riding on a
+row of ones, in chunks of CHUNK columns that stay in cache.
 Backward-weight is the same im2col times the gradient laid out on the same wide grid (zeros in the
 garbage columns); backward-data is the forward convolution of the gradient zero-padded by 2 with
 the kernel flipped and transposed (C and K swapped), as in reference.conv3x3_backward_data.
