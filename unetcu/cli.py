@@ -100,7 +100,7 @@ def _check_saved_values(path, saved: dict) -> None:
     actions = {x.dest: x for x in _train_parser()._actions}
     for k, v in saved.items():
         act = actions.get(k)
-        if act is None or (v is None and TRAIN_DEFAULTS.get(k) is None) or k == "warmup" and v is None:
+        if act is None or (v is None and TRAIN_DEFAULTS.get(k) is None):  # unset options (warmup, val_data, ...)
             continue
         kind = getattr(act.type, "kind", None)
         if act.choices is not None:
@@ -265,10 +265,10 @@ def _cmd_train(a) -> int:
         data_opt = "synthetic"
     else:
         data_opt = o["data"]
-        label_mode = D.label_mode_for(o["labels"], n_classes)  # auto: class ids above 2 classes; binary etc. give 2
-        allsamples = D.load_folder(data_opt, label_mode, n_classes)
+        # load_folder reads with D.label_mode_for(labels, n_classes): auto means class ids above 2 classes
+        allsamples = D.load_folder(data_opt, o["labels"], n_classes)
         if o["val_data"]:
-            train_s, val_s = allsamples, D.load_folder(o["val_data"], label_mode, n_classes)
+            train_s, val_s = allsamples, D.load_folder(o["val_data"], o["labels"], n_classes)
         else:
             train_s, val_s = D.split_train_val(allsamples, o["val_fraction"])
         source = f"{o['data']}: {len(train_s)} training, {len(val_s)} validation images"
