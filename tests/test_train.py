@@ -37,20 +37,38 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch, recipe):
     schedule is that of the whole run; the optimizer's state comes back from the checkpoint)."""
     from unetcu import train as T
     full = _tiny(tmp_path, 12, "full", **recipe)
-    real, drawn = T.draw_batch, []
+    real, drawn = T.render_batch, []
 
-    def ctrl_c_at_step_7(*a):
+    def ctrl_c_at_step_7(*a):  # step 7's tiles are rendered ahead, in the worker, during step 6
         drawn.append(1)
         if len(drawn) == 7:
             raise KeyboardInterrupt
         return real(*a)
-    monkeypatch.setattr(T, "draw_batch", ctrl_c_at_step_7)
-    with pytest.raises(T.TrainingInterrupted):
+    monkeypatch.setattr(T, "render_batch", ctrl_c_at_step_7)
+    with pytest.raises(T.TrainingInterrupted) as e:
         _tiny(tmp_path, 12, "half", ckpt_every=100, **recipe)
-    monkeypatch.setattr(T, "draw_batch", real)
+    assert e.value.step == 6
+    monkeypatch.setattr(T, "render_batch", real)
     resumed = _tiny(tmp_path, 12, "half", resume=str(tmp_path / "half" / "checkpoint.npz"), **recipe)
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
     assert [r["lr"] for r in resumed] == [r["lr"] for r in full]
+
+
+@pytest.mark.parametrize("augment", ["elastic", "flips"])
+def test_tiles_rendered_ahead_are_the_tiles_drawn_in_place(tmp_path, monkeypatch, augment):
+    """The worker that renders the next step's tiles changes nothing: the same losses, bit for bit, as a
+    loop that draws and renders every step's tiles in place, and the same generator state saved."""
+    from unetcu import train as T
+    ahead = _tiny(tmp_path, 6, "ahead", augment=augment)
+
+    class InPlace(T.TileAhead):  # the loop without a worker: draw_batch at every step
+        def ahead(self):
+            return self.rng.bit_generator.state
+    monkeypatch.setattr(T, "TileAhead", InPlace)
+    in_place = _tiny(tmp_path, 6, "in_place", augment=augment)
+    assert [r["loss"] for r in ahead] == [r["loss"] for r in in_place]
+    saved = [UNet.load(str(tmp_path / n / "checkpoint.npz"), with_state=True)[2]["rng"] for n in ("ahead", "in_place")]
+    assert saved[0] == saved[1]
 
 
 def test_nan_loss_stops_training_and_keeps_last_checkpoint(tmp_path, monkeypatch):

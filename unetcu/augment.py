@@ -118,7 +118,7 @@ def _make_pixel(jit):
 _cpu_pixel = _make_pixel(njit(cache=False))
 
 
-@njit(parallel=True, cache=False)
+@njit(parallel=True, nogil=True, cache=False)  # nogil: it runs in train's tile worker beside the step
 def _warp_cpu(tile, out, disp, rot, flip_y, flip_x, cy, cx, cubic, image, labels, weights,
               out_image, out_labels, out_weights):
     for idx in prange(tile * tile):
@@ -268,22 +268,36 @@ def gray_values(tile, params: WarpParams, xp=np):
     return t.astype(np.float32)
 
 
-def random_window(rng: np.random.Generator, image, labels, weights, tile: int, out: int, flips: bool = True):
-    """The plain augmentation (no elastic warp): a random window, mirror-padded at the borders,
-    with random flips and 90 degree rotations when `flips`."""
-    h, w = image.shape
-    m = (tile - out) // 2
+def draw_window(rng: np.random.Generator, image_hw, tile: int, out: int, flips: bool = True) -> tuple:
+    """The plain augmentation's random numbers, in random_window's order: (y0, x0, quarter turns k,
+    mirror f) for an image of shape image_hw. window() applies them."""
+    h, w = image_hw
     y0 = int(rng.integers(0, max(1, h - out + 1)))
     x0 = int(rng.integers(0, max(1, w - out + 1)))
+    k, f = (int(rng.integers(0, 4)), bool(rng.random() < 0.5)) if flips else (0, False)
+    return y0, x0, k, f
+
+
+def window(image, labels, weights, tile: int, out: int, drawn: tuple):
+    """The window of draw_window's numbers: image (tile, tile) float32, labels (out, out) int32 and
+    weights (out, out) float32, mirror-padded at the borders, turned k quarters, then mirrored."""
+    y0, x0, k, f = drawn
+    h, w = image.shape
+    m = (tile - out) // 2
     pi = mirror_pad(image, m, m + max(0, out - h), m, m + max(0, out - w))
     pl = mirror_pad(labels, 0, max(0, out - h), 0, max(0, out - w))
     pw = mirror_pad(weights, 0, max(0, out - h), 0, max(0, out - w))
     t = pi[y0:y0 + tile, x0:x0 + tile]
     lab = pl[y0:y0 + out, x0:x0 + out]
     wt = pw[y0:y0 + out, x0:x0 + out]
-    k, f = (int(rng.integers(0, 4)), bool(rng.random() < 0.5)) if flips else (0, False)
     res = []
     for a in (t, lab, wt):
         a = np.rot90(a, k)
         res.append(np.ascontiguousarray(a[:, ::-1] if f else a))
     return res[0].astype(np.float32), res[1].astype(np.int32), res[2].astype(np.float32)
+
+
+def random_window(rng: np.random.Generator, image, labels, weights, tile: int, out: int, flips: bool = True):
+    """The plain augmentation (no elastic warp): a random window, mirror-padded at the borders,
+    with random flips and 90 degree rotations when `flips` (draw_window, then window)."""
+    return window(image, labels, weights, tile, out, draw_window(rng, image.shape, tile, out, flips))

@@ -156,29 +156,76 @@ def draw_batch(data: list[Prepared], cfg: TrainConfig, model: UNet, rng: np.rand
     """(x (B, 1, T, T), labels (B, O, O), weights (B, O, O)) on the model's engine.
     part (rank, ranks): the draws of ranks x B tiles are taken from rng in turn and this rank keeps
     tiles rank*B .. rank*B + B - 1 (the others' elastic warps are skipped), see distributed.py."""
+    return render_batch(draw_plan(data, cfg, model, rng, part), cfg, model)
+
+
+def draw_plan(data: list[Prepared], cfg: TrainConfig, model: UNet, rng: np.random.Generator, part=(0, 1)) -> list:
+    """draw_batch's random numbers, in its order: (image, warp parameters or window) for each tile this
+    rank keeps. Cheap: render_batch does the work, so the loop can render a step ahead (TileAhead)."""
+    if cfg.augment not in ("elastic", "flips", "none"):
+        raise ValueError(f"augment must be elastic, flips or none, got {cfg.augment!r}")
+    o = output_size(cfg.tile, model.config["depth"])
+    plan = []
+    for i in range(cfg.batch * part[1]):
+        d = data[int(rng.integers(len(data)))]
+        if cfg.augment == "elastic":
+            drawn = augment.draw_params(rng, d.image.shape, sigma=cfg.elastic_sigma)
+        else:
+            drawn = augment.draw_window(rng, d.image.shape, cfg.tile, o, flips=cfg.augment == "flips")
+        if i // cfg.batch == part[0]:
+            plan.append((d, drawn))
+    return plan
+
+
+def render_batch(plan: list, cfg: TrainConfig, model: UNet):
+    """The tiles of a draw_plan: elastic warps (Numba) or windows, stacked on the model's engine."""
     t = cfg.tile
     o = output_size(t, model.config["depth"])
     xs, ls, ws = [], [], []
-    for i in range(cfg.batch * part[1]):
-        mine = i // cfg.batch == part[0]
-        d = data[int(rng.integers(len(data)))]
+    for d, drawn in plan:
         if cfg.augment == "elastic":
-            p = augment.draw_params(rng, d.image.shape, sigma=cfg.elastic_sigma)
-            if not mine:
-                continue
-            img, lab, wt, _ = augment.warp(d.image, d.classes, d.weights, p, t, o,
+            img, lab, wt, _ = augment.warp(d.image, d.classes, d.weights, drawn, t, o,
                                            target="cuda" if model.engine == "cuda" else "cpu")
-        elif cfg.augment in ("flips", "none"):
-            img, lab, wt = augment.random_window(rng, d.image, d.classes, d.weights, t, o, flips=cfg.augment == "flips")
-            if not mine:
-                continue
         else:
-            raise ValueError(f"augment must be elastic, flips or none, got {cfg.augment!r}")
+            img, lab, wt = augment.window(d.image, d.classes, d.weights, t, o, drawn)
         xs.append(img), ls.append(lab), ws.append(wt)
     xp = model.xp
     return (xp.ascontiguousarray(xp.stack([xp.asarray(a) for a in xs])[:, None]),
             xp.ascontiguousarray(xp.stack([xp.asarray(a) for a in ls]).astype(np.int32)),
             xp.ascontiguousarray(xp.stack([xp.asarray(a) for a in ws]).astype(np.float32)))
+
+
+class TileAhead:
+    """The next step's tiles rendered in a worker thread while this step computes (CPU engines: the
+    elastic warp and the window copies overlap the step's NumPy work, which releases the GIL). Every
+    random number is still drawn in the loop's thread and in the order of a loop without it (this
+    step's tiles, its dropout seed, then the next step's tiles), so a seed gives the same tiles, and a
+    checkpoint keeps the generator's state from before the next step's draws: a resume repeats the run
+    exactly. The first step's tiles are drawn by draw_batch in the loop's thread (the warp compiles there)."""
+
+    def __init__(self, data, cfg, model, rng, part=(0, 1)):
+        from concurrent.futures import ThreadPoolExecutor
+        self.data, self.cfg, self.model, self.rng, self.part = data, cfg, model, rng, part
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="unetcu-tiles")
+        self.pending = None
+
+    def tiles(self):
+        """This step's (x, labels, weights): rendered ahead when ahead() was called, else drawn now."""
+        if self.pending is None:
+            return draw_batch(self.data, self.cfg, self.model, self.rng, self.part)
+        pending, self.pending = self.pending, None
+        return pending.result()  # an exception of the worker (a Ctrl-C too) is raised here
+
+    def ahead(self):
+        """Draw the next step's tiles now and render them in the worker. Returns the generator's state
+        before these draws: the state a checkpoint of this step keeps."""
+        state = self.rng.bit_generator.state
+        plan = draw_plan(self.data, self.cfg, self.model, self.rng, self.part)
+        self.pending = self.pool.submit(render_batch, plan, self.cfg, self.model)
+        return state
+
+    def close(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Progress:
@@ -435,13 +482,16 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
         state = dict(step=step, rng=rng_state, history=history, config=asdict(cfg), object_radius=radius)
         model.save(ckpt, momentum=opt.state, state=_jsonable(state))
 
-    def step_done(step, loss):  # the step's row, and the state a checkpoint of this step holds
+    def step_done(step, loss, rng_state):  # the step's row, and the state a checkpoint of this step holds
         row = dict(step=step, loss=loss, lr=cfg.lr_at(step),
                    seconds=time.perf_counter() - t_start)
         history.append(row)
-        return step, rng.bit_generator.state, row
+        return step, rng_state, row
 
     interrupts = _Interrupts()
+    # CPU engines render the next step's tiles in a worker thread; on a GPU the warp is one kernel on
+    # the training stream (and CuPy's current stream is per thread)
+    ahead = TileAhead(data, cfg, model, rng, dist.part if dist else (0, 1)) if model.engine != "cuda" else None
     bar.begin(" (the first step also compiles the elastic warp)" if cfg.augment == "elastic" else "")
     try:
         # numpy's overflow warnings would spill source lines before the one-line message: a non-finite
@@ -449,13 +499,18 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
         with interrupts, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for step in range(start + 1, cfg.steps + 1):
                 interrupts.check()
-                x, lab, wt = draw_batch(data, cfg, model, rng, *([dist.part] if dist else []))
+                if ahead is not None:
+                    x, lab, wt = ahead.tiles()
+                else:
+                    x, lab, wt = draw_batch(data, cfg, model, rng, *([dist.part] if dist else []))
                 interrupts.check()  # the warp compiles in the first draw: a Ctrl-C it swallowed stops here
                 dropout_seed = int(rng.integers(2**63))
+                # the state after this step's draws, before the next step's (drawn now when rendered ahead)
+                rng_state = ahead.ahead() if ahead is not None and step < cfg.steps else rng.bit_generator.state
                 if graph_step is not None:  # the update is part of the graph: a bad loss is known only after it
                     with interrupts.hold():
                         loss, bad = graph_step(x, lab, wt, dropout_seed)
-                        done, done_rng, row = step_done(step, loss)
+                        done, done_rng, row = step_done(step, loss, rng_state)
                     if bad:
                         raise ValueError(f"step {step}: a label lies outside the model's {model.config['n_classes']} classes")
                 elif dist is not None:  # every rank's tiles: the mean loss and gradient (distributed.py)
@@ -473,7 +528,7 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
                         if cfg.clip > 0:
                             clip_gradients(grads, cfg.clip, model.xp)
                         opt.step(model.params, grads, cfg.lr_at(step), step)
-                        done, done_rng, row = step_done(step, loss)  # before a held Ctrl-C is raised
+                        done, done_rng, row = step_done(step, loss, rng_state)  # before a held Ctrl-C is raised
                 if dist is not None and (step % cfg.ckpt_every == 0 or step == cfg.steps):
                     dist.check_same(model, opt, done_rng, step)  # every rank: the same weights, or stop
                 if not root:
@@ -505,6 +560,9 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
                     plot_curves(history, out / "curves.png")
         kept = done > start or (resume and ckpt.exists() and same_file(resume, ckpt))  # not an old run's
         raise TrainingInterrupted(done, ckpt if kept else None) from None
+    finally:
+        if ahead is not None:  # a step ahead that is no longer wanted: waited for, never left running
+            ahead.close()
     return history
 
 
