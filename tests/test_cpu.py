@@ -89,6 +89,18 @@ def test_fast_maxpool_matches_the_oracle_ties_included(rng, shape):
     assert dx.dtype == np.float32 and np.array_equal(dx, R.maxpool2x2_backward(dout.astype(np.float64), ram))
 
 
+def test_fast_maxpool_keeps_a_nan_where_the_oracle_does(rng):
+    """A NaN in a window is its maximum (the oracle's argmax: the first NaN), wherever it sits, so a
+    diverging activation reaches the loss instead of being pooled away."""
+    x = f32(rng, 2, 3, 8, 6)
+    flat = x.reshape(-1)
+    flat[rng.choice(flat.size, 20, replace=False)] = np.nan
+    x[0, 0, :2, :2] = np.nan  # a window of NaNs only
+    out, am = ops.maxpool2x2_forward(x, engine="numpy")
+    rout, ram = R.maxpool2x2_forward(x.astype(np.float64))
+    assert np.isnan(out).sum() > 0 and np.array_equal(am, ram) and np.array_equal(out, rout, equal_nan=True)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 3, 4, 2), (3, 5, 6, 7, 4), (2, 16, 9, 5, 8)])  # N, C, H, W, K
 def test_fast_upconv_and_conv1x1_match_the_oracle(rng, shape):
     n, c, h, w, k = shape
