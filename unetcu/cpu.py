@@ -21,6 +21,7 @@ cores unless OPENBLAS_NUM_THREADS says otherwise); `unetcu train` names it and i
 """
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -280,3 +281,31 @@ def conv1x1_backward_weight(dout, x):
         dw += dout[i].reshape(k, -1) @ x[i].reshape(c, -1).T
         db += dout[i].sum(axis=(1, 2))
     return dw[:, :, None, None], db
+
+
+# ---- adam_update: one pass, in place ----------------------------------------------------------------
+@njit(nogil=True, cache=True)
+def _adam(p, g, m, v, lr, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay, bc1, bc2_sqrt, decoupled):
+    one = np.float32(1)
+    for i in range(p.size):  # kernels/adam.cu's adam_update_kernel1, line for line, in float32
+        pi, gi = p[i], g[i]
+        if decoupled:
+            pi *= one - lr * weight_decay
+        else:
+            gi += weight_decay * pi
+        mi = beta1 * m[i] + one_minus_beta1 * gi
+        vi = beta2 * v[i] + one_minus_beta2 * gi * gi
+        m[i], v[i] = mi, vi
+        p[i] = pi - (lr / bc1) * mi / (np.sqrt(vi) / bc2_sqrt + eps)
+
+
+def adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+    """Adam/AdamW on float32 arrays, in place: param, m and v C-contiguous of one shape (ops.adam_update
+    checks), grad of that shape. The arithmetic of kernels/adam.cu: float32 throughout, with 1 - beta,
+    the bias correction 1 - beta1^step and sqrt(1 - beta2^step) computed in double once and rounded
+    (reference.adam is the float64 oracle). One pass over memory instead of NumPy's ~15 array passes."""
+    f = np.float32
+    _adam(param.reshape(-1), np.ascontiguousarray(grad, np.float32).reshape(-1), m.reshape(-1), v.reshape(-1),
+          f(lr), f(beta1), f(beta2), f(1.0 - beta1), f(1.0 - beta2), f(eps), f(weight_decay),
+          f(1.0 - beta1 ** int(step)), f(math.sqrt(1.0 - beta2 ** int(step))), bool(decoupled))
+    return param

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import math
 
-from .. import reference
+import numpy as np
+
+from .. import cpu, reference
 from ..engines.runtime import resolve_engine
 from ._core import Variant, check, check_size, f32, float_dtype, grid1d, i32, kernel, launch, pick_variant, register
 
@@ -32,7 +34,8 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, w
     check_size(op, param.size)
     rec = pick_variant(op, variant)
     if engine == "numpy":
-        float_dtype(op, param, grad, m, v)  # all float32 or all float64
+        if float_dtype(op, param, grad, m, v) == np.float32:  # all float32 or all float64 (the oracle)
+            return cpu.adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled)
         # Python floats: NumPy keeps float32 arrays float32 and rounds 1 - beta (computed in double) once
         p, m1, v1 = reference.adam(param, grad, m, v, int(step), float(lr), float(beta1), float(beta2), float(eps),
                                    float(weight_decay), bool(decoupled))
