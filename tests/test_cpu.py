@@ -171,3 +171,15 @@ def test_the_blas_and_its_threads_are_named(tmp_path):
                      str(tmp_path / "run"), "--no-progress", "--engine", "numpy"]) == 0
     assert f"on engine 'numpy' ({cpu.blas_info()}):" in out.getvalue(), out.getvalue()
     assert cpu.blas_info() == info  # NumPy's BLAS only, whatever other libraries loaded since
+
+
+def test_relu_mask_in_place_is_the_oracles(rng):
+    """backward-data's mask of its input (the ReLU that produced it), in place: dx where x > 0, else 0,
+    also where dx is NaN or x is NaN or -0."""
+    from unetcu import cpu
+    dx, x = f32(rng, 2, 3, 7, 5), f32(rng, 2, 3, 7, 5)
+    x.reshape(-1)[:4] = [np.nan, -0.0, 0.0, np.inf]
+    dx.reshape(-1)[4:8] = np.nan
+    want = R.relu_mask(dx.astype(np.float64), x.astype(np.float64))
+    got = dx.copy()
+    assert cpu.relu_mask_(got, x) is got and np.array_equal(got, want, equal_nan=True)

@@ -121,6 +121,22 @@ def _masked(dout, out, dst):
         np.multiply(dout, out > 0, out=dst)
 
 
+@njit(nogil=True, cache=True)
+def _zero_where_not_positive(d, m):
+    for i in range(d.size):
+        if not m[i] > 0:  # a NaN in m zeroes too
+            d[i] = 0
+
+
+def relu_mask_(dx, x):
+    """dx *= (x > 0) in place, as reference.relu_mask (0 wherever x > 0 fails, NaN x included, whatever dx
+    holds there): the gradient through the ReLU that produced x. dx C-contiguous, x of its shape. One
+    pass (np.where or a masked np.copyto take 10x longer: they branch per element through NumPy's
+    generic masked loops)."""
+    _zero_where_not_positive(dx.reshape(-1), np.ascontiguousarray(x).reshape(-1))
+    return dx
+
+
 def conv3x3_backward_weight(dout, x, out=None, precision="fp32"):
     """dout (N, K, H-2, W-2), x (N, C, H, W) float32 -> (dw (K, C, 3, 3), db (K,)); dout is masked by
     out > 0 when forward's ReLU output `out` is given (as reference.conv3x3_backward_weight; db is

@@ -242,8 +242,8 @@ def conv3x3_backward_data(dout, w, out=None, mask=None, engine=None, variant=Non
         raise ValueError(f"{op}: mask= needs an implicit-GEMM variant ({sorted(v for v, r in REGISTRY[op].items() if r.tiles)})")
     if engine == "numpy":
         dx = _numpy_backward_data(op, dout, w, out, precision, mask)
-        if mask is not None:  # reference.relu_mask's rule (0 wherever x > 0 fails, NaN x included), in place
-            np.copyto(dx, 0, where=~(mask > 0))
+        if mask is not None:
+            dx = cpu.relu_mask_(dx, mask) if dx.dtype == np.float32 else reference.relu_mask(dx, mask)
         return as_np(op, dx, dout, w, out, mask)
     dx = empty(engine, (n, c, ho + 2, wo + 2))
     if rec.launch == "igemm":
