@@ -2,11 +2,12 @@
 its own (in one process OpenBLAS's spinning threads slow PyTorch and flatter unetcu), alternating
 sides over several rounds, the median of each side's rounds reported with the ratio ours / PyTorch.
 
-    python -m benchmarks.bench_cpu [--presets tiny small] [--rounds 3] [--e2e 300] [--data DIR] [--json FILE]
+    python -m benchmarks.bench_cpu [--presets tiny small] [--rounds 3] [--layers] [--e2e 300] [--data DIR] [--json FILE]
 
 Per step (batch 1, the preset's tile): forward, and forward + loss + backward (the training step's
 gradient work, no optimizer), the identical network on both sides (benchmarks/torch_unet.py).
-A breakdown of unetcu's step by op (process CPU time). With --e2e N: end to end, `unetcu train`
+A breakdown of unetcu's step by op (process CPU time). With --layers: each 3x3 convolution of the small
+preset in its three directions against PyTorch's (where the step's time goes). With --e2e N: end to end, `unetcu train`
 (defaults: Adam, cosine, weight maps) against the peer (benchmarks/peer.py: the same tiles from
 unetcu's pipeline, PyTorch's step) for N steps of the small preset, with the elastic warp and with
 flips only, each a fresh process timed from start to exit. Needs torch importable here.
@@ -68,6 +69,39 @@ def worker_torch(preset):
         res["forward_ms"] = _median_ms(lambda: net(x))
     res["threads"] = torch.get_num_threads()
     return res
+
+
+def conv_layers(preset):
+    """The 3x3 convolutions of a preset's network, in order: (input channels, output channels, input size)."""
+    from unetcu import UNet
+    depth, base, tile = PRESETS[preset]
+    layers = UNet(depth=depth, base_channels=base, engine="numpy").layers(tile)
+    return [(l["C"], l["K"], l["H"]) for l in layers if l["op"] == "conv3x3"]
+
+
+def worker_layers(side, preset):
+    """Median wall ms of each 3x3 convolution of the preset in its three directions (forward, backward-data,
+    backward-weight), no ReLU: [(cin, cout, size, fwd, data, weight), ...]."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for cin, cout, s in conv_layers(preset):
+        x = rng.standard_normal((1, cin, s, s)).astype(np.float32)
+        w = (rng.standard_normal((cout, cin, 3, 3)) / np.sqrt(9 * cin)).astype(np.float32)
+        b = np.zeros(cout, np.float32)
+        dy = rng.standard_normal((1, cout, s - 2, s - 2)).astype(np.float32)
+        if side == "ours":
+            from unetcu import cpu
+            fns = (lambda: cpu.conv3x3_forward(x, w, b, relu=False), lambda: cpu.conv3x3_backward_data(dy, w),
+                   lambda: cpu.conv3x3_backward_weight(dy, x))
+        else:
+            import torch
+            X, W, B, DY = map(torch.from_numpy, (x, w, b, dy))
+            conv_bwd = torch.ops.aten.convolution_backward
+            args = (DY, X, W, [cout], [1, 1], [0, 0], [1, 1], False, [0, 0], 1)
+            fns = (lambda: torch.nn.functional.conv2d(X, W, B), lambda: conv_bwd(*args, [True, False, False]),
+                   lambda: conv_bwd(*args, [False, True, True]))
+        rows.append((cin, cout, s, *(cpu_median_ms(f, warmup=2, reps=11) for f in fns)))
+    return rows
 
 
 def breakdown(preset, reps=10):
@@ -156,6 +190,22 @@ def end_to_end(steps, data, rounds):
     return rows
 
 
+def conv_layer_ratios(rounds):
+    """Each 3x3 convolution of the small preset, both sides in alternating processes, medians over rounds."""
+    runs = {"ours": [], "torch": []}
+    for _ in range(rounds):
+        for side in runs:
+            runs[side].append(_run_worker(f"layers-{side}", "small"))
+    rows = []
+    for i, (cin, cout, s) in enumerate(conv_layers("small")):
+        med = {side: [statistics.median(r[i][3 + j] for r in rs) for j in range(3)] for side, rs in runs.items()}
+        rows.append(dict(cin=cin, cout=cout, size=s, ours_ms=med["ours"], torch_ms=med["torch"]))
+        print(f"conv {cin:>3} -> {cout:<3} at {s:>3}: forward {med['ours'][0]:5.2f} / {med['torch'][0]:5.2f} ms, "
+              f"backward-data {med['ours'][1]:5.2f} / {med['torch'][1]:5.2f}, backward-weight {med['ours'][2]:5.2f} / "
+              f"{med['torch'][2]:5.2f} (ours / PyTorch)", flush=True)
+    return rows
+
+
 def section(r) -> list[str]:
     """RESULTS.md's CPU section from bench_cpu's JSON (make_results.py: cpu.json)."""
     m = r["machine"]
@@ -173,6 +223,16 @@ def section(r) -> list[str]:
     lines += ["", f"unetcu's small-preset step by op, process CPU time over all threads (a step of "
                   f"{bd['step_cpu_ms']:.0f} ms CPU):", "", "| op | ms |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in bd["ops"].items()]
+    if r.get("layers"):
+        lines += ["", "Each 3x3 convolution of the small preset on its own (`--layers`; batch 1, no ReLU), ours / PyTorch "
+                      "(oneDNN) in ms and their ratio, per direction:", "",
+                  "| conv (in -> out channels, input size) | forward | backward-data | backward-weight |", "|---|---|---|---|"]
+        tot = np.zeros((2, 3))
+        for e in r["layers"]:
+            tot += [e["ours_ms"], e["torch_ms"]]
+            lines.append(f"| {e['cin']} -> {e['cout']}, {e['size']} | " + " | ".join(
+                f"{o:.2f} / {t:.2f} ({o / t:.2f}x)" for o, t in zip(e["ours_ms"], e["torch_ms"])) + " |")
+        lines.append("| all | " + " | ".join(f"{o:.1f} / {t:.1f} ({o / t:.2f}x)" for o, t in zip(*tot)) + " |")
     if r.get("end_to_end"):
         lines += ["", "End to end, small preset, a fresh process each (`--e2e`): `unetcu train` (its defaults) against "
                       "the PyTorch peer (benchmarks/peer.py's plain recipe: unetcu's tiles, PyTorch's step and Adam). unetcu's "
@@ -191,10 +251,12 @@ def main(argv=None):
     ap.add_argument("--e2e", type=int, metavar="STEPS", help="also time N training steps end to end")
     ap.add_argument("--data", help="--e2e data folder (default: 8 synthetic 256x256 images)")
     ap.add_argument("--json")
-    ap.add_argument("--worker", choices=("ours", "torch"), help=argparse.SUPPRESS)
+    ap.add_argument("--layers", action="store_true", help="also time each 3x3 convolution of the small preset, both sides")
+    ap.add_argument("--worker", choices=("ours", "torch", "layers-ours", "layers-torch"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
-        print(json.dumps((worker_ours if a.worker == "ours" else worker_torch)(a.presets[0])))
+        work = {"ours": worker_ours, "torch": worker_torch}.get(a.worker)
+        print(json.dumps(work(a.presets[0]) if work else worker_layers(a.worker.split("-")[1], a.presets[0])))
         return 0
     from unetcu.cpu import blas_info
     info = dict(machine_info(), blas=blas_info())
@@ -219,10 +281,11 @@ def main(argv=None):
     print(f"unetcu's small-preset step by op (process CPU time, all threads): {bd['step_cpu_ms']:.1f} ms")
     for k, v in bd["ops"].items():
         print(f"  {k:34s} {v:7.2f} ms")
+    layers = conv_layer_ratios(a.rounds) if a.layers else []
     e2e = end_to_end(a.e2e, a.data, a.rounds) if a.e2e else []
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(dict(machine=info, steps=steps, breakdown=bd, end_to_end=e2e), f, indent=1)
+            json.dump(dict(machine=info, steps=steps, breakdown=bd, layers=layers, end_to_end=e2e), f, indent=1)
     return 0
 
 

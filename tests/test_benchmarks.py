@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 ROOT = Path(__file__).resolve().parents[1]  # the benchmarks package runs from the checkout (python -m)
 
@@ -161,3 +163,34 @@ def test_cpu_benchmark_worker_and_breakdown_run_without_torch():
     text = "\n".join(section(dict(machine=dict(date="2026-12-06", machine="x86_64", cpus=2, blas="openblas"),
                                   steps=[row], breakdown=bd, end_to_end=[])))
     assert "| tiny |" in text and "0.50x" in text and "| conv3x3_forward |" in text
+
+
+def test_bench_cpu_layers_are_the_networks_convolutions(monkeypatch):
+    """--layers times the 3x3 convolutions the network runs: conv_layers(preset) is the list of (in, out
+    channels, input size) of the forward pass's conv3x3 calls; the worker times each in 3 directions."""
+    import unetcu.model as M
+    from benchmarks.bench_cpu import PRESETS, conv_layers, section
+    from unetcu import UNet
+    seen, real = [], M.ops
+
+    class Spy:
+        def __getattr__(self, name):
+            f = getattr(real, name)
+            if name == "conv3x3_forward":
+                return lambda x, w, *a, **k: seen.append((x.shape[1], w.shape[0], x.shape[2])) or f(x, w, *a, **k)
+            if name == "conv3x3_forward_concat":
+                return lambda s, u, w, *a, **k: seen.append((w.shape[1], w.shape[0], u.shape[2])) or f(s, u, w, *a, **k)
+            return f
+    monkeypatch.setattr(M, "ops", Spy())
+    depth, base, tile = PRESETS["tiny"]
+    UNet(depth=depth, base_channels=base, engine="numpy", seed=0).forward(np.ones((1, 1, tile, tile), np.float32))
+    assert seen == conv_layers("tiny")
+    r = subprocess.run([sys.executable, "-m", "benchmarks.bench_cpu", "--worker", "layers-ours", "--presets", "tiny"],
+                       capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [tuple(x[:3]) for x in rows] == conv_layers("tiny") and all(t > 0 for x in rows for t in x[3:])
+    layers = [dict(cin=x[0], cout=x[1], size=x[2], ours_ms=x[3:], torch_ms=[2 * t for t in x[3:]]) for x in rows]
+    text = "\n".join(section(dict(machine=dict(date="d", machine="m", cpus=2, blas="b"), steps=[],
+                                  breakdown=dict(step_cpu_ms=1.0, ops={}), layers=layers, end_to_end=[])))
+    assert f"| 1 -> 8, {tile} |" in text and text.count("(0.50x)") == 3 * (len(rows) + 1)
