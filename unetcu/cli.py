@@ -495,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and elastic deformations; Adam with a warm-up and a cosine decay by default, the\n"
                                    "paper's SGD (momentum 0.99) with --optimizer sgd.",
                        epilog="Presets: paper = depth 5, 64 base channels, 572 tile (31 M parameters; the default on a GPU);\n"
-                              "small = depth 4, 16 channels, 188 tile (the default on a CPU: ~5 steps/s on 2 cores);\n"
+                              "small = depth 4, 16 channels, 188 tile (the default on a CPU: ~8 steps/s on 2 cores);\n"
                               "tiny = depth 3, 8 channels, 92 tile (smoke tests).\n"
                               "Data folders hold images/ and labels/ (or train/images, train/labels); images and labels\n"
                               "pair by file name or by their last number. Writes OUT/checkpoint.npz (for predict and\n"
