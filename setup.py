@@ -36,6 +36,9 @@ setup(
         "large": ["dask[array]>=2024.8", "distributed>=2024.8", "zarr>=3.0,<4", "tifffile>=2025.5"],
         # train --distributed under mpirun: mpi4py needs an MPI library (e.g. Debian's openmpi-bin libopenmpi-dev)
         "distributed": ["mpi4py>=3.1"],
+        # unetcu export / import: ONNX and bioimage.io model packages. bioimageio.core 0.11 pins bioimageio.spec
+        # 0.5.12, whose package writer fails under pydantic 2.12+ (a serializer signature changed)
+        "export": ["onnx>=1.15", "onnxruntime>=1.17", "bioimageio.core>=0.9", "pydantic<2.12"],
     },
     entry_points={"console_scripts": ["unetcu=unetcu.cli:main"]},
 )

@@ -45,6 +45,67 @@ def _cmd_engines(a) -> int:
     return 0
 
 
+def _refuse_existing(out, overwrite):
+    from pathlib import Path
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; give --overwrite to replace it")
+    if out.exists() and out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder; give a file name")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--out {out}: no folder {out.parent}")
+    return out
+
+
+def _cmd_export(a) -> int:
+    from pathlib import Path
+    from . import export
+    from .files import atomic_write
+    from .model import UNet
+    suffix = {".zip": "bioimageio", ".onnx": "onnx"}.get(Path(a.out).suffix.lower())
+    fmt = a.format or suffix
+    if fmt is None or (a.format and suffix and suffix != a.format) or suffix is None:
+        want = {"bioimageio": "NAME.zip", "onnx": "NAME.onnx", None: "NAME.zip (bioimage.io package) or NAME.onnx"}[fmt]
+        raise ValueError(f"--out {a.out}: give {want}")
+    out = _refuse_existing(a.out, a.overwrite)
+    model = UNet.load(a.checkpoint, engine="numpy")  # a file that is not a checkpoint stops here, in one line
+    onx = export.to_onnx(model)
+    diff = export.onnx_difference(onx, model)
+    if not diff <= 1e-5:
+        raise ValueError(f"onnxruntime's probabilities differ from unetcu's by {diff:.3g} (over 1e-5): nothing written")
+    c = model.config
+    smallest, step, margin = export.size_rule(c["depth"])
+    shapes = (f"input (batch, {c['in_channels']}, y, x) with y, x = {smallest} + k*{step}; output (batch, "
+              f"{c['n_classes']}, y - {margin}, x - {margin}) probabilities")
+    if fmt == "onnx":
+        import onnx
+        atomic_write(out, lambda tmp: onnx.save(onx, tmp))
+        print(f"wrote {out}: ONNX opset {export.OPSET}, {shapes}; onnxruntime reproduces unetcu's probabilities "
+              f"to {diff:.1g}. The input must be standardised first (zero mean, unit variance per image)")
+        return 0
+    license = a.license or "CC-BY-4.0"
+    result = {}
+    atomic_write(out, lambda tmp: result.update(status=export.package(a.checkpoint, tmp, name=a.name, author=a.author,
+                                                                      license=license, test=not a.no_test)))
+    status = result["status"]
+    print(f"wrote {out}: bioimage.io model package (format 0.5): ONNX opset {export.OPSET} weights, {shapes}, "
+          f"per-image standardisation as its preprocessing (feed raw pixels); onnxruntime reproduces unetcu's "
+          f"probabilities to {diff:.1g}; bioimageio.core's test: {status or 'not run (--no-test)'}; license "
+          f"{license}{'' if a.license else ' (--license to choose another)'}")
+    return 0
+
+
+def _cmd_import(a) -> int:
+    from . import export
+    out = _refuse_existing(a.out, a.overwrite)
+    model = export.from_onnx(a.model)
+    model.save(out)
+    c = model.config
+    print(f"wrote {out}: a U-Net of depth {c['depth']}, {c['base_channels']} base channels, {c['n_classes']} classes "
+          f"({model.n_params:,} parameters) that gives the ONNX graph's probabilities; use it with unetcu predict")
+    return 0
+
+
 def _cmd_compile_check(a) -> int:
     from .engines import compile_check
     argv = list(a.files) + ["--arch", a.arch] + (["--compiler", a.compiler] if a.compiler else [])
@@ -632,6 +693,30 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", help="also write the scores to this JSON file (a new file: see --overwrite)")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --json file (never an input)")
     ev.set_defaults(func=_cmd_evaluate)
+    x = sub.add_parser("export", help="write a trained model as a bioimage.io model package (ONNX weights) or an .onnx file",
+                       description="Write CHECKPOINT as a bioimage.io model package (format 0.5: ONNX weights, the "
+                                   "input and output sizes of a valid-convolution net, per-image standardisation as "
+                                   "preprocessing, test tensors made by unetcu, a cover, a README with the training's "
+                                   "provenance) that deepImageJ, ilastik, napari and the BioImage Model Zoo open, checked "
+                                   "by bioimageio.core's own test before it is written; or, with NAME.onnx, the bare "
+                                   "ONNX file. Needs the export extra (onnx, onnxruntime, bioimageio.core).")
+    x.add_argument("checkpoint", help="a checkpoint.npz written by unetcu train")
+    x.add_argument("--out", required=True, help="NAME.zip (bioimage.io package) or NAME.onnx")
+    x.add_argument("--format", choices=("bioimageio", "onnx"), help="default: from --out's suffix")
+    x.add_argument("--name", help="the package's name (default: from the checkpoint's folder)")
+    x.add_argument("--author", help="the package's author (default: $USER)")
+    x.add_argument("--license", help="SPDX license id of the weights (default CC-BY-4.0)")
+    x.add_argument("--no-test", action="store_true", help="skip bioimageio.core's test of the package")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    x.set_defaults(func=_cmd_export)
+    im = sub.add_parser("import", help="turn an ONNX U-Net (or a bioimage.io package of one) into a unetcu checkpoint",
+                        description="Read MODEL (.onnx, or a bioimage.io package .zip / rdf.yaml with ONNX weights) of "
+                                    "unetcu's architecture and write a checkpoint that predicts the same probabilities "
+                                    "(checked with onnxruntime); any other architecture is refused in one line.")
+    im.add_argument("model", help="MODEL.onnx, PACKAGE.zip or rdf.yaml")
+    im.add_argument("--out", required=True, help="the checkpoint to write (NAME.npz)")
+    im.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    im.set_defaults(func=_cmd_import)
     b = sub.add_parser("bench", help="run a benchmark: kernels, step, emulator or quality (from a source checkout)",
                        description="Run python -m benchmarks.bench_kernels, bench_step, bench_emulator or quality in "
                                    "the source checkout; arguments after the name go to the benchmark (e.g. unetcu bench "
