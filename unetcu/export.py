@@ -35,14 +35,20 @@ def _need(module: str):
                            "(from a checkout: pip install -e \".[export]\")") from None
 
 
+def _on_host(model):
+    """The same network on the numpy engine, float32 (a cuda model's weights copied to the host)."""
+    from .model import UNet
+    host = UNet(engine="numpy", **model.config)
+    host.params = {k: np.asarray(_to_host(v), np.float32) for k, v in model.params.items()}
+    return host
+
+
 def onnx_difference(onnx_model, model) -> float:
     """Max abs difference between onnxruntime's probabilities for onnx_model and model.predict_proba (numpy
     engine) on a random input of two valid sizes (not square, batch 2)."""
     ort = _need("onnxruntime")
-    from .model import UNet
     depth, c = model.config["depth"], model.config
-    host = UNet(engine="numpy", **c)
-    host.params = {k: np.asarray(_to_host(v), np.float32) for k, v in model.params.items()}
+    host = _on_host(model)
     s = valid_input_size(60, depth)
     x = np.random.default_rng(0).standard_normal((2, c["in_channels"], s + 2 ** (depth - 1), s)).astype(np.float32)
     sess = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -123,14 +129,12 @@ def test_tensors(model, size: int | None = None, seed: int = 0):
     touching cells as its pixels come (no standardisation: the package's preprocessing does it) and what
     unetcu's numpy engine predicts for it after data.standardise."""
     from .data import standardise, synthetic_cells
-    from .model import UNet
     depth = model.config["depth"]
     size = size or valid_input_size(160, depth)
     img, _ = synthetic_cells((size, size), seed=seed)
     raw = (np.clip(img, 0, None) / max(float(img.max()), 1e-6) * 255.0).astype(np.float32)  # pixel values 0..255
     raw = np.repeat(raw[None, None], model.config["in_channels"], axis=1)
-    host = UNet(engine="numpy", **model.config)
-    host.params = {k: np.asarray(_to_host(v), np.float32) for k, v in model.params.items()}
+    host = _on_host(model)
     x = np.stack([standardise(raw[0, c]) for c in range(raw.shape[1])])[None]
     return raw, np.asarray(host.predict_proba(x), np.float32)
 
