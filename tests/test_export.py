@@ -91,7 +91,8 @@ def test_package_passes_bioimageio_test_and_its_tensors_reproduce(trained, tmp_p
         probs = np.load(z.open("test_output.npy"))
     assert "zero_mean_unit_variance" in rdf and "offset: -40" in rdf and "min: 44" in rdf and "step: 4" in rdf
     assert "A. Tester" in rdf and "10.1007/978-3-319-24574-4_28" in rdf
-    assert "- steps: 4" in doc and "validation at step 4" in doc  # the training's provenance
+    assert "- steps trained: 4\n" in doc and "validation at step 4" in doc  # the training's provenance
+    assert "None" not in doc and "# Validation" in doc
     assert raw.std() > 1 and abs(raw.mean()) > 1  # raw pixels: the package's preprocessing standardises them
     model = UNet.load(str(trained), engine="numpy")
     assert np.array_equal(probs, model.predict_proba(standardise(raw[0, 0])[None, None]))
@@ -185,12 +186,13 @@ def test_export_and_import_refusals_are_one_line(tmp_path, capsys, monkeypatch):
              (["export", str(tmp_path / "not_a_model.npz"), "--out", str(tmp_path / "a.zip")], "not a readable unetcu model"),
              (["export", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "a.zip")], "no model file"),
              (["export", str(ck), "--out", str(tmp_path / "a.tif")], "give NAME.zip (bioimage.io package) or NAME.onnx"),
-             (["export", str(ck), "--out", str(tmp_path / "a.onnx"), "--format", "bioimageio"], "give NAME.zip"),
+             (["export", str(ck), "--out", str(tmp_path / "a.onnx"), "--format", "bioimageio"], "--format bioimageio writes NAME.zip"),
              (["export", str(ck), "--out", str(tmp_path / "nofolder" / "a.zip")], "no folder"),
              (["import", str(tmp_path / "torch_only.zip"), "--out", str(tmp_path / "b.npz")], "no ONNX weights (it has torchscript)"),
              (["import", str(ck), "--out", str(tmp_path / "b.npz")], "is a unetcu checkpoint already"),
-             (["import", str(tmp_path / "junk.onnx"), "--out", str(tmp_path / "b.npz")], "not an ONNX model"),
-             (["import", str(tmp_path / "nothing.onnx"), "--out", str(tmp_path / "b.npz")], "no such file")]
+             (["import", str(tmp_path / "junk.onnx"), "--out", str(tmp_path / "b.npz")], "not a readable ONNX model"),
+             (["import", str(tmp_path / "nothing.onnx"), "--out", str(tmp_path / "b.npz")], "no such file"),
+             (["export", str(ck), "--out", str(tmp_path)], "is a folder; give a file name")]
     for argv, message in cases:
         assert main(argv) == 1, argv
         err = capsys.readouterr().err
@@ -201,3 +203,111 @@ def test_export_and_import_refusals_are_one_line(tmp_path, capsys, monkeypatch):
     assert main(["export", str(ck), "--out", str(tmp_path / "c.onnx")]) == 1
     err = capsys.readouterr().err
     assert "needs the 'onnx' package, part of the export extra" in err and len(err.strip().splitlines()) == 1
+
+
+def test_package_fields_and_provenance_of_a_stopped_run(tmp_path, capsys):
+    """A run folder name bioimage.io would refuse still exports (the default name keeps its allowed
+    characters); a bad --name or --license is refused before any work; a run stopped at step 3 of 10
+    says so in the package's README."""
+    folder = tmp_path / "run.v2: final"
+    folder.mkdir()
+    ck = folder / "checkpoint.npz"
+    model = _random_weights(UNet(depth=2, base_channels=4, engine="numpy"), seed=4)
+    model.save(ck, state=dict(step=3, config=dict(steps=10, lr=0.001, augment="elastic", run=dict(val_data=None)),
+                              history=[], object_radius=6.5))
+    assert main(["export", str(ck), "--out", str(tmp_path / "a.zip"), "--no-test"]) == 0
+    with zipfile.ZipFile(tmp_path / "a.zip") as z:
+        rdf, doc = z.read("rdf.yaml").decode(), z.read("README.md").decode()
+    assert "name: unetcu U-Net run-v2- final" in rdf
+    assert "- steps trained: 3 (of 10 planned" in doc and "val_data" not in doc
+    capsys.readouterr()
+    for argv, message in [(["--license", "mit"], "--license 'mit' is not an SPDX license id"),
+                          (["--name", "my/model: weird"], "bioimage.io takes 5 to 128 characters")]:
+        assert main(["export", str(ck), "--out", str(tmp_path / "b.zip")] + argv) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "b.zip").exists()
+
+
+def test_import_keeps_the_training_object_size(trained, tmp_path):
+    """predict's --min-size and watershed defaults come from the training objects' size: it rides in the
+    ONNX metadata, so the imported checkpoint gives predict the same defaults."""
+    want = UNet.load(str(trained), engine="numpy", with_state=True)[2]["object_radius"]
+    assert want > 0
+    for out in ("m.onnx", "m.zip"):
+        assert main(["export", str(trained), "--out", str(tmp_path / out), "--no-test"]) == 0
+        assert main(["import", str(tmp_path / out), "--out", str(tmp_path / (out + ".npz"))]) == 0
+        assert UNet.load(str(tmp_path / (out + ".npz")), engine="numpy", with_state=True)[2]["object_radius"] == want
+
+
+def test_import_reads_other_valid_layouts_of_the_same_graph(tmp_path):
+    """Crop offsets as Constant nodes (value_ints), a weight behind an Identity, weights stored as external
+    data beside the .onnx: all the same network, imported bit for bit."""
+    model = _random_weights(UNet(depth=3, base_channels=8, engine="numpy"), seed=8)
+
+    def constants(g):
+        for t in [t for t in g.initializer if ".crop." in t.name]:
+            g.node.insert(0, helper.make_node("Constant", [], [t.name], value_ints=[int(v) for v in numpy_helper.to_array(t)]))
+            g.initializer.remove(t)
+
+    def identity(g):
+        conv = next(n for n in g.node if n.op_type == "Conv")
+        g.node.insert(0, helper.make_node("Identity", [conv.input[1]], [conv.input[1] + ".id"]))
+        conv.input[1] = conv.input[1] + ".id"
+
+    for edit in (constants, identity):
+        p = tmp_path / f"{edit.__name__}.onnx"
+        onnx.save(_graph_with(model, edit), p)
+        back = export.from_onnx(p)
+        assert all(np.array_equal(back.params[k], model.params[k]) for k in model.params), edit.__name__
+    (tmp_path / "ext").mkdir()
+    onnx.save(export.to_onnx(model), tmp_path / "ext" / "m.onnx", save_as_external_data=True, location="m.data",
+              size_threshold=0)
+    back = export.from_onnx(tmp_path / "ext" / "m.onnx")
+    assert all(np.array_equal(back.params[k], model.params[k]) for k in model.params)
+
+
+def test_import_refuses_damaged_packages_and_its_own_input(tmp_path, capsys):
+    model = _random_weights(UNet(depth=2, base_channels=4, engine="numpy"), seed=9)
+    onx = export.to_onnx(model).SerializeToString()
+
+    def pack(name, rdf, files=(("weights.onnx", onx),)):
+        with zipfile.ZipFile(tmp_path / name, "w") as z:
+            z.writestr("rdf.yaml", rdf)
+            for f, data in files:
+                z.writestr(f, data)
+        return str(tmp_path / name)
+    ok = "type: model\nweights:\n  onnx:\n    source: ./weights.onnx\n    opset_version: 17\n"
+    (tmp_path / "m.onnx").write_bytes(onx)
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    cases = [([pack("nofile.zip", ok, files=())], "names ONNX weights 'weights.onnx', which the package lacks"),
+             ([pack("yaml.zip", "weights: [1, 2\n")], "its rdf.yaml is not valid YAML"),
+             ([pack("list.zip", "weights: [1, 2]\n")], "has no weights entry of formats"),
+             ([pack("nosource.zip", "weights:\n  onnx: {}\n")], "ONNX weights name no source file"),
+             ([pack("url.zip", "weights:\n  onnx:\n    source: https://zenodo.org/w.onnx\n")], "are at a URL"),
+             ([str(tmp_path / "empty.onnx")], "is empty"),
+             ([str(tmp_path)], "is a folder"),
+             ([str(tmp_path / "m.onnx"), "--out", str(tmp_path / "m.onnx"), "--overwrite"], "is the input itself"),
+             ([str(tmp_path / "m.onnx"), "--out", str(tmp_path / "m.txt")], "give NAME.npz")]
+    for argv, message in cases:
+        argv = argv if "--out" in argv else argv + ["--out", str(tmp_path / "x.npz")]
+        assert main(["import"] + argv) == 1, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert (tmp_path / "m.onnx").read_bytes() == onx and not (tmp_path / "x.npz").exists()
+    assert main(["import", pack("dotslash.zip", ok), "--out", str(tmp_path / "x.npz")]) == 0  # ./weights.onnx is fine
+
+
+def test_a_refused_import_prints_one_line_from_a_fresh_process(tmp_path):
+    """onnxruntime logs to the process's stderr itself: the refusal is still the only line there."""
+    model = _random_weights(UNet(depth=2, base_channels=4, engine="numpy"), seed=10)
+
+    def swapped(g):
+        for n in g.node:
+            if n.op_type == "Concat":
+                n.input[0], n.input[1] = n.input[1], n.input[0]
+    onnx.save(_graph_with(model, swapped), tmp_path / "s.onnx")
+    r = subprocess.run([sys.executable, "-m", "unetcu.cli", "import", str(tmp_path / "s.onnx"), "--out",
+                        str(tmp_path / "s.npz")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "computes something else" in r.stderr

@@ -43,15 +43,22 @@ def _on_host(model):
     return host
 
 
+def _session(onnx_model):
+    """An onnxruntime CPU session that keeps its own log lines (warnings, a refused graph's errors) to itself."""
+    ort = _need("onnxruntime")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(onnx_model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
 def onnx_difference(onnx_model, model) -> float:
     """Max abs difference between onnxruntime's probabilities for onnx_model and model.predict_proba (numpy
     engine) on a random input of two valid sizes (not square, batch 2)."""
-    ort = _need("onnxruntime")
     depth, c = model.config["depth"], model.config
     host = _on_host(model)
     s = valid_input_size(60, depth)
     x = np.random.default_rng(0).standard_normal((2, c["in_channels"], s + 2 ** (depth - 1), s)).astype(np.float32)
-    sess = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = _session(onnx_model)
     return float(np.abs(sess.run(None, {"input": x})[0] - host.predict_proba(x)).max())
 
 
@@ -62,8 +69,12 @@ def crop_offsets(model, tile: int) -> list[int]:
     return [(concat[f"up{l}.concat"]["Hs"] - concat[f"up{l}.concat"]["H"]) // 2 for l in range(model.config["depth"] - 1)]
 
 
-def to_onnx(model, name: str = "unetcu"):
-    """The onnx.ModelProto of model's inference (probabilities). model: a UNet (any engine)."""
+RADIUS_KEY = "unetcu.object_radius"  # the training objects' median radius (predict's --min-size default), in pixels
+
+
+def to_onnx(model, name: str = "unetcu", object_radius: float | None = None):
+    """The onnx.ModelProto of model's inference (probabilities). model: a UNet (any engine). object_radius
+    (the checkpoint's, if known) rides in the model's metadata, so an import gives predict the same defaults."""
     onnx = _need("onnx")
     from onnx import TensorProto, helper, numpy_helper
     c = model.config
@@ -107,6 +118,8 @@ def to_onnx(model, name: str = "unetcu"):
     m = helper.make_model(graph, producer_name="unetcu", producer_version=__version__,
                           opset_imports=[helper.make_opsetid("", OPSET)])
     m.ir_version = min(m.ir_version, 8)  # readable by onnxruntime releases of the last years
+    if object_radius:
+        helper.set_model_props(m, {RADIUS_KEY: repr(float(object_radius))})
     onnx.checker.check_model(m, full_check=True)
     return m
 
@@ -171,20 +184,58 @@ def _documentation(model, state, writer, opset) -> str:
              f"raw pixels. A consumer that standardises each tile alone gives slightly different probabilities.", "",
              "## Training", ""]
     if cfg:
-        keep = ("steps", "tile", "batch", "optimizer", "lr", "schedule", "warmup", "momentum", "weight_decay", "clip",
-                "augment", "w0", "sigma", "seed")
-        lines += [f"- {k}: {cfg[k]}" for k in keep if k in cfg]
+        done = state.get("step")
+        planned = cfg.get("steps")
+        lines += [f"- steps trained: {done}" + (f" (of {planned} planned: the run was stopped or is going on)"
+                                                if planned not in (None, done) else "")]
+        keep = ("tile", "batch", "optimizer", "lr", "schedule", "warmup", "momentum", "weight_decay", "clip",
+                "augment", "elastic_sigma", "w0", "sigma", "seed")
+        lines += [f"- {k}: {cfg[k]}" for k in keep if cfg.get(k) is not None]
         run = cfg.get("run", {}) if isinstance(cfg.get("run"), dict) else {}
-        lines += [f"- {k}: {v}" for k, v in run.items() if k in ("data", "val_data", "labels", "classes", "preset")]
+        lines += [f"- {k}: {v}" for k, v in run.items()
+                  if k in ("data", "val_data", "val_fraction", "labels", "classes", "preset", "no_dropout") and v is not None]
         if last:
             lines += [f"- validation at step {last['step']}: IoU {last['val_iou']:.4f}, loss {last.get('val_loss', float('nan')):.4f}"]
     else:
         lines += ["The checkpoint holds no training record (a model saved outside `unetcu train`)."]
-    lines += ["", "## Citation", "", UNET_CITE["text"] + f", doi:{UNET_CITE['doi']}.", ""]
+    lines += ["", "# Validation", "",
+              "Before this package was written, onnxruntime's probabilities for the ONNX weights were compared with "
+              "unetcu's numpy engine on a random input, and bioimageio.core's own test of the package was run "
+              "(`unetcu export`). The test tensors are a synthetic image of touching cells (raw pixel values) and "
+              "unetcu's prediction for it; no score on held-out data is implied by them.",
+              "", "## Citation", "", UNET_CITE["text"] + f", doi:{UNET_CITE['doi']}.", ""]
     return "\n".join(lines)
 
 
-def package(checkpoint, out, name=None, author=None, license="CC-BY-4.0", test=True, log=print):
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+- ()")  # bioimage.io's rule
+
+
+def default_name(checkpoint) -> str:
+    """'unetcu U-Net RUN' from the checkpoint's folder (or file) name, cut to bioimage.io's characters and 64."""
+    from pathlib import Path
+    p = Path(checkpoint)
+    run = p.parent.name if p.stem == "checkpoint" and p.parent.name else p.stem
+    run = "".join(ch if ch in NAME_CHARS else "-" for ch in run).strip(" -") or "model"
+    return f"unetcu U-Net {run}"[:64].rstrip()
+
+
+def check_fields(name, license):
+    """Refuse, before any work, a package name or license id bioimage.io would refuse."""
+    if name is not None:
+        bad = sorted(set(name) - NAME_CHARS)
+        if bad or not 5 <= len(name) <= 128:
+            raise ValueError(f"--name {name!r}: bioimage.io takes 5 to 128 characters of letters, digits, space and "
+                             f"_+-() only" + (f" (not {''.join(bad)!r})" if bad else ""))
+    spec = _need("bioimageio.spec")  # noqa: F841 (the package's license list)
+    from bioimageio.spec.model import v0_5 as v
+    try:
+        v.LicenseId(license)
+    except Exception:
+        raise ValueError(f"--license {license!r} is not an SPDX license id bioimage.io accepts (e.g. MIT, "
+                         "CC-BY-4.0, Apache-2.0, BSD-3-Clause; see https://spdx.org/licenses)") from None
+
+
+def package(checkpoint, out, name=None, author=None, license="CC-BY-4.0", test=True):
     """Write the bioimage.io model package (format 0.5) of a unetcu checkpoint to `out` (.zip).
     Returns the bioimageio.core test's summary status ('passed', or why not) when test, else None."""
     import os
@@ -200,7 +251,7 @@ def package(checkpoint, out, name=None, author=None, license="CC-BY-4.0", test=T
     raw, probs = test_tensors(model)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        onnx.save(to_onnx(model), tmp / "weights.onnx")
+        onnx.save(to_onnx(model, object_radius=(state or {}).get("object_radius")), tmp / "weights.onnx")
         np.save(tmp / "test_input.npy", raw)
         np.save(tmp / "test_output.npy", probs)
         _cover(raw, probs, tmp / "cover.png")
@@ -210,7 +261,7 @@ def package(checkpoint, out, name=None, author=None, license="CC-BY-4.0", test=T
             tensor_id=v.TensorId("raw"), axis_id=v.AxisId(a), offset=-margin)) for a in "yx"]
         classes = ["background", "object"] if c["n_classes"] == 2 else [f"class{k}" for k in range(c["n_classes"])]
         descr = v.ModelDescr(
-            name=name or f"unetcu U-Net {Path(checkpoint).parent.name or Path(checkpoint).stem}",
+            name=name or default_name(checkpoint),
             description=f"A {c['depth']}-level U-Net (Ronneberger et al. 2015, valid convolutions) trained with unetcu: "
                         f"{c['n_classes']}-class probabilities of each pixel.",
             authors=[v.Author(name=author or os.environ.get("USER") or "unknown")],
@@ -236,7 +287,7 @@ def package(checkpoint, out, name=None, author=None, license="CC-BY-4.0", test=T
         )
         status = None
         if test:
-            from bioimageio.core import test_model
+            test_model = _need("bioimageio.core").test_model
             summary = test_model(descr)
             status = summary.status
             if status != "passed":
@@ -252,61 +303,93 @@ ALLOWED = {"Conv", "Relu", "MaxPool", "ConvTranspose", "Slice", "Concat", "Softm
            "Gather", "Unsqueeze", "Cast", "Dropout"}
 
 
-def _onnx_bytes(path) -> bytes:
-    """The ONNX weights of a .onnx file, or of a bioimage.io package (.zip, or its rdf.yaml) that has them."""
+def load_onnx(path):
+    """The onnx.ModelProto of a .onnx file (its external data files beside it), or of the ONNX weights of a
+    bioimage.io package (.zip, or the rdf.yaml of an unpacked one). Raises ValueError in one line otherwise."""
+    import tempfile
     import zipfile
     from pathlib import Path
+    onnx = _need("onnx")
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: give MODEL.onnx, PACKAGE.zip or its rdf.yaml")
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty")
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             if "meta.npy" in z.namelist():
                 raise ValueError(f"{path} is a unetcu checkpoint already: give it to unetcu predict as it is")
             if "rdf.yaml" not in z.namelist():
                 raise ValueError(f"{path} is a zip file without rdf.yaml: not a bioimage.io package")
-            source = _rdf_onnx_source(z.read("rdf.yaml").decode(), path)
-            return z.read(source)
+            source = _rdf_onnx_source(z.read("rdf.yaml").decode(errors="replace"), path)
+            if source not in z.namelist():
+                raise ValueError(f"{path}: its rdf.yaml names ONNX weights {source!r}, which the package lacks")
+            with tempfile.TemporaryDirectory() as tmp:  # unpacked, so weights stored as external data load too
+                z.extractall(tmp)
+                return _load_onnx_file(onnx, Path(tmp) / source, path)
     if path.suffix in (".yaml", ".yml"):
-        return (path.parent / _rdf_onnx_source(path.read_text(), path)).read_bytes()
-    return path.read_bytes()
+        source = path.parent / _rdf_onnx_source(path.read_text(errors="replace"), path)
+        if not source.is_file():
+            raise ValueError(f"{path}: its rdf.yaml names ONNX weights {source.name!r}, which are not beside it")
+        return _load_onnx_file(onnx, source, path)
+    return _load_onnx_file(onnx, path, path)
+
+
+def _load_onnx_file(onnx, file, shown):
+    try:
+        m = onnx.load(str(file))  # external data is read from beside the file
+        onnx.checker.check_model(m)
+        return m
+    except Exception as e:  # protobuf's DecodeError, a missing external data file, a malformed graph
+        what = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise ValueError(f"{shown}: not a readable ONNX model ({type(e).__name__}: {what})") from None
 
 
 def _rdf_onnx_source(text: str, where) -> str:
+    """The ONNX weights' file named by a bioimage.io rdf.yaml, relative to the package."""
+    import posixpath
     from ruyaml import YAML
-    rdf = YAML(typ="safe").load(text)
-    onnx_w = (rdf.get("weights") or {}).get("onnx") if isinstance(rdf, dict) else None
-    if not onnx_w:
-        formats = sorted((rdf.get("weights") or {}) if isinstance(rdf, dict) else [])
-        raise ValueError(f"{where}: the package has no ONNX weights (it has {', '.join(formats) or 'none'}); "
+    try:
+        rdf = YAML(typ="safe").load(text)
+    except Exception as e:
+        raise ValueError(f"{where}: its rdf.yaml is not valid YAML ({type(e).__name__})") from None
+    weights = rdf.get("weights") if isinstance(rdf, dict) else None
+    if not isinstance(weights, dict):
+        raise ValueError(f"{where}: its rdf.yaml has no weights entry of formats (a damaged or foreign rdf.yaml)")
+    entry = weights.get("onnx")
+    if entry is None:
+        raise ValueError(f"{where}: the package has no ONNX weights (it has {', '.join(sorted(weights)) or 'none'}); "
                          "unetcu imports ONNX only")
-    return str(onnx_w["source"])
+    source = entry.get("source") if isinstance(entry, dict) else None
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"{where}: its rdf.yaml's ONNX weights name no source file")
+    if "://" in source:
+        raise ValueError(f"{where}: its ONNX weights are at a URL ({source}); download them and give the .onnx file")
+    return posixpath.normpath(source)
 
 
 def from_onnx(path):
-    """A UNet (numpy engine) holding the weights of an ONNX U-Net of unetcu's architecture (as to_onnx
+    """A UNet (numpy engine; .object_radius set from the graph's metadata, else None) holding the weights of an ONNX U-Net of unetcu's architecture (as to_onnx
     writes it, or any graph of the same operators in the same order). Raises ValueError, in one line, for
     a graph unetcu cannot represent: other operators, another layer count or shape, or a graph whose
     probabilities differ from the rebuilt network's (checked with onnxruntime on a random input)."""
-    onnx = _need("onnx")
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
     from .model import UNet
-    try:
-        m = onnx.load_from_string(_onnx_bytes(path))
-    except onnx.onnx_cpp2py_export.checker.ValidationError as e:  # pragma: no cover (a broken file)
-        raise ValueError(f"{path}: not a valid ONNX model ({e})") from None
-    except Exception as e:  # protobuf's DecodeError and friends: the file is not ONNX
-        if isinstance(e, (ValueError, FileNotFoundError)):
-            raise
-        raise ValueError(f"{path}: not an ONNX model ({type(e).__name__})") from None
+    m = load_onnx(path)
     g = m.graph
     other = sorted({n.op_type for n in g.node} - ALLOWED)
     if other:
         raise ValueError(f"{path}: operators unetcu's U-Net does not have: {', '.join(other)} (it is built of Conv, Relu, "
                          "MaxPool, ConvTranspose, Slice, Concat and Softmax only)")
     init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    const = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in g.node if n.op_type == "Constant"}
-    init.update(const)
+    for n in g.node:  # Constant nodes (a tensor, or value_ints/value_float/...) and Identity aliases of stored arrays
+        if n.op_type == "Constant" and len(n.attribute) == 1:
+            v = helper.get_attribute_value(n.attribute[0])
+            init[n.output[0]] = numpy_helper.to_array(v) if hasattr(v, "data_type") else np.asarray(v)
+        elif n.op_type == "Identity" and n.input[0] in init:
+            init[n.output[0]] = init[n.input[0]]
 
     def weights(n):
         w = init.get(n.input[1])
@@ -316,8 +399,10 @@ def from_onnx(path):
         b = init.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
         return np.asarray(w, np.float32), None if b is None else np.asarray(b, np.float32)
     convs = [n for n in g.node if n.op_type == "Conv"]
-    c3 = [weights(n) for n in convs if init.get(n.input[1]) is not None and init[n.input[1]].shape[2:] == (3, 3)]
-    heads = [weights(n) for n in convs if init.get(n.input[1]) is not None and init[n.input[1]].shape[2:] == (1, 1)]
+    for n in convs:
+        weights(n)  # every convolution's weights are stored arrays, or a one-line refusal here
+    c3 = [weights(n) for n in convs if init[n.input[1]].shape[2:] == (3, 3)]
+    heads = [weights(n) for n in convs if init[n.input[1]].shape[2:] == (1, 1)]
     ups = [weights(n) for n in g.node if n.op_type == "ConvTranspose"]
     depth = sum(n.op_type == "MaxPool" for n in g.node) + 1
     if len(c3) != 4 * depth - 2 or len(ups) != depth - 1 or len(heads) != 1 or len(convs) != len(c3) + 1:
@@ -339,19 +424,23 @@ def from_onnx(path):
         model.params[f"{name}.weight"] = w
         model.params[f"{name}.bias"] = b if b is not None else np.zeros(want[1 if name.endswith("upconv") else 0], np.float32)
     _check_same_function(m, model, path)
+    radius = {p.key: p.value for p in m.metadata_props}.get(RADIUS_KEY)
+    try:
+        model.object_radius = float(radius) if radius is not None and float(radius) > 0 else None
+    except ValueError:
+        model.object_radius = None
     return model
 
 
 def _check_same_function(m, model, path, tol=1e-4):
     """Refuse unless the ONNX graph and the rebuilt UNet give the same probabilities on a random input."""
-    ort = _need("onnxruntime")
     depth, c = model.config["depth"], model.config
     s = valid_input_size(40, depth)
     dims = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
     ys, xs = (dims[2] or s, dims[3] or s) if len(dims) == 4 else (s, s)
     x = np.random.default_rng(0).standard_normal((1, c["in_channels"], ys, xs)).astype(np.float32)
     try:
-        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        sess = _session(m)
         got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
         want = model.predict_proba(x)
     except Exception as e:
