@@ -300,14 +300,17 @@ def test_import_refuses_damaged_packages_and_its_own_input(tmp_path, capsys):
 
 def test_a_refused_import_prints_one_line_from_a_fresh_process(tmp_path):
     """onnxruntime logs to the process's stderr itself: the refusal is still the only line there."""
-    model = _random_weights(UNet(depth=2, base_channels=4, engine="numpy"), seed=10)
+    model = _random_weights(UNet(depth=3, base_channels=4, engine="numpy"), seed=10)
 
     def swapped(g):
         for n in g.node:
             if n.op_type == "Concat":
                 n.input[0], n.input[1] = n.input[1], n.input[0]
-    onnx.save(_graph_with(model, swapped), tmp_path / "s.onnx")
-    r = subprocess.run([sys.executable, "-m", "unetcu.cli", "import", str(tmp_path / "s.onnx"), "--out",
-                        str(tmp_path / "s.npz")], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "computes something else" in r.stderr
+    def padded(g):  # 'same' padding in the first conv: the maps no longer line up, onnxruntime fails in Concat
+        next(a for a in g.node[0].attribute if a.name == "pads").ints[:] = [1, 1, 1, 1]
+    for edit, message in ((swapped, "computes something else"), (padded, "does not run as a U-Net of depth 3")):
+        onnx.save(_graph_with(model, edit), tmp_path / "s.onnx")
+        r = subprocess.run([sys.executable, "-m", "unetcu.cli", "import", str(tmp_path / "s.onnx"), "--out",
+                            str(tmp_path / "s.npz")], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert message in r.stderr
