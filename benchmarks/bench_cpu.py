@@ -217,7 +217,7 @@ def section(r) -> list[str]:
              "| preset | step (forward + backward): ours | PyTorch | ratio | forward: ours | PyTorch | ratio |",
              "|---|---|---|---|---|---|---|"]
     for s in r["steps"]:
-        lines.append(f"| {s['preset']} | {s['ours_step_ms']:.1f} ms | {s['torch_step_ms']:.1f} ms | {s['step_ratio']:.2f}x "
+        lines.append(f"| {s.get('label', s['preset'])} | {s['ours_step_ms']:.1f} ms | {s['torch_step_ms']:.1f} ms | {s['step_ratio']:.2f}x "
                      f"| {s['ours_forward_ms']:.1f} ms | {s['torch_forward_ms']:.1f} ms | {s['forward_ratio']:.2f}x |")
     bd = r["breakdown"]
     lines += ["", f"unetcu's small-preset step by op, process CPU time over all threads (a step of "
