@@ -151,6 +151,23 @@ def _cmd_sanitize(a) -> int:
     return sanitize.run(a.tool, cmd)
 
 
+def _cmd_profile(a) -> int:
+    from .engines import profile
+    cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
+    if not cmd:
+        print("unetcu profile: give a command after --, e.g. `unetcu profile --json p.json -- python my_test.py`",
+              file=sys.stderr)
+        return 2
+    if a.sample is not None and a.sample < 3:
+        print(f"unetcu profile: --sample {a.sample}: the sample is at least 3 indices per grid dimension "
+              "(the first, the last and one between)", file=sys.stderr)
+        return 2
+    if a.json and not os.path.isdir(os.path.dirname(os.path.abspath(a.json))):
+        print(f"unetcu profile: --json {a.json}: its folder does not exist", file=sys.stderr)
+        return 2
+    return profile.run(cmd, a.kernel, a.json, a.sample)
+
+
 # ---- train ---------------------------------------------------------------------------------------
 # Every train option is parsed with default None, so that an option given on the command line can be
 # told from a default: a resumed run takes the options it was started with from its checkpoint.
@@ -761,6 +778,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the check (default memcheck)")
     z.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command, e.g. -- python my_test.py")
     z.set_defaults(func=_cmd_sanitize)
+    f = sub.add_parser("profile", help="run a command with emulated kernels counted as Nsight Compute would (no GPU)",
+                       description="Run COMMAND with every emulated kernel instrumented and print, per launch, Nsight "
+                                   "Compute's memory counters (global requests and sectors, shared wavefronts and bank "
+                                   "conflicts), the compulsory bytes, the theoretical occupancy on sm_90 and a roofline "
+                                   "bound for H100 SXM and H200. Counts, never times: see the README's \"Nsight Compute "
+                                   "counters without a GPU\".")
+    f.add_argument("--kernel", metavar="REGEX", help="profile only the kernels whose name matches (re.search)")
+    f.add_argument("--json", metavar="FILE", help="also write the launches' records, keyed by ncu's metric names")
+    f.add_argument("--sample", type=int, metavar="S",
+                   help="run only S block indices per grid dimension (first, last, S-2 between) and scale the "
+                        "counts: for large grids; the command's own results are then not meaningful")
+    f.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command, e.g. -- python my_test.py")
+    f.set_defaults(func=_cmd_profile)
     return p
 
 

@@ -96,6 +96,9 @@ int launch(const char* name, void (*kernel)(A...), const unsigned* grid, const u
         gridDim = dim3(grid[0], grid[1], grid[2]);
         blockDim = dim3(block[0], block[1], block[2]);
         blockIdx = uint3{(unsigned)(b % grid[0]), (unsigned)((b / grid[0]) % grid[1]), (unsigned)(b / ((long long)grid[0] * grid[1]))};
+#if EMU_SAN == 3
+        if (!san::prof::sampled(blockIdx)) continue;  // profile: a block outside the sample
+#endif
         if (s->smem_bytes != smem_bytes || (smem_bytes && !s->smem)) {
             free(s->smem);
             s->smem = nullptr;

@@ -55,6 +55,9 @@ struct Range {
     size_t race_bytes;     // what was mapped for it
     bool owns_init;
     int index;             // global: which range of the launch (the Python side names the argument)
+    uint64_t* prof_read = nullptr;      // profile: one bit per byte read / written (global ranges)
+    uint64_t* prof_written = nullptr;
+    double prof_read_n = 0, prof_written_n = 0;  // distinct bytes, each weighted by its block's sample weight
 };
 
 struct Hazard {
@@ -69,7 +72,7 @@ struct Hazard {
 };
 
 struct State {
-    int mode = 0;                       // 1 racecheck, 2 initcheck
+    int mode = 0;                       // 1 racecheck, 2 initcheck, 3 profile (emu_profile.h)
     Sched* s = nullptr;                 // the running block's scheduler (one OS thread)
     Range global[MAX_RANGES];           // this launch's pointer arguments
     Range shared[MAX_RANGES];           // dynamic buffer and static __shared__ variables
@@ -100,6 +103,12 @@ EMU_NOSAN inline void* map_zeroed(size_t n) {
 
 EMU_NOSAN inline void free_range(Range& r) {
     if (r.race) munmap(r.race, r.race_bytes);
+    if (r.prof_read) {
+        size_t bits = (r.hi - r.lo + 63) / 64 * 8;
+        munmap(r.prof_read, bits);
+        munmap(r.prof_written, bits);
+        r.prof_read = r.prof_written = nullptr;
+    }
     if (r.owns_init && r.init) free(r.init);
     r.race = nullptr; r.init = nullptr;
 }
@@ -108,6 +117,11 @@ EMU_NOSAN inline void add_shadow(Range& r, bool for_init) {
     size_t n = r.hi - r.lo;
     if (g.mode == 1) { r.race_bytes = n * sizeof(RCell); r.race = (RCell*)map_zeroed(r.race_bytes); }
     if (g.mode == 2 && for_init) { r.init = (unsigned char*)calloc(n, 1); r.owns_init = true; }
+    if (g.mode == 3 && !r.shared) {
+        size_t bits = (n + 63) / 64 * 8;
+        r.prof_read = (uint64_t*)map_zeroed(bits);
+        r.prof_written = (uint64_t*)map_zeroed(bits);
+    }
 }
 
 // A shared variable or the dynamic buffer: registered once per address, unwritten at every block start.
@@ -129,6 +143,14 @@ EMU_NOSAN inline void shared_range(const void* p, size_t n, const char* name) {
     g.shared[g.n_shared++] = r;
     g.last = nullptr;
 }
+
+}  // namespace san
+}  // namespace emu
+#if EMU_SANITIZE == 3
+#include "emu_profile.h"
+#endif
+namespace emu {
+namespace san {
 
 EMU_NOSAN_HOT inline const Range* find(uintptr_t a) {
     if (g.last && a >= g.last->lo && a < g.last->hi) return g.last;
@@ -167,6 +189,10 @@ EMU_NOSAN_HOT inline void access_impl(uintptr_t a, size_t n, Kind kind, void* pc
     if (!r) return;
     int t = s->cur;
     uint32_t site = (uint32_t)((uintptr_t)pc - 1 - g.base);
+#if EMU_SANITIZE == 3
+    prof::access(r, a, n, kind == WRITE, t, site);
+    return;
+#endif
     if (g.mode == 2) {
         if (!r->init) return;
         unsigned char* sh = r->init + (a - r->lo);
@@ -208,7 +234,17 @@ EMU_NOSAN_HOT inline void access(uintptr_t a, size_t n, Kind kind, void* pc) {
 }
 
 EMU_NOSAN inline void atomic_access(uintptr_t a, size_t n, void* pc) {
-    // initcheck: an atomic reads the old value, then writes; racecheck: atomics do not race
+    // initcheck: an atomic reads the old value, then writes; racecheck: atomics do not race;
+    // profile: its bytes are compulsory traffic both ways, it is not a load or store request
+#if EMU_SANITIZE == 3
+    if (a - g.stk_lo < g.stk_span || g.busy || !g.s || g.s->cur < 0) return;
+    if (const Range* r = find(a)) {
+        prof::compulsory(*const_cast<Range*>(r), a, n, false);
+        prof::compulsory(*const_cast<Range*>(r), a, n, true);
+    }
+    (void)pc;
+    return;
+#endif
     if (g.mode != 2) return;
     access(a, n, READ, pc);
     access(a, n, WRITE, pc);
@@ -219,8 +255,13 @@ EMU_NOSAN inline void atomic_access(uintptr_t a, size_t n, void* pc) {
 // count (on the GPU the lanes share the work, ordered with the warp by the call's rendezvous).
 struct WarpShared {
     bool old;
+#if EMU_SANITIZE == 3
+    EMU_NOSAN explicit WarpShared(int lane) : old(g.busy) { if (lane != 0) g.busy = true; else prof::p.wmma_i = 0; }
+    EMU_NOSAN ~WarpShared() { g.busy = old; prof::p.wmma_i = -1; }
+#else
     EMU_NOSAN explicit WarpShared(int lane) : old(g.busy) { if (lane != 0) g.busy = true; }
     EMU_NOSAN ~WarpShared() { g.busy = old; }
+#endif
 };
 
 EMU_NOSAN inline void block_start(Sched* s) {
@@ -235,8 +276,13 @@ EMU_NOSAN inline void block_start(Sched* s) {
     for (int t = 0; t < s->nthreads; ++t) g.wclk[(size_t)t * 32 + (t & 31)] = 1;
     if (s->smem && s->smem_bytes) shared_range(s->smem, s->smem_bytes, "extern __shared__");
 }
+#if EMU_SANITIZE == 3
+EMU_NOSAN inline void block_end() { ++g.epoch; prof::flush(); }
+EMU_NOSAN inline void barrier() { ++g.epoch; prof::flush(); }
+#else
 EMU_NOSAN inline void block_end() { ++g.epoch; }
 EMU_NOSAN inline void barrier() { ++g.epoch; }
+#endif
 // A warp collective completed for the lanes of `mask` of the warp starting at thread w0.
 EMU_NOSAN inline void warp_sync(int w0, unsigned mask) {
     Busy busy;
@@ -358,3 +404,14 @@ extern "C" __attribute__((visibility("default"))) EMU_NOSAN size_t emu_san_take(
     ::emu::san::launch_end();
     return ::emu::san::take(buf, n);
 }
+
+#if EMU_SANITIZE == 3
+// profile: which blocks run (weights per grid index and dimension, or all), then the counters
+extern "C" __attribute__((visibility("default"))) EMU_NOSAN void emu_prof_begin(const float* weights, const unsigned* grid,
+                                                                               int sampled) {
+    ::emu::san::prof::begin(weights, grid, sampled);
+}
+extern "C" __attribute__((visibility("default"))) EMU_NOSAN size_t emu_prof_take(char* buf, size_t n) {
+    return ::emu::san::prof::take(buf, n);
+}
+#endif

@@ -112,14 +112,21 @@ def num_threads() -> int:
 
 
 def sanitize_mode() -> str | None:
-    """The build's sanitizer: "address" (UNETCU_EMU_SANITIZE=address, or the memcheck tool),
-    "racecheck" or "initcheck" (UNETCU_SANITIZE, see unetcu.engines.sanitize), else None."""
-    from . import sanitize
+    """The build's instrumentation: "address" (UNETCU_EMU_SANITIZE=address, or the memcheck tool),
+    "racecheck" or "initcheck" (UNETCU_SANITIZE, see unetcu.engines.sanitize), "profile"
+    (UNETCU_PROFILE, see unetcu.engines.profile), else None."""
+    from . import profile, sanitize
     mode = os.environ.get("UNETCU_EMU_SANITIZE", "").strip() or None
     if mode not in (None, "address"):
         raise ValueError(f"UNETCU_EMU_SANITIZE={mode!r}: only 'address' is supported")
     t = sanitize.tool()
-    return mode or (sanitize.BUILD[t] if t else None)
+    mode = mode or (sanitize.BUILD[t] if t else None)
+    if profile.enabled():
+        if mode is not None:
+            raise ValueError(f"{profile.ENV} and a sanitizer ({mode}) are both set: the emulator instruments for one "
+                             "at a time")
+        return "profile"
+    return mode
 
 
 def asan_runtime() -> str:
@@ -228,6 +235,10 @@ def param_names(src: str, kernel: str) -> list[str]:
         depth += {"(": 1, ")": -1}.get(code[i], 0)
         i += 1
     params = code[m.end():i - 1].strip()
+    if re.fullmatch(r"[A-Za-z_]\w*", params):  # a parameter list spelled by an object-like macro
+        d = re.search(rf"^[ \t]*#[ \t]*define[ \t]+{params}[ \t]+((?:[^\n]*\\\n)*[^\n]*)", code, re.M)
+        if d:
+            params = d.group(1).replace("\\\n", " ").strip()
     return [] if params in ("", "void") else [_declared_name(p) or "?" for p in _split_top(params)]
 
 
@@ -719,6 +730,7 @@ def compile_error(filename: str, stderr: str) -> str:
 
 
 # ---- building ------------------------------------------------------------------------------------
+_SAN_BUILD = {"racecheck": 1, "initcheck": 2, "profile": 3}  # EMU_SANITIZE of the instrumented builds
 _GXX_VERSION = None
 _build_lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL] = {}
@@ -796,11 +808,13 @@ def build(source: str, options=(), name_expressions=(), filename: str = "kernel.
             raise EmulatorError("an AddressSanitizer build needs libasan preloaded: run the program as "
                                 "`unetcu asan python ...` (or LD_PRELOAD=$(g++ -print-file-name=libasan.so))")
         flags += ["-O1", "-gdwarf-4", "-fsanitize=address", "-fno-omit-frame-pointer", "-fsanitize=alignment"]
-    elif sanitize in ("racecheck", "initcheck"):
-        # g++'s ThreadSanitizer instrumentation, our handlers (emu_sanitize.h), no TSan runtime;
-        # one OS thread runs the blocks
+    elif sanitize in ("racecheck", "initcheck", "profile"):
+        # g++'s ThreadSanitizer instrumentation, our handlers (emu_sanitize.h, emu_profile.h), no
+        # TSan runtime; one OS thread runs the blocks
         flags += ["-O1", "-gdwarf-4", "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0",
-                  "-fsanitize=alignment", f"-DEMU_SANITIZE={1 if sanitize == 'racecheck' else 2}"]
+                  "-fsanitize=alignment", f"-DEMU_SANITIZE={_SAN_BUILD[sanitize]}"]
+        if sanitize == "profile":  # keep a vector load one access (SRA would split a float4 into four)
+            flags += ["-fno-tree-sra"]
     else:
         flags += ["-O2", "-fopenmp"]
     flags += gopts
@@ -815,7 +829,7 @@ def build(source: str, options=(), name_expressions=(), filename: str = "kernel.
         h.update(str(f).encode())
         h.update(f.read_bytes())
     key = h.hexdigest()[:24]
-    suffix = {None: "", "address": "-asan", "racecheck": "-race", "initcheck": "-init"}[sanitize]
+    suffix = {None: "", "address": "-asan", "racecheck": "-race", "initcheck": "-init", "profile": "-prof"}[sanitize]
     so = cache_dir() / f"{Path(filename).stem}-{key}{suffix}.so"
     with _build_lock:
         if not so.exists():
@@ -823,7 +837,7 @@ def build(source: str, options=(), name_expressions=(), filename: str = "kernel.
                 cpp = Path(tmp) / "unit.cpp"
                 cpp.write_text(tu)
                 out = Path(tmp) / "unit.so"
-                if sanitize in ("racecheck", "initcheck"):  # compile, then link without libtsan
+                if sanitize in _SAN_BUILD:  # compile, then link without libtsan
                     obj = Path(tmp) / "unit.o"
                     r = subprocess.run(["g++", *[f for f in flags if f != "-shared"], "-c", str(cpp), "-o", str(obj)],
                                        capture_output=True, text=True)
@@ -855,6 +869,7 @@ class EmuModule:
     def __init__(self, source: str, options=(), name_expressions=(), filename: str = "kernel.cu"):
         self.filename = filename
         self._source = source
+        self._options = tuple(options)
         self._lib, self._symbols, self._mangled, self._variables = build(source, options, tuple(name_expressions), filename)
         self._kernels: dict[str, EmuKernel] = {}
         self._globals: dict[str, np.ndarray] = {}
@@ -873,7 +888,9 @@ class EmuModule:
                        "template kernels must be listed in name_expressions")
             raise CUDADriverError(f"{_NOT_FOUND} ({why})")
         if name not in self._kernels:
-            self._kernels[name] = EmuKernel(self._lib, self._symbols[name], name, param_names(self._source, name))
+            k = EmuKernel(self._lib, self._symbols[name], name, param_names(self._source, name))
+            k.source, k.options, k.filename = self._source, self._options, self.filename  # for the profiler's ptxas report
+            self._kernels[name] = k
         return self._kernels[name]
 
     def get_global(self, name: str) -> np.ndarray:
@@ -931,6 +948,14 @@ class EmuKernel:
                                       "emulator cannot pass (CuPy passes arrays as pointers and NumPy scalars as "
                                       "numbers: use a pointer, or pass the fields as separate scalars)")
         self._so = lib._name
+        self.source, self.options, self.filename = "", (), ""
+        self._prof = getattr(lib, "emu_prof_begin", None)
+        if self._prof is not None:
+            self._prof.restype = None
+            self._prof.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint), ctypes.c_int]
+            self._prof_take = lib.emu_prof_take
+            self._prof_take.restype = ctypes.c_size_t
+            self._prof_take.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
         self._san = getattr(lib, "emu_san_begin", None)
         if self._san is not None:
             self._san.restype = None
@@ -1014,22 +1039,39 @@ class EmuKernel:
         ptrs = (ctypes.c_void_p * max(1, len(holders)))(*[ctypes.addressof(h) for h in holders])
         order, seed = get_order()
         err = ctypes.create_string_buffer(4096)
-        from . import sanitize
-        if self._san is not None:  # racecheck / initcheck build: tell it which memory is global
+        from . import profile, sanitize
+        weights, profiled = None, False
+        if self._san is not None:  # racecheck / initcheck / profile build: tell it which memory is global
             arrays = [(a, self._params[i]) for i, a in enumerate(args) if isinstance(a, np.ndarray)]
             ranges, labels = sanitize.launch_ranges([a for a, _ in arrays], [n for _, n in arrays])
             buf = (ctypes.c_size_t * max(1, len(ranges)))(*ranges)
-            self._san(sanitize.SAN_MODE[sanitize_mode()], ctypes.cast(buf, ctypes.c_void_p), len(ranges) // 3)
+            mode = sanitize_mode()
+            self._san(_SAN_BUILD[mode], ctypes.cast(buf, ctypes.c_void_p), len(ranges) // 3)
+            if self._prof is not None:
+                profiled = profile.wanted(self.name)
+                weights = profile.sample_weights(g, profile.sample_size()) if profiled else None
+                flat = [x for w in weights for x in w] if weights else [0.0]
+                wbuf = (ctypes.c_float * len(flat))(*flat)
+                self._prof(ctypes.cast(wbuf, ctypes.c_void_p), (ctypes.c_uint * 3)(*g), int(weights is not None))
         try:
             rc = self._fn((ctypes.c_uint * 3)(*g), (ctypes.c_uint * 3)(*b), int(shared_mem), ctypes.cast(ptrs, ctypes.c_void_p),
                           ORDERS[order], seed, num_threads(), err, len(err))
         finally:
             self._report_shifts()
+            if profiled:
+                counts = ctypes.create_string_buffer(1 << 16)
+                need = self._prof_take(counts, len(counts))
+                if need >= len(counts):
+                    counts = ctypes.create_string_buffer(need + 1)
+                    self._prof_take(counts, len(counts))
             if self._san is not None:
                 out = ctypes.create_string_buffer(1 << 16)
                 self._san_take(out, len(out))
                 if out.value:
                     sanitize.report_launch(self.name, self._so, out.value.decode(errors="replace"), labels)
+        if profiled and rc == 0:
+            profile.add(profile.launch_record(self, g, b, int(shared_mem), args, counts.value.decode(),
+                                              [hi - lo for lo, hi in zip(ranges[0::3], ranges[1::3])], weights))
         if rc != 0:
             msg = err.value.decode(errors="replace")
             if sanitize.tool():

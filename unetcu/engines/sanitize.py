@@ -45,7 +45,6 @@ LOG_ENV = "UNETCU_SANITIZE_LOG"
 PREFIX = "========= "
 # build mode per tool: what emu.build compiles (None: the normal build)
 BUILD = {"memcheck": "address", "racecheck": "racecheck", "initcheck": "initcheck", "synccheck": None}
-SAN_MODE = {"racecheck": 1, "initcheck": 2}
 
 HAZARDS: list[str] = []          # reports of this process not inside expected()
 _expect_stack: list[list[str]] = []

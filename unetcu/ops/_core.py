@@ -14,6 +14,7 @@ the compile check and RESULTS.md read.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -32,11 +33,13 @@ class Variant:
 
     kernel: its __global__ function in kernels/<file>; an implicit GEMM is compiled once per block
     tile, as f"{kernel}_{BM}x{BN}" for each (BM, BN) in tiles. helpers: other kernels of the file it
-    launches after it (a bias or a split-reduction kernel). algorithm: how it computes, in the
+    launches besides it (a weight transpose before it; a bias or split-reduction kernel after). algorithm: how it computes, in the
     field's terms. note: why its number differs from the other directions', where it does.
     launch: the grid the launcher builds for it (the op module's launchers know each by name; an
     unknown one is refused, never launched with another's grid). default: this record is what
-    variant=None runs in its precision (else the highest number is)."""
+    variant=None runs in its precision (else the highest number is). flops: the work formula,
+    FLOPs of one launch of `kernel` as a function of its integer arguments by parameter name (the
+    profiler's roofline); None for the memory-bound ops."""
     op: str
     number: int
     kernel: str
@@ -48,6 +51,7 @@ class Variant:
     helpers: tuple = ()
     launch: str = "grid1d"  # one thread per element, 1-D blocks of BLOCK
     default: bool = False
+    flops: object = None  # FLOPs of one launch from its integer arguments by name (unetcu profile); None: memory-bound
 
     @property
     def kernel_names(self) -> list[str]:
@@ -58,10 +62,13 @@ class Variant:
 REGISTRY: dict[str, dict[int, Variant]] = {}  # op -> {number: Variant}, filled as the op modules load
 
 
-def register(*records: Variant):
-    """Add variant records to the registry; ValueError for a bad precision or number, a number
-    registered twice, or a second default of one op and precision."""
+def register(*records: Variant, flops=None):
+    """Add variant records to the registry (with `flops` as the work formula of those that have
+    none); ValueError for a bad precision or number, a number registered twice, or a second
+    default of one op and precision."""
     for r in records:
+        if flops is not None and r.flops is None:
+            r = dataclasses.replace(r, flops=flops)
         check_precision(r.precision, f"variant {r.op} {r.number}")
         if not _is_number(r.number) or r.number < 1:
             raise ValueError(f"variant {r.op} {r.number!r}: numbers are integers from 1")

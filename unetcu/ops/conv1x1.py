@@ -15,7 +15,8 @@ FILE = "conv1x1.cu"
 register(Variant("conv1x1_forward", 1, "conv1x1_forward_kernel1", FILE, "one thread per output"),
          Variant("conv1x1_backward_data", 1, "conv1x1_backward_data_kernel1", FILE, "one thread per input element"),
          Variant("conv1x1_backward_weight", 1, "conv1x1_backward_weight_kernel1", FILE,
-                 "one block per (c, k): a block-wide reduction over the pixels", launch="block_per_ck"))
+                 "one block per (c, k): a block-wide reduction over the pixels", launch="block_per_ck"),
+         flops=lambda p: 2.0 * p["N"] * p["C"] * p["K"] * p["HW"])
 
 
 def conv1x1_forward(x, w, b, engine=None, variant=None):

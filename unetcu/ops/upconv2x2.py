@@ -17,7 +17,8 @@ FILE = "upconv2x2.cu"
 register(Variant("upconv2x2_forward", 1, "upconv2x2_forward_kernel1", FILE, "one thread per output"),
          Variant("upconv2x2_backward_data", 1, "upconv2x2_backward_data_kernel1", FILE, "one thread per input element"),
          Variant("upconv2x2_backward_weight", 1, "upconv2x2_backward_weight_kernel1", FILE,
-                 "one block per (c, k): a block-wide reduction over the pixels", launch="block_per_ck"))
+                 "one block per (c, k): a block-wide reduction over the pixels", launch="block_per_ck"),
+         flops=lambda p: 2.0 * p["N"] * p["C"] * p["K"] * 4 * p["H"] * p["W"])  # H, W: the input's
 
 
 def upconv2x2_forward(x, w, b, engine=None, variant=None):
