@@ -40,7 +40,17 @@ IGEMM, IGEMM_TF32 = "implicit GEMM (igemm.cuh)", "implicit GEMM on tf32 tensor c
 _NO_SHARED = ("no shared-memory-tile variant in this direction (forward's 2), so the implicit GEMMs "
               "are numbered one lower than forward's")
 _BIAS, _REDUCE = "conv3x3_backward_bias_kernel1", "conv3x3_backward_weight_reduce_kernel1"
+_TRANSPOSE = "conv3x3_weight_transpose_kernel1"  # backward-data's implicit GEMMs read w through it
 _SAME_KERNEL = "the same kernel as the plain op's variant of this number (it reads skip and up itself)"
+
+
+def conv_flops(p: dict) -> float:
+    """2 x the multiply-adds of a valid 3x3 conv (any direction) from a kernel's integer arguments:
+    N, K, H, W (the input's size) and C, or Cs + Cu for the two-source kernels."""
+    c = p["C"] if "C" in p else p["Cs"] + p["Cu"]
+    return 2.0 * p["N"] * p["K"] * c * 9 * (p["H"] - 2) * (p["W"] - 2)
+
+
 register(
     Variant("conv3x3_forward", 1, "conv3x3_forward_kernel1", FILE, "direct: one thread per output"),
     Variant("conv3x3_forward", 2, "conv3x3_forward_kernel2", FILE, "direct: shared-memory input and weight tiles",
@@ -52,12 +62,14 @@ register(
     Variant("conv3x3_forward_concat", 3, "conv3x3_forward_kernel3", FILE, IGEMM, tiles=TILES, note=_SAME_KERNEL, launch="igemm"),
     Variant("conv3x3_forward_concat", 4, "conv3x3_forward_kernel4", FILE, IGEMM_TF32, "tf32", TILES, _SAME_KERNEL, launch="igemm"),
     Variant("conv3x3_backward_data", 1, "conv3x3_backward_data_kernel1", FILE, "direct: one thread per input element"),
-    Variant("conv3x3_backward_data", 2, "conv3x3_backward_data_kernel2", FILE, IGEMM, tiles=TILES, note=_NO_SHARED, launch="igemm"),
-    Variant("conv3x3_backward_data", 3, "conv3x3_backward_data_kernel3", FILE, IGEMM_TF32, "tf32", TILES, _NO_SHARED, launch="igemm"),
+    Variant("conv3x3_backward_data", 2, "conv3x3_backward_data_kernel2", FILE, IGEMM, tiles=TILES, note=_NO_SHARED,
+            helpers=(_TRANSPOSE,), launch="igemm"),
+    Variant("conv3x3_backward_data", 3, "conv3x3_backward_data_kernel3", FILE, IGEMM_TF32, "tf32", TILES, _NO_SHARED,
+            (_TRANSPOSE,), launch="igemm"),
     Variant("conv3x3_backward_data_concat", 2, "conv3x3_backward_data_kernel2", FILE, IGEMM, tiles=TILES,
-            note=_SAME_KERNEL + "; the direct kernel has no split output", launch="igemm"),
+            note=_SAME_KERNEL + "; the direct kernel has no split output", helpers=(_TRANSPOSE,), launch="igemm"),
     Variant("conv3x3_backward_data_concat", 3, "conv3x3_backward_data_kernel3", FILE, IGEMM_TF32, "tf32", TILES,
-            _SAME_KERNEL, launch="igemm"),
+            _SAME_KERNEL, (_TRANSPOSE,), launch="igemm"),
     Variant("conv3x3_backward_weight", 1, "conv3x3_backward_weight_kernel1", FILE, "direct: one thread per weight",
             helpers=(_BIAS,)),
     Variant("conv3x3_backward_weight", 2, "conv3x3_backward_weight_kernel2", FILE,
@@ -70,6 +82,7 @@ register(
             tiles=TILES, note=_SAME_KERNEL + "; 1 and 2 have no two-source form", helpers=(_REDUCE,), launch="igemm"),
     Variant("conv3x3_backward_weight_concat", 4, "conv3x3_backward_weight_kernel4", FILE,
             IGEMM_TF32 + ", split over the pixels", "tf32", TILES, _SAME_KERNEL, (_REDUCE,), launch="igemm"),
+    flops=conv_flops,
 )
 
 
@@ -297,9 +310,13 @@ def _backward_data_igemm(op, name, dout, out, w, mask, dskip, dup, cs, cu, engin
     h, wd = ho + 2, wo + 2
     m = n * h * wd
     bm, bn = _tile(op, tile, m, cs + cu, engine)
+    # B with c contiguous (K, 9, C): coalesced loads of the weights (kernels/conv3x3.cu, ConvBackwardData)
+    wt = empty(engine, (k, 9, cs + cu))
+    g, b = grid1d(wt.size)
+    kernel(FILE, _TRANSPOSE, engine)(g, b, (w, wt, i32(k), i32(cs + cu)))
     kernel(FILE, f"{name}_{bm}x{bn}", engine)(
         (_cdiv(m, bm), _cdiv(cs + cu, bn), 1), (256,),
-        (dout, out, w, mask, dskip, dup, i32(n), i32(cs), i32(cu), i32(h), i32(wd), i32(k)))
+        (dout, out, wt, mask, dskip, dup, i32(n), i32(cs), i32(cu), i32(h), i32(wd), i32(k)))
 
 
 # ---- backward-weight -----------------------------------------------------------------------------
