@@ -41,6 +41,12 @@ step step 80 python3 -m benchmarks.bench_step --engine cuda --quick --json "$OUT
 if command -v ncu >/dev/null; then  # counters of the default conv kernels: what limits each
   step profile 45 ncu --clock-control none --csv --section SpeedOfLight --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats --kernel-name regex:conv3x3_ python3 -m benchmarks.profile_conv
 fi
+if command -v ncu >/dev/null; then  # unetcu profile's counts against ncu's, key by key, on the planted patterns
+  METRICS=$(python3 -c "from benchmarks.compare_ncu import KEYS; print(','.join(KEYS))")
+  step ncu_planted 60 ncu --clock-control none --csv --print-units base --metrics "$METRICS" python3 tests/profile_planted.py --engine cuda
+  step emu_planted 60 python3 -m unetcu.cli profile --json "$OUTDIR/emu_planted.json" -- python3 tests/profile_planted.py
+  step compare_ncu 10 python3 -m benchmarks.compare_ncu "$OUTDIR/emu_planted.json" "$OUTDIR/ncu_planted.log"
+fi
 step results 15 python3 -m benchmarks.make_results "$OUTDIR" --out "$OUTDIR/RESULTS.md"
 
 echo

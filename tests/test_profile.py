@@ -14,7 +14,7 @@ import pytest
 from unetcu.engines import profile
 
 HERE = Path(__file__).parent
-LD, ST = profile.GLOBAL_KEYS[("ld", "requests")], profile.GLOBAL_KEYS[("ld", "sectors")]
+LD, LD_SEC = profile.GLOBAL_KEYS[("ld", "requests")], profile.GLOBAL_KEYS[("ld", "sectors")]
 SH_WF, SH_BC = profile.SHARED_KEYS[("ld", "wavefronts")], profile.SHARED_KEYS[("ld", "conflicts")]
 
 
@@ -42,7 +42,7 @@ def test_global_coalescing_exact(planted):
     # 2 blocks of one warp: 2 load requests each launch; 4, 8, 32 sectors per request for strides 1, 2, 32
     for launch, want in zip(stride, (4, 8, 32)):
         m = launch["metrics"]
-        assert m[LD] == 2 and m[ST] == 2 * want
+        assert m[LD] == 2 and m[LD_SEC] == 2 * want
         assert m[profile.GLOBAL_KEYS[("st", "sectors")]] == 8  # the stores stay coalesced
         assert m["unetcu__compulsory_bytes_read"] == 256 and m["unetcu__compulsory_bytes_written"] == 256
     f4 = next(l for l in launches if l["kernel"] == "load_float4")
@@ -56,11 +56,11 @@ def test_partial_warps_and_divergent_lanes(planted):
     part = [l for l in launches if l["kernel"] == "load_stride"][3]
     m = part["metrics"]
     assert part["block"] == [48, 1, 1]
-    assert m[LD] == 5 and m[ST] == 4 + 2 + 4 + 2 + 1
+    assert m[LD] == 5 and m[LD_SEC] == 4 + 2 + 4 + 2 + 1
     assert m["unetcu__compulsory_bytes_read"] == 400
     # every other lane: one request of 16 lanes spanning 128 bytes, whose 64 would fit 2 sectors
     div = next(l for l in launches if l["kernel"] == "divergent")["metrics"]
-    assert div[LD] == 1 and div[ST] == 4 and div["unetcu__ideal_sectors_op_ld"] == 2
+    assert div[LD] == 1 and div[LD_SEC] == 4 and div["unetcu__ideal_sectors_op_ld"] == 2
 
 
 def test_shared_bank_conflicts_exact(planted):
@@ -83,9 +83,38 @@ def test_shared_vector_phases(planted):
     assert vec["metrics"][SH_BC] == 0
 
 
+def test_wide_copies_and_a_freed_dynamic_buffer(planted):
+    launches, _ = planted
+    wide = next(l for l in launches if l["kernel"] == "copy_struct")["metrics"]
+    # two 16-byte pieces, each a request of 32 lanes 32 bytes apart: a sector per lane, half of it used
+    assert wide[LD] == 2 and wide[LD_SEC] == 2 * 32 and wide["unetcu__ideal_sectors_op_ld"] == 2 * 16
+    assert wide[profile.GLOBAL_KEYS[("st", "requests")]] == 2
+    dyn = next(l for l in launches if l["kernel"] == "dynamic_shared")
+    assert dyn["dynamic_shared_bytes"] == 40000 and dyn["metrics"]["unetcu__shared_requests_op_ld"] == 1
+    # the launch after it: 10000 floats, 40 blocks of 256: all global, every byte counted
+    after = [l for l in launches if l["kernel"] == "load_stride" and l["grid"] == [40, 1, 1]][0]["metrics"]
+    assert after[LD] == -(-10000 // 32) and after["unetcu__shared_requests_op_ld"] == 0
+    assert after["unetcu__compulsory_bytes_read"] == 40000 and after["unetcu__compulsory_bytes_written"] == 40000
+
+
+def test_gemm_example(planted):
+    """The README's example: 64^3, blocks of 32x32 threads."""
+    launches, _ = planted
+    naive = next(l for l in launches if l["kernel"] == "gemm_naive")
+    tiled = next(l for l in launches if l["kernel"] == "gemm_tiled")["metrics"]
+    m = naive["metrics"]
+    # 4 blocks x 32 warps x 64 k: A's request 32 sectors (rows 256 bytes apart), B's a broadcast (1)
+    assert m[LD] == 4 * 32 * 64 * 2 and m[LD_SEC] == 4 * 32 * 64 * (32 + 1)
+    a_line = next(s for s in naive["sites"] if s["op"] == "ld" and s["sectors"] == 32 * s["requests"])
+    assert a_line["ideal"] == 4 * a_line["requests"]
+    assert tiled[LD] == 4 * 32 * 2 * 2 and tiled[LD_SEC] == 4 * tiled[LD]  # coalesced tile loads
+    assert tiled[SH_WF] == 4 * 32 * 2 * 32 * 2 and tiled[SH_BC] == 0  # As[ty][k] broadcast, Bs[k][tx] a row
+    assert tiled["unetcu__compulsory_bytes_read"] == 2 * 64 * 64 * 4
+
+
 def test_table_names_the_wasteful_line(planted):
     _, table = planted
-    assert "waste: global ld at" in table and "planted.cu:4 in load_stride: 32.00 sectors/request (ideal 4.00)" in table
+    assert "waste: global ld at planted.cu:4 in load_stride: 32.00 sectors/request (ideal 4.00)" in table
     assert "planted.cu:18 in shared_tile: 32.00 wavefronts/request (ideal 1.00)" in table
     assert "a bound, not a time" in table
 
@@ -114,8 +143,9 @@ int main() {
         cudaOccFuncAttributes a;
         a.maxThreadsPerBlock = 1024; a.numRegs = regs; a.sharedSizeBytes = smem;
         a.partitionedGCConfig = PARTITIONED_GC_OFF;
-        a.shmemLimitConfig = dyn > 49152 ? FUNC_SHMEM_LIMIT_OPTIN : FUNC_SHMEM_LIMIT_DEFAULT;
-        a.maxDynamicSharedSizeBytes = dyn > 49152 ? 232448 - smem : 49152 - smem;
+        bool optin = smem + dyn > 49152;  // the kernel opted in (cudaFuncSetAttribute), else the launch fails
+        a.shmemLimitConfig = optin ? FUNC_SHMEM_LIMIT_OPTIN : FUNC_SHMEM_LIMIT_DEFAULT;
+        a.maxDynamicSharedSizeBytes = optin ? 232448 - smem : 49152 - smem;
         a.numBlockBarriers = 1;
         cudaOccDeviceState st;
         cudaOccResult r;
@@ -136,11 +166,11 @@ def test_occupancy_equals_cuda_occupancy_header(tmp_path):
                    check=True)
     rng = np.random.default_rng(1)
     cases = [(256, 128, 33792, 0), (256, 64, 0, 0), (1024, 64, 0, 0), (32, 8, 0, 0), (64, 255, 0, 100000),
-             (256, 40, 16384, 65536), (96, 33, 100, 227 * 1024 - 100), (1000, 65, 0, 0)]
+             (256, 40, 16384, 65536), (96, 33, 100, 227 * 1024 - 100), (1000, 65, 0, 0), (256, 32, 32768, 20480)]
     for _ in range(300):
         threads = int(rng.integers(1, 1025))
         smem = int(rng.choice([0, int(rng.integers(0, 48 * 1024))]))
-        dyn = int(rng.choice([0, int(rng.integers(0, 48 * 1024 - smem + 1)), int(rng.integers(48 * 1024, 227 * 1024 - smem))]))
+        dyn = int(rng.choice([0, int(rng.integers(0, 48 * 1024 - smem + 1)), int(rng.integers(0, 227 * 1024 - smem))]))
         cases.append((threads, int(rng.integers(1, 256)), smem, dyn))
     r = subprocess.run([str(tmp_path / "occ")], input="".join(f"{c[0]} {c[1]} {c[2]} {c[3]}\n" for c in cases),
                        capture_output=True, text=True, check=True)
@@ -211,7 +241,7 @@ def test_op_launch_flops_roofline_and_sample(tmp_path):
     part = _op_record(tmp_path, 5)
     assert part["sampled_blocks"] == 5 and part["grid_blocks"] == 25
     s = part["metrics"]
-    for key in (LD, ST, SH_WF, profile.GLOBAL_KEYS[("st", "sectors")], "unetcu__compulsory_bytes_read",
+    for key in (LD, LD_SEC, SH_WF, profile.GLOBAL_KEYS[("st", "sectors")], "unetcu__compulsory_bytes_read",
                 "unetcu__compulsory_bytes_written"):
         assert s[key] == pytest.approx(m[key], rel=0.02), key
     assert s[SH_WF] > 0 and s[LD] > 0
@@ -226,11 +256,47 @@ def test_refusals(tmp_path):
     assert r.returncode == 2 and "at least 3" in r.stderr
     r = _cli("--json", str(tmp_path / "no" / "p.json"), "--", sys.executable, "-c", "pass")
     assert r.returncode == 2 and "does not exist" in r.stderr
+    for bad in (str(tmp_path), ""):  # a folder, nothing: refused before the command runs
+        r = _cli("--json", bad, "--", sys.executable, "-c", f"open({str(tmp_path / 'ran')!r}, 'w')")
+        assert r.returncode == 2 and "--json" in r.stderr and not (tmp_path / "ran").exists()
     r = _cli()
     assert r.returncode == 2
     # a command that launches nothing is said, with exit 1 (a profile of nothing is not a success)
     r = _cli("--", sys.executable, "-c", "pass")
     assert r.returncode == 1 and "launched no emulated kernel" in r.stderr
+    r = _cli("--kernel", "no_such_kernel", "--", sys.executable, str(HERE / "profile_planted.py"))
+    assert r.returncode == 1 and "no launch matched --kernel 'no_such_kernel'" in r.stderr
     # the command's own failure is its exit status
     r = _cli("--", sys.executable, "-c", "raise SystemExit(3)")
     assert r.returncode == 3
+
+
+def test_compare_ncu_reads_ncu_csv(tmp_path, capsys):
+    """The device check's comparison: ncu's --csv rows (one per launch and metric) against the
+    emulator's JSON, launch by launch."""
+    from benchmarks import compare_ncu
+    head = '"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size",' \
+           '"Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"\n'
+    rows = "".join(f'"{i}","1","python3","h","{k}","1","7","(32, 1, 1)","(2, 1, 1)","0","9.0","Command line profiler '
+                   f'metrics","{LD_SEC}","sector","{v}"\n' for i, (k, v) in enumerate([("load_stride", "8"), ("load_stride", "1,600")]))
+    (tmp_path / "ncu.csv").write_text("==PROF== Connected to process 1\n" + head + rows)
+    emu = {"launches": [{"kernel": "load_stride", "metrics": {LD_SEC: 8}}, {"kernel": "load_stride", "metrics": {LD_SEC: 16}}]}
+    (tmp_path / "emu.json").write_text(json.dumps(emu))
+    assert compare_ncu.main([str(tmp_path / "emu.json"), str(tmp_path / "ncu.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "1.000" in out and "0.010" in out  # 8 vs 8; 16 vs 1600
+    emu["launches"][1]["kernel"] = "other"
+    (tmp_path / "emu.json").write_text(json.dumps(emu))
+    assert compare_ncu.main([str(tmp_path / "emu.json"), str(tmp_path / "ncu.csv")]) == 1
+
+
+def test_readme_example_is_the_real_output(planted):
+    """The README quotes `unetcu profile --kernel gemm -- python tests/profile_planted.py` line by
+    line (the planted run prints the same launches among the others)."""
+    _, table = planted
+    text = (HERE.parent / "README.md").read_text()
+    start = text.index("$ unetcu profile --kernel gemm -- python tests/profile_planted.py\n")
+    block = text[text.index("\n", start) + 1:text.index("```", start)].splitlines()
+    assert len(block) > 10
+    missing = [line for line in block if line not in table.splitlines()]
+    assert not missing, missing

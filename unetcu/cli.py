@@ -162,7 +162,7 @@ def _cmd_profile(a) -> int:
         print(f"unetcu profile: --sample {a.sample}: the sample is at least 3 indices per grid dimension "
               "(the first, the last and one between)", file=sys.stderr)
         return 2
-    if a.json and not os.path.isdir(os.path.dirname(os.path.abspath(a.json))):
+    if a.json is not None and a.json and not os.path.isdir(os.path.dirname(os.path.abspath(a.json))):
         print(f"unetcu profile: --json {a.json}: its folder does not exist", file=sys.stderr)
         return 2
     return profile.run(cmd, a.kernel, a.json, a.sample)

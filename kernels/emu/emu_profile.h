@@ -7,9 +7,13 @@
 //   request   one warp-level load or store instruction instance: the lanes of one warp (32
 //             consecutive threads of the block) that execute the same access site (the machine
 //             instruction's address in this build) for the k-th time in the same barrier interval.
-//             A lane that does not reach the site k times (a divergent branch, a shorter loop, an
-//             early return) is an inactive lane of those requests, as a predicated-off lane is on
-//             the GPU; a request counts when at least one lane is active.
+//             A lane that reaches the site fewer times than others (a divergent branch, a shorter
+//             loop, an early return) is an inactive lane of the later requests: right where the
+//             lanes that skip do so at the end (a bound check past the right edge, a partial warp),
+//             but a lane that skips an earlier pass (a left halo's check failing on the first
+//             iteration only) has its passes matched one early, as the emulator does not see loop
+//             iterations. A request counts when at least one lane is active. Accesses wider than 16
+//             bytes (a struct copy) are 16-byte pieces, each its own request, as nvcc emits them.
 //   sectors   global memory: the distinct 32-byte segments the active lanes' bytes fall in, with
 //             each pointer argument's first byte taken as 256-byte aligned (cudaMalloc's).
 //   wavefronts shared memory: 32 banks of 4 bytes. A request is served in phases: the whole warp
@@ -31,13 +35,15 @@ namespace prof {
 
 struct Key {
     uint32_t site, warp, k;
-    uint8_t write;
-    bool operator==(const Key& o) const { return site == o.site && warp == o.warp && k == o.k && write == o.write; }
+    uint8_t write, part;  // part: the 16-byte piece of an access wider than 16 bytes
+    bool operator==(const Key& o) const {
+        return site == o.site && warp == o.warp && k == o.k && write == o.write && part == o.part;
+    }
 };
 struct KeyHash {
     size_t operator()(const Key& a) const {
         uint64_t h = ((uint64_t)a.site << 32 | a.warp) * 0x9E3779B97F4A7C15ull;
-        return (size_t)(h ^ ((uint64_t)a.k << 1 | a.write) * 0xC2B2AE3D27D4EB4Full);
+        return (size_t)(h ^ ((uint64_t)a.k << 9 | (uint64_t)a.part << 1 | a.write) * 0xC2B2AE3D27D4EB4Full);
     }
 };
 struct Req {
@@ -52,7 +58,7 @@ struct State {
     std::unordered_map<uint64_t, uint32_t> seen;    // (thread << 32 | site) -> executions this interval
     std::unordered_map<Key, Req, KeyHash> open;     // this interval's requests
     std::unordered_map<uint64_t, Site> sites;       // (site << 2 | shared << 1 | write) -> weighted sums
-    std::vector<float> weight[3];                   // per grid index and dimension: 0 = block not run
+    std::vector<double> weight[3];                  // per grid index and dimension: 0 = block not run
     double block_weight = 1;
     int wmma_i = -1;                                // >= 0 inside a wmma call of lane 0
 };
@@ -80,14 +86,18 @@ EMU_NOSAN inline void access(const Range* rc, uintptr_t a, size_t n, bool write,
     Range& r = *const_cast<Range*>(rc);
     compulsory(r, a, n, write);
     if (p.wmma_i >= 0) t = (t & ~31) | (p.wmma_i++ & 31);  // wmma: lane 0 stands for the warp
-    uint32_t& k = p.seen[(uint64_t)t << 32 | site];
-    Req& q = p.open[Key{site, (uint32_t)t >> 5, k++, (uint8_t)write}];
+    uint32_t k = p.seen[(uint64_t)t << 32 | site]++;
     int lane = t & 31;
-    if (q.mask >> lane & 1u) return;  // (cannot happen: the k-th execution of a lane is unique)
-    q.mask |= 1u << lane;
-    q.shared = r.shared;
-    q.addr[lane] = r.shared ? (uint64_t)a : ((uint64_t)r.index << 40 | (uint64_t)(a - r.lo));
-    q.size[lane] = (uint8_t)(n > 255 ? 255 : n);
+    // the widest load or store is 16 bytes: a wider copy (a struct) is several instructions
+    for (size_t off = 0, part = 0; off < n; off += 16, ++part) {
+        Req& q = p.open[Key{site, (uint32_t)t >> 5, k, (uint8_t)write, (uint8_t)(part < 255 ? part : 255)}];
+        if (q.mask >> lane & 1u) continue;  // (cannot happen: the k-th execution of a lane is unique)
+        q.mask |= 1u << lane;
+        q.shared = r.shared;
+        uintptr_t b = a + off;
+        q.addr[lane] = r.shared ? (uint64_t)b : ((uint64_t)r.index << 40 | (uint64_t)(b - r.lo));
+        q.size[lane] = (uint8_t)(n - off < 16 ? n - off : 16);
+    }
 }
 
 EMU_NOSAN inline int sort_unique(uint64_t* v, int n) {
@@ -169,12 +179,12 @@ EMU_NOSAN inline void flush() {
 // The sample of blocks (Python chooses it): weight[d][i] for grid index i of dimension d.
 EMU_NOSAN inline bool sampled(const uint3& b) {
     if (p.weight[0].empty()) { p.block_weight = 1; return true; }
-    double w = (double)p.weight[0][b.x] * p.weight[1][b.y] * p.weight[2][b.z];
+    double w = p.weight[0][b.x] * p.weight[1][b.y] * p.weight[2][b.z];
     p.block_weight = w;
     return w > 0;
 }
 
-EMU_NOSAN inline void begin(const float* weights, const unsigned* grid, int sampled_grid) {
+EMU_NOSAN inline void begin(const double* weights, const unsigned* grid, int sampled_grid) {
     Busy busy;
     p.sites.clear();
     p.open.clear();

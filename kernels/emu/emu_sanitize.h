@@ -36,6 +36,7 @@ namespace san {
 #define EMU_NOSAN __attribute__((no_sanitize_thread))
 #define EMU_NOSAN_HOT __attribute__((no_sanitize_thread, always_inline))
 enum { MAX_RANGES = 256 };
+static const char* const DYNAMIC_SHARED = "extern __shared__";  // the dynamic buffer's range name (compared by address)
 
 enum Kind : unsigned char { READ = 0, WRITE = 1 };
 
@@ -274,7 +275,7 @@ EMU_NOSAN inline void block_start(Sched* s) {
     if (g.wclk_n < n) { free(g.wclk); g.wclk = (uint32_t*)malloc(n * sizeof(uint32_t)); g.wclk_n = n; }
     memset(g.wclk, 0, n * sizeof(uint32_t));
     for (int t = 0; t < s->nthreads; ++t) g.wclk[(size_t)t * 32 + (t & 31)] = 1;
-    if (s->smem && s->smem_bytes) shared_range(s->smem, s->smem_bytes, "extern __shared__");
+    if (s->smem && s->smem_bytes) shared_range(s->smem, s->smem_bytes, DYNAMIC_SHARED);
 }
 #if EMU_SANITIZE == 3
 EMU_NOSAN inline void block_end() { ++g.epoch; prof::flush(); }
@@ -305,6 +306,11 @@ EMU_NOSAN inline void launch_begin(const uintptr_t* ranges, int nranges) {
     if (!g.base && dladdr((void*)&map_zeroed, &info)) g.base = (uintptr_t)info.dli_fbase;
     for (int i = 0; i < g.n_global; ++i) free_range(g.global[i]);
     g.n_global = 0;
+    // the dynamic shared buffer is reallocated when a launch asks for another size: its old range
+    // must not claim whatever memory takes that address next (block_start registers the new one)
+    for (int i = 0; i < g.n_shared;)
+        if (g.shared[i].name == DYNAMIC_SHARED) { free_range(g.shared[i]); g.shared[i] = g.shared[--g.n_shared]; }
+        else ++i;
     if (nranges > MAX_RANGES) nranges = MAX_RANGES;
     for (int i = 0; i < nranges; ++i) {
         Range r{ranges[3 * i], ranges[3 * i + 1], false, "", (unsigned char*)ranges[3 * i + 2], nullptr, 0, false, i};
@@ -407,7 +413,7 @@ extern "C" __attribute__((visibility("default"))) EMU_NOSAN size_t emu_san_take(
 
 #if EMU_SANITIZE == 3
 // profile: which blocks run (weights per grid index and dimension, or all), then the counters
-extern "C" __attribute__((visibility("default"))) EMU_NOSAN void emu_prof_begin(const float* weights, const unsigned* grid,
+extern "C" __attribute__((visibility("default"))) EMU_NOSAN void emu_prof_begin(const double* weights, const unsigned* grid,
                                                                                int sampled) {
     ::emu::san::prof::begin(weights, grid, sampled);
 }

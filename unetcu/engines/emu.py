@@ -1051,7 +1051,7 @@ class EmuKernel:
                 profiled = profile.wanted(self.name)
                 weights = profile.sample_weights(g, profile.sample_size()) if profiled else None
                 flat = [x for w in weights for x in w] if weights else [0.0]
-                wbuf = (ctypes.c_float * len(flat))(*flat)
+                wbuf = (ctypes.c_double * len(flat))(*flat)
                 self._prof(ctypes.cast(wbuf, ctypes.c_void_p), (ctypes.c_uint * 3)(*g), int(weights is not None))
         try:
             rc = self._fn((ctypes.c_uint * 3)(*g), (ctypes.c_uint * 3)(*b), int(shared_mem), ctypes.cast(ptrs, ctypes.c_void_p),

@@ -124,7 +124,7 @@ def occupancy_sm90(threads: int, registers: int, static_smem: int, dynamic_smem:
     """cudaOccupancyMaxActiveBlocksPerMultiprocessor on an H100/H200 (sm_90), default carve-out,
     for a kernel of `registers` per thread and `static_smem` bytes launched with `threads` per block
     and `dynamic_smem` bytes: {"blocks", "warps", "pct", "limiter"} (limiter: the resource that
-    binds). Dynamic shared memory above 48 KB counts as opted in (the launch fails otherwise).
+    binds). More than 48 KB of shared memory in all counts as opted in (the launch fails otherwise).
     Source: cuda_occupancy.h (CUDA 13.0), cudaOccMaxActiveBlocksPerMultiprocessor; the test
     compiles that header and compares over a grid of inputs."""
     a = SM90
@@ -141,7 +141,7 @@ def occupancy_sm90(threads: int, registers: int, static_smem: int, dynamic_smem:
         limits["registers"] = (a["regs_per_sm"] // a["sub_partitions"] // per_warp) * a["sub_partitions"] // warps
     static = static_smem + a["reserved_smem_per_block"]
     alloc = _round_up(static + dynamic_smem, a["smem_granularity"])
-    optin = dynamic_smem > a["smem_per_block"]
+    optin = static_smem + dynamic_smem > a["smem_per_block"]
     per_block_limit = (a["smem_per_block_optin"] if optin else a["smem_per_block"]) + a["reserved_smem_per_block"]
     if alloc > per_block_limit:
         limits["shared memory"] = 0
@@ -232,6 +232,14 @@ def collect():
         _collectors.remove(got)
 
 
+def _relative(site: str) -> str:
+    """"file:line in function" with the file relative to the working directory when inside it."""
+    f, sep, rest = site.partition(":")
+    if os.path.isabs(f) and f.startswith(os.getcwd() + os.sep):
+        return os.path.relpath(f) + sep + rest
+    return site
+
+
 def launch_record(kernel, grid, block, shared_mem: int, args, text: str, range_bytes, weights) -> dict:
     """Turn emu_prof_take's lines into a launch's record (see the module docstring for the keys)."""
     import numpy as np
@@ -244,14 +252,14 @@ def launch_record(kernel, grid, block, shared_mem: int, args, text: str, range_b
             sites.append((int(f[1]), f[2] == "1", f[3] == "1", float(f[4]), float(f[5]), float(f[6])))
         elif f[0] == "R":
             ranges[int(f[1])] = (float(f[2]), float(f[3]))
-    m = {k: 0.0 for k in [*GLOBAL_KEYS.values(), *SHARED_KEYS.values()]}
+    m = {k: 0.0 for k in [*GLOBAL_KEYS.values(), *SHARED_KEYS.values(), "unetcu__shared_requests_op_ld",
+                          "unetcu__shared_requests_op_st"]}
     ideal_sectors = {"ld": 0.0, "st": 0.0}
     for _, shared, write, req, units, ideal in sites:
         op = "st" if write else "ld"
         if shared:
             m[SHARED_KEYS[(op, "wavefronts")]] += units
             m[SHARED_KEYS[(op, "conflicts")]] += units - ideal
-            m.setdefault(f"unetcu__shared_requests_op_{op}", 0.0)
             m[f"unetcu__shared_requests_op_{op}"] += req
         else:
             m[GLOBAL_KEYS[(op, "requests")]] += req
@@ -272,6 +280,8 @@ def launch_record(kernel, grid, block, shared_mem: int, args, text: str, range_b
     threads = int(np.prod(block))
     res = kernel_resources(kernel.source, kernel.options, kernel.filename) if kernel.source else "registers unknown"
     occ, regs, static = None, None, None
+    if isinstance(res, dict) and kernel.name not in res and "<" in kernel.name:
+        res = "registers unknown: ptxas reports template kernels under mangled names"
     if isinstance(res, dict) and kernel.name in res:
         rep = res[kernel.name]
         regs, static = rep.registers, rep.smem
@@ -287,7 +297,7 @@ def launch_record(kernel, grid, block, shared_mem: int, args, text: str, range_b
     m["unetcu__flop"] = flop
     m.update(roofline(flop, m["unetcu__compulsory_bytes_read"] + m["unetcu__compulsory_bytes_written"]))
     # per source line (g++ may emit one line's access as several instructions: unrolled loops)
-    where = symbolize(kernel._so, [s[0] for s in sites])
+    where = {o: _relative(w) for o, w in symbolize(kernel._so, [s[0] for s in sites]).items()}
     lines: dict[tuple, dict] = {}
     for s, sh, wr, req, units, ideal in sites:
         unit = "wavefronts" if sh else "sectors"
@@ -371,7 +381,8 @@ def table(records: list[dict], sites: int = 3) -> str:
         else:
             rows.append(("theoretical occupancy (sm_90)", "-", occ))
         prec = r["precision"] if r["precision"] in ("fp32", "tf32") else "fp32"
-        rows.append(("FLOP", _si(m["unetcu__flop"]), "op registry" if m["unetcu__flop"] is not None else "not an op's compute kernel"))
+        rows.append(("FLOP", _si(m["unetcu__flop"]), "op registry" if m["unetcu__flop"] is not None
+                     else "not counted (not a compute op's kernel)"))
         rows.append((f"roofline bound H100 SXM / H200 ({prec})",
                      f"{m[f'unetcu__roofline_bound_us_h100_sxm_{prec}']:.2f} / {m[f'unetcu__roofline_bound_us_h200_{prec}']:.2f} us",
                      "a bound, not a time"))
@@ -411,6 +422,20 @@ def run(cmd, kernel: str | None = None, json_path: str | None = None, sample: in
     if shutil.which(cmd[0]) is None:
         print(f"unetcu profile: cannot run {cmd[0]!r}: not found or not executable", file=sys.stderr)
         return 127
+    if json_path is not None:  # before the command runs: its records must have somewhere to go
+        why = None
+        if not json_path or os.path.isdir(json_path):
+            why = "is a folder" if json_path else "is empty"
+        else:
+            try:
+                with open(json_path + ".tmp", "w"):
+                    pass
+                os.unlink(json_path + ".tmp")
+            except OSError as e:
+                why = f"cannot be written ({e.strerror})"
+        if why:
+            print(f"unetcu profile: --json {json_path!r} {why}", file=sys.stderr)
+            return 2
     fd, log = tempfile.mkstemp(prefix="unetcu-profile-", suffix=".jsonl")
     os.close(fd)
     try:
@@ -428,16 +453,24 @@ def run(cmd, kernel: str | None = None, json_path: str | None = None, sample: in
         print(table(records), file=out)
     if json_path:
         tmp = json_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"launches": records, "sample": sample, "model": "unetcu emulator (kernels/emu/emu_profile.h)"}, f, indent=1)
-        os.replace(tmp, json_path)
+        try:
+            with open(tmp, "w") as f:
+                json.dump({"launches": records, "sample": sample, "model": "unetcu emulator (kernels/emu/emu_profile.h)"},
+                          f, indent=1)
+            os.replace(tmp, json_path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            print(f"unetcu profile: cannot write --json {json_path!r}: {e.strerror}", file=sys.stderr)
+            return 1
     print(f"==PROF== {len(records)} kernel launch{'es' if len(records) != 1 else ''} profiled"
           + (f"; written to {json_path}" if json_path else ""), file=sys.stderr)
     if rc == 0 and not records:
-        what = f"matching --kernel {kernel!r} " if kernel else ""
-        print(f"unetcu profile: the command launched no emulated kernel {what}(engine emu: UNETCU_ENGINE=emu)",
-              file=sys.stderr)
+        why = (f"no launch matched --kernel {kernel!r}" if kernel else
+               "the command launched no emulated kernel (kernels run on the emulator with engine emu: UNETCU_ENGINE=emu)")
+        print(f"unetcu profile: {why}", file=sys.stderr)
         return 1
     if rc < 0:
+        print(f"unetcu profile: the command was killed by signal {-rc}", file=sys.stderr)
         return 128 - rc
     return rc
