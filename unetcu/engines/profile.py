@@ -216,7 +216,6 @@ def roofline(flop: float | None, nbytes: float) -> dict:
 
 
 # ---- one launch --------------------------------------------------------------------------------------
-_records: list[dict] = []
 _collectors: list[list[dict]] = []
 _lock = threading.Lock()
 
@@ -317,7 +316,6 @@ def launch_record(kernel, grid, block, shared_mem: int, args, text: str, range_b
 
 def add(record: dict) -> None:
     with _lock:
-        _records.append(record)
         for c in _collectors:
             c.append(record)
         log = os.environ.get(LOG_ENV)
@@ -333,12 +331,6 @@ def per_request(m: dict, units: str, op: str, space: str = "global") -> float | 
         return m[GLOBAL_KEYS[(op, "sectors")]] / req if req else None
     req = m.get(f"unetcu__shared_requests_op_{op}", 0)
     return m[SHARED_KEYS[(op, units)]] / req if req else None
-
-
-def _num(v, fmt="{:.0f}") -> str:
-    if v is None:
-        return "-"
-    return fmt.format(v)
 
 
 def _si(v) -> str:
