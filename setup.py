@@ -12,7 +12,7 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["unetcu", "unetcu.engines", "unetcu.ops", "unetcu.kernels"],
+    packages=["unetcu", "unetcu.engines", "unetcu.engines.emu", "unetcu.ops", "unetcu.kernels"],
     package_dir={"unetcu.kernels": "kernels"},
     package_data={"unetcu.kernels": ["*.cu", "*.cuh", "README.md", "examples/*.cu", "emu/*.h", "emu/README.md", "emu/include/*", "emu/include/cooperative_groups/*"]},
     include_package_data=True,

@@ -57,14 +57,15 @@ def baseline(rev: str):
         tar = subprocess.run(["git", "-C", str(root), "archive", rev, "kernels/emu"], capture_output=True, check=True).stdout
         with tarfile.open(fileobj=__import__("io").BytesIO(tar)) as t:
             t.extractall(tmp)
-        saved, emu.EMU_DIR = emu.EMU_DIR, Path(tmp) / "kernels" / "emu"
+        # emu.gxx.EMU_DIR is the name the build reads (emu.EMU_DIR is a copy of it)
+        saved, emu.gxx.EMU_DIR = emu.gxx.EMU_DIR, Path(tmp) / "kernels" / "emu"
         os.environ["UNETCU_EMU_THREADS"] = "1"
         try:
             mod = runtime.compile(COSTS, engine="emu", filename="costs.cu")
             print(f"-- baseline: kernels/emu at {rev}, 1 OS thread")
             collectives(mod)
         finally:
-            emu.EMU_DIR = saved
+            emu.gxx.EMU_DIR = saved
             os.environ.pop("UNETCU_EMU_THREADS")
 
 

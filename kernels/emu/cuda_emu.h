@@ -874,7 +874,7 @@ inline void* dynamic_smem() { return sched()->smem; }
 // is 0), the GPU's shl/shr clamp it (0, or the sign for an arithmetic >>; nvcc emits plain PTX
 // shl.b32 / shr.s32 / shr.u32 / shl.b64 for `<<` and `>>`, whose count is an unsigned 32-bit
 // register, so a negative count is a huge one). The builder turns each shift whose count is not a
-// small literal into emu::shl / shr / shl_assign / shr_assign (unetcu/engines/emu.py,
+// small literal into emu::shl / shr / shl_assign / shr_assign (unetcu/engines/emu/source.py,
 // rewrite_shifts); they compute the GPU's value and record the site, which the Python side prints
 // once as a warning, or reports as a finding under `unetcu sanitize`.
 namespace emu {

@@ -18,7 +18,7 @@
 // Atomics are not accesses for racecheck (they are ordered by the hardware).
 //
 // initcheck keeps one byte per tracked byte: written or not. Shared memory starts every block
-// unwritten; a tracked device allocation (unetcu.sanitize.track, used by the ops' output buffers)
+// unwritten; a tracked device allocation (unetcu.engines.sanitize.track, used by the ops' output buffers)
 // starts unwritten and stays written across launches. A read of an unwritten byte is reported.
 //
 // Blocks run one after another on one OS thread in these builds (no OpenMP), so the state below is

@@ -34,6 +34,9 @@ size (an estimate, marked as sampled).
 Set by the front end in the command's environment: UNETCU_PROFILE=1, UNETCU_PROFILE_KERNEL (regex),
 UNETCU_PROFILE_SAMPLE, UNETCU_PROFILE_LOG (a file that gets one JSON line per launch). In-process:
 `with profile.collect() as launches:` gathers the records of the launches inside.
+
+The emulator hears of the profiler through its hook (unetcu.engines.emu.Tool): _Profiler below,
+registered when this module is imported.
 """
 from __future__ import annotations
 
@@ -47,6 +50,11 @@ import subprocess
 import sys
 import tempfile
 import threading
+
+import numpy as np
+
+from . import emu
+from .sanitize import launch_ranges, symbolize
 
 ENV = "UNETCU_PROFILE"
 KERNEL_ENV = "UNETCU_PROFILE_KERNEL"
@@ -241,9 +249,6 @@ def _relative(site: str) -> str:
 
 def launch_record(kernel, grid, block, shared_mem: int, args, text: str, range_bytes, weights) -> dict:
     """Turn emu_prof_take's lines into a launch's record (see the module docstring for the keys)."""
-    import numpy as np
-
-    from .sanitize import symbolize
     sites, ranges = [], {}
     for line in text.splitlines():
         f = line.split("|")
@@ -291,12 +296,12 @@ def launch_record(kernel, grid, block, shared_mem: int, args, text: str, range_b
     rec = op_of(kernel.name)
     flop = None
     if rec is not None and rec.flops is not None:
-        scalars = {n: int(a) for n, a in zip(kernel._params, args) if n and isinstance(a, np.integer)}
+        scalars = {n: int(a) for n, a in zip(kernel.params, args) if n and isinstance(a, np.integer)}
         flop = float(rec.flops(scalars))
     m["unetcu__flop"] = flop
     m.update(roofline(flop, m["unetcu__compulsory_bytes_read"] + m["unetcu__compulsory_bytes_written"]))
     # per source line (g++ may emit one line's access as several instructions: unrolled loops)
-    where = {o: _relative(w) for o, w in symbolize(kernel._so, [s[0] for s in sites]).items()}
+    where = {o: _relative(w) for o, w in symbolize(kernel.so, [s[0] for s in sites]).items()}
     lines: dict[tuple, dict] = {}
     for s, sh, wr, req, units, ideal in sites:
         unit = "wavefronts" if sh else "sectors"
@@ -322,6 +327,36 @@ def add(record: dict) -> None:
         if log:
             with open(log, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+class _Profiler(emu.Tool):
+    def setting(self):
+        return ENV if enabled() else None
+
+    def build(self):
+        return "profile"
+
+    def begin(self, kernel, grid, block, shared_mem, args):
+        # the global memory (the pointer arguments: their compulsory bytes are counted per range),
+        # then which blocks run (all, or a sample of each grid dimension)
+        ranges, _ = launch_ranges([a for a in args if isinstance(a, np.ndarray)])
+        kernel.san_begin("profile", ranges)
+        profiled = wanted(kernel.name)
+        weights = sample_weights(grid, sample_size()) if profiled else None
+        kernel.prof_begin(grid, weights)
+        if not profiled:
+            return None
+        return grid, block, shared_mem, args, [hi - lo for lo, hi in zip(ranges[0::3], ranges[1::3])], weights
+
+    def end(self, kernel, launch, rc):
+        counts = kernel.prof_take() if launch is not None else ""
+        kernel.san_take()  # ends the launch (a profile build records no hazards)
+        if launch is not None and rc == 0:
+            grid, block, shared_mem, args, range_bytes, weights = launch
+            add(launch_record(kernel, grid, block, shared_mem, args, counts, range_bytes, weights))
+
+
+emu.register_tool(_Profiler())
 
 
 # ---- reading the records -------------------------------------------------------------------------

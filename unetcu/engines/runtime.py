@@ -29,7 +29,6 @@ from pathlib import Path
 from . import emu
 
 
-
 class Engine(str, enum.Enum):
     """The engines, in the order of the docstring above; members compare equal to their names."""
     NUMPY = "numpy"
@@ -42,13 +41,7 @@ ENGINE_ENV = "UNETCU_ENGINE"
 NVRTC_OPTIONS = ("--std=c++17",)
 
 
-def kernels_dir() -> Path:
-    """Where the project's .cu files are: inside the installed package, else the source tree."""
-    package = Path(__file__).resolve().parents[1]  # unetcu/ (this file is unetcu/engines/runtime.py)
-    for d in (package / "kernels", package.parent / "kernels"):
-        if (d / "emu" / "cuda_emu.h").is_file():
-            return d
-    raise FileNotFoundError("unetcu's kernels/ directory is missing from the installation")
+kernels_dir = emu.kernels_dir  # where the project's .cu files are (one definition, in emu/gxx.py, which also finds kernels/emu from it)
 
 
 @functools.lru_cache(maxsize=None)

@@ -23,7 +23,11 @@ apart, keyed by its flags):
 Each hazard is printed to stderr in compute-sanitizer's shape (lines starting `=========`), kept
 in HAZARDS, and appended to the file named by UNETCU_SANITIZE_LOG; the front end exits 1 when that
 file is not empty. Errors that abandon a launch (synccheck, memcheck's alignment check) still raise
-unetcu.emu.EmulatorError.
+unetcu.engines.emu.EmulatorError.
+
+The emulator hears of the tool through its hook (unetcu.engines.emu.Tool): _Sanitizer below,
+registered when this module is imported. It also reads UNETCU_EMU_SANITIZE=address (`unetcu asan`):
+the same ASan build with no tool's reports.
 """
 from __future__ import annotations
 
@@ -39,11 +43,13 @@ import weakref
 
 import numpy as np
 
+from . import emu
+
 TOOLS = ("memcheck", "racecheck", "initcheck", "synccheck")
 ENV = "UNETCU_SANITIZE"
 LOG_ENV = "UNETCU_SANITIZE_LOG"
 PREFIX = "========= "
-# build mode per tool: what emu.build compiles (None: the normal build)
+# build mode per tool: what the emulator builds for it (None: the normal build)
 BUILD = {"memcheck": "address", "racecheck": "racecheck", "initcheck": "initcheck", "synccheck": None}
 
 HAZARDS: list[str] = []          # reports of this process not inside expected()
@@ -226,16 +232,70 @@ def report_error(kernel: str, message: str) -> None:
     emit(text, raised=True)
 
 
+# ---- the emulator's hook -----------------------------------------------------------------------------
+def build_mode() -> str | None:
+    """What the emulator builds: "address" for UNETCU_EMU_SANITIZE=address (`unetcu asan`) or
+    memcheck, "racecheck" / "initcheck" for those tools, else None (synccheck's checks are always on)."""
+    mode = os.environ.get("UNETCU_EMU_SANITIZE", "").strip() or None
+    if mode not in (None, "address"):
+        raise ValueError(f"UNETCU_EMU_SANITIZE={mode!r}: only 'address' is supported")
+    t = tool()
+    return mode or (BUILD[t] if t else None)
+
+
+class _Sanitizer(emu.Tool):
+    def setting(self):
+        mode, t = build_mode(), tool()
+        return f"a sanitizer ({mode or t})" if mode or t else None
+
+    def build(self):
+        return build_mode()
+
+    def allocated(self, array):
+        track(array)
+
+    def begin(self, kernel, grid, block, shared_mem, args):
+        # which memory is global: the pointer arguments (a tracked allocation as a whole, with its
+        # initcheck shadow); the parameter names label the reports
+        arrays = [(a, kernel.params[i]) for i, a in enumerate(args) if isinstance(a, np.ndarray)]
+        ranges, labels = launch_ranges([a for a, _ in arrays], [n for _, n in arrays])
+        kernel.san_begin(build_mode(), ranges)
+        return labels
+
+    def end(self, kernel, labels, rc):
+        text = kernel.san_take()
+        if text:
+            report_launch(kernel.name, kernel.so, text, labels)
+
+    def error(self, kernel, message):
+        if tool():  # not under `unetcu asan` alone, which has no reports: the EmulatorError says it
+            report_error(kernel.name, message)
+
+    def shifts(self, kernel, sites):
+        if not tool():
+            return False
+        for s in sites:
+            emit(f"Undefined shift: {s.op} by {s.count} of a {s.bits}-bit '{s.typ}': the count {s.what}\n"
+                 f"    at {s.file}:{s.line} in {kernel.name}\n"
+                 f"    by thread ({s.tid}) in block ({s.bid}) ({s.hits} such shift{'s' if s.hits != '1' else ''} at this "
+                 "line in this launch)\n"
+                 f"    C++ leaves it undefined; the GPU clamps the count, so the emulator computed {s.gpu}, as "
+                 "the GPU does")
+        return True
+
+
+emu.register_tool(_Sanitizer())
+
+
 # ---- the front end ---------------------------------------------------------------------------------
 def child_env(name: str, log: str | None = None) -> dict:
     """The environment a command runs in under tool `name`."""
-    from .emu import asan_runtime
     env = dict(os.environ, **{ENV: name})
     env.pop("UNETCU_EMU_SANITIZE", None)
     if log:
         env[LOG_ENV] = log
     if name == "memcheck":
-        env["LD_PRELOAD"] = asan_runtime()
+        env["LD_PRELOAD"] = emu.asan_runtime()
         env["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "detect_leaks=0")
     return env
 
@@ -278,8 +338,7 @@ def configure(config) -> None:
     if not name:
         return
     if name == "memcheck":
-        from .emu import _asan_loaded
-        if not _asan_loaded():
+        if not emu.asan_loaded():
             env = child_env(name)
             os.execvpe(sys.executable, [sys.executable, "-m", "pytest", *sys.argv[1:]], env)
     os.environ[ENV] = name

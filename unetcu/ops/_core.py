@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engines import runtime, sanitize
+from ..engines import emu, runtime
 from ..reference import PRECISIONS, check_precision
 
 BLOCK = 256
@@ -126,7 +126,7 @@ def empty(engine: str, shape, dtype=np.float32):
     if engine == "emu" or os.environ.get("UNETCU_POISON") == "1":
         a.fill(np.nan if np.dtype(dtype).kind == "f" else np.iinfo(dtype).max)
     if engine == "emu":
-        sanitize.track(a)  # initcheck: a kernel reading it before a kernel wrote it is reported
+        emu.allocated(a)  # the sanitizer's initcheck reports a kernel reading it before a kernel wrote it
     return a
 
 
