@@ -38,6 +38,7 @@ from unetcu.instances import instances, min_distance_for, object_radius
 from unetcu.metrics import METRIC_NAMES, evaluate, format_table, seg_score, segments
 from unetcu.engines.runtime import ENGINES, resolve_engine
 from unetcu.tiling import predict_probs
+from unetcu.run import Run
 from unetcu.train import PRESETS, TrainConfig, train
 
 W0 = {"isbi2012": 0.0}  # the weight map's border term per set; 10 (the paper's) elsewhere
@@ -71,7 +72,7 @@ def run_arm(arm, name, tr, te, engine, preset, steps, seed, out, tta=False, retr
             model, history = done[0], done[2]["history"]  # trained already: score it again (--retrain to train anew)
             print(f"{ckpt}: trained already, scoring it", flush=True)
         else:
-            history = train(model, tr, te[:2], cfg, progress=True, log=print, overwrite=True)  # a rerun replaces its own runs
+            history = train(Run.of(model, tr, te[:2], cfg, overwrite=True), progress=True, log=print)  # a rerun replaces its own runs
         t_train = history[-1]["seconds"]
         recipe = {k: getattr(cfg, k) for k in ("optimizer", "lr", "warmup", "schedule", "momentum", "clip", "augment", "w0")}
     else:

@@ -48,7 +48,8 @@ def plant(spec):
                 p += 1e-3
         ops.adam_update = drifting
     elif kind == "setup":
-        T.prepare = lambda *a: (_ for _ in ()).throw(FileNotFoundError("planted: images/x.png vanished"))
+        from unetcu import run as R  # Run.of prepares the training images before the first step
+        R.prepare = lambda *a: (_ for _ in ()).throw(FileNotFoundError("planted: images/x.png vanished"))
     elif kind == "validation":
         T.evaluate = lambda *a, **k: (_ for _ in ()).throw(OSError("planted: the validation disk is gone"))
     else:

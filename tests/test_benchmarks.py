@@ -73,6 +73,7 @@ def test_peer_harness_trains_what_unetcu_train_trains_where_torch_is_installed(t
     from benchmarks.peer import Recipe, train_peer
     from unetcu import UNet
     from unetcu.data import synthetic_dataset
+    from unetcu.run import Run
     from unetcu.train import TrainConfig, train
     torch.set_num_threads(1)
     data = synthetic_dataset(3, (96, 96), seed=7)
@@ -82,7 +83,7 @@ def test_peer_harness_trains_what_unetcu_train_trains_where_torch_is_installed(t
         m = UNet(depth=3, base_channels=8, dropout=0.0, engine="numpy", seed=3)
         cfg = TrainConfig(steps=6, tile=92, optimizer=recipe.optimizer, clip=recipe.clip, w0=10.0, seed=3,
                           warmup=recipe.warmup, schedule=recipe.schedule, out=str(tmp_path / f"run{i}"), ckpt_every=100)
-        ours = [r["loss"] for r in train(m, data, [], cfg, progress=False, log=lambda *a: None)]
+        ours = [r["loss"] for r in train(Run.of(m, data, [], cfg), progress=False, log=lambda *a: None)]
         assert np.allclose(peer, ours, rtol=2e-5), (recipe.optimizer, peer, ours)
         assert len(set(np.round(ours, 3))) > 3  # the losses move: the comparison is not of six equal numbers
 

@@ -6,7 +6,8 @@ import pytest
 
 from conftest import rel_err
 from unetcu import UNet, ops
-from unetcu.optim import clip_gradients
+from unetcu.optim import Optimizer, clip_gradients
+from unetcu.run import Run
 from unetcu.train import TrainConfig, train
 
 
@@ -66,7 +67,8 @@ def test_cuda_graph_needs_the_cuda_engine(tmp_path):
     from unetcu.data import synthetic_dataset
     m = UNet(depth=2, base_channels=2, engine="numpy")
     with pytest.raises(ValueError, match="--cuda-graph needs the cuda engine"):
-        train(m, synthetic_dataset(1, (64, 64), seed=0), [], TrainConfig(steps=1, tile=44, out=str(tmp_path), cuda_graph=True),
+        train(Run.of(m, synthetic_dataset(1, (64, 64), seed=0), [], TrainConfig(steps=1, tile=44, out=str(tmp_path),
+                                                                                 cuda_graph=True)),
               progress=False, log=lambda *a: None)
 
 

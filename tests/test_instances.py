@@ -73,11 +73,12 @@ def test_predict_watershed_takes_the_spacing_from_the_checkpoint(tmp_path):
     from unetcu import UNet
     from unetcu.data import synthetic_dataset
     from unetcu.predict import predict_files
+    from unetcu.run import Run
     from unetcu.train import PRESETS, TrainConfig, train
     depth, base, tile = PRESETS["tiny"]
     data = synthetic_dataset(2, (96, 96), seed=5)
-    train(UNet(depth=depth, base_channels=base, engine="numpy"), data, [],
-          TrainConfig(steps=1, tile=tile, out=str(tmp_path / "run")), progress=False, log=lambda *a: None)
+    train(Run.of(UNet(depth=depth, base_channels=base, engine="numpy"), data, [],
+                 TrainConfig(steps=1, tile=tile, out=str(tmp_path / "run"))), progress=False, log=lambda *a: None)
     _, _, state = UNet.load(tmp_path / "run" / "checkpoint.npz", with_state=True)
     from unetcu.instances import object_radius
     assert state["object_radius"] == pytest.approx(object_radius([s.instances for s in data]))
@@ -129,11 +130,12 @@ def _speckled_run(tmp_path):
     """A checkpoint of the tiny net trained 1 step on synthetic cells, and an image with specks."""
     from unetcu import UNet
     from unetcu.data import synthetic_dataset
+    from unetcu.run import Run
     from unetcu.train import PRESETS, TrainConfig, train
     depth, base, tile = PRESETS["tiny"]
     data = synthetic_dataset(2, (96, 96), seed=5)
-    train(UNet(depth=depth, base_channels=base, engine="numpy"), data, [],
-          TrainConfig(steps=1, tile=tile, out=str(tmp_path / "run")), progress=False, log=lambda *a: None)
+    train(Run.of(UNet(depth=depth, base_channels=base, engine="numpy"), data, [],
+                 TrainConfig(steps=1, tile=tile, out=str(tmp_path / "run"))), progress=False, log=lambda *a: None)
     return tmp_path / "run" / "checkpoint.npz"
 
 

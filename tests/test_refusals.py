@@ -125,6 +125,7 @@ def test_resume_from_an_image_says_what_was_expected(tmp_path):
 def test_ctrl_c_after_the_last_step_still_reports_the_checkpoint(tmp_path, monkeypatch):
     from unetcu import train as T
     from unetcu.data import synthetic_dataset
+    from unetcu.run import Run
 
     def planted(*a, **k):
         os.kill(os.getpid(), signal.SIGINT)
@@ -133,8 +134,8 @@ def test_ctrl_c_after_the_last_step_still_reports_the_checkpoint(tmp_path, monke
     depth, base, tile = T.PRESETS["tiny"]
     cfg = T.TrainConfig(steps=3, tile=tile, val_every=3, out=str(tmp_path / "r"))
     with pytest.raises(T.TrainingInterrupted) as e:
-        T.train(UNet(depth=depth, base_channels=base, engine="numpy"), synthetic_dataset(2, (96, 96), seed=1),
-                synthetic_dataset(1, (96, 96), seed=2), cfg, progress=False, log=lambda *a: None)
+        T.train(Run.of(UNet(depth=depth, base_channels=base, engine="numpy"), synthetic_dataset(2, (96, 96), seed=1),
+                       synthetic_dataset(1, (96, 96), seed=2), cfg), progress=False, log=lambda *a: None)
     assert e.value.step == 3 and e.value.checkpoint == tmp_path / "r" / "checkpoint.npz"
 
 

@@ -14,7 +14,9 @@ import pytest
 
 from unetcu import UNet
 from unetcu.data import synthetic_dataset
-from unetcu.train import PRESETS, TrainConfig, TrainingInterrupted, loss_axis, train
+from unetcu.report import loss_axis
+from unetcu.run import Run
+from unetcu.train import PRESETS, TrainConfig, TrainingInterrupted, train
 
 TINY = ("--preset", "tiny", "--n-synthetic", "3", "--engine", "numpy", "--no-progress")
 
@@ -97,8 +99,8 @@ def _tiny_run(tmp_path, name, steps=10, resume=None, val=(), overwrite=False, **
     depth, base, tile = PRESETS["tiny"]
     m = UNet(depth=depth, base_channels=base, engine="numpy", seed=3)
     cfg = TrainConfig(steps=steps, tile=tile, val_every=4, ckpt_every=1000, out=str(tmp_path / name), seed=4, **kw)
-    return train(m, synthetic_dataset(3, (128, 128), seed=5), list(val), cfg, resume=resume, progress=False,
-                 log=lambda *a: None, overwrite=overwrite)
+    return train(Run.of(m, synthetic_dataset(3, (128, 128), seed=5), list(val), cfg, resume=resume, overwrite=overwrite),
+                 progress=False, log=lambda *a: None)
 
 
 @pytest.mark.parametrize("where", ["forward", "update-sgd", "update-adam", "validation"])

@@ -5,6 +5,7 @@ import pytest
 
 from unetcu import UNet
 from unetcu.data import synthetic_dataset
+from unetcu.run import Run
 from unetcu.train import PRESETS, TrainConfig, TrainingDiverged, train
 
 
@@ -12,8 +13,8 @@ def test_training_reaches_iou_on_synthetic_cells(tmp_path):
     depth, base, tile = PRESETS["small"]
     m = UNet(depth=depth, base_channels=base, engine="numpy", seed=0)
     cfg = TrainConfig(steps=300, lr=0.003, clip=0.0, tile=tile, val_every=300, ckpt_every=300, out=str(tmp_path), seed=0)
-    hist = train(m, synthetic_dataset(8, (256, 256), seed=1), synthetic_dataset(2, (256, 256), seed=2), cfg, progress=False,
-                 log=lambda *a: None)
+    hist = train(Run.of(m, synthetic_dataset(8, (256, 256), seed=1), synthetic_dataset(2, (256, 256), seed=2), cfg),
+                 progress=False, log=lambda *a: None)
     losses = np.array([r["loss"] for r in hist])
     assert losses[-50:].mean() < 0.6 * losses[:20].mean()
     assert hist[-1]["val_iou"] >= 0.85, hist[-1]
@@ -26,7 +27,7 @@ def _tiny(tmp_path, steps, name, resume=None, ckpt_every=5, **kw):
     m = UNet(depth=depth, base_channels=base, engine="numpy", seed=3)
     cfg = TrainConfig(steps=steps, tile=tile, val_every=1000, ckpt_every=ckpt_every, out=str(tmp_path / name), seed=4, **kw)
     data = synthetic_dataset(3, (128, 128), seed=5)
-    return train(m, data, [], cfg, resume=resume, progress=False, log=lambda *a: None)
+    return train(Run.of(m, data, [], cfg, resume=resume), progress=False, log=lambda *a: None)
 
 
 @pytest.mark.parametrize("recipe", [dict(), dict(optimizer="adam", lr=3e-3, warmup=4, schedule="cosine"),
@@ -130,7 +131,7 @@ def test_adam_training_reaches_iou_on_synthetic_cells(tmp_path, optimizer):
     m = UNet(depth=depth, base_channels=base, engine="numpy", seed=0)
     cfg = TrainConfig(steps=150, optimizer=optimizer, lr=3e-3, warmup=10, schedule="cosine", clip=0.0, tile=tile,
                       val_every=150, ckpt_every=150, out=str(tmp_path), seed=0, weight_decay=1e-4)
-    hist = train(m, synthetic_dataset(6, (128, 128), seed=1), synthetic_dataset(2, (128, 128), seed=2), cfg,
+    hist = train(Run.of(m, synthetic_dataset(6, (128, 128), seed=1), synthetic_dataset(2, (128, 128), seed=2), cfg),
                  progress=False, log=lambda *a: None)
     losses = np.array([r["loss"] for r in hist])
     assert losses[-30:].mean() < 0.6 * losses[:10].mean()

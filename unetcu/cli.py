@@ -7,6 +7,7 @@ import sys
 
 from .reference import PRECISIONS
 from .engines.runtime import ENGINES
+from .run import RULES, number
 
 
 def _cmd_demo(a) -> int:
@@ -170,220 +171,27 @@ def _cmd_profile(a) -> int:
 
 # ---- train ---------------------------------------------------------------------------------------
 # Every train option is parsed with default None, so that an option given on the command line can be
-# told from a default: a resumed run takes the options it was started with from its checkpoint.
-TRAIN_DEFAULTS = dict(data="synthetic", val_data=None, val_fraction=0.2, labels="auto", classes=2, preset="auto",
-                      engine=None, precision="fp32", cuda_graph=False, steps=None, optimizer="adam", lr=0.001,
-                      warmup=None, schedule="cosine", momentum=0.99,
-                      weight_decay=0.0, clip=0.0, batch=1, tile=None, augment="elastic", w0=10.0, sigma=5.0,
-                      no_dropout=False, n_synthetic=16, val_every=100, ckpt_every=250, seed=0, out=None,
-                      no_progress=False, overwrite=False)
-# what a resumed run may change; every other option given with --resume must equal the run's own
-RESUME_MAY_CHANGE = {"steps", "lr", "weight_decay", "clip", "val_every", "ckpt_every", "engine", "precision",
-                     "cuda_graph", "out", "no_progress", "overwrite"}
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _check_saved_values(path, saved: dict) -> None:
-    """Each option a checkpoint records, held to the rule its flag has on the command line (range,
-    choices, type): an edited or damaged file is refused in one line, never trained on."""
-    actions = {x.dest: x for x in _train_parser()._actions}
-    for k, v in saved.items():
-        act = actions.get(k)
-        if act is None or (v is None and TRAIN_DEFAULTS.get(k) is None):  # unset options (warmup, val_data, ...)
-            continue
-        kind = getattr(act.type, "kind", None)
-        if act.choices is not None:
-            ok = isinstance(v, str) and v in act.choices
-        elif kind is not None:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or v == int(v))
-            try:
-                ok = ok and act.type(str(int(v) if kind is int else v)) is not None
-            except argparse.ArgumentTypeError:
-                ok = False
-        elif act.nargs == 0:  # a store_true flag
-            ok = isinstance(v, bool)
-        else:
-            ok = isinstance(v, str)
-        if not ok:
-            raise ValueError(f"--resume {path}: the run's {_flag(k)} is {v!r}, which {_flag(k)} does not take "
-                             "(a damaged or edited checkpoint)")
-
-
-def _train_parser():
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices["train"]
-
-
-def _train_options(a):
-    """(options, resumed): the options of this run, a dict over TRAIN_DEFAULTS' keys; `resumed` is
-    (model, momentum, state) of --resume's checkpoint, or None."""
-    from .model import UNet
-    from .train import check_saved_options
-    given = {k: v for k, v in vars(a).items() if k in TRAIN_DEFAULTS and v is not None}
-    for k in ("data", "val_data"):  # folders are kept absolute, so a resume from elsewhere compares them right
-        if k in given and given[k] != "synthetic":
-            given[k] = os.path.abspath(given[k])
-    if not a.resume:
-        opts = {**TRAIN_DEFAULTS, **given}
-        opts["out"] = opts["out"] or "runs/unet"
-        return opts, None
-    resumed = UNet.load(a.resume, engine=given.get("engine"), with_state=True)
-    state = resumed[2]
-    check_saved_options(a.resume, state)
-    saved = {k: v for k, v in state.get("config", {}).items() if k in TRAIN_DEFAULTS}
-    saved.update(state.get("config", {}).get("run", {}))
-    if "optimizer" not in state.get("config", {"optimizer": None}):  # written when SGD at a fixed lr was all there was
-        saved.update(optimizer="sgd", warmup=0, schedule="constant")
-    if "run" not in state.get("config", {}):  # written before checkpoints recorded their run's options
-        saved = {k: v for k, v in saved.items() if k not in ("out",)}
-    _check_saved_values(a.resume, saved)
-    for k, v in given.items():
-        if k in ("data", "val_data") and _is_folder(saved.get(k)) and _is_folder(v):
-            continue  # a data folder may have moved: _data_files compares its files' content
-        if k not in RESUME_MAY_CHANGE and k in saved and saved[k] is None:
-            raise ValueError(f"--resume {a.resume}: the run had no {_flag(k)}; a resumed run keeps its data, network and "
-                             f"sampling (omit {_flag(k)}, or start a new run)")
-        if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != v:
-            raise ValueError(f"--resume {a.resume}: {_flag(k)} {v} differs from the run's {saved[k]!r}; a resumed run keeps "
-                             f"its data, network and sampling (omit {_flag(k)}, or start a new run)")
-    opts = {**TRAIN_DEFAULTS, **saved, **given}
-    opts["out"] = given.get("out") or os.path.dirname(os.path.abspath(a.resume))
-    return opts, resumed
-
-
-def _is_folder(data) -> bool:
-    return data not in (None, "synthetic")
-
-
-def _data_files(o, resume=None, saved=None) -> dict:
-    """{"data_files": ..., "val_data_files": ...}: the content of the run's data folders
-    (data.fingerprint; None for synthetic data), recorded in its checkpoint. With --resume the folders
-    must hold the files the run recorded, at its path or another (a folder that was moved): a file
-    that differs is refused (ValueError) by name. A checkpoint written before runs recorded their
-    files cannot tell: its data is taken at the run's own path only."""
-    from . import data as D
-    files = {}
-    for k in ("data", "val_data"):
-        path, flag = o[k], _flag(k)
-        files[f"{k}_files"] = None
-        if not _is_folder(path):
-            continue
-        was, had = (saved or {}).get(k), (saved or {}).get(f"{k}_files")
-        if resume and path == was and not os.path.isdir(path):
-            raise FileNotFoundError(f"--resume {resume}: the run's {flag} {was} is gone; if it was moved, give its new "
-                                    f"place with {flag}")
-        if resume and had is None and path != was:
-            raise ValueError(f"--resume {resume}: {flag} {path} differs from the run's {was}, and this checkpoint (written "
-                             "before unetcu recorded the content of a run's data) cannot tell whether it holds the same "
-                             f"files: put the data back at {was} (or a link to it there), or start a new run")
-        now = files[f"{k}_files"] = D.fingerprint(path)
-        if resume and had is None:
-            print(f"note: {resume} records no content of its {flag} (written before unetcu did): the files in {path} "
-                  "are taken as they are")
-        elif resume and (diff := D.first_difference(had, now)):
-            if path == was:
-                raise ValueError(f"--resume {resume}: the run's {flag} {path} changed since the run started: {diff}; a "
-                                 "resumed run trains on its own files (restore them, or start a new run)")
-            raise ValueError(f"--resume {resume}: {flag} {path} does not hold the run's files (from {was}): {diff}; a "
-                             "resumed run trains on its own files")
-    return files
-
-
-def _rank_setup(o, engine, steps) -> dict:
-    """What must be the same on every rank of `train --distributed` (Distributed.check_setup): the
-    options (data folders by their content, wherever each rank has them), the code and the data."""
-    from .distributed import code_fingerprint
-    skip = ("data", "val_data", "out", "no_progress", "overwrite", "data_files", "val_data_files")
-    options = {k: v for k, v in o.items() if k in TRAIN_DEFAULTS and k not in skip}
-    options.update(engine=engine, steps=steps, data="a folder" if _is_folder(o["data"]) else o["data"],
-                   val_data="a folder" if _is_folder(o["val_data"]) else o["val_data"])
-    return dict(code=code_fingerprint(), options=options, data=o["data_files"], val_data=o["val_data_files"],
-                paths={"data": o["data"], "val_data": o["val_data"]})
-
-
+# told from a default: run.plan_run takes a resumed run's own options from its checkpoint.
 def _cmd_train(a) -> int:
-    from pathlib import Path
-    from . import data as D
-    from .engines import runtime
-    from .model import UNet, check_memory, output_size
-    from .train import (DEFAULT_STEPS, PRESETS, TrainConfig, TrainingDiverged, TrainingInterrupted, check_out,
-                        default_preset, train)
     from . import distributed
-    if a.distributed and getattr(a, "dist", None) is None:  # as one rank of `mpirun -n N` (distributed.py)
-        return distributed.run_cli(_cmd_train, a)
-    if not a.distributed:
-        distributed.refuse_undistributed()
-    o, resumed = _train_options(a)
-    engine = runtime.resolve_engine(o["engine"])
-    if resumed:
-        net = resumed[0].config
-        preset = o["preset"] if o["preset"] != "auto" else "custom"
-        depth, base, tile = net["depth"], net["base_channels"], o["tile"]
-        n_classes, dropout = net["n_classes"], net["dropout"]
-    else:
-        preset = o["preset"] if o["preset"] != "auto" else default_preset(engine)
-        depth, base, tile = PRESETS[preset]
-        tile = o["tile"] or tile
-        n_classes, dropout = o["classes"], 0.0 if o["no_dropout"] else 0.5
-    steps = o["steps"] or DEFAULT_STEPS.get(preset, 1000)
-    # every check before anything is generated, loaded or created
+    from .run import TRAIN_DEFAULTS
+    options = {k: v for k, v in vars(a).items() if k in TRAIN_DEFAULTS}
+    if a.distributed:  # as one rank of `mpirun -n N` (distributed.py)
+        return distributed.as_rank(lambda dist: _train(options, a.resume, dist),
+                                   engine_hint=a.engine or os.environ.get("UNETCU_ENGINE"))
+    distributed.refuse_undistributed()
+    return _train(options, a.resume)
+
+
+def _train(options: dict, resume, dist=None) -> int:
+    """Plan the run (every refusal before anything is written), run its loop, say what it wrote."""
+    from .distributed import resume_command
+    from .run import plan_run
+    from .train import TrainingDiverged, TrainingInterrupted, train
+    run = plan_run(options, resume, dist)
+    out = run.out
     try:
-        output_size(tile, depth)
-    except ValueError as e:
-        raise ValueError(f"--tile: {e}") from None
-    check_memory(engine, tile, o["batch"], depth, base, n_classes, training=True)
-    check_out(o["out"], a.resume, o["overwrite"])
-    if a.momentum is not None and o["optimizer"] != "sgd":
-        raise ValueError(f"--momentum applies to --optimizer sgd; this run uses {o['optimizer']} (its moments have fixed betas)")
-    if o["cuda_graph"] and engine != "cuda":
-        raise ValueError(f"--cuda-graph needs the cuda engine; this run uses {engine}")
-    o.update(_data_files(o, a.resume, resumed[2].get("config", {}).get("run") if resumed else None))
-    if getattr(a, "dist", None) is not None:  # every rank: the same code, options and data, or none starts
-        a.dist.check_setup(_rank_setup(o, engine, steps))
-    if o["data"] == "synthetic":  # labels: the generator's instances, 2 classes
-        if a.labels is not None:
-            raise ValueError(f"--labels {a.labels} applies to label images of --data/--val-data folders; the synthetic "
-                             "cells come with instance labels")
-        if n_classes > 2:
-            raise ValueError(f"--classes {n_classes}: the synthetic cells have 2 classes (background, cell interior); "
-                             "more classes need --data with class-id labels")
-        size = (max(256, tile // 2), max(256, tile // 2))
-        train_s = D.synthetic_dataset(o["n_synthetic"], size, seed=o["seed"] * 2 + 1)
-        val_s = D.synthetic_dataset(max(1, o["n_synthetic"] // 8), size, seed=o["seed"] * 2 + 2)
-        source = f"{len(train_s)} training + {len(val_s)} validation synthetic images of {size[0]}x{size[1]} (seed {o['seed']})"
-        data_opt = "synthetic"
-    else:
-        data_opt = o["data"]
-        # load_folder reads with D.label_mode_for(labels, n_classes): auto means class ids above 2 classes
-        allsamples = D.load_folder(data_opt, o["labels"], n_classes)
-        if o["val_data"]:
-            train_s, val_s = allsamples, D.load_folder(o["val_data"], o["labels"], n_classes)
-        else:
-            train_s, val_s = D.split_train_val(allsamples, o["val_fraction"])
-        source = f"{o['data']}: {len(train_s)} training, {len(val_s)} validation images"
-    print(f"data: {source}")
-    print(D.describe_labels(list(train_s) + list(val_s), n_classes))
-    if resumed:
-        model = resumed[0]
-        model.precision = o["precision"]  # not part of the saved model: a resume may change it
-    else:
-        model = UNet(in_channels=1, n_classes=n_classes, depth=depth, base_channels=base, dropout=dropout, engine=engine,
-                     seed=o["seed"], precision=o["precision"])
-    run = {k: o[k] for k in ("val_data", "val_fraction", "labels", "classes", "n_synthetic", "no_dropout", "data_files",
-                             "val_data_files")}
-    run.update(data=data_opt, preset=preset)
-    cfg = TrainConfig(steps=steps, optimizer=o["optimizer"], lr=o["lr"], warmup=o["warmup"], schedule=o["schedule"],
-                      momentum=o["momentum"], weight_decay=o["weight_decay"], clip=o["clip"],
-                      batch=o["batch"], tile=tile, augment=o["augment"], w0=o["w0"], sigma=o["sigma"],
-                      val_every=o["val_every"], ckpt_every=o["ckpt_every"], seed=o["seed"], out=o["out"],
-                      cuda_graph=o["cuda_graph"], run=run)
-    out = Path(o["out"])
-    try:
-        history = train(model, train_s, val_s, cfg, resume=a.resume, progress=not o["no_progress"],
-                        log=print, overwrite=o["overwrite"], dist=getattr(a, "dist", None))
+        history = train(run, progress=not options.get("no_progress"), log=print)
     except TrainingDiverged as e:
         print(f"unetcu train: {e}", file=sys.stderr)
         return 3
@@ -393,14 +201,13 @@ def _cmd_train(a) -> int:
             print("unetcu train: interrupted before the first step finished; nothing was saved"
                   + (f" ({out}/ holds what it held before)" if out.exists() else ""), file=sys.stderr)
         else:
-            dist = getattr(a, "dist", None)
             print(f"unetcu train: interrupted; step {e.step} saved in {e.checkpoint} (logs in {out}/); "
-                  f"resume with: {distributed.resume_command(e.checkpoint, dist.size if dist else 1)}", file=sys.stderr)
+                  f"resume with: {resume_command(e.checkpoint, dist.size if dist else 1)}", file=sys.stderr)
         return 130
     last = [r for r in history if "val_iou" in r]
     if last:
         print(f"validation: loss {last[-1]['val_loss']:.4f}, IoU {last[-1]['val_iou']:.4f} at step {last[-1]['step']}")
-    print(f"wrote {out}/checkpoint.npz, log.csv, curves.png" + (", samples.png" if val_s else ""))
+    print(f"wrote {out}/checkpoint.npz, log.csv, curves.png" + (", samples.png" if run.val_samples else ""))
     print(f"next: unetcu predict {out}/checkpoint.npz IMAGES... --out predictions")
     return 0
 
@@ -549,28 +356,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} -h)\n")
 
 
-def number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
-    """An argparse type: int or float within [lo, hi] (open ends where asked); NaN and inf never pass."""
-    name = "an integer" if kind is int else "a number"
-    rng = [f"{'>' if lo_open else '>='} {lo}" if lo is not None else "", f"{'<' if hi_open else '<='} {hi}" if hi is not None else ""]
-    want = f"{name} " + " and ".join(r for r in rng if r)
-
-    def parse(text):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}") from None
-        ok = v == v and abs(v) != float("inf") and (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi))
-        if not ok:
-            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}")
-        return v
-    parse.__name__ = name
-    parse.kind = kind  # what a saved value must be (_check_saved_values)
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from .optim import OPTIMIZERS, SCHEDULES
     p = Parser(prog="unetcu", description="U-Net on hand-written CUDA kernels, with a CPU emulator for the same kernels.")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     d = sub.add_parser("demo", help="run the demo kernels (SGEMM, reduction, softmax, wmma) and check them against NumPy",
@@ -596,55 +382,55 @@ def build_parser() -> argparse.ArgumentParser:
                               "Ctrl-C saves the last finished step and says how to resume (under mpirun too).")
     t.add_argument("--data", help="'synthetic' (default) or a folder of images/ and labels/")
     t.add_argument("--val-data", help="a separate validation folder (default: the last --val-fraction of --data)")
-    t.add_argument("--val-fraction", type=number(float, 0, 1, hi_open=True),
+    t.add_argument("--val-fraction", type=RULES["val_fraction"],
                    help="share of --data held out for validation, in [0, 1) (default 0.2)")
-    t.add_argument("--labels", choices=("auto", "binary", "instance", "classes", "threshold"),
+    t.add_argument("--labels", choices=RULES["labels"],
                    help="how to read label images: binary (exactly two values, the higher is foreground), instance "
                         "(0 = background, 1..n objects), classes (pixel values are class ids), threshold (foreground "
                         "where value > the midpoint of min and max: for masks saved lossily), auto = binary if two "
                         "values else instance, and class ids with --classes above 2 (binary, instance, threshold give 2 "
                         "classes); the run prints how they were read (see the README's Input formats)")
-    t.add_argument("--classes", type=number(int, 2, 256),
+    t.add_argument("--classes", type=RULES["classes"],
                    help="number of classes, 2..256 (default 2: background, object); above 2 the labels are class ids "
                         "0..N-1")
-    t.add_argument("--preset", choices=("auto", "paper", "small", "tiny"),
+    t.add_argument("--preset", choices=RULES["preset"],
                    help="network size (default: paper on a GPU, small on a CPU)")
     t.add_argument("--engine", choices=ENGINES, help="default: cuda if a GPU is usable, else numpy")
     t.add_argument("--precision", **PRECISION_ARG)
     t.add_argument("--cuda-graph", action="store_true", default=None,
                    help="capture the training step once as a CUDA graph and replay it (cuda engine only)")
-    t.add_argument("--steps", type=number(int, 1, 10**8), help="training steps, 1..1e8 (default: paper 10000, small 1500, tiny 300)")
-    t.add_argument("--optimizer", choices=OPTIMIZERS,
+    t.add_argument("--steps", type=RULES["steps"], help="training steps, 1..1e8 (default: paper 10000, small 1500, tiny 300)")
+    t.add_argument("--optimizer", choices=RULES["optimizer"],
                    help="adam, adamw (PyTorch's rules) or sgd (momentum, Caffe's rule, the paper's) (default adam: "
                         "see the README's Training)")
-    t.add_argument("--lr", type=number(float, 1e-10, 10), help="learning rate, 1e-10..10 (default 0.001)")
-    t.add_argument("--warmup", type=number(int, 0, 10**8),
+    t.add_argument("--lr", type=RULES["lr"], help="learning rate, 1e-10..10 (default 0.001)")
+    t.add_argument("--warmup", type=RULES["warmup"],
                    help="steps of linear learning-rate warm-up from 0 (default min(100, steps/10))")
-    t.add_argument("--schedule", choices=SCHEDULES,
+    t.add_argument("--schedule", choices=RULES["schedule"],
                    help="learning rate after the warm-up: constant, cosine (decaying towards 0 over the run) or poly "
                         "((1-t)^0.9) (default cosine)")
-    t.add_argument("--momentum", type=number(float, 0, 1, hi_open=True), help="SGD momentum in [0, 1) (default 0.99, the paper's)")
-    t.add_argument("--weight-decay", type=number(float, 0, 1),
+    t.add_argument("--momentum", type=RULES["momentum"], help="SGD momentum in [0, 1) (default 0.99, the paper's)")
+    t.add_argument("--weight-decay", type=RULES["weight_decay"],
                    help="weight decay in [0, 1]: L2 for sgd and adam, decoupled for adamw (default 0)")
-    t.add_argument("--clip", type=number(float, 0, 1e6),
+    t.add_argument("--clip", type=RULES["clip"],
                    help="clip the gradients' global L2 norm to this value (default 0: off)")
-    t.add_argument("--batch", type=number(int, 1, 100000), help="tiles per step, 1..100000 (default 1, the paper's)")
-    t.add_argument("--tile", type=number(int, 1, 100000), help="input tile size, 1..100000 (default: the preset's)")
-    t.add_argument("--augment", choices=("elastic", "flips", "none"),
+    t.add_argument("--batch", type=RULES["batch"], help="tiles per step, 1..100000 (default 1, the paper's)")
+    t.add_argument("--tile", type=RULES["tile"], help="input tile size, 1..100000 (default: the preset's)")
+    t.add_argument("--augment", choices=RULES["augment"],
                    help="elastic = elastic warp + rotation + shift + flips + gray values (default)")
-    t.add_argument("--w0", type=number(float, 0, 1000), help="weight of the border term of the weight map, 0..1000 (default 10; 0 = class balancing only)")
-    t.add_argument("--sigma", type=number(float, 0.1, 1000), help="width of the border term in pixels, 0.1..1000 (default 5)")
+    t.add_argument("--w0", type=RULES["w0"], help="weight of the border term of the weight map, 0..1000 (default 10; 0 = class balancing only)")
+    t.add_argument("--sigma", type=RULES["sigma"], help="width of the border term in pixels, 0.1..1000 (default 5)")
     t.add_argument("--no-dropout", action="store_true", default=None, help="switch off dropout at the end of the contracting path")
-    t.add_argument("--n-synthetic", type=number(int, 1, 100000), help="synthetic training images (default 16)")
-    t.add_argument("--val-every", type=number(int, 1), help="validate every N steps, >= 1 (default 100)")
-    t.add_argument("--ckpt-every", type=number(int, 1), help="checkpoint every N steps, >= 1 (default 250)")
+    t.add_argument("--n-synthetic", type=RULES["n_synthetic"], help="synthetic training images (default 16)")
+    t.add_argument("--val-every", type=RULES["val_every"], help="validate every N steps, >= 1 (default 100)")
+    t.add_argument("--ckpt-every", type=RULES["ckpt_every"], help="checkpoint every N steps, >= 1 (default 250)")
     t.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue the run of this checkpoint with its own options (same losses as without the break); "
                         "--steps, --lr, --clip, --weight-decay, --val-every, --ckpt-every, --engine, --precision may change "
                         "(a new --steps stretches the schedule's decay to the new last step); --data and --val-data may "
                         "give the new place of a moved folder, which must hold the run's files (the checkpoint records a "
                         "hash of each)")
-    t.add_argument("--seed", type=number(int, 0), help="seed of the initial weights, synthetic images and every random draw (default 0)")
+    t.add_argument("--seed", type=RULES["seed"], help="seed of the initial weights, synthetic images and every random draw (default 0)")
     t.add_argument("--out", help="output folder (default runs/unet; with --resume, the checkpoint's folder)")
     t.add_argument("--overwrite", action="store_true", default=None,
                    help="replace the run already in --out (without it, a folder holding a run is refused)")

@@ -25,7 +25,7 @@ all-reduce, so an error on one rank (a label outside the classes, a NaN loss) st
 the same step with that rank's message; an error before training starts (a refused option, a
 missing file) is exchanged the same way (Distributed.gate). An error that only one rank can see
 at a point where the others wait in a collective (rank 0 failing to write a checkpoint, say) is
-printed by that rank, which then calls MPI_Abort: the job ends, it never hangs (run_cli).
+printed by that rank, which then calls MPI_Abort: the job ends, it never hangs (as_rank).
 Every collective before the gradient all-reduce is one exchange (Distributed.exchange), so a rank
 that fails in the setup meets the others wherever they wait.
 
@@ -36,7 +36,7 @@ first difference (Distributed.check_setup).
 
 Signals: Ctrl-C reaches mpirun alone, which sends every rank SIGCONT, then SIGTERM, then SIGKILL
 (Open MPI 4.1, odls_base_sigkill_timeout seconds apart, default 1). A rank's SIGTERM or SIGINT only
-sets a flag (run_cli), carried by the next exchange: every rank stops at the same step
+sets a flag (as_rank), carried by the next exchange: every rank stops at the same step
 (RanksInterrupted, a KeyboardInterrupt), rank 0 saves the last finished step and prints the
 resume command, the others wait for it (a barrier), and every rank exits 130.
 
@@ -59,6 +59,7 @@ import threading
 import numpy as np
 
 from .model import layer_shapes
+from .train import EagerStep
 
 GOLDEN = 0x9E3779B97F4A7C15          # the dropout hash's multiplier (kernels/dropout.cu)
 GOLDEN_INV = pow(GOLDEN, -1, 2**64)  # G is odd, so it has an inverse mod 2^64
@@ -165,8 +166,8 @@ class Distributed:
     train.draw_batch. engine_hint: the engine the run will use if known (None: cuda when a GPU is
     usable); on cuda each rank makes GPU (local rank mod GPUs) current here, before anything is
     allocated. Raises RuntimeError without mpi4py.
-    Used by train(dist=...). A program of its own that calls train on every rank should handle
-    errors as run_cli does (gate(error) before training has started, MPI_Abort after), or a rank
+    Used through DistributedStep (run.plan_run(..., dist=)). A program of its own that trains on
+    every rank should run as as_rank does (gate(error) before training has started, MPI_Abort after), or a rank
     that fails where the others wait in a collective leaves them waiting."""
 
     def __init__(self, engine_hint: str | None = None, comm=None):
@@ -183,7 +184,7 @@ class Distributed:
         self.engine = self.backend = None
         self.device, self.shared_gpu = None, False
         self.flat = None           # (P,) float32 on the engine: the gradients, packed
-        self.signalled = None      # the SIGTERM/SIGINT this rank received (run_cli's handler), else None
+        self.signalled = None      # the SIGTERM/SIGINT this rank received (as_rank's handler), else None
         self.interrupted = False   # the ranks agreed to stop on a signal (RanksInterrupted)
         self.nonfinite = None      # (rank, loss) of the first rank whose loss was not finite
         if engine_hint in (None, "cuda"):
@@ -199,10 +200,10 @@ class Distributed:
     def exchange(self, value=None, error: BaseException | None = None, where: str = ""):
         """Collective: every rank's (error, value, signalled) by one allgather; returns the ranks'
         values. Every collective before the gradient all-reduce is this one call, so a rank that
-        fails anywhere in the setup (run_cli: gate(error)) meets the others at whatever exchange
+        fails anywhere in the setup (as_rank: gate(error)) meets the others at whatever exchange
         they are in. Raises on every rank at once: a RanksStopped if any rank brings an error (the
         lowest rank's message, prefixed "rank r: " + where unless it is rank 0's own in the setup),
-        else a RanksInterrupted if a SIGTERM/SIGINT reached any rank (run_cli's handler)."""
+        else a RanksInterrupted if a SIGTERM/SIGINT reached any rank (as_rank's handler)."""
         err = None if error is None else (type(error).__name__, _first_line(error))
         got = self.comm.allgather((err, value, self.signalled is not None))
         errors = [(r, e) for r, (e, _, _) in enumerate(got) if e is not None]
@@ -229,7 +230,7 @@ class Distributed:
     def check_setup(self, setup: dict):
         """Collective, before anything is generated or loaded: stop every rank (ValueError, one line,
         the same on every rank) unless every rank runs the same code with the same options on the
-        same data. setup (cli._rank_setup): code (code_fingerprint), options, data and val_data
+        same data. setup (run._rank_setup): code (code_fingerprint), options, data and val_data
         (data.fingerprint of the folder, None for synthetic data: its generator is fixed by the
         options and the code), paths (each rank's folders, named in the message, not compared).
         The ranks exchange a hash of each part; only when one differs does rank 0 gather that part
@@ -245,7 +246,7 @@ class Distributed:
         raise _stopped("ValueError", msg)
 
     def begin(self, model, optimizer, cfg, rng_state, step: int):
-        """Called by train() before its first step: refuses what cannot run distributed, checks
+        """Called before the first step (DistributedStep.begin): refuses what cannot run distributed, checks
         that every rank holds the same weights, optimizer and generator state (gate), then opens
         the all-reduce backend."""
         if cfg.cuda_graph:
@@ -340,6 +341,29 @@ class Distributed:
         return f" on rank {self.nonfinite[0]}" if self.nonfinite else ""
 
 
+class DistributedStep(EagerStep):
+    """A train.Step as one rank: each rank's loss and gradient on its own tiles, averaged over the
+    ranks by one all-reduce (Distributed.loss_and_grads), then the same update on every rank; the
+    ranks compare their state before the first step and before each checkpoint."""
+
+    def __init__(self, model, optimizer, cfg, dist: Distributed):
+        super().__init__(model, optimizer, cfg)
+        self.dist = dist
+
+    def begin(self, rng_state, step: int):
+        self.dist.begin(self.model, self.optimizer, self.cfg, rng_state, step)
+
+    def compute(self, x, labels, weights, dropout_seed: int, step: int):
+        loss, self.grads = self.dist.loss_and_grads(self.model, x, labels, weights, dropout_seed, step)
+        self.loss = float(loss) + 0.0
+
+    def checkpoint(self, rng_state, step: int):
+        self.dist.check_same(self.model, self.optimizer, rng_state, step)
+
+    def where_nonfinite(self) -> str:
+        return self.dist.where_nonfinite()
+
+
 def _setup_difference(part: str, every: list) -> str:
     """The message of check_setup: the ranks whose `part` differs from rank 0's, and the first
     difference of the first of them. every: (part, paths) of each rank."""
@@ -409,13 +433,13 @@ def refuse_undistributed():
                          "independent runs into one folder; add --distributed")
 
 
-def run_cli(cmd, a) -> int:
-    """Run the `unetcu train` command `cmd(a)` as one rank of the job (a.dist is set to this rank's
-    Distributed). Rank 0 prints; the other ranks' stdout is dropped and their stderr held back.
-    An error all ranks raised together comes out of rank 0 only; any other error is printed by
-    the rank that had it (with its held-back stderr), which then calls MPI_Abort so that ranks
-    waiting in a collective do not hang."""
-    a.dist = dist = Distributed(engine_hint=a.engine or os.environ.get("UNETCU_ENGINE"))
+def as_rank(body, engine_hint: str | None = None) -> int:
+    """Run body(dist) -> exit status as one rank of the job (dist: this rank's Distributed; what
+    `unetcu train --distributed` does with the planning and the loop of its run). Rank 0 prints; the
+    other ranks' stdout is dropped and their stderr held back. An error all ranks raised together
+    comes out of rank 0 only; any other error is printed by the rank that had it (with its held-back
+    stderr), which then calls MPI_Abort so that ranks waiting in a collective do not hang."""
+    dist = Distributed(engine_hint=engine_hint)
     real_err, held = sys.stderr, io.StringIO()
     if not dist.root:
         sys.stdout = open(os.devnull, "w")
@@ -429,7 +453,7 @@ def run_cli(cmd, a) -> int:
         old = {s: signal.signal(s, flag) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            rc = cmd(a)
+            rc = body(dist)
             if rc == 130 and dist.interrupted:  # every rank stopped at one step: wait for rank 0's save
                 dist.comm.Barrier()
                 return rc

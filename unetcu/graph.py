@@ -21,13 +21,17 @@ from __future__ import annotations
 import numpy as np
 
 from .optim import clip_gradients
+from .train import Step
 
 
-class GraphStep:
+class GraphStep(Step):
     """step(x, labels, weights, dropout_seed) -> (loss, bad_label) as Python values; each call is
     one step of `model` (forward, loss, backward, optional clipping, optimizer.step at lr): the
     same functions the eager trainer calls, captured. The graph bakes lr and the step number in,
-    so only an optimizer whose update does not change with them (SGD at a constant lr) fits."""
+    so only an optimizer whose update does not change with them (SGD at a constant lr) fits.
+    As a train.Step: compute() keeps the batch, update() runs the whole step (the update is part of
+    the graph, so all of it runs with Ctrl-C held) and raises ValueError for a label outside the
+    model's classes, which the graph can only flag, after its update."""
 
     def __init__(self, model, optimizer, lr, clip=0.0):
         if model.engine != "cuda":
@@ -43,6 +47,16 @@ class GraphStep:
         self.graph = None
         self.inputs = None  # static x, labels, weights, seed
         self.outputs = None  # the captured step's (loss, bad) arrays
+
+    def compute(self, x, labels, weights, dropout_seed: int, step: int):
+        self.batch = (x, labels, weights, dropout_seed)
+
+    def update(self, step: int) -> float:
+        loss, bad = self(*self.batch)
+        self.batch = None
+        if bad:
+            raise ValueError(f"step {step}: a label lies outside the model's {self.model.config['n_classes']} classes")
+        return loss
 
     def _body(self):
         x, lab, wt, seed = self.inputs

@@ -1,6 +1,7 @@
-"""The autograd-free trainer: one large tile per step (the paper's choice), weighted cross-entropy
-with the paper's weight maps, elastic augmentation, periodic validation, checkpoints, bit-exact
-resume, a progress bar, a CSV log and PNG plots.
+"""The autograd-free trainer's loop: one large tile per step (the paper's choice), weighted
+cross-entropy with the paper's weight maps, elastic augmentation, periodic validation, checkpoints
+and bit-exact resume. What runs is decided in run.py (plan_run -> Run); the progress bar, log.csv
+and the plots are report.py's; a step is a Step (EagerStep here, graph.GraphStep, distributed.DistributedStep).
 
 Optimizer (optim.py): Adam, lr 0.001, a linear warm-up over min(100, steps/10) steps (pinned when the run
 starts), then a cosine decay towards 0, no clipping, by default; the paper's SGD with momentum 0.99 (Caffe's rule) is --optimizer sgd.
@@ -16,8 +17,6 @@ atomics, so their last bits may differ).
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import signal
@@ -25,18 +24,18 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import augment
 from .data import Sample
-from .files import atomic_write, same_file
-from .instances import object_radius
+from .files import same_file
 from .metrics import iou
 from .model import UNet, output_size
 from .optim import Optimizer, clip_gradients, lr_at
+from .report import CsvLog, Progress, plot_curves, plot_samples
 from .weightmap import class_balance, weight_map
 
 PRESETS = {
@@ -88,39 +87,6 @@ class TrainConfig:
     def lr_at(self, step: int) -> float:
         """The learning rate of step (from 1), see optim.lr_at."""
         return lr_at(step, self.steps, self.lr, self.warmup_steps, self.schedule)
-
-
-def check_saved_options(path, state: dict) -> None:
-    """Refuse a checkpoint whose training state is not what `unetcu train` writes: an option this
-    unetcu does not know (written by a newer unetcu, say: dropping it would resume a different run
-    without a word), or a step, generator state or history of the wrong kind (a damaged or edited
-    file). The options' values are checked against the command line's rules by the CLI."""
-    from dataclasses import fields
-    from .model import written_by
-    from . import __version__
-    config = state.get("config")
-    if not isinstance(config, dict) or not isinstance(config.get("run", {}), dict):
-        raise ValueError(f"--resume {path}: holds no training options (a model saved outside `unetcu train`, or a "
-                         "damaged file): it cannot be resumed; start a new run")
-    unknown = sorted(set(config) - {f.name for f in fields(TrainConfig)})
-    unknown += sorted(f"run.{k}" for k in set(config.get("run", {})) - RUN_KEYS)
-    if unknown:
-        writer = written_by(path)
-        cause = ("that this unetcu does not know (the same version: an edited or damaged file)"
-                 if writer.endswith(f" {__version__}") else f"that this unetcu {__version__} does not know; update unetcu "
-                 "to continue the run")
-        raise ValueError(f"--resume {path}: {writer} with training option(s) {', '.join(map(repr, unknown))} {cause}")
-    step, rng, history = state.get("step"), state.get("rng"), state.get("history", [])
-    if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
-        raise ValueError(f"--resume {path}: its step is {step!r}, not a count of steps: a damaged or edited file")
-    if not isinstance(rng, dict) or not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
-        raise ValueError(f"--resume {path}: its generator state or history is not what unetcu train writes: a damaged "
-                         "or edited file")
-
-
-# the keys of TrainConfig.run (how a run was started) that this unetcu writes
-RUN_KEYS = {"val_data", "val_fraction", "labels", "classes", "n_synthetic", "no_dropout", "data_files", "val_data_files",
-            "data", "preset", "ranks"}
 
 
 @dataclass
@@ -228,59 +194,6 @@ class TileAhead:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-class Progress:
-    """A one-line progress bar on a terminal. Elsewhere (a log file, CI) a line after the first step,
-    then every ~5% of the run or every 30 s, whichever comes first."""
-
-    def __init__(self, total, start=0, stream=sys.stderr, enabled=True, every_s=30.0):
-        self.total, self.start, self.stream, self.enabled = total, start, stream, enabled
-        self.t0 = self.t_line = time.perf_counter()
-        self.tty = getattr(stream, "isatty", lambda: False)()
-        self.every, self.every_s = max(1, (total - start) // 20), every_s
-        self.open_line = False
-
-    def update(self, step, **info):
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        done = step - self.start
-        rate = done / max(now - self.t0, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else float("inf")
-        bar = "#" * int(30 * step / self.total)
-        text = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
-        line = f"step {step}/{self.total} [{bar:<30}] {text} {rate:.2f} steps/s ETA {_fmt_time(eta)}"
-        if self.tty:
-            self.stream.write("\r" + line[:160].ljust(160))
-            self.open_line = step != self.total
-            if step == self.total:
-                self.stream.write("\n")
-        elif done == 1 or done % self.every == 0 or step == self.total or now - self.t_line >= self.every_s:
-            self.stream.write(line + "\n")
-            self.t_line = now
-        self.stream.flush()
-
-    def begin(self, note=""):
-        """A first line at once, before the first step (which may take a while: compiling, caches)."""
-        if self.enabled:
-            line = f"step {self.start}/{self.total} [{'#' * int(30 * self.start / self.total):<30}] starting{note}"
-            self.stream.write(("\r" + line[:160].ljust(160)) if self.tty else line + "\n")
-            self.open_line = self.tty
-            self.stream.flush()
-
-    def close(self):
-        """End a bar left open on a terminal (so the next message starts on its own line)."""
-        if self.enabled and self.open_line:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.open_line = False
-
-
-def _fmt_time(s):
-    if not math.isfinite(s):
-        return "?"
-    return f"{int(s // 60)}m{int(s % 60):02d}s"
-
-
 def evaluate(model: UNet, samples: list[Sample], cfg: TrainConfig, tile=None):
     """(mean per-pixel weighted loss, mean foreground IoU) over whole images (overlap-tile), each
     image's IoU by metrics.iou, as `unetcu evaluate` computes it (1 when both are empty)."""
@@ -306,22 +219,6 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, step: int, checkpoint: Path | None):
         super().__init__(step, checkpoint)
         self.step, self.checkpoint = step, checkpoint
-
-
-def check_out(out, resume=None, overwrite=False):
-    """Refuse (FileExistsError) to train into a folder that holds another run's files, unless the run
-    continues there (resume from out/checkpoint.npz) or overwrite is asked for: a new run must never
-    replace a trained model by accident."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a folder")
-    found = [f for f in RUN_FILES if (out / f).exists()]
-    ckpt = out / "checkpoint.npz"
-    if not found or overwrite or (resume and ckpt.exists() and same_file(resume, ckpt)):
-        return
-    go_on = f"continue it with --resume {ckpt}, " if ckpt.exists() else ""
-    raise FileExistsError(f"{out} already holds a training run ({', '.join(found)}): {go_on}"
-                          "train into another --out, or replace it with --overwrite")
 
 
 class _Interrupts:
@@ -386,84 +283,86 @@ def _sigint_ignored():
             signal.signal(signal.SIGINT, old)
 
 
-def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], cfg: TrainConfig,
-          resume: str | None = None, progress: bool = True, log=print, overwrite: bool = False, dist=None):
-    """Train in place; returns the history (list of dicts, one per step).
+class Step:
+    """One training step on a batch, the same interface for every way of stepping, so that the loop
+    has one path: eager (EagerStep), one rank of an MPI job (distributed.DistributedStep), the whole
+    step replayed as one CUDA graph (graph.GraphStep).
 
-    Writes into cfg.out: checkpoint.npz (weights + momentum + generator state + history + cfg, every
-    cfg.ckpt_every steps and at the end), log.csv (a row per step, as it goes), curves.png (redrawn
-    at each validation) and samples.png (at the end). Every file is replaced atomically.
-    Raises FileExistsError if cfg.out holds another run (see check_out; overwrite=True replaces it),
-    ValueError for a checkpoint of another network, TrainingDiverged on a NaN/Inf loss, and
+      begin(rng_state, step)      before the first step (the ranks check they start alike)
+      compute(x, labels, weights, dropout_seed, step)
+                                  the forward and backward pass; changes nothing that a checkpoint
+                                  holds, so a Ctrl-C may stop it at once
+      update(step) -> loss        the update of the weights and optimizer state, run with Ctrl-C
+                                  held; returns the step's loss (a float; NaN/Inf: the run diverged,
+                                  and an eager step made no update)
+      checkpoint(rng_state, step) before a checkpoint is written (the ranks check they are alike)
+      where_nonfinite() -> str    where a non-finite loss came from, for its message ("" or " on rank r")
+    """
+
+    def begin(self, rng_state, step: int):
+        pass
+
+    def checkpoint(self, rng_state, step: int):
+        pass
+
+    def where_nonfinite(self) -> str:
+        return ""
+
+
+class EagerStep(Step):
+    """model.loss_and_grads, then clipping (cfg.clip > 0) and the optimizer's update at cfg.lr_at(step)."""
+
+    def __init__(self, model: UNet, optimizer: Optimizer, cfg: TrainConfig):
+        self.model, self.optimizer, self.cfg = model, optimizer, cfg
+        self.loss, self.grads = math.nan, None
+
+    def compute(self, x, labels, weights, dropout_seed: int, step: int):
+        loss, self.grads = self.model.loss_and_grads(x, labels, weights, dropout_seed=dropout_seed)
+        self.loss = float(loss) + 0.0  # -0.0 (a perfect tile) reads as 0
+
+    def update(self, step: int) -> float:
+        if math.isfinite(self.loss):
+            if self.cfg.clip > 0:
+                clip_gradients(self.grads, self.cfg.clip, self.model.xp)
+            self.optimizer.step(self.model.params, self.grads, self.cfg.lr_at(step), step)
+        self.grads = None
+        return self.loss
+
+
+def train(run, progress: bool = True, log=print):
+    """Run the loop of `run` (run.Run, from run.plan_run or Run.of); returns the history (list of
+    dicts, one per step). The model and optimizer are trained in place.
+
+    Writes into run.cfg.out: checkpoint.npz (weights + optimizer state + generator state + history +
+    cfg, every cfg.ckpt_every steps and at the end), log.csv (a row per step, as it goes), curves.png
+    (redrawn at each validation) and samples.png (at the end); every file is replaced atomically
+    (report.py). Nothing is created in cfg.out, and with run.overwrite nothing of the old run
+    removed, before the first step has finished. Raises TrainingDiverged on a NaN/Inf loss or
+    weight, ValueError for a label outside the classes (the CUDA graph's check), and
     TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C, after saving the last finished step.
-    Nothing is created in cfg.out, and with overwrite nothing of the old run removed, before the
-    first step has finished.
-    dist: a distributed.Distributed to train as one rank of an MPI job (every rank calls train with
-    the same arguments; rank 0 alone logs and writes files); None trains in this process alone."""
-    out = Path(cfg.out)
-    root = dist is None or dist.root
+    With run.dist (one rank of an MPI job) rank 0 alone logs and writes files."""
+    model, cfg, opt, rng, stepper = run.model, run.cfg, run.optimizer, run.rng, run.step
+    out, root, start, history = run.out, run.root, run.start, run.history
     log, progress = (log, progress) if root else (lambda *a: None, False)
-    check_out(out, resume, overwrite)
-    o = output_size(cfg.tile, model.config["depth"])
-    rng = np.random.default_rng(cfg.seed)
-    cfg.lr_at(1)  # an unknown schedule fails here, before any work
-    if cfg.warmup_steps >= cfg.steps and not resume:  # (a resumed run may be cut short on purpose)
-        raise ValueError(f"--warmup {cfg.warmup_steps} must be below --steps {cfg.steps}: the learning rate would never reach "
-                         f"--lr {cfg.lr}")
-    if cfg.warmup is None:  # pinned now: a resumed run with other --steps keeps its warm-up
-        cfg = replace(cfg, warmup=cfg.warmup_steps)
-    if cfg.cuda_graph and model.engine != "cuda":
-        raise ValueError(f"--cuda-graph needs the cuda engine; this model runs on '{model.engine}'")
-    if cfg.cuda_graph and (cfg.optimizer != "sgd" or cfg.schedule != "constant" or cfg.warmup_steps):
-        raise ValueError("--cuda-graph replays one SGD update at a fixed learning rate: use it with --optimizer sgd "
-                         "--schedule constant --warmup 0")
-    start, history, momentum = 0, [], None
-    if resume:
-        loaded, momentum, state = UNet.load(resume, engine=model.engine, with_state=True)
-        if loaded.config != model.config:
-            raise ValueError(f"--resume {resume}: its network {loaded.config} differs from this one {model.config}")
-        model.params = loaded.params
-        start = int(state.get("step", 0))
-        rng.bit_generator.state = state["rng"]
-        history = state.get("history", [])
-        from .distributed import check_ranks
-        check_ranks(state.get("config", {}).get("run", {}), dist, resume)
-    if dist is not None:
-        cfg = replace(cfg, run={**cfg.run, "ranks": dist.size})
-    opt = Optimizer(cfg.optimizer, model.params, model.engine, model.xp, cfg.momentum, cfg.weight_decay)
-    if momentum:
-        opt.load_state(momentum, f"--resume {resume}")
-    if not train_samples:
-        raise ValueError("no training images")
-    check_classes(list(train_samples) + list(val_samples), model.config["n_classes"])
-    if start >= cfg.steps:
-        raise ValueError(f"--resume {resume}: the run is at step {start} already; give --steps above {start} to go on")
-    data = prepare(train_samples, cfg, model)
-    radius = object_radius([s.instances for s in train_samples if not s.semantic])  # for predict --instances watershed
-    graph_step = None
-    if cfg.cuda_graph:
-        from .graph import GraphStep
-        graph_step = GraphStep(model, opt, cfg.lr, cfg.clip)
-
-    if dist is not None:  # every rank is here, with the same state; the all-reduce opens
-        dist.begin(model, opt, cfg, rng.bit_generator.state, start)
-    if resume:
-        log(f"resumed from {resume} at step {start}")
+    stepper.begin(rng.bit_generator.state, start)  # every rank is here, with the same state
+    if run.resume:
+        log(f"resumed from {run.resume} at step {start}")
     blas = ""
     if model.engine == "numpy":  # its speed is mostly the BLAS's: say which, and on how many threads
         from .cpu import blas_info
         blas = f" ({blas_info()})"
-    log(f"training {model.n_params:,} parameters on engine '{model.engine}'{blas}: tile {cfg.tile} -> {o}, batch {cfg.batch}, "
-        f"{len(data)} training / {len(val_samples)} validation images, {describe(cfg)}, "
-        f"augment {cfg.augment}, steps {start}..{cfg.steps}" + (f"; {dist.describe()}" if dist else ""))
+    log(f"training {model.n_params:,} parameters on engine '{model.engine}'{blas}: tile {cfg.tile} -> "
+        f"{output_size(cfg.tile, model.config['depth'])}, batch {cfg.batch}, {len(run.data)} training / "
+        f"{len(run.val_samples)} validation images, {describe(cfg)}, augment {cfg.augment}, steps {start}..{cfg.steps}"
+        + (f"; {run.dist.describe()}" if run.dist else ""))
     ckpt = out / "checkpoint.npz"
     csv_log = None
 
     def open_run():  # at the first finished step: until then nothing is created, and nothing replaced
         nonlocal csv_log
-        if overwrite:
+        if run.overwrite:
             for f in RUN_FILES:
-                if not resume or not (out / f).exists() or not same_file(resume, out / f):
+                if not run.resume or not (out / f).exists() or not same_file(run.resume, out / f):
                     (out / f).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         csv_log = CsvLog(out / "log.csv", history[:-1])
@@ -479,19 +378,14 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
             kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written"
             raise TrainingDiverged(f"the weights ({bad}) became non-finite at step {step}; training stopped "
                                    f"({kept}). Lower the learning rate (--lr) or clip the gradients (--clip).")
-        state = dict(step=step, rng=rng_state, history=history, config=asdict(cfg), object_radius=radius)
+        state = dict(step=step, rng=rng_state, history=history, config=asdict(cfg), object_radius=run.object_radius)
         model.save(ckpt, momentum=opt.state, state=_jsonable(state))
 
-    def step_done(step, loss, rng_state):  # the step's row, and the state a checkpoint of this step holds
-        row = dict(step=step, loss=loss, lr=cfg.lr_at(step),
-                   seconds=time.perf_counter() - t_start)
-        history.append(row)
-        return step, rng_state, row
-
     interrupts = _Interrupts()
+    part = run.dist.part if run.dist else (0, 1)
     # CPU engines render the next step's tiles in a worker thread; on a GPU the warp is one kernel on
     # the training stream (and CuPy's current stream is per thread)
-    ahead = TileAhead(data, cfg, model, rng, dist.part if dist else (0, 1)) if model.engine != "cuda" else None
+    ahead = TileAhead(run.data, cfg, model, rng, part) if model.engine != "cuda" else None
     bar.begin(" (the first step also compiles the elastic warp)" if cfg.augment == "elastic" else "")
     try:
         # numpy's overflow warnings would spill source lines before the one-line message: a non-finite
@@ -499,44 +393,30 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
         with interrupts, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for step in range(start + 1, cfg.steps + 1):
                 interrupts.check()
-                if ahead is not None:
-                    x, lab, wt = ahead.tiles()
-                else:
-                    x, lab, wt = draw_batch(data, cfg, model, rng, *([dist.part] if dist else []))
+                x, lab, wt = ahead.tiles() if ahead is not None else draw_batch(run.data, cfg, model, rng, part)
                 interrupts.check()  # the warp compiles in the first draw: a Ctrl-C it swallowed stops here
                 dropout_seed = int(rng.integers(2**63))
                 # the state after this step's draws, before the next step's (drawn now when rendered ahead)
                 rng_state = ahead.ahead() if ahead is not None and step < cfg.steps else rng.bit_generator.state
-                if graph_step is not None:  # the update is part of the graph: a bad loss is known only after it
-                    with interrupts.hold():
-                        loss, bad = graph_step(x, lab, wt, dropout_seed)
-                        done, done_rng, row = step_done(step, loss, rng_state)
-                    if bad:
-                        raise ValueError(f"step {step}: a label lies outside the model's {model.config['n_classes']} classes")
-                elif dist is not None:  # every rank's tiles: the mean loss and gradient (distributed.py)
-                    loss, grads = dist.loss_and_grads(model, x, lab, wt, dropout_seed, step)
-                else:
-                    loss, grads = model.loss_and_grads(x, lab, wt, dropout_seed=dropout_seed)
-                loss = float(loss) + 0.0  # -0.0 (a perfect tile) reads as 0
+                stepper.compute(x, lab, wt, dropout_seed, step)
+                with interrupts.hold():  # the update and its record are whole before a held Ctrl-C is raised
+                    loss = stepper.update(step)
+                    row = dict(step=step, loss=loss, lr=cfg.lr_at(step), seconds=time.perf_counter() - t_start)
+                    if math.isfinite(loss):
+                        history.append(row)
+                        done, done_rng = step, rng_state
                 if not math.isfinite(loss):
                     kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
-                    where = dist.where_nonfinite() if dist else ""
-                    raise TrainingDiverged(f"loss became {loss} at step {step}{where}; training stopped ({kept}). "
-                                           "Lower the learning rate (--lr).")
-                if graph_step is None:
-                    with interrupts.hold():
-                        if cfg.clip > 0:
-                            clip_gradients(grads, cfg.clip, model.xp)
-                        opt.step(model.params, grads, cfg.lr_at(step), step)
-                        done, done_rng, row = step_done(step, loss, rng_state)  # before a held Ctrl-C is raised
-                if dist is not None and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-                    dist.check_same(model, opt, done_rng, step)  # every rank: the same weights, or stop
+                    raise TrainingDiverged(f"loss became {loss} at step {step}{stepper.where_nonfinite()}; training "
+                                           f"stopped ({kept}). Lower the learning rate (--lr).")
+                if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                    stepper.checkpoint(done_rng, step)  # every rank: the same weights, or stop
                 if not root:
                     continue
                 if csv_log is None:
                     open_run()
-                if val_samples and (step % cfg.val_every == 0 or step == cfg.steps):
-                    row["val_loss"], row["val_iou"] = evaluate(model, val_samples, cfg)
+                if run.val_samples and (step % cfg.val_every == 0 or step == cfg.steps):
+                    row["val_loss"], row["val_iou"] = evaluate(model, run.val_samples, cfg)
                 csv_log.append(row)
                 if "val_iou" in row:
                     plot_curves(history, out / "curves.png")
@@ -545,8 +425,8 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
                     save(step, done_rng)
             if root:
                 plot_curves(history, out / "curves.png")
-            if root and val_samples:
-                plot_samples(model, val_samples[:3], out / "samples.png", cfg)
+            if root and run.val_samples:
+                plot_samples(model, run.val_samples[:3], out / "samples.png", cfg.tile)
     except KeyboardInterrupt:
         bar.close()
         with _sigint_ignored():  # more Ctrl-C while the last step is saved would lose it
@@ -556,9 +436,9 @@ def train(model: UNet, train_samples: list[Sample], val_samples: list[Sample], c
                 if history[-1]["step"] > csv_log.last:  # interrupted after the update, before the log
                     csv_log.append(history[-1])
                 save(done, done_rng)
-                if dist is None:  # mpirun kills the ranks about a second after its SIGTERM: the message first
+                if run.dist is None:  # mpirun kills the ranks about a second after its SIGTERM: the message first
                     plot_curves(history, out / "curves.png")
-        kept = done > start or (resume and ckpt.exists() and same_file(resume, ckpt))  # not an old run's
+        kept = done > start or (run.resume and ckpt.exists() and same_file(run.resume, ckpt))  # not an old run's
         raise TrainingInterrupted(done, ckpt if kept else None) from None
     finally:
         if ahead is not None:  # a step ahead that is no longer wanted: waited for, never left running
@@ -578,98 +458,3 @@ def _jsonable(x):
     return json.loads(json.dumps(x, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
 
 
-class CsvLog:
-    """log.csv, a row per step as training goes (so a long run can be watched). Opening it rewrites
-    the file atomically from `history` (a resumed run's earlier steps), then rows are appended."""
-    KEYS = ["step", "loss", "lr", "val_loss", "val_iou", "seconds"]
-
-    def __init__(self, path, history=()):
-        self.path = Path(path)
-        self.last = history[-1]["step"] if history else 0
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=self.KEYS, lineterminator="\n")
-        w.writeheader()
-        for row in history:
-            w.writerow({k: row.get(k, "") for k in self.KEYS})
-        atomic_write(self.path, lambda p: Path(p).write_text(buf.getvalue()))
-
-    def append(self, row):
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.KEYS, lineterminator="\n").writerow({k: row.get(k, "") for k in self.KEYS})
-        self.last = row["step"]
-
-
-def _savefig(fig, path):
-    atomic_write(path, lambda p: fig.savefig(p, dpi=100, format=Path(path).suffix[1:]))
-
-
-def loss_axis(loss, val_loss=()) -> tuple[float, float]:
-    """(bottom, top) of the log loss axis: from the 2nd percentile of the positive losses / 1.5 (a
-    few near-zero steps would stretch the axis over decades and flatten the curve) to 1.5 x the
-    largest finite loss, at least one decade."""
-    loss = np.asarray(loss, dtype=np.float64)
-    finite = np.concatenate([loss[np.isfinite(loss)], np.asarray(val_loss, dtype=np.float64)])
-    pos = finite[finite > 0]
-    if not pos.size:
-        return 1e-3, 1.0
-    lo = float(np.percentile(pos, 2)) / 1.5
-    return lo, max(lo * 10, float(pos.max()) * 1.5)
-
-
-def plot_curves(history, path):
-    """Training loss (per step and a running mean) and validation loss on a log axis, validation
-    IoU beside it. The loss axis spans the 2nd..100th percentile of the steps' losses (a single
-    near-zero step would otherwise stretch it over decades); steps below it are counted in the legend."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    steps = [r["step"] for r in history]
-    loss = np.array([r["loss"] for r in history], dtype=np.float64)
-    v = [r for r in history if "val_loss" in r]
-    lo, hi = loss_axis(loss, [r["val_loss"] for r in v])
-    below = int((loss < lo).sum())
-    ax[0].plot(steps, loss, lw=0.5, alpha=0.4,
-               label="training loss (per step)" + (f"; {below} below the axis" if below else ""))
-    k = max(1, len(loss) // 50)
-    if len(loss) >= k:
-        ax[0].plot(steps[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), label=f"mean of {k}")
-    if v:
-        ax[0].plot([r["step"] for r in v], [r["val_loss"] for r in v], "o-", label="validation loss")
-        ax[1].plot([r["step"] for r in v], [r["val_iou"] for r in v], "o-", color="C2")
-    ax[0].set_xlabel("step"), ax[0].set_ylabel("weighted cross-entropy per pixel"), ax[0].set_yscale("log")
-    ax[0].legend(fontsize=7, framealpha=0.6)
-    if not v:
-        ax[1].text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ax[1].transAxes, color="0.4")
-    ax[0].set_ylim(lo, hi)
-    ax[1].set_xlabel("step"), ax[1].set_ylabel("validation IoU (mean)"), ax[1].set_ylim(0, 1)
-    ax[1].grid(alpha=0.3)
-    fig.tight_layout()
-    _savefig(fig, path)
-    plt.close(fig)
-
-
-def plot_samples(model, samples, path, cfg):
-    """Image, truth and prediction side by side for a few validation images; objects in colours of
-    their own (the truth's instances; the prediction's connected components), so cells the net
-    merges show as one colour."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from .metrics import segments
-    from .tiling import predict_probs
-    from .viz import colour_instances
-    fig, ax = plt.subplots(len(samples), 3, figsize=(9, 3 * len(samples)), squeeze=False)
-    for i, s in enumerate(samples):
-        pred = predict_probs(model, s.image, tile=cfg.tile).argmax(0)
-        truth = s.instances if not s.semantic else segments(s.classes() > 0)
-        n_true, n_pred = int(np.unique(truth[truth > 0]).size), int(segments(pred > 0).max())
-        panels = ((s.image, f"{s.name}: image"), (colour_instances(truth), f"truth: {n_true} objects"),
-                  (colour_instances(segments(pred > 0)), f"prediction: {n_pred} objects"))
-        for j, (a, title) in enumerate(panels):
-            ax[i, j].imshow(a, cmap="gray", interpolation="nearest")
-            ax[i, j].set_title(title, fontsize=8)
-            ax[i, j].axis("off")
-    fig.tight_layout()
-    _savefig(fig, path)
-    plt.close(fig)

@@ -1,0 +1,427 @@
+"""A training run as one object: every decision made before the first step, and every refusal, here.
+
+    run = plan_run({"data": "examples", "steps": 500})   # the options as `unetcu train` takes them
+    history = unetcu.train.train(run)                    # the loop (train.py)
+
+plan_run(options, resume) is what `unetcu train` calls after parsing; Run.of(model, samples, ...) is
+the same run built from Python objects (a model and samples made elsewhere). Both end in Run.of,
+so the rules below hold for either. Where each decision lives:
+
+    option values       RULES (one table: the command line's types and choices, and what a
+                        resumed checkpoint's values are held to), check_values
+    preset, network     plan_run: PRESETS (train.py), default_preset (paper on a GPU, small on a CPU)
+    engine, precision   plan_run: runtime.resolve_engine; the precision is the model's
+    data source         plan_run: synthetic cells or load_folder, split_train_val; _data_files records
+                        each file's hash so that a resume can check (and follow a moved folder)
+    resume              _resumed_options (what a resume may change: RESUME_MAY_CHANGE) and Run.of
+                        (weights, optimizer state, generator state, history, number of ranks)
+    recipe              check_recipe: schedule, warm-up, the CUDA-graph rule
+    output folder       check_out: never another run's files without --overwrite
+    optimizer, step     Run.of: Optimizer (optim.py); the Step (eager, CUDA graph, distributed)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from .files import same_file
+from .optim import OPTIMIZERS, SCHEDULES, Optimizer
+from .engines.runtime import ENGINES
+from .reference import PRECISIONS
+from .train import DEFAULT_STEPS, PRESETS, RUN_FILES, Prepared, TrainConfig, check_classes, prepare
+
+
+def number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
+    """A rule for a number option (an argparse type): int or float within [lo, hi] (open ends where
+    asked); NaN and inf never pass. Raises argparse.ArgumentTypeError with what it must be."""
+    name = "an integer" if kind is int else "a number"
+    rng = [f"{'>' if lo_open else '>='} {lo}" if lo is not None else "", f"{'<' if hi_open else '<='} {hi}" if hi is not None else ""]
+    want = f"{name} " + " and ".join(r for r in rng if r)
+
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}") from None
+        ok = v == v and abs(v) != float("inf") and (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi))
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}")
+        return v
+    parse.__name__ = name
+    parse.kind = kind  # what a value given from Python or saved in a checkpoint must be (check_values)
+    return parse
+
+
+# The rule of every train option: a number rule, a tuple of choices, bool (a flag) or str (a path).
+RULES = dict(
+    data=str, val_data=str, val_fraction=number(float, 0, 1, hi_open=True),
+    labels=("auto", "binary", "instance", "classes", "threshold"), classes=number(int, 2, 256),
+    preset=("auto", "paper", "small", "tiny"), engine=ENGINES, precision=PRECISIONS, cuda_graph=bool,
+    steps=number(int, 1, 10**8), optimizer=OPTIMIZERS, lr=number(float, 1e-10, 10), warmup=number(int, 0, 10**8),
+    schedule=SCHEDULES, momentum=number(float, 0, 1, hi_open=True), weight_decay=number(float, 0, 1),
+    clip=number(float, 0, 1e6), batch=number(int, 1, 100000), tile=number(int, 1, 100000),
+    augment=("elastic", "flips", "none"), w0=number(float, 0, 1000), sigma=number(float, 0.1, 1000),
+    no_dropout=bool, n_synthetic=number(int, 1, 100000), val_every=number(int, 1), ckpt_every=number(int, 1),
+    seed=number(int, 0), out=str, no_progress=bool, overwrite=bool)
+
+# Every option's default. plan_run takes None (or a missing key) as "not given", so that a resumed
+# run can take the options it was started with from its checkpoint.
+TRAIN_DEFAULTS = dict(data="synthetic", val_data=None, val_fraction=0.2, labels="auto", classes=2, preset="auto",
+                      engine=None, precision="fp32", cuda_graph=False, steps=None, optimizer="adam", lr=0.001,
+                      warmup=None, schedule="cosine", momentum=0.99,
+                      weight_decay=0.0, clip=0.0, batch=1, tile=None, augment="elastic", w0=10.0, sigma=5.0,
+                      no_dropout=False, n_synthetic=16, val_every=100, ckpt_every=250, seed=0, out=None,
+                      no_progress=False, overwrite=False)
+# what a resumed run may change; every other option given with a resume must equal the run's own
+RESUME_MAY_CHANGE = {"steps", "lr", "weight_decay", "clip", "val_every", "ckpt_every", "engine", "precision",
+                     "cuda_graph", "out", "no_progress", "overwrite"}
+# the keys of TrainConfig.run (how a run was started) that this unetcu writes
+RUN_KEYS = {"val_data", "val_fraction", "labels", "classes", "n_synthetic", "no_dropout", "data_files", "val_data_files",
+            "data", "preset", "ranks"}
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of an option: val_data -> --val-data."""
+    return "--" + name.replace("_", "-")
+
+
+def _valid(rule, v) -> bool:
+    kind = getattr(rule, "kind", None)
+    if isinstance(rule, tuple):
+        return isinstance(v, str) and v in rule
+    if kind is not None:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or v == int(v))
+        try:
+            return ok and rule(str(int(v) if kind is int else v)) is not None
+        except argparse.ArgumentTypeError:
+            return False
+    return isinstance(v, rule)
+
+
+def check_values(values: dict, where: str = "", why: str = "") -> None:
+    """Each option's value held to its rule (RULES): ValueError naming the first that breaks it.
+    where, why: the message's start and end (a resumed checkpoint's values: "--resume PATH: the run's ")."""
+    for k, v in values.items():
+        if k not in RULES:
+            raise ValueError(f"{where}{flag(k)}: unetcu train has no such option")
+        if v is None and TRAIN_DEFAULTS.get(k) is None:  # unset options (warmup, val_data, ...)
+            continue
+        if not _valid(RULES[k], v):
+            raise ValueError(f"{where}{flag(k)} is {v!r}, which {flag(k)} does not take{why}")
+
+
+def check_saved_options(path, state: dict) -> None:
+    """Refuse a checkpoint whose training state is not what `unetcu train` writes: an option this
+    unetcu does not know (written by a newer unetcu, say: dropping it would resume a different run
+    without a word), or a step, generator state or history of the wrong kind (a damaged or edited
+    file). The options' values are held to RULES by _resumed_options."""
+    from .model import written_by
+    from . import __version__
+    config = state.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("run", {}), dict):
+        raise ValueError(f"--resume {path}: holds no training options (a model saved outside `unetcu train`, or a "
+                         "damaged file): it cannot be resumed; start a new run")
+    unknown = sorted(set(config) - {f.name for f in fields(TrainConfig)})
+    unknown += sorted(f"run.{k}" for k in set(config.get("run", {})) - RUN_KEYS)
+    if unknown:
+        writer = written_by(path)
+        cause = ("that this unetcu does not know (the same version: an edited or damaged file)"
+                 if writer.endswith(f" {__version__}") else f"that this unetcu {__version__} does not know; update unetcu "
+                 "to continue the run")
+        raise ValueError(f"--resume {path}: {writer} with training option(s) {', '.join(map(repr, unknown))} {cause}")
+    step, rng, history = state.get("step"), state.get("rng"), state.get("history", [])
+    if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+        raise ValueError(f"--resume {path}: its step is {step!r}, not a count of steps: a damaged or edited file")
+    if not isinstance(rng, dict) or not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        raise ValueError(f"--resume {path}: its generator state or history is not what unetcu train writes: a damaged "
+                         "or edited file")
+
+
+def check_out(out, resume=None, overwrite=False):
+    """Refuse (FileExistsError) to train into a folder that holds another run's files, unless the run
+    continues there (resume from out/checkpoint.npz) or overwrite is asked for: a new run must never
+    replace a trained model by accident."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder")
+    found = [f for f in RUN_FILES if (out / f).exists()]
+    ckpt = out / "checkpoint.npz"
+    if not found or overwrite or (resume and ckpt.exists() and same_file(resume, ckpt)):
+        return
+    go_on = f"continue it with --resume {ckpt}, " if ckpt.exists() else ""
+    raise FileExistsError(f"{out} already holds a training run ({', '.join(found)}): {go_on}"
+                          "train into another --out, or replace it with --overwrite")
+
+
+def check_recipe(cfg: TrainConfig, engine: str, resuming: bool) -> None:
+    """Refuse (ValueError) a schedule that cannot run: an unknown schedule, a warm-up as long as the
+    run, a CUDA graph off the cuda engine or with an update that changes every step."""
+    cfg.lr_at(1)  # an unknown schedule fails here, before any work
+    if cfg.warmup_steps >= cfg.steps and not resuming:  # (a resumed run may be cut short on purpose)
+        raise ValueError(f"--warmup {cfg.warmup_steps} must be below --steps {cfg.steps}: the learning rate would never reach "
+                         f"--lr {cfg.lr}")
+    if cfg.cuda_graph and engine != "cuda":
+        raise ValueError(f"--cuda-graph needs the cuda engine; this run uses {engine}")
+    if cfg.cuda_graph and (cfg.optimizer != "sgd" or cfg.schedule != "constant" or cfg.warmup_steps):
+        raise ValueError("--cuda-graph replays one SGD update at a fixed learning rate: use it with --optimizer sgd "
+                         "--schedule constant --warmup 0")
+
+
+@dataclass
+class Run:
+    """Everything one training run needs, decided and checked: train.train(run) runs its loop.
+
+    model (UNet, with the resumed weights), cfg (TrainConfig, warm-up pinned), train_samples and
+    val_samples (data.Sample), data (the training images with their class and weight maps on the
+    model's engine), optimizer (optim.Optimizer, resumed state loaded), rng (the one generator of
+    every random draw, at the resumed state), start (the last finished step), history (a dict per
+    step so far), resume (the checkpoint continued, or None), overwrite, dist (a
+    distributed.Distributed for one rank of an MPI job, or None), object_radius (of the training
+    objects, for predict's defaults), step (the train.Step that computes and applies a step)."""
+    model: object
+    cfg: TrainConfig
+    train_samples: list
+    val_samples: list
+    data: list[Prepared]
+    optimizer: Optimizer
+    rng: np.random.Generator
+    step: object
+    start: int = 0
+    history: list = field(default_factory=list)
+    resume: str | None = None
+    overwrite: bool = False
+    dist: object = None
+    object_radius: float | None = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def root(self) -> bool:
+        """This process logs and writes the run's files (rank 0, or the only process)."""
+        return self.dist is None or self.dist.root
+
+    @classmethod
+    def of(cls, model, train_samples, val_samples, cfg: TrainConfig, resume: str | None = None,
+           overwrite: bool = False, dist=None, resumed=None) -> "Run":
+        """The run of `model` on these samples with this recipe, continuing checkpoint `resume` if given
+        (resumed: its UNet.load(..., with_state=True), when already loaded). Raises FileExistsError if
+        cfg.out holds another run (check_out), ValueError for a recipe that cannot run (check_recipe),
+        a checkpoint of another network or number of ranks, a label outside the model's classes, no
+        training images, or a run already at cfg.steps."""
+        from .instances import object_radius
+        check_out(cfg.out, resume, overwrite)
+        check_recipe(cfg, model.engine, bool(resume))
+        if cfg.warmup is None:  # pinned now: a resumed run with other --steps keeps its warm-up
+            cfg = replace(cfg, warmup=cfg.warmup_steps)
+        rng = np.random.default_rng(cfg.seed)
+        start, history, momentum = 0, [], None
+        if resume:
+            from .distributed import check_ranks
+            from .model import UNet
+            loaded, momentum, state = resumed or UNet.load(resume, engine=model.engine, with_state=True)
+            if loaded.config != model.config:
+                raise ValueError(f"--resume {resume}: its network {loaded.config} differs from this one {model.config}")
+            model.params = loaded.params
+            start = int(state.get("step", 0))
+            rng.bit_generator.state = state["rng"]
+            history = state.get("history", [])
+            check_ranks(state.get("config", {}).get("run", {}), dist, resume)
+        if dist is not None:
+            cfg = replace(cfg, run={**cfg.run, "ranks": dist.size})
+        opt = Optimizer(cfg.optimizer, model.params, model.engine, model.xp, cfg.momentum, cfg.weight_decay)
+        if momentum:
+            opt.load_state(momentum, f"--resume {resume}")
+        if not train_samples:
+            raise ValueError("no training images")
+        check_classes(list(train_samples) + list(val_samples), model.config["n_classes"])
+        if start >= cfg.steps:
+            raise ValueError(f"--resume {resume}: the run is at step {start} already; give --steps above {start} to go on")
+        data = prepare(train_samples, cfg, model)
+        radius = object_radius([s.instances for s in train_samples if not s.semantic])  # predict --instances watershed
+        return cls(model=model, cfg=cfg, train_samples=list(train_samples), val_samples=list(val_samples), data=data,
+                   optimizer=opt, rng=rng, step=_step(model, opt, cfg, dist), start=start, history=history,
+                   resume=resume, overwrite=overwrite, dist=dist, object_radius=radius)
+
+
+def _step(model, opt, cfg, dist):
+    """The Step of this run: its update replayed as one CUDA graph, one rank of an MPI job, or eager."""
+    if cfg.cuda_graph:
+        from .graph import GraphStep
+        return GraphStep(model, opt, cfg.lr, cfg.clip)
+    if dist is not None:
+        from .distributed import DistributedStep
+        return DistributedStep(model, opt, cfg, dist)
+    from .train import EagerStep
+    return EagerStep(model, opt, cfg)
+
+
+def plan_run(options: dict, resume: str | None = None, dist=None, log=print) -> Run:
+    """The run that `unetcu train` with these options starts (or continues, with resume = a
+    checkpoint): options as the command line names them (val_data, no_dropout, ...; TRAIN_DEFAULTS'
+    keys), None or missing for an option not given. Every refusal comes before anything is
+    generated, loaded or created: a value outside its rule, an option a resume may not change, a
+    tile the network cannot take or memory cannot hold, an --out holding another run, data whose
+    files changed since the run started, labels outside the classes. dist: this rank's
+    distributed.Distributed (the ranks check they run the same code, options and data first).
+    log: where the data and label summary lines go. Raises ValueError, FileExistsError,
+    FileNotFoundError, MemoryError with one-line messages."""
+    from . import data as D
+    from .engines import runtime
+    from .model import UNet, check_memory, output_size
+    from .train import default_preset
+    given = {k: v for k, v in options.items() if v is not None}
+    check_values(given)
+    o, resumed = _resumed_options(given, resume)
+    engine = runtime.resolve_engine(o["engine"])
+    if resumed:
+        net = resumed[0].config
+        preset = o["preset"] if o["preset"] != "auto" else "custom"
+        depth, base, tile = net["depth"], net["base_channels"], o["tile"]
+        n_classes, dropout = net["n_classes"], net["dropout"]
+    else:
+        preset = o["preset"] if o["preset"] != "auto" else default_preset(engine)
+        depth, base, tile = PRESETS[preset]
+        tile = o["tile"] or tile
+        n_classes, dropout = o["classes"], 0.0 if o["no_dropout"] else 0.5
+    steps = o["steps"] or DEFAULT_STEPS.get(preset, 1000)
+    try:
+        output_size(tile, depth)
+    except ValueError as e:
+        raise ValueError(f"--tile: {e}") from None
+    check_memory(engine, tile, o["batch"], depth, base, n_classes, training=True)
+    check_out(o["out"], resume, o["overwrite"])
+    if given.get("momentum") is not None and o["optimizer"] != "sgd":
+        raise ValueError(f"--momentum applies to --optimizer sgd; this run uses {o['optimizer']} (its moments have fixed betas)")
+    cfg = TrainConfig(steps=steps, optimizer=o["optimizer"], lr=o["lr"], warmup=o["warmup"], schedule=o["schedule"],
+                      momentum=o["momentum"], weight_decay=o["weight_decay"], clip=o["clip"],
+                      batch=o["batch"], tile=tile, augment=o["augment"], w0=o["w0"], sigma=o["sigma"],
+                      val_every=o["val_every"], ckpt_every=o["ckpt_every"], seed=o["seed"], out=o["out"],
+                      cuda_graph=o["cuda_graph"])
+    check_recipe(cfg, engine, bool(resume))
+    o.update(_data_files(o, resume, resumed[2].get("config", {}).get("run") if resumed else None, log))
+    if dist is not None:  # every rank: the same code, options and data, or none starts
+        dist.check_setup(_rank_setup(o, engine, steps))
+    if o["data"] == "synthetic":  # labels: the generator's instances, 2 classes
+        if given.get("labels") is not None:
+            raise ValueError(f"--labels {given['labels']} applies to label images of --data/--val-data folders; the "
+                             "synthetic cells come with instance labels")
+        if n_classes > 2:
+            raise ValueError(f"--classes {n_classes}: the synthetic cells have 2 classes (background, cell interior); "
+                             "more classes need --data with class-id labels")
+        size = (max(256, tile // 2), max(256, tile // 2))
+        train_s = D.synthetic_dataset(o["n_synthetic"], size, seed=o["seed"] * 2 + 1)
+        val_s = D.synthetic_dataset(max(1, o["n_synthetic"] // 8), size, seed=o["seed"] * 2 + 2)
+        source = f"{len(train_s)} training + {len(val_s)} validation synthetic images of {size[0]}x{size[1]} (seed {o['seed']})"
+    else:
+        # load_folder reads with D.label_mode_for(labels, n_classes): auto means class ids above 2 classes
+        allsamples = D.load_folder(o["data"], o["labels"], n_classes)
+        if o["val_data"]:
+            train_s, val_s = allsamples, D.load_folder(o["val_data"], o["labels"], n_classes)
+        else:
+            train_s, val_s = D.split_train_val(allsamples, o["val_fraction"])
+        source = f"{o['data']}: {len(train_s)} training, {len(val_s)} validation images"
+    log(f"data: {source}")
+    log(D.describe_labels(list(train_s) + list(val_s), n_classes))
+    if resumed:
+        model = resumed[0]
+        model.precision = o["precision"]  # not part of the saved model: a resume may change it
+    else:
+        model = UNet(in_channels=1, n_classes=n_classes, depth=depth, base_channels=base, dropout=dropout, engine=engine,
+                     seed=o["seed"], precision=o["precision"])
+    run = {k: o[k] for k in ("val_data", "val_fraction", "labels", "classes", "n_synthetic", "no_dropout", "data_files",
+                             "val_data_files")}
+    run.update(data=o["data"], preset=preset)
+    return Run.of(model, train_s, val_s, replace(cfg, run=run), resume=resume, overwrite=o["overwrite"], dist=dist,
+                  resumed=resumed)
+
+
+def _is_folder(data) -> bool:
+    return data not in (None, "synthetic")
+
+
+def _resumed_options(given: dict, resume) -> tuple[dict, tuple | None]:
+    """(options, resumed): the options of this run, a dict over TRAIN_DEFAULTS' keys (a resumed run's
+    own, where not given and allowed to change); `resumed` is UNet.load(resume, with_state=True), or None."""
+    from .model import UNet
+    for k in ("data", "val_data"):  # folders are kept absolute, so a resume from elsewhere compares them right
+        if k in given and given[k] != "synthetic":
+            given[k] = os.path.abspath(given[k])
+    if not resume:
+        opts = {**TRAIN_DEFAULTS, **given}
+        opts["out"] = opts["out"] or "runs/unet"
+        return opts, None
+    resumed = UNet.load(resume, engine=given.get("engine"), with_state=True)
+    state = resumed[2]
+    check_saved_options(resume, state)
+    saved = {k: v for k, v in state.get("config", {}).items() if k in TRAIN_DEFAULTS}
+    saved.update(state.get("config", {}).get("run", {}))
+    if "optimizer" not in state.get("config", {"optimizer": None}):  # written when SGD at a fixed lr was all there was
+        saved.update(optimizer="sgd", warmup=0, schedule="constant")
+    if "run" not in state.get("config", {}):  # written before checkpoints recorded their run's options
+        saved = {k: v for k, v in saved.items() if k not in ("out",)}
+    check_values({k: v for k, v in saved.items() if k in RULES}, f"--resume {resume}: the run's ",
+                 " (a damaged or edited checkpoint)")
+    for k, v in given.items():
+        if k in ("data", "val_data") and _is_folder(saved.get(k)) and _is_folder(v):
+            continue  # a data folder may have moved: _data_files compares its files' content
+        if k not in RESUME_MAY_CHANGE and k in saved and saved[k] is None:
+            raise ValueError(f"--resume {resume}: the run had no {flag(k)}; a resumed run keeps its data, network and "
+                             f"sampling (omit {flag(k)}, or start a new run)")
+        if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != v:
+            raise ValueError(f"--resume {resume}: {flag(k)} {v} differs from the run's {saved[k]!r}; a resumed run keeps "
+                             f"its data, network and sampling (omit {flag(k)}, or start a new run)")
+    opts = {**TRAIN_DEFAULTS, **saved, **given}
+    opts["out"] = given.get("out") or os.path.dirname(os.path.abspath(resume))
+    return opts, resumed
+
+
+def _data_files(o, resume=None, saved=None, log=print) -> dict:
+    """{"data_files": ..., "val_data_files": ...}: the content of the run's data folders
+    (data.fingerprint; None for synthetic data), recorded in its checkpoint. With --resume the folders
+    must hold the files the run recorded, at its path or another (a folder that was moved): a file
+    that differs is refused (ValueError) by name. A checkpoint written before runs recorded their
+    files cannot tell: its data is taken at the run's own path only."""
+    from . import data as D
+    files = {}
+    for k in ("data", "val_data"):
+        path, opt = o[k], flag(k)
+        files[f"{k}_files"] = None
+        if not _is_folder(path):
+            continue
+        was, had = (saved or {}).get(k), (saved or {}).get(f"{k}_files")
+        if resume and path == was and not os.path.isdir(path):
+            raise FileNotFoundError(f"--resume {resume}: the run's {opt} {was} is gone; if it was moved, give its new "
+                                    f"place with {opt}")
+        if resume and had is None and path != was:
+            raise ValueError(f"--resume {resume}: {opt} {path} differs from the run's {was}, and this checkpoint (written "
+                             "before unetcu recorded the content of a run's data) cannot tell whether it holds the same "
+                             f"files: put the data back at {was} (or a link to it there), or start a new run")
+        now = files[f"{k}_files"] = D.fingerprint(path)
+        if resume and had is None:
+            log(f"note: {resume} records no content of its {opt} (written before unetcu did): the files in {path} "
+              "are taken as they are")
+        elif resume and (diff := D.first_difference(had, now)):
+            if path == was:
+                raise ValueError(f"--resume {resume}: the run's {opt} {path} changed since the run started: {diff}; a "
+                                 "resumed run trains on its own files (restore them, or start a new run)")
+            raise ValueError(f"--resume {resume}: {opt} {path} does not hold the run's files (from {was}): {diff}; a "
+                             "resumed run trains on its own files")
+    return files
+
+
+def _rank_setup(o, engine, steps) -> dict:
+    """What must be the same on every rank of `train --distributed` (Distributed.check_setup): the
+    options (data folders by their content, wherever each rank has them), the code and the data."""
+    from .distributed import code_fingerprint
+    skip = ("data", "val_data", "out", "no_progress", "overwrite", "data_files", "val_data_files")
+    options = {k: v for k, v in o.items() if k in TRAIN_DEFAULTS and k not in skip}
+    options.update(engine=engine, steps=steps, data="a folder" if _is_folder(o["data"]) else o["data"],
+                   val_data="a folder" if _is_folder(o["val_data"]) else o["val_data"])
+    return dict(code=code_fingerprint(), options=options, data=o["data_files"], val_data=o["val_data_files"],
+                paths={"data": o["data"], "val_data": o["val_data"]})
