@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from .data import InputError, ImageFile
-from .model import UNet, check_memory, output_size
+from .model import UNet
 from .reference import check_precision
 from .engines.runtime import ENGINES
-from .tiling import default_tile, mirror_index, predict_padded
+from .tiling import check_tiles, mirror_index, predict_padded, tile_geometry
 
 FORMAT = "unetcu-blocks-v1"
 INSTALL = 'pip install -e ".[large]"'
@@ -433,16 +433,10 @@ def predict_zarr(model_path, source, out, engine=None, precision="fp32", tile=No
     if c["in_channels"] != 1:
         raise ValueError(f"{model_path}: the model takes {c['in_channels']} channels; block-wise prediction gives 1")
     nz, h, w = x.shape
-    tile = tile or default_tile(c["depth"], (h, w))  # the same tile as the in-memory path picks
-    try:
-        t_out = output_size(tile, c["depth"])
-    except ValueError as e:
-        raise ValueError(f"--tile: {e}") from None
-    margin = (tile - t_out) // 2
+    tile, t_out, margin = tile_geometry(model, tile, (h, w))  # the same tile as the in-memory path picks
     b = block_size(block, t_out, margin, tile)
     if run_engine == model.engine:
-        check_memory(model.engine, tile, batch, c["depth"], c["base_channels"], c["n_classes"], c["in_channels"],
-                     training=False)
+        check_tiles(model, tile, batch)
     rows_out, rows_chunks = _axis_plan(h, t_out, margin, b)
     cols_out, cols_chunks = _axis_plan(w, t_out, margin, b)
     zi = (nz,) if ndim == 3 else ()

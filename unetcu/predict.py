@@ -1,5 +1,7 @@
 """`unetcu predict`: segment image files with a trained model, by overlap-tile, and write the
-results.
+results. The path reads one way down: the checkpoint and its defaults (load_model), the input
+files and output names (check_outputs), then per page: standardise -> tiling.predict_probs (tiles
+-> model -> class probabilities) -> write_results (labels, instances, overlay).
 
 Before anything is written, every input is opened and every page read once and checked (layout,
 finite values), and every output name is checked: predict never writes over one of its inputs,
@@ -17,8 +19,8 @@ import numpy as np
 from .data import ImageFile, page_names, standardise
 from .files import atomic_write, same_file
 from .instances import METHODS as INSTANCE_METHODS, instances as find_instances, min_distance_for, min_size_for, remove_small
-from .model import NotAModelFile, UNet, check_memory
-from .tiling import default_tile, predict_probs
+from .model import NotAModelFile, UNet
+from .tiling import check_tiles, predict_probs
 from .viz import colour_instances
 
 OUTPUTS = ("_prob.tif", "_labels.png", "_instances.png", "_overlay.png")
@@ -66,13 +68,12 @@ def check_outputs(out: Path, names, inputs, overwrite: bool) -> list[Path]:
     return targets
 
 
-def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, tta=False, progress=True,
-                  precision="fp32", overwrite=False, instances="components", min_distance=None, min_size=None):
-    """Segment image files (see the module's docstring); instances: the method of NAME_instances.png,
-    one of unetcu.instances.METHODS; min_distance: the watershed's seed spacing in pixels (default:
-    from the checkpoint's object_radius); min_size: objects of fewer pixels are left out of
-    NAME_instances.png (default: a tenth of the training objects' median area, from object_radius;
-    0 where the checkpoint records none). Raises ValueError for watershed without a spacing."""
+def load_model(model_path, engine, precision, instances, min_distance, min_size):
+    """(model, min_distance, min_size): the checkpoint's model on `engine`, and the instance
+    defaults its training objects' size gives (min_distance: the watershed's seed spacing; min_size:
+    objects of fewer pixels are left out; see instances.py). Raises ValueError for an image given
+    where the model belongs, a damaged object size, watershed without a spacing, or a model that
+    does not take one channel."""
     if instances not in INSTANCE_METHODS:
         raise ValueError(f"instances must be one of {INSTANCE_METHODS}, got {instances!r}")
     if min_distance is not None and instances != "watershed":
@@ -89,25 +90,32 @@ def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, 
         raise ValueError(f"{model_path}: the size of its training objects (object_radius) is {radius!r}, not a radius in "
                          "pixels: a damaged or edited checkpoint")
     if instances == "watershed" and min_distance is None:
-        if not state.get("object_radius"):
+        if not radius:
             raise ValueError(f"{model_path} does not record the size of its training objects (trained on class labels, "
                              "or by an older unetcu): give --min-distance PX for --instances watershed")
-        min_distance = min_distance_for(state["object_radius"])
+        min_distance = min_distance_for(radius)
     if min_size is None:
-        min_size = min_size_for(state["object_radius"]) if state.get("object_radius") else 0
+        min_size = min_size_for(radius) if radius else 0
     if model.config["in_channels"] != 1:
         raise ValueError(f"{model_path}: the model takes {model.config['in_channels']} channels; files give 1")
+    return model, min_distance, min_size
+
+
+def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, tta=False, progress=True,
+                  precision="fp32", overwrite=False, instances="components", min_distance=None, min_size=None):
+    """Segment image files (see the module's docstring); instances: the method of NAME_instances.png,
+    one of unetcu.instances.METHODS; min_distance: the watershed's seed spacing in pixels (default:
+    from the checkpoint's object_radius); min_size: objects of fewer pixels are left out of
+    NAME_instances.png (default: a tenth of the training objects' median area, from object_radius;
+    0 where the checkpoint records none). Raises ValueError for watershed without a spacing."""
+    model, min_distance, min_size = load_model(model_path, engine, precision, instances, min_distance, min_size)
     files = [ImageFile(p) for p in images]  # every layout checked
     names = [page_names(f) for f in files]
     flat = [n for ns in names for n in ns]
     dup = {n for n in flat if flat.count(n) > 1}
     if dup:
         raise ValueError(f"two inputs would write the same outputs: {', '.join(sorted(dup))}")
-    if tile is not None:
-        model.output_size(tile)  # a clear error for an invalid tile before any work
-    c = model.config  # the largest tile predict_probs would pick, when none is given
-    check_memory(model.engine, tile or default_tile(c["depth"], (10**9, 10**9)), batch, c["depth"], c["base_channels"],
-                 c["n_classes"], c["in_channels"], training=False)
+    check_tiles(model, tile, batch)  # before any work; without --tile, the largest tile predict_probs would pick
     out = Path(out_dir)
     check_outputs(out, flat, [*images, model_path], overwrite)  # the model is an input too
     for f in files:  # every page read once and checked (finite values) before anything is written

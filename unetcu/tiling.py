@@ -1,5 +1,6 @@
 """Overlap-tile inference (the paper's Fig. 2): segment an image of any size with a net whose
-convolutions are all valid.
+convolutions are all valid. The middle of predict's path: files (predict.py, large.py) -> tiles
+(here) -> the model's forward pass (model.py) -> class probabilities, back to the caller to write.
 
 The output plane is cut into output-sized tiles; each tile's input is the surrounding input-sized
 window of the image, mirror-padded where the window leaves the image (missing context is
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .model import output_size, valid_input_size
+from .model import check_memory, output_size, valid_input_size
 
 
 def mirror_index(n: int, before: int, after: int) -> np.ndarray:
@@ -38,6 +39,28 @@ def default_tile(depth: int, image_hw, max_out: int = 388) -> int:
     about max_out, never much larger than the image."""
     want = min(max_out, max(image_hw))
     return valid_input_size(max(1, want), depth)
+
+
+def tile_geometry(model, tile: int | None, image_hw=(10**9, 10**9)) -> tuple[int, int, int]:
+    """(tile, out, margin): the input tile (the given one, else default_tile for an image of
+    image_hw, the largest it picks by default), its output size and the context each side
+    ((tile - out) / 2). Raises ValueError "--tile: ..." for a tile the net cannot take."""
+    depth = model.config["depth"]
+    tile = tile or default_tile(depth, image_hw)
+    try:
+        out = output_size(tile, depth)
+    except ValueError as e:
+        raise ValueError(f"--tile: {e}") from None
+    return tile, out, (tile - out) // 2
+
+
+def check_tiles(model, tile: int | None, batch: int, image_hw=(10**9, 10**9)) -> None:
+    """Refuse before any work a tile the net cannot take (tile_geometry) or `batch` tiles that the
+    engine's memory cannot hold (model.check_memory: MemoryError)."""
+    tile = tile_geometry(model, tile, image_hw)[0]
+    c = model.config
+    check_memory(model.engine, tile, batch, c["depth"], c["base_channels"], c["n_classes"], c["in_channels"],
+                 training=False)
 
 
 def predict_probs(model, image: np.ndarray, tile: int | None = None, batch: int = 4, tta: bool = False,
@@ -70,10 +93,7 @@ def _dihedral_inverse(a, k):
 
 
 def _predict(model, image, tile, batch, progress):
-    depth = model.config["depth"]
-    tile = tile or default_tile(depth, image.shape)
-    out = output_size(tile, depth)
-    margin = (tile - out) // 2
+    tile, out, margin = tile_geometry(model, tile, image.shape)
     h, w = image.shape
     ny, nx = -(-h // out), -(-w // out)
     padded = mirror_pad(image, margin, margin + ny * out - h, margin, margin + nx * out - w)
@@ -88,9 +108,7 @@ def predict_padded(model, padded: np.ndarray, tile: int, batch: int = 4, progres
     the block-wise path (unetcu.large: one block of a larger image with its neighbours' pixels as
     context), so both run the same tiles through the same code. Raises ValueError when the window
     is not a whole number of output tiles plus the margins."""
-    depth = model.config["depth"]
-    out = output_size(tile, depth)
-    margin = (tile - out) // 2
+    tile, out, margin = tile_geometry(model, tile)
     ph, pw = padded.shape
     if (ph - 2 * margin) % out or (pw - 2 * margin) % out or min(ph, pw) < tile:
         raise ValueError(f"predict_padded: a {ph}x{pw} window is not whole {out}-pixel output tiles "
