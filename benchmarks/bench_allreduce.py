@@ -22,7 +22,7 @@ import numpy as np
 
 from unetcu.distributed import Distributed
 from unetcu.model import UNet
-from unetcu.train import PRESETS
+from unetcu.run import PRESETS
 
 
 def main(argv=None):

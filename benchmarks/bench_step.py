@@ -24,7 +24,7 @@ from unetcu.data import classes_from_instances, synthetic_cells
 from unetcu.model import output_size
 from unetcu.optim import Optimizer
 from unetcu.engines.runtime import ENGINES, resolve_engine
-from unetcu.train import PRESETS
+from unetcu.run import PRESETS
 from unetcu.weightmap import weight_map
 
 

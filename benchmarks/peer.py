@@ -21,7 +21,8 @@ import torch
 from benchmarks.torch_unet import TorchUNet, weighted_xent
 from unetcu import UNet
 from unetcu.optim import lr_at
-from unetcu.train import TrainConfig, draw_batch, prepare
+from unetcu.run import TrainConfig, prepare
+from unetcu.train import draw_batch
 
 
 @dataclass

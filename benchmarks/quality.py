@@ -38,8 +38,8 @@ from unetcu.instances import instances, min_distance_for, object_radius
 from unetcu.metrics import METRIC_NAMES, evaluate, format_table, seg_score, segments
 from unetcu.engines.runtime import ENGINES, resolve_engine
 from unetcu.tiling import predict_probs
-from unetcu.run import Run
-from unetcu.train import PRESETS, TrainConfig, train
+from unetcu.run import PRESETS, Run, TrainConfig
+from unetcu.train import train
 
 W0 = {"isbi2012": 0.0}  # the weight map's border term per set; 10 (the paper's) elsewhere
 

@@ -73,8 +73,8 @@ def test_peer_harness_trains_what_unetcu_train_trains_where_torch_is_installed(t
     from benchmarks.peer import Recipe, train_peer
     from unetcu import UNet
     from unetcu.data import synthetic_dataset
-    from unetcu.run import Run
-    from unetcu.train import TrainConfig, train
+    from unetcu.run import Run, TrainConfig
+    from unetcu.train import train
     torch.set_num_threads(1)
     data = synthetic_dataset(3, (96, 96), seed=7)
     for i, recipe in enumerate((Recipe.unetcu(dropout=0.0, w0=10.0),

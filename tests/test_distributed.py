@@ -19,7 +19,8 @@ import pytest
 
 from unetcu import UNet
 from unetcu.data import synthetic_dataset
-from unetcu.train import PRESETS, TrainConfig, draw_batch, prepare
+from unetcu.run import PRESETS, TrainConfig, prepare
+from unetcu.train import draw_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "mpi_train.py")

@@ -7,8 +7,8 @@ import pytest
 from conftest import rel_err
 from unetcu import UNet, ops
 from unetcu.optim import Optimizer, clip_gradients
-from unetcu.run import Run
-from unetcu.train import TrainConfig, train
+from unetcu.run import Run, TrainConfig
+from unetcu.train import train
 
 
 @pytest.mark.parametrize("engine", ["emu", "numpy"])

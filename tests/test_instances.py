@@ -73,8 +73,8 @@ def test_predict_watershed_takes_the_spacing_from_the_checkpoint(tmp_path):
     from unetcu import UNet
     from unetcu.data import synthetic_dataset
     from unetcu.predict import predict_files
-    from unetcu.run import Run
-    from unetcu.train import PRESETS, TrainConfig, train
+    from unetcu.run import PRESETS, Run, TrainConfig
+    from unetcu.train import train
     depth, base, tile = PRESETS["tiny"]
     data = synthetic_dataset(2, (96, 96), seed=5)
     train(Run.of(UNet(depth=depth, base_channels=base, engine="numpy"), data, [],
@@ -130,8 +130,8 @@ def _speckled_run(tmp_path):
     """A checkpoint of the tiny net trained 1 step on synthetic cells, and an image with specks."""
     from unetcu import UNet
     from unetcu.data import synthetic_dataset
-    from unetcu.run import Run
-    from unetcu.train import PRESETS, TrainConfig, train
+    from unetcu.run import PRESETS, Run, TrainConfig
+    from unetcu.train import train
     depth, base, tile = PRESETS["tiny"]
     data = synthetic_dataset(2, (96, 96), seed=5)
     train(Run.of(UNet(depth=depth, base_channels=base, engine="numpy"), data, [],

@@ -125,14 +125,15 @@ def test_resume_from_an_image_says_what_was_expected(tmp_path):
 def test_ctrl_c_after_the_last_step_still_reports_the_checkpoint(tmp_path, monkeypatch):
     from unetcu import train as T
     from unetcu.data import synthetic_dataset
+    from unetcu import run as R
     from unetcu.run import Run
 
     def planted(*a, **k):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.5)
     monkeypatch.setattr(T, "plot_samples", planted)
-    depth, base, tile = T.PRESETS["tiny"]
-    cfg = T.TrainConfig(steps=3, tile=tile, val_every=3, out=str(tmp_path / "r"))
+    depth, base, tile = R.PRESETS["tiny"]
+    cfg = R.TrainConfig(steps=3, tile=tile, val_every=3, out=str(tmp_path / "r"))
     with pytest.raises(T.TrainingInterrupted) as e:
         T.train(Run.of(UNet(depth=depth, base_channels=base, engine="numpy"), synthetic_dataset(2, (96, 96), seed=1),
                        synthetic_dataset(1, (96, 96), seed=2), cfg), progress=False, log=lambda *a: None)

@@ -15,8 +15,8 @@ import pytest
 from unetcu import UNet
 from unetcu.data import synthetic_dataset
 from unetcu.report import loss_axis
-from unetcu.run import Run
-from unetcu.train import PRESETS, TrainConfig, TrainingInterrupted, train
+from unetcu.run import PRESETS, Run, TrainConfig
+from unetcu.train import TrainingInterrupted, train
 
 TINY = ("--preset", "tiny", "--n-synthetic", "3", "--engine", "numpy", "--no-progress")
 

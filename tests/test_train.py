@@ -5,8 +5,8 @@ import pytest
 
 from unetcu import UNet
 from unetcu.data import synthetic_dataset
-from unetcu.run import Run
-from unetcu.train import PRESETS, TrainConfig, TrainingDiverged, train
+from unetcu.run import PRESETS, Run, TrainConfig
+from unetcu.train import TrainingDiverged, train
 
 
 def test_training_reaches_iou_on_synthetic_cells(tmp_path):

@@ -179,7 +179,6 @@ def _cmd_train(a) -> int:
     if a.distributed:  # as one rank of `mpirun -n N` (distributed.py)
         return distributed.as_rank(lambda dist: _train(options, a.resume, dist),
                                    engine_hint=a.engine or os.environ.get("UNETCU_ENGINE"))
-    distributed.refuse_undistributed()
     return _train(options, a.resume)
 
 

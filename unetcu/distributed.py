@@ -59,7 +59,7 @@ import threading
 import numpy as np
 
 from .model import layer_shapes
-from .train import EagerStep
+from .step import EagerStep
 
 GOLDEN = 0x9E3779B97F4A7C15          # the dropout hash's multiplier (kernels/dropout.cu)
 GOLDEN_INV = pow(GOLDEN, -1, 2**64)  # G is odd, so it has an inverse mod 2^64

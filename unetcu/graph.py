@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .optim import clip_gradients
-from .train import Step
+from .step import Step
 
 
 class GraphStep(Step):

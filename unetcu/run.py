@@ -9,15 +9,17 @@ so the rules below hold for either. Where each decision lives:
 
     option values       RULES (one table: the command line's types and choices, and what a
                         resumed checkpoint's values are held to), check_values
-    preset, network     plan_run: PRESETS (train.py), default_preset (paper on a GPU, small on a CPU)
+    preset, network     plan_run: PRESETS, default_preset (paper on a GPU, small on a CPU)
     engine, precision   plan_run: runtime.resolve_engine; the precision is the model's
     data source         plan_run: synthetic cells or load_folder, split_train_val; _data_files records
                         each file's hash so that a resume can check (and follow a moved folder)
     resume              _resumed_options (what a resume may change: RESUME_MAY_CHANGE) and Run.of
                         (weights, optimizer state, generator state, history, number of ranks)
-    recipe              check_recipe: schedule, warm-up, the CUDA-graph rule
+    recipe              TrainConfig (the loop's settings); check_recipe: schedule, warm-up, the
+                        CUDA-graph rule; prepare: the weight maps
     output folder       check_out: never another run's files without --overwrite
-    optimizer, step     Run.of: Optimizer (optim.py); the Step (eager, CUDA graph, distributed)
+    optimizer, step     Run.of: Optimizer (optim.py); the Step (step.py: eager, graph.py, distributed.py)
+    mpirun without --distributed   plan_run (distributed.refuse_undistributed)
 """
 from __future__ import annotations
 
@@ -32,9 +34,94 @@ from .files import same_file
 from .optim import OPTIMIZERS, SCHEDULES, Optimizer
 from .engines.runtime import ENGINES
 from .reference import PRECISIONS
-from .train import DEFAULT_STEPS, PRESETS, RUN_FILES, Prepared, TrainConfig, check_classes, prepare
+from .optim import lr_at
 
 
+# ---- the recipe ------------------------------------------------------------------------------------
+PRESETS = {
+    # name: (depth, base_channels, input tile)
+    "paper": (5, 64, 572),
+    "small": (4, 16, 188),
+    "tiny": (3, 8, 92),
+}
+DEFAULT_STEPS = {"paper": 10000, "small": 1500, "tiny": 300}  # per preset; 1000 for a custom network
+
+
+def default_preset(engine: str) -> str:
+    """The preset `unetcu train` picks: the paper's network on a GPU, the small one on a CPU."""
+    return "paper" if engine == "cuda" else "small"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    optimizer: str = "adam"       # sgd | adam | adamw (see optim.py); the defaults: benchmarks/RESULTS.md's ablation
+    lr: float = 0.001
+    warmup: int | None = None     # steps of linear warm-up from 0; None: min(100, steps // 10)
+    schedule: str = "cosine"      # constant | cosine | poly, after the warm-up
+    momentum: float = 0.99        # sgd only
+    weight_decay: float = 0.0
+    clip: float = 0.0             # > 0: scale the gradients down to this global L2 norm when above it
+    batch: int = 1
+    tile: int = 188
+    augment: str = "elastic"      # elastic | flips | none
+    elastic_sigma: float = 10.0
+    w0: float = 10.0
+    sigma: float = 5.0
+    val_every: int = 100
+    ckpt_every: int = 250
+    seed: int = 0
+    out: str = "runs/unet"
+    cuda_graph: bool = False      # replay the whole step as one CUDA graph (cuda engine only)
+    run: dict = field(default_factory=dict)  # how the run was started (data source, preset): saved in the
+    #                                          checkpoint so that --resume needs nothing else
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.warmup if self.warmup is not None else min(100, self.steps // 10)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step (from 1), see optim.lr_at."""
+        return lr_at(step, self.steps, self.lr, self.warmup_steps, self.schedule)
+
+
+RUN_FILES = ("checkpoint.npz", "log.csv", "curves.png", "samples.png")
+
+
+@dataclass
+class Prepared:
+    """A training image with its class map and weight map, as arrays of the model's engine."""
+    image: object
+    classes: object
+    weights: object
+    name: str
+
+
+def check_classes(samples: list, n_classes: int):
+    """Refuse (ValueError, naming the image) a label value outside the model's classes."""
+    for s in samples:
+        top = int(s.classes().max())
+        if top >= n_classes:
+            raise ValueError(f"{s.name}: label value {top} is outside the model's {n_classes} classes (0..{n_classes - 1})")
+
+
+def prepare(samples: list, cfg: TrainConfig, model) -> list[Prepared]:
+    """Each training sample (data.Sample) with its class map and weight map (the paper's, from its
+    instances; class balancing alone for class labels), on the engine where its tiles are made."""
+    from .weightmap import class_balance, weight_map
+    out = []
+    for s in samples:
+        cls = s.classes()
+        if s.semantic:  # no instances: class balancing only
+            w = class_balance(cls, model.config["n_classes"])
+        else:
+            w = weight_map(s.instances, cfg.w0, cfg.sigma, model.config["n_classes"])
+        xp = model.xp if cfg.augment == "elastic" else np  # the elastic warp runs where the model runs
+        out.append(Prepared(xp.asarray(s.image), xp.asarray(cls), xp.asarray(w), s.name))
+    return out
+
+
+# ---- the options and their rules ------------------------------------------------------------------
 def number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
     """A rule for a number option (an argparse type): int or float within [lo, hi] (open ends where
     asked); NaN and inf never pass. Raises argparse.ArgumentTypeError with what it must be."""
@@ -208,15 +295,17 @@ class Run:
 
     @classmethod
     def of(cls, model, train_samples, val_samples, cfg: TrainConfig, resume: str | None = None,
-           overwrite: bool = False, dist=None, resumed=None) -> "Run":
+           overwrite: bool = False, dist=None, resumed=None, checked: bool = False) -> "Run":
         """The run of `model` on these samples with this recipe, continuing checkpoint `resume` if given
-        (resumed: its UNet.load(..., with_state=True), when already loaded). Raises FileExistsError if
+        (resumed: its UNet.load(..., with_state=True), when already loaded; checked: plan_run has
+        held cfg.out and the recipe to check_out and check_recipe already). Raises FileExistsError if
         cfg.out holds another run (check_out), ValueError for a recipe that cannot run (check_recipe),
         a checkpoint of another network or number of ranks, a label outside the model's classes, no
         training images, or a run already at cfg.steps."""
         from .instances import object_radius
-        check_out(cfg.out, resume, overwrite)
-        check_recipe(cfg, model.engine, bool(resume))
+        if not checked:
+            check_out(cfg.out, resume, overwrite)
+            check_recipe(cfg, model.engine, bool(resume))
         if cfg.warmup is None:  # pinned now: a resumed run with other --steps keeps its warm-up
             cfg = replace(cfg, warmup=cfg.warmup_steps)
         rng = np.random.default_rng(cfg.seed)
@@ -250,14 +339,15 @@ class Run:
 
 
 def _step(model, opt, cfg, dist):
-    """The Step of this run: its update replayed as one CUDA graph, one rank of an MPI job, or eager."""
+    """The Step of this run (step.py): its update replayed as one CUDA graph, one rank of an MPI
+    job, or eager."""
     if cfg.cuda_graph:
         from .graph import GraphStep
         return GraphStep(model, opt, cfg.lr, cfg.clip)
     if dist is not None:
         from .distributed import DistributedStep
         return DistributedStep(model, opt, cfg, dist)
-    from .train import EagerStep
+    from .step import EagerStep
     return EagerStep(model, opt, cfg)
 
 
@@ -272,9 +362,11 @@ def plan_run(options: dict, resume: str | None = None, dist=None, log=print) -> 
     log: where the data and label summary lines go. Raises ValueError, FileExistsError,
     FileNotFoundError, MemoryError with one-line messages."""
     from . import data as D
+    from .distributed import refuse_undistributed
     from .engines import runtime
     from .model import UNet, check_memory, output_size
-    from .train import default_preset
+    if dist is None:
+        refuse_undistributed()  # mpirun -n N without --distributed: N runs writing into one folder
     given = {k: v for k, v in options.items() if v is not None}
     check_values(given)
     o, resumed = _resumed_options(given, resume)
@@ -338,7 +430,7 @@ def plan_run(options: dict, resume: str | None = None, dist=None, log=print) -> 
                              "val_data_files")}
     run.update(data=o["data"], preset=preset)
     return Run.of(model, train_s, val_s, replace(cfg, run=run), resume=resume, overwrite=o["overwrite"], dist=dist,
-                  resumed=resumed)
+                  resumed=resumed, checked=True)
 
 
 def _is_folder(data) -> bool:

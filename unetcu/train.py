@@ -1,7 +1,8 @@
 """The autograd-free trainer's loop: one large tile per step (the paper's choice), weighted
 cross-entropy with the paper's weight maps, elastic augmentation, periodic validation, checkpoints
-and bit-exact resume. What runs is decided in run.py (plan_run -> Run); the progress bar, log.csv
-and the plots are report.py's; a step is a Step (EagerStep here, graph.GraphStep, distributed.DistributedStep).
+and bit-exact resume. What runs is decided in run.py (plan_run -> Run: options, presets, the recipe
+TrainConfig, data); the progress bar, log.csv and the plots are report.py's; a step is a step.Step
+(EagerStep, graph.GraphStep, distributed.DistributedStep).
 
 Optimizer (optim.py): Adam, lr 0.001, a linear warm-up over min(100, steps/10) steps (pinned when the run
 starts), then a cosine decay towards 0, no clipping, by default; the paper's SGD with momentum 0.99 (Caffe's rule) is --optimizer sgd.
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,88 +35,12 @@ from .data import Sample
 from .files import same_file
 from .metrics import iou
 from .model import UNet, output_size
-from .optim import Optimizer, clip_gradients, lr_at
 from .report import CsvLog, Progress, plot_curves, plot_samples
+from .run import RUN_FILES, Prepared, TrainConfig
 from .weightmap import class_balance, weight_map
-
-PRESETS = {
-    # name: (depth, base_channels, input tile)
-    "paper": (5, 64, 572),
-    "small": (4, 16, 188),
-    "tiny": (3, 8, 92),
-}
-DEFAULT_STEPS = {"paper": 10000, "small": 1500, "tiny": 300}  # per preset; 1000 for a custom network
-
-
-def default_preset(engine: str) -> str:
-    """The preset `unetcu train` picks: the paper's network on a GPU, the small one on a CPU."""
-    return "paper" if engine == "cuda" else "small"
-
 
 class TrainingDiverged(RuntimeError):
     pass
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 1000
-    optimizer: str = "adam"       # sgd | adam | adamw (see optim.py); the defaults: benchmarks/RESULTS.md's ablation
-    lr: float = 0.001
-    warmup: int | None = None     # steps of linear warm-up from 0; None: min(100, steps // 10)
-    schedule: str = "cosine"      # constant | cosine | poly, after the warm-up
-    momentum: float = 0.99        # sgd only
-    weight_decay: float = 0.0
-    clip: float = 0.0             # > 0: scale the gradients down to this global L2 norm when above it
-    batch: int = 1
-    tile: int = 188
-    augment: str = "elastic"      # elastic | flips | none
-    elastic_sigma: float = 10.0
-    w0: float = 10.0
-    sigma: float = 5.0
-    val_every: int = 100
-    ckpt_every: int = 250
-    seed: int = 0
-    out: str = "runs/unet"
-    cuda_graph: bool = False      # replay the whole step as one CUDA graph (cuda engine only)
-    run: dict = field(default_factory=dict)  # how the run was started (data source, preset): saved in the
-    #                                          checkpoint so that --resume needs nothing else
-
-    @property
-    def warmup_steps(self) -> int:
-        return self.warmup if self.warmup is not None else min(100, self.steps // 10)
-
-    def lr_at(self, step: int) -> float:
-        """The learning rate of step (from 1), see optim.lr_at."""
-        return lr_at(step, self.steps, self.lr, self.warmup_steps, self.schedule)
-
-
-@dataclass
-class Prepared:
-    """A training image with its class map and weight map, as arrays of the model's engine."""
-    image: object
-    classes: object
-    weights: object
-    name: str
-
-
-def check_classes(samples: list[Sample], n_classes: int):
-    for s in samples:
-        top = int(s.classes().max())
-        if top >= n_classes:
-            raise ValueError(f"{s.name}: label value {top} is outside the model's {n_classes} classes (0..{n_classes - 1})")
-
-
-def prepare(samples: list[Sample], cfg: TrainConfig, model: UNet) -> list[Prepared]:
-    out = []
-    for s in samples:
-        cls = s.classes()
-        if s.semantic:  # no instances: class balancing only
-            w = class_balance(cls, model.config["n_classes"])
-        else:
-            w = weight_map(s.instances, cfg.w0, cfg.sigma, model.config["n_classes"])
-        xp = model.xp if cfg.augment == "elastic" else np  # the elastic warp runs where the model runs
-        out.append(Prepared(xp.asarray(s.image), xp.asarray(cls), xp.asarray(w), s.name))
-    return out
 
 
 def draw_batch(data: list[Prepared], cfg: TrainConfig, model: UNet, rng: np.random.Generator, part=(0, 1)):
@@ -209,9 +134,6 @@ def evaluate(model: UNet, samples: list[Sample], cfg: TrainConfig, tile=None):
     return float(np.mean(losses)), float(np.mean(ious))
 
 
-RUN_FILES = ("checkpoint.npz", "log.csv", "curves.png", "samples.png")
-
-
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped training: `step` is the last finished step, `checkpoint` the file that holds
     it (None when no step had finished). The logs are written up to that step."""
@@ -283,52 +205,6 @@ def _sigint_ignored():
             signal.signal(signal.SIGINT, old)
 
 
-class Step:
-    """One training step on a batch, the same interface for every way of stepping, so that the loop
-    has one path: eager (EagerStep), one rank of an MPI job (distributed.DistributedStep), the whole
-    step replayed as one CUDA graph (graph.GraphStep).
-
-      begin(rng_state, step)      before the first step (the ranks check they start alike)
-      compute(x, labels, weights, dropout_seed, step)
-                                  the forward and backward pass; changes nothing that a checkpoint
-                                  holds, so a Ctrl-C may stop it at once
-      update(step) -> loss        the update of the weights and optimizer state, run with Ctrl-C
-                                  held; returns the step's loss (a float; NaN/Inf: the run diverged,
-                                  and an eager step made no update)
-      checkpoint(rng_state, step) before a checkpoint is written (the ranks check they are alike)
-      where_nonfinite() -> str    where a non-finite loss came from, for its message ("" or " on rank r")
-    """
-
-    def begin(self, rng_state, step: int):
-        pass
-
-    def checkpoint(self, rng_state, step: int):
-        pass
-
-    def where_nonfinite(self) -> str:
-        return ""
-
-
-class EagerStep(Step):
-    """model.loss_and_grads, then clipping (cfg.clip > 0) and the optimizer's update at cfg.lr_at(step)."""
-
-    def __init__(self, model: UNet, optimizer: Optimizer, cfg: TrainConfig):
-        self.model, self.optimizer, self.cfg = model, optimizer, cfg
-        self.loss, self.grads = math.nan, None
-
-    def compute(self, x, labels, weights, dropout_seed: int, step: int):
-        loss, self.grads = self.model.loss_and_grads(x, labels, weights, dropout_seed=dropout_seed)
-        self.loss = float(loss) + 0.0  # -0.0 (a perfect tile) reads as 0
-
-    def update(self, step: int) -> float:
-        if math.isfinite(self.loss):
-            if self.cfg.clip > 0:
-                clip_gradients(self.grads, self.cfg.clip, self.model.xp)
-            self.optimizer.step(self.model.params, self.grads, self.cfg.lr_at(step), step)
-        self.grads = None
-        return self.loss
-
-
 def train(run, progress: bool = True, log=print):
     """Run the loop of `run` (run.Run, from run.plan_run or Run.of); returns the history (list of
     dicts, one per step). The model and optimizer are trained in place.
@@ -366,7 +242,6 @@ def train(run, progress: bool = True, log=print):
                     (out / f).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         csv_log = CsvLog(out / "log.csv", history[:-1])
-    bar = Progress(cfg.steps, start, enabled=progress)
     t_start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)  # seconds go on across a resume
     done, done_rng = start, rng.bit_generator.state
 
@@ -386,6 +261,7 @@ def train(run, progress: bool = True, log=print):
     # CPU engines render the next step's tiles in a worker thread; on a GPU the warp is one kernel on
     # the training stream (and CuPy's current stream is per thread)
     ahead = TileAhead(run.data, cfg, model, rng, part) if model.engine != "cuda" else None
+    bar = Progress(cfg.steps, start, enabled=progress)
     bar.begin(" (the first step also compiles the elastic warp)" if cfg.augment == "elastic" else "")
     try:
         # numpy's overflow warnings would spill source lines before the one-line message: a non-finite

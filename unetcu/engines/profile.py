@@ -203,16 +203,6 @@ def kernel_resources(source: str, options, filename: str) -> dict | str:
 
 
 # ---- FLOPs and the roofline ---------------------------------------------------------------------------
-def op_of(kernel: str):
-    """The registered variant that launches `kernel` (its first owner), or None."""
-    from .. import ops
-    for recs in ops.REGISTRY.values():
-        for r in recs.values():
-            if kernel in r.kernel_names:
-                return r
-    return None
-
-
 def roofline(flop: float | None, nbytes: float) -> dict:
     """{f"unetcu__roofline_bound_us_{gpu}_{precision}": microseconds}: the time below which the
     launch cannot run on that GPU (its FLOPs at the peak, its compulsory bytes at the bandwidth)."""
@@ -293,8 +283,7 @@ def launch_record(kernel, grid, block, shared_mem: int, args, text: str, range_b
         m[OCCUPANCY_KEY] = occ["pct"]
     else:
         m[OCCUPANCY_KEY] = None
-    rec = op_of(kernel.name)
-    flop = None
+    rec, flop = kernel.variant, None  # the op's Variant record (ops._core.kernel sets it), else None
     if rec is not None and rec.flops is not None:
         scalars = {n: int(a) for n, a in zip(kernel.params, args) if n and isinstance(a, np.integer)}
         flop = float(rec.flops(scalars))

@@ -283,6 +283,7 @@ class EmuKernel:
                                       "numbers: use a pointer, or pass the fields as separate scalars)")
         self.so = lib._name  # the built object: tools name code offsets through it (addr2line)
         self.source, self.options, self.filename = "", (), ""  # set by EmuModule, for the profiler's ptxas report
+        self.variant = None  # the op's Variant record, set by ops._core.kernel (the profiler's op name and FLOPs)
         self._lib = lib
         self.instrumented = hasattr(lib, "emu_san_begin")  # a racecheck / initcheck / profile build
         self._fn = _bind(lib, f"emu_launch_{sym}", ctypes.c_int,
