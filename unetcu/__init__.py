@@ -6,14 +6,16 @@ Architecture: layers, each importing only those below it.
     app        cli.py           parses a command, calls one function below, turns its exceptions
                                 into one-line messages and exit statuses
                run.py           plan_run(options, resume) -> Run: every decision of a training run
-                                and its refusals, once (option rules RULES, presets, engine and
-                                precision, data source and its fingerprints, what a resume may
-                                change, the recipe's rules, the output folder, optimizer, Step)
+                                and its refusals, once (option rules RULES, presets, the recipe
+                                TrainConfig, engine and precision, data source and its
+                                fingerprints, weight maps, what a resume may change, the output
+                                folder, the optimizer, which Step)
                train.py         train(run): the loop (tiles, Step.compute, Step.update with Ctrl-C
-                                held, validation, checkpoints); the recipe (TrainConfig, PRESETS)
-               report.py        what a run shows: progress bar, log.csv, curves.png, samples.png
+                                held, validation, checkpoints)
+               step.py          the Step interface and EagerStep (forward/backward, clip, update)
                graph.py         the Step replayed as one CUDA graph (cuda engine)
                distributed.py   the Step as one MPI rank (all-reduce), the ranks' checks, as_rank
+               report.py        what a run shows: progress bar, log.csv, curves.png, samples.png
                predict.py       predict's files: the checkpoint and its defaults, inputs, outputs
                large.py         the same, block-wise on Dask into zarr
                export.py        ONNX and bioimage.io packages, and import
