@@ -436,3 +436,76 @@ def test_resume_with_val_data_of_a_run_that_had_none_says_so(tmp_path):
     r = run("train", "--resume", str(tmp_path / "run" / "checkpoint.npz"), "--steps", "3", "--val-data", "ex",
             "--no-progress", cwd=tmp_path)
     assert r.returncode == 1 and "the run had no --val-data" in one_line(r) and "None" not in r.stderr, r.stderr
+
+
+def test_a_run_built_in_python_is_held_to_the_command_lines_rules(tmp_path):
+    """Run.of (the Python API) refuses what `unetcu train` refuses, before any step and with the
+    same one-line messages; plan_run takes whole numbers for integer options and names its
+    misuse (resume is its own argument)."""
+    from unetcu.run import plan_run
+    depth, base, tile = PRESETS["tiny"]
+    data = synthetic_dataset(2, (96, 96), seed=5)
+    for kw, want in ((dict(lr=-1.0), "--lr is -1.0, which --lr does not take: it must be a number >= 1e-10"),
+                     (dict(batch=0), "--batch is 0, which --batch does not take"),
+                     (dict(tile=93), "--tile: input size 93 is not valid"),
+                     (dict(tile=100000), "need about .* for one training step"),
+                     (dict(augment="warp"), "it must be one of elastic, flips, none"),
+                     (dict(steps=10, warmup=10), "--warmup 10 must be below --steps 10")):
+        cfg = TrainConfig(**{**dict(steps=3, tile=tile, out=str(tmp_path / "r")), **kw})
+        with pytest.raises((ValueError, MemoryError), match=want):
+            Run.of(UNet(depth=depth, base_channels=base, engine="numpy"), data, [], cfg)
+        assert not (tmp_path / "r").exists()
+    with pytest.raises(ValueError, match="resume is plan_run's second argument"):
+        plan_run({"resume": "x.npz"})
+    with pytest.raises(ValueError, match=r"--steps is '20', which --steps does not take: it must be an integer"):
+        plan_run({"steps": "20"})
+    run = plan_run({"preset": "tiny", "engine": "numpy", "n_synthetic": 2, "steps": 4.0, "seed": 2.0,
+                    "no_progress": True, "out": str(tmp_path / "p")}, log=lambda *a: None)
+    assert run.cfg.steps == 4 and type(run.cfg.steps) is int and type(run.cfg.seed) is int and run.progress is False
+
+
+def test_python_run_resumes_on_its_own_terms(tmp_path):
+    """A checkpoint of a run started by Run.of on samples of its own: the command line refuses to
+    resume it (its data is not a folder or the synthetic set: resuming would train on other images
+    without a word), and Run.of(..., resume=) refuses a recipe that differs from the run's."""
+    _tiny_run(tmp_path, "py", steps=3)
+    ck = str(tmp_path / "py" / "checkpoint.npz")
+    r = run("train", "--resume", ck, "--steps", "5", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 1 and "was started from Python on samples of its own" in one_line(r), r.stderr
+    with pytest.raises(ValueError, match="tile 44 differs from the run's 92"):
+        Run.of(UNet(depth=3, base_channels=8, engine="numpy", seed=3), synthetic_dataset(3, (128, 128), seed=5), [],
+               TrainConfig(steps=5, tile=44, out=str(tmp_path / "py"), seed=4), resume=ck)
+    assert len(_tiny_run(tmp_path, "py", steps=5, resume=ck)) == 5
+
+
+def test_refusals_found_by_trying_to_break_the_run(tmp_path):
+    """A Run trains once, and never over a run written into its folder after it was planned; options
+    that would be silently ignored or point nowhere are refused before any work; the predict API
+    refuses a tile or batch the command line would."""
+    from unetcu.predict import predict_files
+    depth, base, tile = PRESETS["tiny"]
+    planned = [Run.of(UNet(depth=depth, base_channels=base, engine="numpy", seed=s), synthetic_dataset(2, (96, 96), seed=5),
+                      [], TrainConfig(steps=2, tile=tile, out=str(tmp_path / "r"), seed=s)) for s in (0, 1)]
+    train(planned[0], progress=False, log=lambda *a: None)
+    before = (tmp_path / "r" / "checkpoint.npz").read_bytes()
+    with pytest.raises(ValueError, match="this Run has trained already"):
+        train(planned[0], progress=False)
+    with pytest.raises(FileExistsError, match="already holds a training run"):
+        train(planned[1], progress=False)
+    assert (tmp_path / "r" / "checkpoint.npz").read_bytes() == before
+    _synth("ex", 2, 100, tmp_path)
+    (tmp_path / "afile").write_text("x")
+    for args, want in ((("--val-data", "ex"), "--val-data applies to --data folders"),
+                       (("--val-fraction", "0.5"), "--val-fraction applies to --data folders"),
+                       (("--data", "ex", "--val-data", "ex"), "/ex is --data itself"),
+                       (("--out", "afile/sub"), "afile is a file, not a folder"),
+                       (("--out", ""), "give the run's folder")):
+        r = run("train", *TINY, "--steps", "2", *(("--out", "o") if "--out" not in args else ()), *args, cwd=tmp_path)
+        assert r.returncode == 1 and want in one_line(r), (args, r.stderr)
+        assert not (tmp_path / "o").exists()
+    img = tmp_path / "ex" / "images" / "synth_000.png"
+    for kw, want in ((dict(tile=0), "--tile 0: give a whole number"), (dict(batch=0), "--batch 0: give a whole number"),
+                     (dict(tile=92.0), "--tile 92.0"), (dict(batch=-1), "--batch -1")):
+        with pytest.raises(ValueError, match=want):
+            predict_files(tmp_path / "r" / "checkpoint.npz", [img], tmp_path / "pred", progress=False, **kw)
+        assert not (tmp_path / "pred").exists()

@@ -23,7 +23,10 @@ Architecture: layers, each importing only those below it.
                data.py, weightmap.py, augment.py, instances.py, metrics.py, viz.py
     model      model.py         UNet: parameters, forward, loss and gradients, save/load, shapes
                optim.py         SGD, Adam, AdamW, schedules, clipping
-    ops        ops/             one module per op family, its Variant records beside its launchers
+               files.py         atomic writes (every file the app writes)
+    ops        ops/             one module per op family, its Variant records beside its launchers;
+                                on the numpy engine an op runs cpu.py (BLAS, Numba) instead of a kernel
+               reference.py     the NumPy oracle every op is tested against (float32 or float64)
     engines    engines/runtime.py   which engine (numpy, emu, cuda), compile and load kernels
                engines/emu/         the CPU emulator: source.py -> gxx.py -> launch.py
                engines/sanitize.py, engines/profile.py   tools plugged into the emulator's hook

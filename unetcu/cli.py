@@ -190,7 +190,7 @@ def _train(options: dict, resume, dist=None) -> int:
     run = plan_run(options, resume, dist)
     out = run.out
     try:
-        history = train(run, progress=not options.get("no_progress"), log=print)
+        history = train(run, log=print)
     except TrainingDiverged as e:
         print(f"unetcu train: {e}", file=sys.stderr)
         return 3
@@ -425,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ckpt-every", type=RULES["ckpt_every"], help="checkpoint every N steps, >= 1 (default 250)")
     t.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue the run of this checkpoint with its own options (same losses as without the break); "
-                        "--steps, --lr, --clip, --weight-decay, --val-every, --ckpt-every, --engine, --precision may change "
+                        "--steps, --lr, --clip, --weight-decay, --val-every, --ckpt-every, --engine, --precision, --cuda-graph, "
+                        "--out, --no-progress, --overwrite may change "
                         "(a new --steps stretches the schedule's decay to the new last step); --data and --val-data may "
                         "give the new place of a moved folder, which must hold the run's files (the checkpoint records a "
                         "hash of each)")

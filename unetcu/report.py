@@ -22,7 +22,8 @@ from .files import atomic_write
 
 class Progress:
     """A one-line progress bar on a terminal. Elsewhere (a log file, CI) a line after the first step,
-    then every ~5% of the run or every 30 s, whichever comes first."""
+    then every ~5% of the run or every 30 s, whichever comes first. The speed and ETA are measured
+    from the end of the first step: it also compiles (the warp, kernels) and would skew them."""
 
     def __init__(self, total, start=0, stream=sys.stderr, enabled=True, every_s=30.0):
         self.total, self.start, self.stream, self.enabled = total, start, stream, enabled
@@ -30,17 +31,23 @@ class Progress:
         self.tty = getattr(stream, "isatty", lambda: False)()
         self.every, self.every_s = max(1, (total - start) // 20), every_s
         self.open_line = False
+        self.first = None  # (step, time) at the first update
 
     def update(self, step, **info):
         if not self.enabled:
             return
         now = time.perf_counter()
         done = step - self.start
-        rate = done / max(now - self.t0, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        if self.first is None:
+            self.first = (step, now)
+        if step > self.first[0]:
+            rate = (step - self.first[0]) / max(now - self.first[1], 1e-9)
+            speed = f"{rate:.2f} steps/s ETA {_fmt_time((self.total - step) / rate)}"
+        else:
+            speed = f"first step {now - self.t0:.1f} s (with compiling)"
         bar = "#" * int(30 * step / self.total)
         text = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
-        line = f"step {step}/{self.total} [{bar:<30}] {text} {rate:.2f} steps/s ETA {_fmt_time(eta)}"
+        line = f"step {step}/{self.total} [{bar:<30}] {text} {speed}"
         if self.tty:
             self.stream.write("\r" + line[:160].ljust(160))
             self.open_line = step != self.total

@@ -139,7 +139,7 @@ def number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
             raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}")
         return v
     parse.__name__ = name
-    parse.kind = kind  # what a value given from Python or saved in a checkpoint must be (check_values)
+    parse.kind, parse.want = kind, want  # what a value given from Python or saved in a checkpoint must be (check_values)
     return parse
 
 
@@ -189,16 +189,42 @@ def _valid(rule, v) -> bool:
     return isinstance(v, rule)
 
 
-def check_values(values: dict, where: str = "", why: str = "") -> None:
-    """Each option's value held to its rule (RULES): ValueError naming the first that breaks it.
+def _rule_text(rule) -> str:
+    if isinstance(rule, tuple):
+        return "one of " + ", ".join(rule)
+    return {bool: "True or False", str: "a str"}.get(rule) or rule.want
+
+
+def check_values(values: dict, where: str = "", why: str = "") -> dict:
+    """Each option's value held to its rule (RULES): ValueError naming the first that breaks it
+    and what it must be. Returns the values with integer options' whole numbers as int (20.0 -> 20).
     where, why: the message's start and end (a resumed checkpoint's values: "--resume PATH: the run's ")."""
+    out = {}
     for k, v in values.items():
         if k not in RULES:
             raise ValueError(f"{where}{flag(k)}: unetcu train has no such option")
-        if v is None and TRAIN_DEFAULTS.get(k) is None:  # unset options (warmup, val_data, ...)
-            continue
-        if not _valid(RULES[k], v):
-            raise ValueError(f"{where}{flag(k)} is {v!r}, which {flag(k)} does not take{why}")
+        rule = RULES[k]
+        if v is not None or TRAIN_DEFAULTS.get(k) is not None:  # None: unset (warmup, val_data, ...)
+            if not _valid(rule, v):
+                raise ValueError(f"{where}{flag(k)} is {v!r}, which {flag(k)} does not take: it must be "
+                                 f"{_rule_text(rule)}{why}")
+            if getattr(rule, "kind", None) is int:
+                v = int(v)
+        out[k] = v
+    return out
+
+
+def check_config(cfg: TrainConfig, model) -> None:
+    """A recipe built in Python held to the command line's rules: every TrainConfig value that is an
+    option (RULES), the tile the network takes, the memory the engine has (model.check_memory)."""
+    from .model import check_memory, output_size
+    check_values({f.name: getattr(cfg, f.name) for f in fields(TrainConfig) if f.name in RULES})
+    try:
+        output_size(cfg.tile, model.config["depth"])
+    except ValueError as e:
+        raise ValueError(f"--tile: {e}") from None
+    c = model.config
+    check_memory(model.engine, cfg.tile, cfg.batch, c["depth"], c["base_channels"], c["n_classes"], training=True)
 
 
 def check_saved_options(path, state: dict) -> None:
@@ -233,8 +259,13 @@ def check_out(out, resume=None, overwrite=False):
     continues there (resume from out/checkpoint.npz) or overwrite is asked for: a new run must never
     replace a trained model by accident."""
     out = Path(out)
+    if str(out) in ("", "."):
+        raise ValueError(f"--out {str(out)!r}: give the run's folder")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder")
+    up = next((p for p in out.parents if p.exists()), None)  # the folder it will be made in: not a file
+    if up is not None and not up.is_dir():
+        raise FileExistsError(f"--out {out}: {up} is a file, not a folder")
     found = [f for f in RUN_FILES if (out / f).exists()]
     ckpt = out / "checkpoint.npz"
     if not found or overwrite or (resume and ckpt.exists() and same_file(resume, ckpt)):
@@ -268,7 +299,8 @@ class Run:
     every random draw, at the resumed state), start (the last finished step), history (a dict per
     step so far), resume (the checkpoint continued, or None), overwrite, dist (a
     distributed.Distributed for one rank of an MPI job, or None), object_radius (of the training
-    objects, for predict's defaults), step (the train.Step that computes and applies a step)."""
+    objects, for predict's defaults), step (the step.Step that computes and applies a step),
+    progress (train shows a progress bar: plan_run's no_progress turns it off)."""
     model: object
     cfg: TrainConfig
     train_samples: list
@@ -283,6 +315,8 @@ class Run:
     overwrite: bool = False
     dist: object = None
     object_radius: float | None = None
+    progress: bool = True
+    trained: bool = False  # train(run) has run it: a Run trains once
 
     @property
     def out(self) -> Path:
@@ -303,17 +337,24 @@ class Run:
         a checkpoint of another network or number of ranks, a label outside the model's classes, no
         training images, or a run already at cfg.steps."""
         from .instances import object_radius
+        from .model import UNet
+        if resume and resumed is None:
+            resumed = UNet.load(resume, engine=model.engine, with_state=True)
+            check_saved_options(resume, resumed[2])
+            cfg = _as_resumed(cfg, resumed[2]["config"], resume)
         if not checked:
+            check_config(cfg, model)
             check_out(cfg.out, resume, overwrite)
             check_recipe(cfg, model.engine, bool(resume))
         if cfg.warmup is None:  # pinned now: a resumed run with other --steps keeps its warm-up
             cfg = replace(cfg, warmup=cfg.warmup_steps)
+        if not cfg.run.get("data"):  # how the run was started: a resume from the command line must refuse it
+            cfg = replace(cfg, run={**cfg.run, "data": FROM_PYTHON})
         rng = np.random.default_rng(cfg.seed)
         start, history, momentum = 0, [], None
         if resume:
             from .distributed import check_ranks
-            from .model import UNet
-            loaded, momentum, state = resumed or UNet.load(resume, engine=model.engine, with_state=True)
+            loaded, momentum, state = resumed
             if loaded.config != model.config:
                 raise ValueError(f"--resume {resume}: its network {loaded.config} differs from this one {model.config}")
             model.params = loaded.params
@@ -329,13 +370,41 @@ class Run:
         if not train_samples:
             raise ValueError("no training images")
         check_classes(list(train_samples) + list(val_samples), model.config["n_classes"])
-        if start >= cfg.steps:
-            raise ValueError(f"--resume {resume}: the run is at step {start} already; give --steps above {start} to go on")
+        _check_not_done(resume, start, cfg.steps)
         data = prepare(train_samples, cfg, model)
         radius = object_radius([s.instances for s in train_samples if not s.semantic])  # predict --instances watershed
         return cls(model=model, cfg=cfg, train_samples=list(train_samples), val_samples=list(val_samples), data=data,
                    optimizer=opt, rng=rng, step=_step(model, opt, cfg, dist), start=start, history=history,
                    resume=resume, overwrite=overwrite, dist=dist, object_radius=radius)
+
+
+FROM_PYTHON = "samples given in Python"  # TrainConfig.run["data"] of a run that Run.of started
+
+
+def _check_not_done(resume, start: int, steps: int) -> None:
+    if start >= steps:
+        raise ValueError(f"--resume {resume}: the run is at step {start} already; give --steps above {start} to go on")
+
+
+def _as_resumed(cfg: TrainConfig, saved: dict, resume) -> TrainConfig:
+    """cfg held to a checkpoint's recipe (Run.of(..., resume=) from Python): what a resume may not
+    change must equal the run's (as plan_run holds the command line's options), and a warm-up left
+    unset is the run's own, pinned when it started."""
+    for k, v in saved.items():
+        # (another optimizer is refused by Optimizer.load_state, naming the state the checkpoint holds)
+        if k in RULES and k not in RESUME_MAY_CHANGE | {"warmup", "optimizer"} and getattr(cfg, k, v) != v:
+            raise ValueError(f"--resume {resume}: {k} {getattr(cfg, k)!r} differs from the run's {v!r}; a resumed run "
+                             "keeps its data, network and sampling")
+    sigma = saved.get("elastic_sigma", cfg.elastic_sigma)
+    if not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and 0 < sigma < 1e6):
+        raise ValueError(f"--resume {resume}: the run's elastic_sigma is {sigma!r}, not a warp strength in pixels (a "
+                         "damaged or edited checkpoint)")
+    cfg = replace(cfg, elastic_sigma=float(sigma))
+    if cfg.warmup is None and saved.get("warmup") is not None:
+        cfg = replace(cfg, warmup=saved["warmup"])
+    if saved.get("warmup") is not None and cfg.warmup != saved["warmup"]:
+        raise ValueError(f"--resume {resume}: warmup {cfg.warmup} differs from the run's {saved['warmup']}")
+    return replace(cfg, run={**saved.get("run", {}), **cfg.run})
 
 
 def _step(model, opt, cfg, dist):
@@ -367,8 +436,9 @@ def plan_run(options: dict, resume: str | None = None, dist=None, log=print) -> 
     from .model import UNet, check_memory, output_size
     if dist is None:
         refuse_undistributed()  # mpirun -n N without --distributed: N runs writing into one folder
-    given = {k: v for k, v in options.items() if v is not None}
-    check_values(given)
+    if "resume" in options:
+        raise ValueError("resume is plan_run's second argument: plan_run(options, resume=CHECKPOINT)")
+    given = check_values({k: v for k, v in options.items() if v is not None})
     o, resumed = _resumed_options(given, resume)
     engine = runtime.resolve_engine(o["engine"])
     if resumed:
@@ -382,6 +452,8 @@ def plan_run(options: dict, resume: str | None = None, dist=None, log=print) -> 
         tile = o["tile"] or tile
         n_classes, dropout = o["classes"], 0.0 if o["no_dropout"] else 0.5
     steps = o["steps"] or DEFAULT_STEPS.get(preset, 1000)
+    if resumed:
+        _check_not_done(resume, int(resumed[2]["step"]), steps)
     try:
         output_size(tile, depth)
     except ValueError as e:
@@ -395,12 +467,18 @@ def plan_run(options: dict, resume: str | None = None, dist=None, log=print) -> 
                       batch=o["batch"], tile=tile, augment=o["augment"], w0=o["w0"], sigma=o["sigma"],
                       val_every=o["val_every"], ckpt_every=o["ckpt_every"], seed=o["seed"], out=o["out"],
                       cuda_graph=o["cuda_graph"])
+    if resumed:  # what no option sets is the run's own (the elastic warp's strength)
+        cfg = _as_resumed(cfg, {k: v for k, v in resumed[2]["config"].items() if k == "elastic_sigma"}, resume)
     check_recipe(cfg, engine, bool(resume))
     o.update(_data_files(o, resume, resumed[2].get("config", {}).get("run") if resumed else None, log))
     if dist is not None:  # every rank: the same code, options and data, or none starts
         dist.check_setup(_rank_setup(o, engine, steps))
     if o["data"] == "synthetic":  # labels: the generator's instances, 2 classes
-        if given.get("labels") is not None:
+        for k in ("val_data", "val_fraction"):  # its validation images are generated too
+            if given.get(k) is not None:
+                raise ValueError(f"{flag(k)} applies to --data folders; the synthetic cells come with validation "
+                                 "images of their own (--n-synthetic sets how many: an eighth of it)")
+        if given.get("labels") not in (None, "auto"):
             raise ValueError(f"--labels {given['labels']} applies to label images of --data/--val-data folders; the "
                              "synthetic cells come with instance labels")
         if n_classes > 2:
@@ -412,6 +490,9 @@ def plan_run(options: dict, resume: str | None = None, dist=None, log=print) -> 
         source = f"{len(train_s)} training + {len(val_s)} validation synthetic images of {size[0]}x{size[1]} (seed {o['seed']})"
     else:
         # load_folder reads with D.label_mode_for(labels, n_classes): auto means class ids above 2 classes
+        if o["val_data"] and os.path.realpath(o["val_data"]) == os.path.realpath(o["data"]):
+            raise ValueError(f"--val-data {o['val_data']} is --data itself: validation on the training images would "
+                             "measure nothing (omit --val-data to hold out --val-fraction of --data)")
         allsamples = D.load_folder(o["data"], o["labels"], n_classes)
         if o["val_data"]:
             train_s, val_s = allsamples, D.load_folder(o["val_data"], o["labels"], n_classes)
@@ -429,8 +510,10 @@ def plan_run(options: dict, resume: str | None = None, dist=None, log=print) -> 
     run = {k: o[k] for k in ("val_data", "val_fraction", "labels", "classes", "n_synthetic", "no_dropout", "data_files",
                              "val_data_files")}
     run.update(data=o["data"], preset=preset)
-    return Run.of(model, train_s, val_s, replace(cfg, run=run), resume=resume, overwrite=o["overwrite"], dist=dist,
-                  resumed=resumed, checked=True)
+    planned = Run.of(model, train_s, val_s, replace(cfg, run=run), resume=resume, overwrite=o["overwrite"], dist=dist,
+                     resumed=resumed, checked=True)
+    planned.progress = not o["no_progress"]
+    return planned
 
 
 def _is_folder(data) -> bool:
@@ -446,7 +529,7 @@ def _resumed_options(given: dict, resume) -> tuple[dict, tuple | None]:
             given[k] = os.path.abspath(given[k])
     if not resume:
         opts = {**TRAIN_DEFAULTS, **given}
-        opts["out"] = opts["out"] or "runs/unet"
+        opts["out"] = "runs/unet" if opts["out"] is None else opts["out"]
         return opts, None
     resumed = UNet.load(resume, engine=given.get("engine"), with_state=True)
     state = resumed[2]
@@ -457,8 +540,11 @@ def _resumed_options(given: dict, resume) -> tuple[dict, tuple | None]:
         saved.update(optimizer="sgd", warmup=0, schedule="constant")
     if "run" not in state.get("config", {}):  # written before checkpoints recorded their run's options
         saved = {k: v for k, v in saved.items() if k not in ("out",)}
-    check_values({k: v for k, v in saved.items() if k in RULES}, f"--resume {resume}: the run's ",
-                 " (a damaged or edited checkpoint)")
+    if saved.get("data") == FROM_PYTHON:
+        raise ValueError(f"--resume {resume}: the run was started from Python on samples of its own (Run.of): resume "
+                         "it the same way, Run.of(model, samples, ..., resume=CHECKPOINT)")
+    saved.update(check_values({k: v for k, v in saved.items() if k in RULES}, f"--resume {resume}: the run's ",
+                              " (a damaged or edited checkpoint)"))
     for k, v in given.items():
         if k in ("data", "val_data") and _is_folder(saved.get(k)) and _is_folder(v):
             continue  # a data folder may have moved: _data_files compares its files' content
@@ -469,7 +555,7 @@ def _resumed_options(given: dict, resume) -> tuple[dict, tuple | None]:
             raise ValueError(f"--resume {resume}: {flag(k)} {v} differs from the run's {saved[k]!r}; a resumed run keeps "
                              f"its data, network and sampling (omit {flag(k)}, or start a new run)")
     opts = {**TRAIN_DEFAULTS, **saved, **given}
-    opts["out"] = given.get("out") or os.path.dirname(os.path.abspath(resume))
+    opts["out"] = os.path.dirname(os.path.abspath(resume)) if given.get("out") is None else given["out"]
     return opts, resumed
 
 

@@ -36,7 +36,7 @@ from .files import same_file
 from .metrics import iou
 from .model import UNet, output_size
 from .report import CsvLog, Progress, plot_curves, plot_samples
-from .run import RUN_FILES, Prepared, TrainConfig
+from .run import RUN_FILES, Prepared, TrainConfig, check_out
 from .weightmap import class_balance, weight_map
 
 class TrainingDiverged(RuntimeError):
@@ -205,7 +205,7 @@ def _sigint_ignored():
             signal.signal(signal.SIGINT, old)
 
 
-def train(run, progress: bool = True, log=print):
+def train(run, progress: bool | None = None, log=print):
     """Run the loop of `run` (run.Run, from run.plan_run or Run.of); returns the history (list of
     dicts, one per step). The model and optimizer are trained in place.
 
@@ -216,9 +216,15 @@ def train(run, progress: bool = True, log=print):
     removed, before the first step has finished. Raises TrainingDiverged on a NaN/Inf loss or
     weight, ValueError for a label outside the classes (the CUDA graph's check), and
     TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C, after saving the last finished step.
-    With run.dist (one rank of an MPI job) rank 0 alone logs and writes files."""
+    With run.dist (one rank of an MPI job) rank 0 alone logs and writes files. progress: show the
+    progress bar (None: run.progress); log: where the run's lines go."""
     model, cfg, opt, rng, stepper = run.model, run.cfg, run.optimizer, run.rng, run.step
     out, root, start, history = run.out, run.root, run.start, run.history
+    if run.trained:
+        raise ValueError(f"this Run has trained already (into {run.out}): plan another one (run.plan_run, Run.of)")
+    check_out(run.out, run.resume, run.overwrite)  # what was written there since the run was planned
+    run.trained = True
+    progress = run.progress if progress is None else progress
     log, progress = (log, progress) if root else (lambda *a: None, False)
     stepper.begin(rng.bit_generator.state, start)  # every rank is here, with the same state
     if run.resume:

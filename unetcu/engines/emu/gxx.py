@@ -17,7 +17,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .source import EmuCompileError, expand_includes, global_variables, kernel_linkage
+from .source import EmuCompileError, translation_unit
 
 
 def kernels_dir() -> Path:
@@ -156,25 +156,6 @@ def _header_files(include_dirs) -> list[Path]:
     return files
 
 
-def _kernel_exports(names) -> list[str]:
-    """Per kernel, two exported functions: its parameter types (emu_sig_kN, for the argument checks)
-    and its launcher (emu_launch_kN). Kernels are reached through these, never by their symbol."""
-    return [f'extern "C" __attribute__((visibility("default"))) const char* emu_sig_k{i}() '
-            f'{{ static const std::string s = ::emu::signature(&{name}); return s.c_str(); }}\n'
-            f'extern "C" __attribute__((visibility("default"))) int emu_launch_k{i}(const unsigned* g, '
-            f'const unsigned* b, size_t sm, void** a, int order, unsigned long long seed, int nt, char* err, size_t el) '
-            f'{{ return ::emu::launch("{name}", &{name}, g, b, sm, a, order, seed, nt, err, el); }}\n'
-            for i, name in enumerate(names)]
-
-
-def _variable_exports(variables) -> list[str]:
-    """Per global variable, an accessor (emu_global_gN): its address, size and type (get_global)."""
-    return [f'extern "C" __attribute__((visibility("default"))) void* emu_global_g{i}(size_t* bytes, char* info, size_t n) '
-            f'{{ snprintf(info, n, "%s", ::emu::global_info<decltype({v})>().c_str()); *bytes = sizeof({v}); '
-            f'return (void*)&{v}; }}\n'
-            for i, v in enumerate(variables)]
-
-
 def _flags(instrument: str | None) -> list[str]:
     """g++'s flags for a build mode (without the user's -I/-D/-U)."""
     # -fsanitize=shift-exponent: a shift by >= the width is reported at its line by the handler in
@@ -218,30 +199,18 @@ def _compile(tu: str, flags: list[str], so: Path, instrument: str | None, filena
 
 
 def build(source: str, options=(), name_expressions=(), filename: str = "kernel.cu", instrument: str | None = None):
-    """Compile `source` for the emulator (cached) and return (ctypes library, {name: symbol},
-    {kernel name: not reachable by name, as on CuPy}, {global variable: symbol}).
+    """Compile `source` for the emulator (cached) and return (ctypes library, its
+    source.TranslationUnit: the kernels' and variables' exported symbols, the parameter names).
 
     `instrument` is the build mode: None (the normal build: -O2, OpenMP), "address" (ASan; loads
     only into a process with libasan preloaded, which the caller checks), "racecheck", "initcheck"
     or "profile" (the access instrumentation of emu_sanitize.h / emu_profile.h)."""
-    linkage = kernel_linkage(source)
-    # CuPy finds a kernel by its symbol: the plain name only for extern "C" ones; any other needs
-    # its name expression (NVRTC then maps it to the mangled symbol)
-    names = [n for n, c in linkage if c]
-    mangled = {n for n, c in linkage if not c} - set(name_expressions)
-    names += [e for e in name_expressions if e not in names]
-    symbols = {name: f"k{i}" for i, name in enumerate(names)}
-
     src_path = os.path.abspath(filename) if os.path.exists(filename) else filename
     gopts = gxx_options(options)
     user_dirs = [o[2:] for o in gopts if o.startswith("-I") and len(o) > 2]
     if os.path.exists(filename):
         user_dirs.append(os.path.dirname(os.path.abspath(filename)))
-    body, macros = expand_includes(source, src_path, user_dirs, [str(EMU_DIR / "include"), str(EMU_DIR)])
-    found = global_variables(body)
-    variables = {v: f"g{i}" for i, v in enumerate(found)}
-    tu = (f'#line 1 "{src_path}"\n{body}\n' + "".join(f"#undef {m}\n" for m in macros) +
-          '#include "emu_launch.h"\n' + "".join(_kernel_exports(names) + _variable_exports(found)))
+    unit = translation_unit(source, src_path, user_dirs, [str(EMU_DIR / "include"), str(EMU_DIR)], name_expressions)
 
     flags = _flags(instrument) + gopts
     if os.path.exists(filename):
@@ -249,7 +218,7 @@ def build(source: str, options=(), name_expressions=(), filename: str = "kernel.
     include_dirs = [o[2:] for o in flags if o.startswith("-I") and len(o) > 2]
     include_dirs += [flags[i + 1] for i, o in enumerate(flags) if o == "-I"]
     h = hashlib.sha256()
-    for part in (tu, "\0".join(flags), _gxx_version()):
+    for part in (unit.text, "\0".join(flags), _gxx_version()):
         h.update(part.encode())
     for f in _header_files(include_dirs):
         h.update(str(f).encode())
@@ -257,8 +226,8 @@ def build(source: str, options=(), name_expressions=(), filename: str = "kernel.
     so = cache_dir() / f"{Path(filename).stem}-{h.hexdigest()[:24]}{SUFFIX[instrument]}.so"
     with _build_lock:
         if not so.exists():
-            _compile(tu, flags, so, instrument, filename)
+            _compile(unit.text, flags, so, instrument, filename)
         lib = _loaded.get(str(so))
         if lib is None:  # RTLD_LOCAL (with -Bsymbolic): no build's symbols resolve another's
             lib = _loaded[str(so)] = ctypes.CDLL(str(so), mode=os.RTLD_LOCAL)
-    return lib, symbols, mangled, variables
+    return lib, unit

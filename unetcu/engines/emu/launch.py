@@ -18,7 +18,6 @@ from typing import NamedTuple
 import numpy as np
 
 from .gxx import SAN_BUILD, EmuCompileError, asan_loaded, build
-from .source import param_names
 
 MAX_THREADS_PER_BLOCK = 1024
 MAX_BLOCK = (1024, 1024, 64)
@@ -188,8 +187,8 @@ class EmuModule:
         if self.instrument == "address" and not asan_loaded():  # ASan aborts a process it was not preloaded into
             raise EmulatorError("an AddressSanitizer build needs libasan preloaded: run the program as "
                                 "`unetcu asan python ...` (or LD_PRELOAD=$(g++ -print-file-name=libasan.so))")
-        self._lib, self._symbols, self._mangled, self._variables = build(source, options, tuple(name_expressions), filename,
-                                                                         self.instrument)
+        self._lib, unit = build(source, options, tuple(name_expressions), filename, self.instrument)
+        self._symbols, self._mangled, self._variables, self._params = unit.symbols, unit.mangled, unit.variables, unit.params
         self._kernels: dict[str, EmuKernel] = {}
         self._globals: dict[str, np.ndarray] = {}
 
@@ -207,7 +206,7 @@ class EmuModule:
                        "template kernels must be listed in name_expressions")
             raise CUDADriverError(f"{_NOT_FOUND} ({why})")
         if name not in self._kernels:
-            k = EmuKernel(self._lib, self._symbols[name], name, param_names(self._source, name))
+            k = EmuKernel(self._lib, self._symbols[name], name, self._params[name])
             k.source, k.options, k.filename = self._source, self._options, self.filename  # for the profiler's ptxas report
             self._kernels[name] = k
         return self._kernels[name]

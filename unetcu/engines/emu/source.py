@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -528,3 +529,49 @@ def expand_includes(src: str, path: str, search_dirs, emu_dirs, _state=None) -> 
         pieces.append(f'#line 1 "{f}"\n{inner}\n#line {line + 1} "{path}"')
     pieces.append(body[last:])
     return "".join(pieces), macros
+
+
+@dataclass
+class TranslationUnit:
+    """What g++ compiles for one source, and how to reach what is in it."""
+    text: str                          # the translation unit (see the package docstring)
+    symbols: dict[str, str]            # kernel name (or name expression) -> its exports' suffix kN
+    mangled: set                       # kernels CuPy cannot find by name (not extern "C", no expression)
+    variables: dict[str, str]          # __constant__/__device__ variable -> its accessor's suffix gN
+    params: dict[str, list]            # kernel -> parameter names (param_names), for messages and the profiler
+
+
+def translation_unit(source: str, src_path: str, user_dirs, emu_dirs, name_expressions=()) -> TranslationUnit:
+    """The source as one C++ translation unit for g++: its includes expanded where they need
+    rewriting, then emu_launch.h and the exported launchers and accessors."""
+    linkage = kernel_linkage(source)
+    # CuPy finds a kernel by its symbol: the plain name only for extern "C" ones; any other needs
+    # its name expression (NVRTC then maps it to the mangled symbol)
+    names = [n for n, c in linkage if c]
+    mangled = {n for n, c in linkage if not c} - set(name_expressions)
+    names += [e for e in name_expressions if e not in names]
+    body, macros = expand_includes(source, src_path, user_dirs, emu_dirs)
+    found = global_variables(body)
+    text = (f'#line 1 "{src_path}"\n{body}\n' + "".join(f"#undef {m}\n" for m in macros) +
+            '#include "emu_launch.h"\n' + "".join(_kernel_exports(names) + _variable_exports(found)))
+    return TranslationUnit(text, {n: f"k{i}" for i, n in enumerate(names)}, mangled,
+                           {v: f"g{i}" for i, v in enumerate(found)}, {n: param_names(source, n) for n in names})
+
+
+def _kernel_exports(names) -> list[str]:
+    """Per kernel, two exported functions: its parameter types (emu_sig_kN, for the argument checks)
+    and its launcher (emu_launch_kN). Kernels are reached through these, never by their symbol."""
+    return [f'extern "C" __attribute__((visibility("default"))) const char* emu_sig_k{i}() '
+            f'{{ static const std::string s = ::emu::signature(&{name}); return s.c_str(); }}\n'
+            f'extern "C" __attribute__((visibility("default"))) int emu_launch_k{i}(const unsigned* g, '
+            f'const unsigned* b, size_t sm, void** a, int order, unsigned long long seed, int nt, char* err, size_t el) '
+            f'{{ return ::emu::launch("{name}", &{name}, g, b, sm, a, order, seed, nt, err, el); }}\n'
+            for i, name in enumerate(names)]
+
+
+def _variable_exports(variables) -> list[str]:
+    """Per global variable, an accessor (emu_global_gN): its address, size and type (get_global)."""
+    return [f'extern "C" __attribute__((visibility("default"))) void* emu_global_g{i}(size_t* bytes, char* info, size_t n) '
+            f'{{ snprintf(info, n, "%s", ::emu::global_info<decltype({v})>().c_str()); *bytes = sizeof({v}); '
+            f'return (void*)&{v}; }}\n'
+            for i, v in enumerate(variables)]
