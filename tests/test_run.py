@@ -476,6 +476,14 @@ def test_python_run_resumes_on_its_own_terms(tmp_path):
         Run.of(UNet(depth=3, base_channels=8, engine="numpy", seed=3), synthetic_dataset(3, (128, 128), seed=5), [],
                TrainConfig(steps=5, tile=44, out=str(tmp_path / "py"), seed=4), resume=ck)
     assert len(_tiny_run(tmp_path, "py", steps=5, resume=ck)) == 5
+    # the other way round: a command-line run continued in Python on other samples is Python's from then on
+    r = run("train", *TINY, "--steps", "2", "--seed", "4", "--out", "cli", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    _tiny_run(tmp_path, "cli", steps=4, resume=str(tmp_path / "cli" / "checkpoint.npz"))
+    r = run("train", "--resume", str(tmp_path / "cli" / "checkpoint.npz"), "--steps", "6", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 1 and "was started from Python on samples of its own" in one_line(r), r.stderr
+    with pytest.raises(ValueError, match="elastic_sigma is -1.0, not a warp strength"):
+        _tiny_run(tmp_path, "sigma", steps=2, elastic_sigma=-1.0)
 
 
 def test_refusals_found_by_trying_to_break_the_run(tmp_path):

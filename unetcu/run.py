@@ -214,11 +214,18 @@ def check_values(values: dict, where: str = "", why: str = "") -> dict:
     return out
 
 
+def _check_sigma(sigma, where: str = "", why: str = "") -> None:
+    """The elastic warp's strength (TrainConfig.elastic_sigma, no command-line option): pixels, > 0."""
+    if not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and 0 < sigma < 1e6):  # NaN fails too
+        raise ValueError(f"{where}elastic_sigma is {sigma!r}, not a warp strength in pixels (> 0){why}")
+
+
 def check_config(cfg: TrainConfig, model) -> None:
     """A recipe built in Python held to the command line's rules: every TrainConfig value that is an
     option (RULES), the tile the network takes, the memory the engine has (model.check_memory)."""
     from .model import check_memory, output_size
     check_values({f.name: getattr(cfg, f.name) for f in fields(TrainConfig) if f.name in RULES})
+    _check_sigma(cfg.elastic_sigma)
     try:
         output_size(cfg.tile, model.config["depth"])
     except ValueError as e:
@@ -258,9 +265,9 @@ def check_out(out, resume=None, overwrite=False):
     """Refuse (FileExistsError) to train into a folder that holds another run's files, unless the run
     continues there (resume from out/checkpoint.npz) or overwrite is asked for: a new run must never
     replace a trained model by accident."""
-    out = Path(out)
-    if str(out) in ("", "."):
+    if not str(out).strip():
         raise ValueError(f"--out {str(out)!r}: give the run's folder")
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder")
     up = next((p for p in out.parents if p.exists()), None)  # the folder it will be made in: not a file
@@ -331,8 +338,8 @@ class Run:
     def of(cls, model, train_samples, val_samples, cfg: TrainConfig, resume: str | None = None,
            overwrite: bool = False, dist=None, resumed=None, checked: bool = False) -> "Run":
         """The run of `model` on these samples with this recipe, continuing checkpoint `resume` if given
-        (resumed: its UNet.load(..., with_state=True), when already loaded; checked: plan_run has
-        held cfg.out and the recipe to check_out and check_recipe already). Raises FileExistsError if
+        (resumed: its UNet.load(..., with_state=True), when already loaded; checked: plan_run made
+        this run, from options it has checked, on data it recorded). Raises FileExistsError if
         cfg.out holds another run (check_out), ValueError for a recipe that cannot run (check_recipe),
         a checkpoint of another network or number of ranks, a label outside the model's classes, no
         training images, or a run already at cfg.steps."""
@@ -348,8 +355,8 @@ class Run:
             check_recipe(cfg, model.engine, bool(resume))
         if cfg.warmup is None:  # pinned now: a resumed run with other --steps keeps its warm-up
             cfg = replace(cfg, warmup=cfg.warmup_steps)
-        if not cfg.run.get("data"):  # how the run was started: a resume from the command line must refuse it
-            cfg = replace(cfg, run={**cfg.run, "data": FROM_PYTHON})
+        if not checked:  # trained on samples given in Python: a resume from the command line must refuse it
+            cfg = replace(cfg, run={**cfg.run, "data": FROM_PYTHON, "data_files": None, "val_data_files": None})
         rng = np.random.default_rng(cfg.seed)
         start, history, momentum = 0, [], None
         if resume:
@@ -392,14 +399,10 @@ def _as_resumed(cfg: TrainConfig, saved: dict, resume) -> TrainConfig:
     unset is the run's own, pinned when it started."""
     for k, v in saved.items():
         # (another optimizer is refused by Optimizer.load_state, naming the state the checkpoint holds)
-        if k in RULES and k not in RESUME_MAY_CHANGE | {"warmup", "optimizer"} and getattr(cfg, k, v) != v:
+        if ((k in RULES or k == "elastic_sigma") and k not in RESUME_MAY_CHANGE | {"warmup", "optimizer"}
+                and getattr(cfg, k, v) != v):
             raise ValueError(f"--resume {resume}: {k} {getattr(cfg, k)!r} differs from the run's {v!r}; a resumed run "
                              "keeps its data, network and sampling")
-    sigma = saved.get("elastic_sigma", cfg.elastic_sigma)
-    if not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and 0 < sigma < 1e6):
-        raise ValueError(f"--resume {resume}: the run's elastic_sigma is {sigma!r}, not a warp strength in pixels (a "
-                         "damaged or edited checkpoint)")
-    cfg = replace(cfg, elastic_sigma=float(sigma))
     if cfg.warmup is None and saved.get("warmup") is not None:
         cfg = replace(cfg, warmup=saved["warmup"])
     if saved.get("warmup") is not None and cfg.warmup != saved["warmup"]:
@@ -467,8 +470,10 @@ def plan_run(options: dict, resume: str | None = None, dist=None, log=print) -> 
                       batch=o["batch"], tile=tile, augment=o["augment"], w0=o["w0"], sigma=o["sigma"],
                       val_every=o["val_every"], ckpt_every=o["ckpt_every"], seed=o["seed"], out=o["out"],
                       cuda_graph=o["cuda_graph"])
-    if resumed:  # what no option sets is the run's own (the elastic warp's strength)
-        cfg = _as_resumed(cfg, {k: v for k, v in resumed[2]["config"].items() if k == "elastic_sigma"}, resume)
+    if resumed:  # what no option sets is the run's own: the elastic warp's strength
+        sigma = resumed[2]["config"].get("elastic_sigma", cfg.elastic_sigma)
+        _check_sigma(sigma, f"--resume {resume}: the run's ", " (a damaged or edited checkpoint)")
+        cfg = replace(cfg, elastic_sigma=float(sigma))
     check_recipe(cfg, engine, bool(resume))
     o.update(_data_files(o, resume, resumed[2].get("config", {}).get("run") if resumed else None, log))
     if dist is not None:  # every rank: the same code, options and data, or none starts

@@ -46,7 +46,7 @@ def tile_geometry(model, tile: int | None, image_hw=(10**9, 10**9)) -> tuple[int
     image_hw, the largest it picks by default), its output size and the context each side
     ((tile - out) / 2). Raises ValueError "--tile: ..." for a tile the net cannot take."""
     depth = model.config["depth"]
-    if tile is not None and not (isinstance(tile, (int, np.integer)) and tile >= 1):
+    if tile is not None and not (isinstance(tile, (int, np.integer)) and not isinstance(tile, bool) and tile >= 1):
         raise ValueError(f"--tile {tile!r}: give a whole number of pixels >= 1")
     tile = default_tile(depth, image_hw) if tile is None else int(tile)
     try:
@@ -59,7 +59,7 @@ def tile_geometry(model, tile: int | None, image_hw=(10**9, 10**9)) -> tuple[int
 def check_tiles(model, tile: int | None, batch: int, image_hw=(10**9, 10**9)) -> None:
     """Refuse before any work a tile the net cannot take (tile_geometry) or `batch` tiles that the
     engine's memory cannot hold (model.check_memory: MemoryError)."""
-    if not (isinstance(batch, (int, np.integer)) and batch >= 1):
+    if not (isinstance(batch, (int, np.integer)) and not isinstance(batch, bool) and batch >= 1):
         raise ValueError(f"--batch {batch!r}: give a whole number of tiles >= 1")
     tile = tile_geometry(model, tile, image_hw)[0]
     c = model.config
