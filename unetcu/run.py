@@ -349,14 +349,13 @@ class Run:
             resumed = UNet.load(resume, engine=model.engine, with_state=True)
             check_saved_options(resume, resumed[2])
             cfg = _as_resumed(cfg, resumed[2]["config"], resume)
-        if not checked:
-            check_config(cfg, model)
+        if not checked:  # a recipe and samples given in Python: the command line's rules, and a record of
+            check_config(cfg, model)  # where the data came from (a resume from the command line refuses it)
             check_out(cfg.out, resume, overwrite)
             check_recipe(cfg, model.engine, bool(resume))
+            cfg = replace(cfg, run={**cfg.run, "data": FROM_PYTHON, "data_files": None, "val_data_files": None})
         if cfg.warmup is None:  # pinned now: a resumed run with other --steps keeps its warm-up
             cfg = replace(cfg, warmup=cfg.warmup_steps)
-        if not checked:  # trained on samples given in Python: a resume from the command line must refuse it
-            cfg = replace(cfg, run={**cfg.run, "data": FROM_PYTHON, "data_files": None, "val_data_files": None})
         rng = np.random.default_rng(cfg.seed)
         start, history, momentum = 0, [], None
         if resume:
