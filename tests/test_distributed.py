@@ -163,7 +163,7 @@ def test_two_ranks_of_batch_1_repeat_one_process_of_batch_2(tmp_path, recipe):
     np.testing.assert_allclose(two, ref, rtol=1e-6, atol=0)
     (m2, opt2, s2), (m1, opt1, s1) = load(tmp_path / "two"), load(tmp_path / "one")
     assert s2["rng"] == s1["rng"] and s2["config"]["run"]["ranks"] == 2
-    moved = max(float(np.abs(m1.params[k] - UNet(depth=3, base_channels=8, engine="numpy", seed=0).params[k]).max())
+    moved = max(float(np.abs(m1.params[k] - UNet(engine="numpy", seed=0, **m1.config).params[k]).max())
                 for k in m1.params)
     assert moved > 3e-3  # the weights did move by far more than the tolerance
     for k in m1.params:
@@ -196,7 +196,7 @@ def test_a_distributed_resume_repeats_the_uninterrupted_run(tmp_path):
 
 @needs_mpi
 @pytest.mark.parametrize("plant,rc,message", [
-    ("1:badlabel:3", 1, "unetcu train: rank 1: step 3: softmax_xent: labels must lie in [0, 2)"),
+    ("1:badlabel:3", 1, "unetcu train: rank 1: step 3: softmax_xent: labels must lie in [0, 3)"),
     ("1:nan:3", 3, "unetcu train: loss became nan at step 3 on rank 1; training stopped (the last good checkpoint is"),
     ("1:drift:2", 1, "unetcu train: step 2: the ranks' weights differ (rank 0 "),
     ("1:setup:0", 1, "unetcu train: rank 1: planted: images/x.png vanished"),

@@ -477,7 +477,7 @@ def test_python_run_resumes_on_its_own_terms(tmp_path):
                TrainConfig(steps=5, tile=44, out=str(tmp_path / "py"), seed=4), resume=ck)
     assert len(_tiny_run(tmp_path, "py", steps=5, resume=ck)) == 5
     # the other way round: a command-line run continued in Python on other samples is Python's from then on
-    r = run("train", *TINY, "--steps", "2", "--seed", "4", "--out", "cli", cwd=tmp_path)
+    r = run("train", *TINY, "--steps", "2", "--seed", "4", "--border", "off", "--out", "cli", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     _tiny_run(tmp_path, "cli", steps=4, resume=str(tmp_path / "cli" / "checkpoint.npz"))
     r = run("train", "--resume", str(tmp_path / "cli" / "checkpoint.npz"), "--steps", "6", "--no-progress", cwd=tmp_path)

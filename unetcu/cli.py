@@ -392,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--classes", type=RULES["classes"],
                    help="number of classes, 2..256 (default 2: background, object); above 2 the labels are class ids "
                         "0..N-1")
+    t.add_argument("--border", choices=RULES["border"],
+                   help="learn where touching objects meet as a third class (background, cell, border) and split "
+                        "objects along it: auto (default) = on when at least a tenth of the training objects touch "
+                        "another (instance labels, 2 classes), off for membrane labels")
     t.add_argument("--preset", choices=RULES["preset"],
                    help="network size (default: paper on a GPU, small on a CPU)")
     t.add_argument("--engine", choices=ENGINES, help="default: cuda if a GPU is usable, else numpy")
@@ -474,7 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips (8x slower)")
     pr.add_argument("--instances", choices=("components", "watershed"), default="components",
                     help="how NAME_instances.png splits the foreground into objects: components (connected, the "
-                         "default) or watershed (touching round objects split at their necks; see the README)")
+                         "default) or watershed (touching round objects split at their necks; see the README); a "
+                         "model with a border class (train --border) splits its cell class so, then grows it into "
+                         "the border")
     pr.add_argument("--min-distance", type=number(int, 1, 100000), metavar="PX",
                     help="watershed: least distance between two objects' centres in pixels (default: 0.9 x the "
                          "median radius of the objects the model was trained on)")

@@ -75,6 +75,7 @@ def crop_offsets(model, tile: int) -> list[int]:
 
 
 RADIUS_KEY = "unetcu.object_radius"  # the training objects' median radius (predict's --min-size default), in pixels
+BORDER_KEY = "unetcu.border"  # UNet.config["border"]: class 2 is the touching border of this width, in pixels
 
 
 def to_onnx(model, name: str = "unetcu", object_radius: float | None = None):
@@ -123,8 +124,11 @@ def to_onnx(model, name: str = "unetcu", object_radius: float | None = None):
     m = helper.make_model(graph, producer_name="unetcu", producer_version=__version__,
                           opset_imports=[helper.make_opsetid("", OPSET)])
     m.ir_version = min(m.ir_version, 8)  # readable by onnxruntime releases of the last years
-    if object_radius:
-        helper.set_model_props(m, {RADIUS_KEY: repr(float(object_radius))})
+    props = {RADIUS_KEY: repr(float(object_radius))} if object_radius else {}
+    if c.get("border"):  # what the third class means: predict grows the cells into it
+        props[BORDER_KEY] = str(int(c["border"]))
+    if props:
+        helper.set_model_props(m, props)
     onnx.checker.check_model(m, full_check=True)
     return m
 
@@ -182,7 +186,9 @@ def _documentation(model, state, writer, opset) -> str:
              f"{model.n_params:,} parameters. Input y and x: {smallest} pixels or more in steps of {step}; the output "
              f"(class probabilities, softmax over the channel axis) is {margin} pixels smaller on each axis, the "
              f"input's centre ({margin // 2} pixels cut on every side). For an image of any size, pad it by mirroring "
-             f"and predict it tile by tile (overlap-tile, as `unetcu predict` does).", "",
+             f"and predict it tile by tile (overlap-tile, as `unetcu predict` does)."
+             + (f" Classes: 0 background, 1 cell, 2 the border where cells touch ({c['border']} px wide); objects are "
+                "the connected components of class 1 grown into class 2." if c.get("border") else ""), "",
              "## Preprocessing", "",
              f"Each image is standardised to zero mean and unit variance over y and x (the package's "
              f"`zero_mean_unit_variance`, eps {EPS}), as unetcu standardises a whole image before tiling it: feed "
@@ -414,8 +420,14 @@ def from_onnx(path):
         raise ValueError(f"{path}: {len(c3)} 3x3 and {len(convs) - len(c3)} other convolutions, {len(ups)} "
                          f"up-convolutions and {depth - 1} poolings: not the layers of a U-Net of depth {depth} "
                          f"({4 * depth - 2} 3x3 convolutions, {depth - 1} up-convolutions, one 1x1 head)")
+    props = {p.key: p.value for p in m.metadata_props}
+    n_classes = int(heads[0][0].shape[0])
+    border = props.get(BORDER_KEY, "0")
+    if not (border.isdigit() and (int(border) == 0 or n_classes == 3)):
+        raise ValueError(f"{path}: its metadata {BORDER_KEY} is {border!r}, not the width in pixels of the border class "
+                         f"of a 3-class model (this one has {n_classes} classes)")
     config = dict(depth=depth, base_channels=int(c3[0][0].shape[0]), in_channels=int(c3[0][0].shape[1]),
-                  n_classes=int(heads[0][0].shape[0]))
+                  n_classes=n_classes, border=int(border))
     model = UNet(engine="numpy", seed=0, **config)
     names = [f"down{l}.conv{j}" for l in range(depth) for j in (1, 2)]
     names += [f"up{l}.conv{j}" for l in range(depth - 2, -1, -1) for j in (1, 2)]
@@ -429,7 +441,7 @@ def from_onnx(path):
         model.params[f"{name}.weight"] = w
         model.params[f"{name}.bias"] = b if b is not None else np.zeros(want[1 if name.endswith("upconv") else 0], np.float32)
     _check_same_function(m, model, path)
-    radius = {p.key: p.value for p in m.metadata_props}.get(RADIUS_KEY)
+    radius = props.get(RADIUS_KEY)
     try:
         model.object_radius = float(radius) if radius is not None and float(radius) > 0 else None
     except ValueError:

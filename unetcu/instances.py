@@ -4,6 +4,9 @@
     components  connected components (4-connectivity) of the foreground (p > 0.5, or for more than
                 two classes the pixels whose most likely class is not 0): objects are separated only where
                 the net predicts background between them (the border the weight map teaches)
+    (a model with a border class, UNet(border=...), learns where touching cells meet: its objects are
+    the connected components of the cell class grown into the border class, grow_cores, whatever
+    the method; the watershed splits the cell class's components the same way before they grow)
     watershed   the same foreground, split by a seeded watershed on its distance transform: one seed
                 per maximum of the distance to the background at least `min_distance` px from the
                 next, so two touching round cells joined by a neck become two objects. The
@@ -13,6 +16,8 @@
                 (benchmarks/RESULTS.md; the factor was picked on those two frames).
 
 Source: the paper separates touching cells by the border-weighted loss alone (section 3); the
+border class is the three-class U-Net of the Data Science Bowl 2018 (Caicedo et al., Cytometry A
+2019); the
 distance-transform watershed is the classic split of touching nuclei (e.g. scikit-image's
 "Watershed segmentation" example, Beucher & Meyer 1993).
 """
@@ -83,3 +88,35 @@ def instances(fg: np.ndarray, method: str = "components", min_distance: int = 7)
     for k, pos in enumerate(ndi.maximum_position(dist, cc, missing) if len(missing) else [], start=len(peaks) + 1):
         markers[pos] = k
     return watershed(-dist, markers, mask=fg).astype(np.int32)
+
+
+def grow_cores(cores: np.ndarray, fg: np.ndarray) -> np.ndarray:
+    """(H, W) int32 objects: each core (object ids, 0 = none) grown over the (H, W) boolean
+    foreground `fg` to the pixels nearer to it than to any other core, within the foreground (a
+    watershed on the distance to the cores). A piece of the foreground that holds no core (a
+    stretch of border alone) becomes an object of its own: no foreground pixel is lost."""
+    cores, fg = np.asarray(cores), np.asarray(fg, dtype=bool)
+    if cores.shape != fg.shape or fg.ndim != 2:
+        raise ValueError(f"grow_cores: cores {cores.shape} and foreground {fg.shape} must be the same (H, W)")
+    from skimage.segmentation import watershed
+    markers = np.where(fg, cores, 0).astype(np.int32)
+    comp = ndi.label(fg)[0]
+    seeded = np.zeros(int(comp.max()) + 1, bool)
+    seeded[comp[markers > 0]] = True
+    lone = np.flatnonzero(~seeded[1:]) + 1  # components of the foreground without a core
+    if lone.size:
+        ids = np.zeros(seeded.size, np.int32)
+        ids[lone] = np.arange(1, lone.size + 1) + int(markers.max())
+        markers = np.where(markers == 0, ids[comp], markers)
+    dist = ndi.distance_transform_edt(markers == 0)
+    return watershed(dist, markers, mask=fg).astype(np.int32)
+
+
+def from_classes(labels: np.ndarray, border: int = 0, method: str = "components", min_distance: int = 7) -> np.ndarray:
+    """(H, W) int32 objects of a (H, W) class map (the argmax of the net's probabilities): the
+    foreground (class != 0) split by `method`; for a model with a border class (border > 0: class 1
+    cell, class 2 touching border) the cell class split by `method`, then grown into the border."""
+    labels = np.asarray(labels)
+    if not border:
+        return instances(labels > 0, method, min_distance)
+    return grow_cores(instances(labels == 1, method, min_distance), labels > 0)

@@ -151,6 +151,33 @@ def evaluate(true_inst: np.ndarray, prob_fg: np.ndarray | None = None, pred_inst
 METRIC_NAMES = ("pixel_error", "pixel_error_fscore", "iou", "seg", "rand_error", "info_error")
 
 
+def evaluate_probs(true_inst: np.ndarray, probs: np.ndarray, border: int = 0) -> dict:
+    """evaluate() of class probabilities (K, H, W): the foreground 1 - p(background) over the
+    thresholds; for a model with a border class (border > 0, UNet.config["border"]) the objects
+    (seg, rand_error, info_error) are predict's, the cell class grown into the border
+    (instances.from_classes of the argmax), not the foreground's components, which would join
+    the cells the border separates."""
+    m = evaluate(true_inst, prob_fg=1.0 - np.asarray(probs[0], np.float64))
+    if border:
+        from .instances import from_classes
+        hard = evaluate(true_inst, pred_inst=from_classes(np.asarray(probs).argmax(0), border))
+        m.update({k: hard[k] for k in ("seg", "rand_error", "info_error")})
+    return m
+
+
+def prob_border(path) -> int:
+    """The border class's width that predict recorded in a NAME_prob.tif (0: none, or not written by
+    predict of a model with a border class)."""
+    import tifffile
+    try:
+        with tifffile.TiffFile(path) as t:
+            meta = t.shaped_metadata[0] if t.shaped_metadata else {}
+    except Exception:  # not a TIFF predict wrote: no border class recorded
+        return 0
+    b = meta.get("unetcu_border", 0) if isinstance(meta, dict) else 0
+    return int(b) if isinstance(b, int) and not isinstance(b, bool) and b > 0 else 0
+
+
 def format_table(rows: list[tuple[str, dict]]) -> str:
     head = f"{'image':<28}" + "".join(f"{m:>20}" for m in METRIC_NAMES)
     lines = [head]
@@ -316,7 +343,7 @@ def evaluate_files(pred_path, label_path, label_mode: str = "auto"):
         if fp.hw != true.shape:
             raise InputError(f"prediction {f} ({fp.describe()}) and label {lab} ({fl.describe()}) differ in size")
         if kind == "prob":
-            rows.append((row, evaluate(true, prob_fg=1.0 - np.asarray(a[0], np.float64))))
+            rows.append((row, evaluate_probs(true, np.asarray(a), prob_border(f))))
         else:
             p = page(fp, k, "p")
             if kind == "plain":

@@ -217,18 +217,24 @@ class UNet:
     precision: "fp32" or "tf32" for the 3x3 convolutions (tf32: tensor cores, ~3e-4 relative error
     per convolution; weight gradients of a whole net move by a few percent, see kernels/README.md).
     Neither is part of the saved model.
+    border: 0, or (with n_classes 3: background, cell, touching border) the width in px of the border
+    class the model learns where cells touch (data.border_classes); part of the saved model: predict
+    makes objects of the cell class grown into the border (instances.grow_cores).
     dtype: the parameters' and activations' float type: float32 on every engine; float64 on the numpy
     engine only, where it is the float64 oracle the tests compare the kernels with (see reference())."""
 
     def __init__(self, in_channels=1, n_classes=2, depth=5, base_channels=64, dropout=0.5, engine=None, seed=0,
-                 fuse=True, precision="fp32", dtype=np.float32):
+                 fuse=True, precision="fp32", dtype=np.float32, border=0):
         if depth < 1 or base_channels < 1 or in_channels < 1 or n_classes < 2:
             raise ValueError("UNet: need depth >= 1, base_channels >= 1, in_channels >= 1, n_classes >= 2")
+        if isinstance(border, bool) or int(border) != border or border < 0 or (border and n_classes != 3):
+            raise ValueError(f"UNet: border is the touching border's width in px (0: no border class) with n_classes 3 "
+                             f"(background, cell, border); got border {border!r}, n_classes {n_classes}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"UNet: dropout must lie in [0, 1), got {dropout}")
         ops.check_precision(precision, "UNet")
         self.config = dict(in_channels=int(in_channels), n_classes=int(n_classes), depth=int(depth),
-                           base_channels=int(base_channels), dropout=float(dropout))
+                           base_channels=int(base_channels), dropout=float(dropout), border=int(border))
         # the seed only draws the initial weights: it is not part of the network (a run resumed or
         # fine-tuned under another seed is the same network)
         self.engine = resolve_engine(engine)
@@ -516,7 +522,8 @@ def _checked_config(path, meta) -> dict:
     config = meta.get("config")
     if not isinstance(config, dict):
         raise ValueError(f"{path}: the checkpoint's header has no network options ('config'); not a unetcu model file")
-    known = {"in_channels": int, "n_classes": int, "depth": int, "base_channels": int, "dropout": float}
+    known = {"in_channels": int, "n_classes": int, "depth": int, "base_channels": int, "dropout": float, "border": int}
+    config = {"border": 0, **config}  # written before the border class: none
     unknown = sorted(set(config) - set(known))
     if unknown:
         raise ValueError(f"{path}: {_writer(meta)} with network option(s) {', '.join(map(repr, unknown))} "

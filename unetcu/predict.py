@@ -18,16 +18,17 @@ import numpy as np
 
 from .data import ImageFile, page_names, standardise
 from .files import atomic_write, same_file
-from .instances import METHODS as INSTANCE_METHODS, instances as find_instances, min_distance_for, min_size_for, remove_small
+from .instances import METHODS as INSTANCE_METHODS, from_classes, min_distance_for, min_size_for, remove_small
 from .model import NotAModelFile, UNet
 from .tiling import check_tiles, predict_probs
 from .viz import colour_instances
 
 OUTPUTS = ("_prob.tif", "_labels.png", "_instances.png", "_overlay.png")
 def write_results(out: Path, name: str, probs: np.ndarray, img: np.ndarray | None = None, method: str = "components",
-                  min_distance: int = 7, min_size: int = 0) -> tuple[int, int]:
+                  min_distance: int = 7, min_size: int = 0, border: int = 0) -> tuple[int, int]:
     """Write NAME's four outputs; returns (objects in NAME_instances.png, objects under min_size px
-    removed from it). NAME_labels.png and NAME_prob.tif stay the network's output, specks included."""
+    removed from it). NAME_labels.png and NAME_prob.tif stay the network's output, specks included.
+    border: the model's border class (UNet.config["border"]; its objects: instances.from_classes)."""
     import tifffile
     from PIL import Image
     if not np.isfinite(probs).all():  # huge (finite) weights overflow: NaN would read as background
@@ -35,12 +36,14 @@ def write_results(out: Path, name: str, probs: np.ndarray, img: np.ndarray | Non
                          "its weights are out of range (a diverging run?)")
     k = probs.shape[0]
     labels = probs.argmax(0)
-    inst, removed = remove_small(find_instances(labels > 0, method, min_distance), min_size)
+    inst, removed = remove_small(from_classes(labels, border, method, min_distance), min_size)
     n = int(inst.max())
     if n >= 2**16:
         raise ValueError(f"{name}: {n} objects do not fit a 16-bit instance image")
     scale = 255 // max(1, k - 1)
-    atomic_write(out / f"{name}_prob.tif", lambda p: tifffile.imwrite(p, probs.astype(np.float32), photometric="minisblack"))
+    atomic_write(out / f"{name}_prob.tif", lambda p: tifffile.imwrite(p, probs.astype(np.float32), photometric="minisblack",
+                                                                      metadata={"unetcu_border": int(border)} if border else {}))
+    # (the border class's width rides in the TIFF, so that `unetcu evaluate` makes objects as predict does)
     # (minisblack: without it tifffile stores 3 or 4 classes as one RGB(A) image, not pages)
     atomic_write(out / f"{name}_labels.png", lambda p: Image.fromarray((labels * scale).astype(np.uint8)).save(p, format="PNG"))
     atomic_write(out / f"{name}_instances.png", lambda p: Image.fromarray(inst.astype(np.uint16)).save(p, format="PNG"))
@@ -129,7 +132,8 @@ def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, 
             del page
             try:
                 probs = predict_probs(model, img, tile=tile, batch=batch, tta=tta)
-                n, removed = write_results(out, name, probs, img, instances, min_distance or 7, min_size)
+                n, removed = write_results(out, name, probs, img, instances, min_distance or 7, min_size,
+                                           model.config["border"])
             except KeyboardInterrupt:  # a page's outputs are all there or none: drop a partial set
                 for suffix in OUTPUTS:
                     (out / f"{name}{suffix}").unlink(missing_ok=True)

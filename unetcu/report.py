@@ -153,21 +153,22 @@ def plot_curves(history, path):
 
 def plot_samples(model, samples, path, tile: int):
     """Image, truth and prediction side by side for a few validation images; objects in colours of
-    their own (the truth's instances; the prediction's connected components), so cells the net
+    their own (the truth's instances; the prediction's, as predict makes them), so cells the net
     merges show as one colour."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from .instances import from_classes
     from .metrics import segments
     from .tiling import predict_probs
     from .viz import colour_instances
     fig, ax = plt.subplots(len(samples), 3, figsize=(9, 3 * len(samples)), squeeze=False)
     for i, s in enumerate(samples):
-        pred = predict_probs(model, s.image, tile=tile).argmax(0)
+        pred = from_classes(predict_probs(model, s.image, tile=tile).argmax(0), model.config.get("border", 0))
         truth = s.instances if not s.semantic else segments(s.classes() > 0)
-        n_true, n_pred = int(np.unique(truth[truth > 0]).size), int(segments(pred > 0).max())
+        n_true, n_pred = int(np.unique(truth[truth > 0]).size), int(pred.max())
         panels = ((s.image, f"{s.name}: image"), (colour_instances(truth), f"truth: {n_true} objects"),
-                  (colour_instances(segments(pred > 0)), f"prediction: {n_pred} objects"))
+                  (colour_instances(pred), f"prediction: {n_pred} objects"))
         for j, (a, title) in enumerate(panels):
             ax[i, j].imshow(a, cmap="gray", interpolation="nearest")
             ax[i, j].set_title(title, fontsize=8)

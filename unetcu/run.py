@@ -97,10 +97,43 @@ class Prepared:
     name: str
 
 
-def check_classes(samples: list, n_classes: int):
+def targets(sample, model) -> np.ndarray:
+    """The class map (H, W) int32 the model learns for a data.Sample: the border target
+    (data.border_classes) for a model with a border class, else the sample's classes()."""
+    from .data import border_classes
+    border = model.config.get("border", 0)
+    if border and sample.semantic:
+        raise ValueError(f"{sample.name}: a model with a border class learns it from instance labels; this image's "
+                         "labels are read as class ids (--labels classes): use --border off")
+    return border_classes(sample.instances, border) if border else sample.classes()
+
+
+BORDER_TOUCHING = 0.1  # --border auto: on when at least this fraction of the training objects touch another
+
+
+def border_width(samples, setting: str = "auto") -> int:
+    """The border class's width in px for a model trained on data.Sample's (0: no border class):
+    setting "off" -> 0; "on" -> a tenth of the training objects' median radius, at least 2 px
+    (DIC-HeLa's cells 6 px, DSB 2018's nuclei 2); "auto" -> that where at least BORDER_TOUCHING of
+    the training objects touch another (data.touching_fraction; instance labels only), else 0:
+    membrane labels like ISBI 2012's (no object touches another) keep the 2-class model.
+    Decided from the training labels only, never from images the model is scored on."""
+    from .data import touching_fraction
+    from .instances import object_radius
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"--border must be auto, on or off, got {setting!r}")
+    maps = [s.instances for s in samples if not s.semantic]
+    if setting == "off" or not maps or (setting == "auto" and touching_fraction(maps) < BORDER_TOUCHING):
+        return 0
+    radius = object_radius(maps)
+    return max(2, int(round(0.1 * radius))) if radius else 2
+
+
+def check_classes(samples: list, model):
     """Refuse (ValueError, naming the image) a label value outside the model's classes."""
+    n_classes = model.config["n_classes"]
     for s in samples:
-        top = int(s.classes().max())
+        top = int(targets(s, model).max())
         if top >= n_classes:
             raise ValueError(f"{s.name}: label value {top} is outside the model's {n_classes} classes (0..{n_classes - 1})")
 
@@ -111,11 +144,11 @@ def prepare(samples: list, cfg: TrainConfig, model) -> list[Prepared]:
     from .weightmap import class_balance, weight_map
     out = []
     for s in samples:
-        cls = s.classes()
+        cls = targets(s, model)
         if s.semantic:  # no instances: class balancing only
             w = class_balance(cls, model.config["n_classes"])
         else:
-            w = weight_map(s.instances, cfg.w0, cfg.sigma, model.config["n_classes"])
+            w = weight_map(s.instances, cfg.w0, cfg.sigma, model.config["n_classes"], classes=cls)
         xp = model.xp if cfg.augment == "elastic" else np  # the elastic warp runs where the model runs
         out.append(Prepared(xp.asarray(s.image), xp.asarray(cls), xp.asarray(w), s.name))
     return out
@@ -147,6 +180,7 @@ def number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
 RULES = dict(
     data=str, val_data=str, val_fraction=number(float, 0, 1, hi_open=True),
     labels=("auto", "binary", "instance", "classes", "threshold"), classes=number(int, 2, 256),
+    border=("auto", "on", "off"),
     preset=("auto", "paper", "small", "tiny"), engine=ENGINES, precision=PRECISIONS, cuda_graph=bool,
     steps=number(int, 1, 10**8), optimizer=OPTIMIZERS, lr=number(float, 1e-10, 10), warmup=number(int, 0, 10**8),
     schedule=SCHEDULES, momentum=number(float, 0, 1, hi_open=True), weight_decay=number(float, 0, 1),
@@ -157,7 +191,7 @@ RULES = dict(
 
 # Every option's default. plan_run takes None (or a missing key) as "not given", so that a resumed
 # run can take the options it was started with from its checkpoint.
-TRAIN_DEFAULTS = dict(data="synthetic", val_data=None, val_fraction=0.2, labels="auto", classes=2, preset="auto",
+TRAIN_DEFAULTS = dict(data="synthetic", val_data=None, val_fraction=0.2, labels="auto", classes=2, border="auto", preset="auto",
                       engine=None, precision="fp32", cuda_graph=False, steps=None, optimizer="adam", lr=0.001,
                       warmup=None, schedule="cosine", momentum=0.99,
                       weight_decay=0.0, clip=0.0, batch=1, tile=None, augment="elastic", w0=10.0, sigma=5.0,
@@ -167,7 +201,7 @@ TRAIN_DEFAULTS = dict(data="synthetic", val_data=None, val_fraction=0.2, labels=
 RESUME_MAY_CHANGE = {"steps", "lr", "weight_decay", "clip", "val_every", "ckpt_every", "engine", "precision",
                      "cuda_graph", "out", "no_progress", "overwrite"}
 # the keys of TrainConfig.run (how a run was started) that this unetcu writes
-RUN_KEYS = {"val_data", "val_fraction", "labels", "classes", "n_synthetic", "no_dropout", "data_files", "val_data_files",
+RUN_KEYS = {"val_data", "val_fraction", "labels", "classes", "border", "n_synthetic", "no_dropout", "data_files", "val_data_files",
             "data", "preset", "ranks"}
 
 
@@ -375,7 +409,7 @@ class Run:
             opt.load_state(momentum, f"--resume {resume}")
         if not train_samples:
             raise ValueError("no training images")
-        check_classes(list(train_samples) + list(val_samples), model.config["n_classes"])
+        check_classes(list(train_samples) + list(val_samples), model)
         _check_not_done(resume, start, cfg.steps)
         data = prepare(train_samples, cfg, model)
         radius = object_radius([s.instances for s in train_samples if not s.semantic])  # predict --instances watershed
@@ -448,6 +482,7 @@ def plan_run(options: dict, resume: str | None = None, dist=None, log=print) -> 
         preset = o["preset"] if o["preset"] != "auto" else "custom"
         depth, base, tile = net["depth"], net["base_channels"], o["tile"]
         n_classes, dropout = net["n_classes"], net["dropout"]
+        n_classes = 2 if net.get("border") else n_classes  # the labels' classes: a border class is made from them
     else:
         preset = o["preset"] if o["preset"] != "auto" else default_preset(engine)
         depth, base, tile = PRESETS[preset]
@@ -462,6 +497,9 @@ def plan_run(options: dict, resume: str | None = None, dist=None, log=print) -> 
         raise ValueError(f"--tile: {e}") from None
     check_memory(engine, tile, o["batch"], depth, base, n_classes, training=True)
     check_out(o["out"], resume, o["overwrite"])
+    if not resumed and o["border"] == "on" and (n_classes != 2 or o["labels"] == "classes"):
+        raise ValueError("--border on adds a border class to instance labels (background, cell, border): it takes "
+                         "2-class labels, not --classes above 2 or --labels classes")
     if given.get("momentum") is not None and o["optimizer"] != "sgd":
         raise ValueError(f"--momentum applies to --optimizer sgd; this run uses {o['optimizer']} (its moments have fixed betas)")
     cfg = TrainConfig(steps=steps, optimizer=o["optimizer"], lr=o["lr"], warmup=o["warmup"], schedule=o["schedule"],
@@ -508,11 +546,19 @@ def plan_run(options: dict, resume: str | None = None, dist=None, log=print) -> 
     if resumed:
         model = resumed[0]
         model.precision = o["precision"]  # not part of the saved model: a resume may change it
+        has = "on" if model.config["border"] else "off"
+        if given.get("border") not in (None, "auto", has):  # (a checkpoint written before --border records none)
+            raise ValueError(f"--resume {resume}: --border {given['border']} differs from the run's model (border class "
+                             f"{has}); a resumed run keeps its network")
     else:
-        model = UNet(in_channels=1, n_classes=n_classes, depth=depth, base_channels=base, dropout=dropout, engine=engine,
-                     seed=o["seed"], precision=o["precision"])
-    run = {k: o[k] for k in ("val_data", "val_fraction", "labels", "classes", "n_synthetic", "no_dropout", "data_files",
-                             "val_data_files")}
+        border = border_width(train_s, o["border"]) if n_classes == 2 else 0
+        if border:
+            log(f"border class: on (--border {o['border']}): objects touching within {border} px are learnt as a third "
+                "class, and predict grows each cell into it")
+        model = UNet(in_channels=1, n_classes=3 if border else n_classes, depth=depth, base_channels=base, dropout=dropout,
+                     engine=engine, seed=o["seed"], precision=o["precision"], border=border)
+    run = {k: o[k] for k in ("val_data", "val_fraction", "labels", "classes", "border", "n_synthetic", "no_dropout",
+                             "data_files", "val_data_files")}
     run.update(data=o["data"], preset=preset)
     planned = Run.of(model, train_s, val_s, replace(cfg, run=run), resume=resume, overwrite=o["overwrite"], dist=dist,
                      resumed=resumed, checked=True)
@@ -552,6 +598,8 @@ def _resumed_options(given: dict, resume) -> tuple[dict, tuple | None]:
     for k, v in given.items():
         if k in ("data", "val_data") and _is_folder(saved.get(k)) and _is_folder(v):
             continue  # a data folder may have moved: _data_files compares its files' content
+        if k == "border":
+            continue  # held to the model's own border class by plan_run (auto may have decided either way)
         if k not in RESUME_MAY_CHANGE and k in saved and saved[k] is None:
             raise ValueError(f"--resume {resume}: the run had no {flag(k)}; a resumed run keeps its data, network and "
                              f"sampling (omit {flag(k)}, or start a new run)")

@@ -52,12 +52,14 @@ def nearest_two_distances(objects: np.ndarray, reach: float):
 
 
 def weight_map(instances: np.ndarray, w0: float = 10.0, sigma: float = 5.0, n_classes: int = 2,
-               balance: bool = True) -> np.ndarray:
-    """float32 (H, W) weight map of an instance label image (0 = background)."""
+               balance: bool = True, classes: np.ndarray | None = None) -> np.ndarray:
+    """float32 (H, W) weight map of an instance label image (0 = background). classes: the class map
+    the net learns (default: data.classes_from_instances; data.border_classes for a border class):
+    the class balance is over its classes, the border term on its background (class 0)."""
     instances = np.asarray(instances)
     if instances.ndim != 2:
         raise ValueError(f"weight_map: instances must be 2-D, got shape {instances.shape}")
-    classes = classes_from_instances(instances)
+    classes = classes_from_instances(instances) if classes is None else np.asarray(classes)
     w = class_balance(classes, n_classes).astype(np.float64) if balance else np.ones(instances.shape)
     if w0 > 0:
         objects = instances * (classes > 0)
