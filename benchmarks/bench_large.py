@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import update_section
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Block-wise prediction of large images (benchmarks/bench_large.py)"
@@ -129,19 +130,6 @@ def section(res: dict) -> list[str]:
                    f"{r.get('workers', '') or ''} | {r.get('n_blocks', '') or ''} | {r['peak_rss_mb']:.0f} | {timing} | "
                    f"{'' if r.get('max_diff') is None else format(r['max_diff'], '.1e')} |")
     return out
-
-
-def update_results(path: Path, lines: list[str]):
-    """Replace this benchmark's section of RESULTS.md (or append it); the rest stays as it is."""
-    text = path.read_text() if path.exists() else "# unetcu benchmark results\n"
-    new = "\n".join(lines) + "\n"
-    if SECTION in text:
-        i = text.index(SECTION)
-        j = text.find("\n## ", i + len(SECTION))
-        text = text[:i] + new + (text[j + 1:] if j >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + new
-    path.write_text(text)
 
 
 def figure(out: Path, model_path, work: Path):
@@ -246,7 +234,7 @@ def save(a, runs, tile):
                versions=dict(dask=dask.__version__, zarr=zarr.__version__), runs=runs)
     Path(a.json).write_text(json.dumps(res, indent=1))
     if a.results:
-        update_results(Path(a.results), section(res))
+        update_section(Path(a.results), SECTION, section(res))
 
 
 if __name__ == "__main__":

@@ -98,3 +98,19 @@ def ceilings(torch=None):
         out["tf32_gemm_TFLOPs"] = 2 * m ** 3 / ms / 1e9
         out["tf32_gemm_via"] = "torch (cuBLAS)"
     return out
+
+
+def update_section(path, title: str, lines: list[str]):
+    """Replace the section of RESULTS.md that starts with `title` (a "## ..." line) by lines, or
+    append it; the rest of the file stays as it is."""
+    from pathlib import Path
+    path = Path(path)
+    text = path.read_text() if path.exists() else "# unetcu benchmark results\n"
+    new = "\n".join(lines) + "\n"
+    if title in text:
+        i = text.index(title)
+        j = text.find("\n## ", i + len(title))
+        text = text[:i] + new + (text[j + 1:] if j >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + new
+    path.write_text(text)

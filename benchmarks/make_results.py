@@ -2,9 +2,8 @@
 
     python -m benchmarks.make_results DIR [--out benchmarks/RESULTS.md]
 
-DIR holds kernels.json (bench_kernels.py), step.json (bench_step.py) and optionally quality.json
-(quality.py; also looked for in DIR/quality/), quality-*.json (more quality runs, whose runs are
-added), ablation/runs.jsonl (ablation.py), large.json (bench_large.py) and cpu.json (bench_cpu.py). Nothing in RESULTS.md is
+DIR holds kernels.json (bench_kernels.py), step.json (bench_step.py) and optionally
+quality/runs.jsonl (quality.py), ablation/runs.jsonl (ablation.py), large.json (bench_large.py) and cpu.json (bench_cpu.py). Nothing in RESULTS.md is
 typed by hand.
 """
 from __future__ import annotations
@@ -14,7 +13,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 
 
@@ -162,29 +160,6 @@ def conv_ratio_section(k):
     return out
 
 
-def quality_section(q):
-    """Mean +- standard deviation over seeds per set and arm (the runs of quality.json and quality-*.json)."""
-    names = ("pixel_error", "pixel_error_fscore", "iou", "seg", "seg_watershed", "rand_error", "info_error")
-    runs = q["runs"]
-    out = ["## Segmentation quality (benchmarks/quality.py)", "",
-           f"Measured {q['date']} on {q['machine']}, engine {q['engine']}, preset {q['preset']}, {q['steps']} steps of "
-           f"one {q['tile']} tile. Held-out images of the shared data; see the script for the splits. unetcu: "
-           "`unetcu train`'s defaults; peer: a PyTorch U-Net of the same architecture, Adam 1e-3, class-balanced "
-           "cross-entropy, random windows with the 8 rotations/flips (benchmarks/peer.py). Mean +- std over seeds. "
-           "seg: instances as connected components (predict's default); seg_watershed: `predict --instances "
-           "watershed` (seed spacing 0.9 x the training objects' median radius).", "",
-           "| set | arm | seeds | train / test images | train s | predict s/image | " + " | ".join(names) + " |",
-           "|---|---|---|---|---|---|" + "---|" * len(names)]
-    for key in dict.fromkeys((r["set"], r["arm"]) for r in runs):
-        rs = [r for r in runs if (r["set"], r["arm"]) == key]
-        cells = [f"{np.mean([r['mean'][n] for r in rs]):.4f} +- {np.std([r['mean'][n] for r in rs]):.4f}"
-                 if all(n in r["mean"] for r in rs) else "" for n in names]
-        out.append(f"| {key[0]} | {key[1]} | {len(rs)} | {rs[0]['train_images']} / {rs[0]['test_images']} | "
-                   f"{np.mean([r['train_seconds'] for r in rs]):.0f} | {np.mean([r['predict_seconds_per_image'] for r in rs]):.2f} | "
-                   + " | ".join(cells) + " |")
-    return out
-
-
 def ablation_section(runs):
     """The recipe ablation (benchmarks/ablation.py's runs.jsonl), one table per set."""
     from benchmarks.ablation import report
@@ -207,17 +182,12 @@ def main(argv=None):
     a = ap.parse_args(argv)
     d, out = Path(a.dir), Path(a.out)
     k, s = _load(d, "kernels.json"), _load(d, "step.json")
-    q = None
-    runs = [r for r in [_load(d, "quality.json")] if r] + [json.loads(p.read_text()) for p in sorted(d.glob("quality-*.json"))]
-    for run in runs:  # later files add runs (same preset and steps); a file of the earlier format holds sets
-        rs = run.get("runs") or [dict(set=k, arm=f"unetcu (sgd 0.99, clip {r.get('clip', 0)}; {run['date']})", seed=0, **r)
-                                 for k, r in run["sets"].items()]
-        q = q or dict(run, runs=[])
-        q["runs"] += rs
+    qf = d / "quality" / "runs.jsonl"
+    q = [json.loads(line) for line in qf.open()] if qf.exists() else []
     abl = [json.loads(line) for line in open(d / "ablation" / "runs.jsonl")] if (d / "ablation" / "runs.jsonl").exists() else []
     lg, cpu = _load(d, "large.json"), _load(d, "cpu.json")
     if not (k or s or q or abl or lg or cpu):
-        print(f"make_results: no kernels.json, step.json, quality.json, ablation/runs.jsonl or large.json in {d}",
+        print(f"make_results: no kernels.json, step.json, quality/runs.jsonl, ablation/runs.jsonl or large.json in {d}",
               file=sys.stderr)
         return 1
     lines = ["# unetcu benchmark results", "",
@@ -230,7 +200,8 @@ def main(argv=None):
     if s:
         lines += step_section(s) + [""]
     if q:
-        lines += quality_section(q) + [""]
+        from benchmarks.quality import section as quality_section
+        lines += quality_section(q)
     if abl:
         lines += ablation_section(abl)
     if lg:

@@ -1,193 +1,326 @@
-"""Segmentation quality on real data: train on a split of each shared data set with a stated budget,
-segment the held-out images by overlap-tile, print the metric table, write quality.json.
+"""Segmentation quality on real data, k-fold over the shared sets and several seeds: each arm trains
+on the other folds with a stated budget, segments the held-out fold by overlap-tile, and is scored
+by the same code (unetcu.metrics). Prints the tables, writes OUT/runs.jsonl and OUT/quality.png.
 
-Two arms, each over several seeds (mean and spread are reported): `unetcu` trains with `unetcu
-train`'s defaults; `peer` trains a PyTorch U-Net of the same architecture with the plain recipe most
-PyTorch users pick (Adam 1e-3, class-balanced cross-entropy, random windows with the 8
-rotations/flips; peer.py), on the same tiles pipeline, steps and tile size, and is scored by the
-same overlap-tile code, instance step and metrics. PyTorch is needed for the peer arm only.
+Arms:
+- `unetcu`: `unetcu train`'s defaults, nothing changed but steps, tile (the preset's) and seed.
+  `unetcu:augment=flips,w0=0` changes TrainConfig fields (one arm per spelling).
+- `peer`: a PyTorch U-Net of the same architecture with the plain recipe a PyTorch user writes
+  first, independent of unetcu's tile pipeline (peer.py, Recipe.plain: random windows of the
+  reflect-padded image with the 8 rotations/flips, class-balanced cross-entropy, Adam 1e-3, He init,
+  no weight map). `peer:lr=3e-4` changes Recipe fields. PyTorch is needed for the peer arms only.
 
-    python -m benchmarks.quality                       # ISBI 2012 and DIC-HeLa, both arms, seeds 0 1 2
-    python -m benchmarks.quality --sets dic_hela --arms unetcu --seeds 0 --steps 3000 --engine numpy
+    python -m benchmarks.quality                                  # 3 sets x folds 0 1 2 x seeds 0 1, both arms
+    python -m benchmarks.quality --sets isbi2012 --folds 0 --seeds 0 --arms unetcu unetcu:augment=flips
+    python -m benchmarks.quality --report bench-out/quality/runs.jsonl
 
-Splits: isbi2012 slices 0-19 train, 20-24 test; dic_hela frames 002..039 train, 054 and the
-remaining full frames test, frame 067 (3 of ~18 cells annotated) left out of both; dsb2018_fluo
-the first 200 images (sorted by name) train, the other 60 test.
-Weight maps: the paper's (w0 = 10, sigma = 5) for the cell sets; class balancing only (w0 = 0) for
-ISBI 2012, whose membranes separate every pair of neighbouring cells, so that the border term
-would weigh nearly all background ~10x and the net learns to call everything membrane.
+Folds: contiguous blocks of each set in name order (FOLDS: isbi2012 5 folds of 5 slices,
+dic_hela 4 folds of 2 frames, frame 067 left out (3 of its ~18 cells annotated), dsb2018_fluo 5
+folds of 52 images); fold f is the test set, the others train. Each finished run is appended to
+OUT/runs.jsonl at once, and a rerun skips the runs already there (same set, fold, seed, arm,
+preset, steps): a grid can be split over several invocations and stopped at any time.
+The report gives mean +- std over all runs of an arm (folds x seeds), and the paired difference
+arm - peer (same fold, same seed index) per fold and over all pairs.
 Data: --data, else UNETCU_DATA, else ../shared/data beside the checkout.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import sys
 import time
-from dataclasses import asdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, fields
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import default_data_dir
-from unetcu import UNet, data as D
-from unetcu.instances import instances, min_distance_for, object_radius
-from unetcu.metrics import METRIC_NAMES, evaluate, format_table, seg_score, segments
-from unetcu.engines.runtime import ENGINES, resolve_engine
-from unetcu.tiling import predict_probs
-from unetcu.run import PRESETS, Run, TrainConfig
-from unetcu.train import train
+from benchmarks.common import default_data_dir, update_section
+from unetcu.run import PRESETS
 
-W0 = {"isbi2012": 0.0}  # the weight map's border term per set; 10 (the paper's) elsewhere
+FOLDS = {"isbi2012": 5, "dic_hela": 4, "dsb2018_fluo": 5}
+# what decides each set (the issue of record: ISBI by Rand and information error, the cell sets by SEG and IoU)
+DECIDE = {"isbi2012": ("rand_error", "info_error"), "dic_hela": ("seg", "iou", "seg_watershed"), "dsb2018_fluo": ("seg", "iou")}
+LOWER_IS_BETTER = {"pixel_error", "pixel_error_fscore", "rand_error", "info_error"}
+SHOWN = ("rand_error", "info_error", "pixel_error", "iou", "seg", "seg_watershed")
 
 
-def split(name: str, samples):
-    if name == "isbi2012":
-        return samples[:20], samples[20:]
-    if name == "dic_hela":
-        use = [s for s in samples if not s.name.endswith("067")]
-        return use[:6], use[6:]
-    if name == "dsb2018_fluo":
-        return samples[:200], samples[200:]
-    raise ValueError(f"unknown data set {name}")
+def split(name: str, samples, fold: int = 0):
+    """(train, test): fold `fold` of FOLDS[name] contiguous blocks (name order) is the test set."""
+    if name not in FOLDS:
+        raise ValueError(f"unknown data set {name}")
+    use = [s for s in samples if not (name == "dic_hela" and s.name.endswith("067"))]
+    if not 0 <= fold < FOLDS[name]:
+        raise ValueError(f"{name} has folds 0..{FOLDS[name] - 1}, not {fold}")
+    test = set(np.array_split(np.arange(len(use)), FOLDS[name])[fold].tolist())
+    return [s for i, s in enumerate(use) if i not in test], [s for i, s in enumerate(use) if i in test]
 
 
-def run_arm(arm, name, tr, te, engine, preset, steps, seed, out, tta=False, retrain=False):
-    """Train one arm on tr with one seed and score it on te; returns the run's record and the
-    predicted instances of te[0] (for the figure)."""
+def parse_arm(spec: str) -> tuple[str, dict]:
+    """'unetcu' | 'peer' | 'unetcu:augment=flips,w0=0' -> (kind, field overrides typed like the
+    dataclass's fields: TrainConfig for unetcu, peer.Recipe for peer). ValueError for an unknown kind
+    or field."""
+    kind, _, rest = spec.partition(":")
+    if kind not in ("unetcu", "peer"):
+        raise ValueError(f"arm {spec!r}: unetcu or peer, optionally :field=value,...")
+    if kind == "unetcu":
+        from unetcu.run import TrainConfig as cls
+    else:
+        from benchmarks.peer import Recipe as cls
+    types = {f.name: type(f.default) for f in fields(cls)}
+    if kind == "unetcu":
+        types["border"] = str  # train --border: auto | on | off (the network's, not TrainConfig's)
+    out = {}
+    for item in filter(None, rest.split(",")):
+        k, eq, v = item.partition("=")
+        if not eq or k not in types or k in ("steps", "tile", "seed", "out"):
+            raise ValueError(f"arm {spec!r}: {item!r} is not field=value of {cls.__name__} "
+                             f"(fields: {', '.join(t for t in types if t not in ('steps', 'tile', 'seed', 'out', 'run'))})")
+        t = types[k]
+        out[k] = (v.lower() in ("1", "true", "yes")) if t is bool else (v if t in (str, type(None)) else t(float(v)) if t is int else t(v))
+    return kind, out
+
+
+def run_one(root, name, fold, seed, arm, engine, preset, steps, out):
+    """Train one arm on the training folds with one seed, score it on the test fold; returns the record.
+    The test fold's first image's instances are saved to OUT/instances/ for the figure."""
+    if "peer" in arm.split(":")[0]:
+        import torch
+        torch.set_num_threads(1)
+    from unetcu import UNet, data as D
+    from unetcu.instances import from_classes, min_distance_for, object_radius
+    from unetcu.metrics import METRIC_NAMES, evaluate_probs, seg_score
+    from unetcu.tiling import predict_probs
+    kind, over = parse_arm(arm)
+    tr, te = split(name, D.load_folder(Path(root) / name), fold)
     depth, base, tile = PRESETS[preset]
-    w0 = W0.get(name, 10.0)
     t0 = time.perf_counter()
-    radius = object_radius([s.instances for s in tr])
-    if arm == "unetcu":
-        model = UNet(depth=depth, base_channels=base, engine=engine, seed=seed)
-        cfg = TrainConfig(steps=steps, tile=tile, val_every=max(steps // 3, 1), ckpt_every=steps,
-                          out=str(Path(out) / f"{name}-{arm}-{seed}"), seed=seed, w0=w0)
-        ckpt = Path(cfg.out) / "checkpoint.npz"
-        done = UNet.load(ckpt, engine=engine, with_state=True) if ckpt.exists() and not retrain else None
-        if done and done[2].get("step") == steps and done[2]["config"]["optimizer"] == cfg.optimizer:
-            model, history = done[0], done[2]["history"]  # trained already: score it again (--retrain to train anew)
-            print(f"{ckpt}: trained already, scoring it", flush=True)
-        else:
-            history = train(Run.of(model, tr, te[:2], cfg, overwrite=True), progress=True, log=print)  # a rerun replaces its own runs
-        t_train = history[-1]["seconds"]
-        recipe = {k: getattr(cfg, k) for k in ("optimizer", "lr", "warmup", "schedule", "momentum", "clip", "augment", "w0")}
+    if kind == "unetcu":
+        from unetcu.run import Run, TrainConfig
+        from unetcu.train import train
+        from unetcu.run import border_width
+        border = border_width(tr, over.pop("border", "auto"))  # as `unetcu train --border` decides it
+        model = UNet(depth=depth, base_channels=base, engine=engine, seed=seed, n_classes=3 if border else 2, border=border)
+        cfg = TrainConfig(**{**over, "steps": steps, "tile": tile, "seed": seed, "val_every": steps, "ckpt_every": steps,
+                             "out": str(Path(out) / "runs" / f"{name}-f{fold}-{arm.replace(':', '_')}-s{seed}")})
+        history = train(Run.of(model, tr, te[:1], cfg, overwrite=True), progress=False, log=lambda *a: None)
+        recipe, final_loss = asdict(cfg), float(np.mean([h["loss"] for h in history[-100:]]))
+        recipe.pop("run", None)
+        recipe["border"] = border
     else:
         from benchmarks.peer import Recipe, train_peer
-        rec = Recipe()
-        model, _ = train_peer(tr, rec, steps, depth, base, tile, seed=seed, log=print)
-        recipe = asdict(rec)
-        t_train = time.perf_counter() - t0
-    rows = []
-    t0 = time.perf_counter()
-    first = None
-    for s in te:
-        probs = predict_probs(model, s.image, tile=tile, tta=tta)
-        m = evaluate(s.instances, prob_fg=1.0 - probs[0])
-        ws = instances(probs.argmax(0) > 0, "watershed", min_distance_for(radius))
+        rec = Recipe.plain(**over)
+        model, losses = train_peer(tr, rec, steps, depth, base, tile, seed=seed)
+        recipe, final_loss = asdict(rec), float(np.mean(losses[-100:]))
+    t_train = time.perf_counter() - t0
+    radius = object_radius([s.instances for s in tr])
+    images, t0 = {}, time.perf_counter()
+    border = model.config.get("border", 0)
+    for i, s in enumerate(te):
+        probs = predict_probs(model, s.image, tile=tile)
+        m = evaluate_probs(s.instances, probs, border)  # as `unetcu evaluate` scores NAME_prob.tif
+        labels = probs.argmax(0)
+        ws = from_classes(labels, border, "watershed", min_distance_for(radius))
         m["seg_watershed"] = seg_score(s.instances, ws)  # predict --instances watershed
-        rows.append((s.name, m))
-        first = first if first is not None else (ws if w0 > 0 else segments(probs.argmax(0) > 0))
+        images[s.name] = m
+        if i == 0:
+            d = Path(out) / "instances"
+            d.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(d / f"{name}-f{fold}-{arm}-s{seed}.npz", components=from_classes(labels, border),
+                                watershed=ws)
     t_pred = (time.perf_counter() - t0) / len(te)
-    print(f"-- {name}, {arm}, seed {seed}:\n" + format_table(rows), flush=True)
-    mean = {m: float(np.nanmean([r[m] for _, r in rows])) for m in METRIC_NAMES + ("seg_watershed",)}
-    return dict(set=name, arm=arm, seed=seed, train_images=len(tr), test_images=len(te), train_seconds=t_train,
-                predict_seconds_per_image=t_pred, recipe=recipe, mean=mean, images=dict(rows)), first
+    mean = {m: float(np.nanmean([r[m] for r in images.values()])) for m in METRIC_NAMES + ("seg_watershed",)}
+    return dict(set=name, k=FOLDS[name], fold=fold, seed=seed, arm=arm, preset=preset, steps=steps, engine=engine,
+                train_images=len(tr), test_images=len(te), train_seconds=t_train, predict_seconds_per_image=t_pred,
+                recipe=recipe, final_loss=final_loss, diverged=not np.isfinite(final_loss), mean=mean, images=images,
+                date=str(date.today()), machine=f"{platform.machine()}, {os.cpu_count()} cores")
 
 
-def figure(panels, path):
-    """Rows: data sets; columns: image, truth, then each arm's instances (each object its own colour)."""
+def key(r) -> tuple:
+    return (r["set"], r["fold"], r["seed"], r["arm"], r["preset"], r["steps"])
+
+
+def _signed(v: float) -> str:
+    return f"{round(v, 3) + 0.0:+.3f}"  # (+ 0.0: no "-0.000" for a difference that rounds to nothing)
+
+
+def _ms(v) -> str:
+    return f"{np.mean(v):.3f} +- {np.std(v):.3f}" if len(v) else ""
+
+
+def report(runs, peer: str = "peer") -> str:
+    """Markdown: per set and budget, each arm's mean +- std over its runs (folds x seeds), then each
+    other arm's paired difference from `peer` (same fold and seed): per fold (mean over seeds) and
+    over all pairs (mean +- std), with a verdict on the set's deciding metrics."""
+    out = []
+    for budget in dict.fromkeys((r["preset"], r["steps"]) for r in runs):
+        for name in dict.fromkeys(r["set"] for r in runs if (r["preset"], r["steps"]) == budget):
+            rs = [r for r in runs if (r["preset"], r["steps"]) == budget and r["set"] == name]
+            folds = sorted({r["fold"] for r in rs})
+            out += [f"\n{name}, {budget[0]} preset, {budget[1]} steps (k = {rs[0]['k']} folds; folds run: "
+                    f"{', '.join(map(str, folds))}; mean +- std over folds x seeds)\n",
+                    "| arm | runs | train s | " + " | ".join(SHOWN) + " |", "|---|---|---|" + "---|" * len(SHOWN)]
+            arms = list(dict.fromkeys(r["arm"] for r in rs))
+            for arm in arms:
+                a = [r for r in rs if r["arm"] == arm]
+                out.append(f"| {arm} | {len(a)} | {np.mean([r['train_seconds'] for r in a]):.0f} | "
+                           + " | ".join(_ms([r["mean"][m] for r in a]) for m in SHOWN) + " |")
+            base = {(r["fold"], r["seed"]): r for r in rs if r["arm"] == peer}
+            others = [a for a in arms if a != peer]
+            if not base or not others:
+                continue
+            metrics = DECIDE[name]
+            out += ["", f"Paired difference arm - {peer} (same fold and seed; negative is better for errors, positive "
+                        "for iou and seg):", "",
+                    "| arm | metric | " + " | ".join(f"fold {f}" for f in folds) + " | all pairs | pairs | verdict |",
+                    "|---|---|" + "---|" * len(folds) + "---|---|---|"]
+            for arm in others:
+                pairs = [(r["fold"], r, base[(r["fold"], r["seed"])]) for r in rs
+                         if r["arm"] == arm and (r["fold"], r["seed"]) in base]
+                for m in metrics:
+                    d = [(f, a["mean"][m] - p["mean"][m]) for f, a, p in pairs]
+                    per_fold = [_signed(np.mean([v for g, v in d if g == f])) if any(g == f for g, _ in d) else ""
+                                for f in folds]
+                    vals = [v for _, v in d]
+                    if not vals:
+                        continue
+                    mean, sd = float(np.mean(vals)), float(np.std(vals))
+                    better = mean < 0 if m in LOWER_IS_BETTER else mean > 0
+                    verdict = "within spread" if abs(mean) <= sd else ("better" if better else "worse")
+                    out.append(f"| {arm} | {m} | " + " | ".join(per_fold) + f" | {_signed(mean)} +- {sd:.3f} | {len(vals)} | "
+                               f"{verdict} |")
+    return "\n".join(out)
+
+
+SECTION = "## Segmentation quality (benchmarks/quality.py)"
+
+
+def section(runs) -> list[str]:
+    """RESULTS.md's section: what was run, then report(runs)."""
+    dates = sorted({r["date"] for r in runs})
+    machines = sorted({r["machine"] for r in runs})
+    return [SECTION, "",
+            f"Measured {' to '.join(dict.fromkeys([dates[0], dates[-1]]))} on {', '.join(machines)}, unetcu on engine "
+            f"{', '.join(sorted({r['engine'] for r in runs}))}; `python -m benchmarks.quality` (its docstring: folds, arms). "
+            "Each run trains on the other folds of the set and is scored on the held-out fold by the same code "
+            "(overlap-tile, unetcu.metrics). unetcu: `unetcu train`'s defaults (`:field=value` changes one); peer: a "
+            "PyTorch U-Net of the same architecture with the plain PyTorch recipe, its own sampler (random windows of "
+            "the reflect-padded image, 8 rotations/flips, class-balanced cross-entropy, Adam 1e-3, He init; "
+            "benchmarks/peer.py). rand_error, info_error: foreground-restricted, best over thresholds of the foreground "
+            "probability (for a model with a border class: of its objects, cells grown into the border); seg: predict's "
+            "default objects; seg_watershed: `predict --instances watershed`. train s: seconds per run, two runs at a "
+            "time on the two cores, one thread each.", report(runs), ""]
+
+
+def figure(runs, root, out, path):
+    """Rows: data sets (their first fold's first test image, first seed run); columns: image, truth, then
+    each arm's objects as predict makes them by default, each object its own colour."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from unetcu import data as D
     from unetcu.viz import colour_instances
-    arms = list(dict.fromkeys(a for _, a in panels if a))
-    sets = list(dict.fromkeys(n for n, _ in panels))
+    sets = list(dict.fromkeys(r["set"] for r in runs))
+    arms = list(dict.fromkeys(r["arm"] for r in runs))
     fig, ax = plt.subplots(len(sets), 2 + len(arms), figsize=(3.2 * (2 + len(arms)), 3.3 * len(sets)), squeeze=False)
     for i, name in enumerate(sets):
-        s, _ = panels[(name, None)]
-        cols = [(s.image, f"{name}: {s.name}"), (colour_instances(s.instances), f"truth: {int(s.instances.max())} objects")]
+        first = min((r["fold"], r["seed"]) for r in runs if r["set"] == name)
+        s = split(name, D.load_folder(Path(root) / name), first[0])[1][0]
+        cols = [(s.image, f"{name}: {s.name[:16]}"), (colour_instances(s.instances), f"truth: {int(s.instances.max())} objects")]
+        how = "components"  # predict's default: components, or for a border model the cells grown into the border
         for arm in arms:
-            inst, seg, ws = panels.get((name, arm), (None, None, None))
-            if inst is not None:
-                how = "watershed" if ws else "components"
-                cols.append((colour_instances(inst), f"{arm} ({how}): {int(inst.max())} objects, SEG {seg:.2f}"))
+            f = Path(out) / "instances" / f"{name}-f{first[0]}-{arm}-s{first[1]}.npz"
+            r = [r for r in runs if (r["set"], r["fold"], r["seed"], r["arm"]) == (name, *first, arm)]
+            if f.exists() and r:
+                inst = np.load(f)[how]
+                seg = r[0]["images"][s.name]["seg"]
+                cols.append((colour_instances(inst), f"{arm}: {int(inst.max())} objects, SEG {seg:.2f}"))
         for j, (a, title) in enumerate(cols):
             ax[i, j].imshow(a, cmap="gray" if a.ndim == 2 else None)
-            ax[i, j].set_title(title, fontsize=9)
+            ax[i, j].set_title(title, fontsize=8)
+        for j in range(ax.shape[1]):
             ax[i, j].axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
-def summary(runs):
-    """{(set, arm): {metric: (mean over seeds, std over seeds)}} and the seed counts."""
-    out = {}
-    for key in dict.fromkeys((r["set"], r["arm"]) for r in runs):
-        rs = [r for r in runs if (r["set"], r["arm"]) == key]
-        out[key] = dict(seeds=len(rs), **{m: (float(np.mean([r["mean"][m] for r in rs])), float(np.std([r["mean"][m] for r in rs])))
-                                          for m in METRIC_NAMES})
-    return out
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=default_data_dir())
-    ap.add_argument("--sets", nargs="+", default=["isbi2012", "dic_hela"], choices=["isbi2012", "dic_hela", "dsb2018_fluo"])
-    ap.add_argument("--arms", nargs="+", default=["unetcu", "peer"], choices=["unetcu", "peer"])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--engine", choices=ENGINES)
-    ap.add_argument("--preset", choices=tuple(PRESETS), help="default: paper on a GPU, small on a CPU")
-    ap.add_argument("--steps", type=int, help="training steps per set (default: 1500 small, 4000 paper)")
-    ap.add_argument("--tta", action="store_true", help="test-time augmentation over 8 rotations/flips")
-    ap.add_argument("--retrain", action="store_true", help="train the unetcu arm even where OUT holds its trained model")
+    ap.add_argument("--sets", nargs="+", default=list(FOLDS), choices=list(FOLDS))
+    ap.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2], help="which folds to hold out (default 0 1 2)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--arms", nargs="+", default=["unetcu", "peer"], help="unetcu, peer, or either with :field=value,...")
+    ap.add_argument("--engine", default="numpy", help="unetcu's engine (default numpy)")
+    ap.add_argument("--preset", choices=tuple(PRESETS), default="small")
+    ap.add_argument("--steps", type=int, default=1500, help="training steps of one tile (default 1500)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes, one thread each")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench-out") + "/quality")
-    ap.add_argument("--figure", help="write image / truth / each arm's instances of a held-out image per set "
-                                     "(first seed) to this PNG (default OUT/quality.png)")
+    ap.add_argument("--report", help="print the tables of a runs.jsonl (and update --results) and exit")
+    ap.add_argument("--results", default="", help="RESULTS.md whose quality section to replace by the record's "
+                                                  "(e.g. benchmarks/RESULTS.md; default: none)")
     a = ap.parse_args(argv)
+    if a.report:
+        runs = [json.loads(l) for l in open(a.report)]
+        print(report(runs))
+        if a.results:
+            update_section(a.results, SECTION, section(runs))
+        return 0
     try:
-        engine = resolve_engine(a.engine)
-    except (ValueError, RuntimeError) as e:  # a bad engine or no GPU: one line, not a traceback
+        for arm in a.arms:
+            parse_arm(arm)
+        for name in a.sets:
+            for f in a.folds:
+                if not 0 <= f < FOLDS[name]:
+                    raise ValueError(f"--folds: {name} has folds 0..{FOLDS[name] - 1}, not {f}")
+    except ValueError as e:
         ap.error(str(e))
-    preset = a.preset or ("paper" if engine == "cuda" else "small")
-    steps = a.steps or (4000 if preset == "paper" else 1500)
     root = Path(a.data)
-    if not root.is_dir():
-        print(f"quality: no data at {root} (set --data or UNETCU_DATA)", file=sys.stderr)
+    if not all((root / n).is_dir() for n in a.sets):
+        print(f"quality: no data for {', '.join(n for n in a.sets if not (root / n).is_dir())} in {root} "
+              "(set --data or UNETCU_DATA)", file=sys.stderr)
         return 2
-    if "peer" in a.arms:
+    if any(arm.startswith("peer") for arm in a.arms):
         try:
-            import torch
-            torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+            import torch  # noqa: F401
         except ImportError:
             print("quality: the peer arm needs PyTorch (pip install torch), or run --arms unetcu", file=sys.stderr)
             return 2
-    report = dict(date=str(date.today()), engine=engine, preset=preset, steps=steps, tile=PRESETS[preset][2],
-                  machine=f"{platform.machine()}, {os.cpu_count()} cores", runs=[])
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    panels = {}
-    for name in a.sets:
-        tr, te = split(name, D.load_folder(root / name))
-        panels[(name, None)] = (te[0], None)
-        print(f"== {name}: {len(tr)} training, {len(te)} test images; preset {preset}, {steps} steps", flush=True)
-        for seed in a.seeds:
-            for arm in a.arms:
-                rec, inst = run_arm(arm, name, tr, te, engine, preset, steps, seed, a.out, a.tta, a.retrain)
-                report["runs"].append(rec)
-                if seed == a.seeds[0]:
-                    ws = W0.get(name, 10.0) > 0  # cells: the watershed's instances; ISBI: the components
-                    panels[(name, arm)] = (inst, rec["images"][te[0].name]["seg_watershed" if ws else "seg"], ws)
-                with open(Path(a.out) / "quality.json", "w") as f:  # after every run: a long benchmark shows as it goes
-                    json.dump(report, f, indent=1)
-    figure(panels, a.figure or Path(a.out) / "quality.png")
-    print(f"\nwrote {a.out}/quality.json and {a.figure or Path(a.out) / 'quality.png'}\n{'set':<14}{'arm':<8}{'seeds':>6}" + "".join(f"{m:>22}" for m in METRIC_NAMES))
-    for (name, arm), r in summary(report["runs"]).items():
-        print(f"{name:<14}{arm:<8}{r['seeds']:>6}" + "".join(f"{r[m][0]:>13.4f} +-{r[m][1]:.3f}" for m in METRIC_NAMES))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "runs.jsonl"
+    done = {key(r) for r in map(json.loads, path.open())} if path.exists() else set()
+    # seed by seed, fold by fold, set by set: a grid stopped early has both arms of whole pairs
+    jobs = [(name, f, seed, arm) for seed in a.seeds for f in a.folds for name in a.sets for arm in a.arms
+            if (name, f, seed, arm, a.preset, a.steps) not in done]
+    print(f"quality: {len(jobs)} runs to do ({len(done)} in {path}) on {a.workers} workers, "
+          f"{a.preset} preset, {a.steps} steps", flush=True)
+    # one thread per process (BLAS, torch's OpenMP, Numba), set before a worker imports any of them
+    for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[v] = "1"
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(a.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futs = [pool.submit(run_one, a.data, name, f, seed, arm, a.engine, a.preset, a.steps, str(out))
+                for name, f, seed, arm in jobs]
+        for i, fut in enumerate(as_completed(futs), 1):
+            r = fut.result()
+            with path.open("a") as fh:
+                fh.write(json.dumps(r) + "\n")
+            print(f"[{i}/{len(jobs)}, {time.perf_counter() - t0:.0f} s] {r['set']} fold {r['fold']} seed {r['seed']} "
+                  f"{r['arm']}: train {r['train_seconds']:.0f} s, " +
+                  ", ".join(f"{m} {r['mean'][m]:.3f}" for m in DECIDE[r["set"]]), flush=True)
+    runs = [json.loads(l) for l in path.open()]
+    print(report(runs))
+    figure([r for r in runs if (r["preset"], r["steps"]) == (a.preset, a.steps)], root, out, out / "quality.png")
+    if a.results:
+        update_section(a.results, SECTION, section(runs))
+    print(f"\nwrote {path} and {out / 'quality.png'}" + (f", updated {a.results}" if a.results else ""))
     return 0
 
 

@@ -88,14 +88,17 @@ def test_peer_harness_trains_what_unetcu_train_trains_where_torch_is_installed(t
         assert len(set(np.round(ours, 3))) > 3  # the losses move: the comparison is not of six equal numbers
 
 
-def test_quality_and_ablation_tables_give_mean_and_spread_over_seeds(tmp_path):
-    """make_results renders quality.py's runs and ablation.py's runs.jsonl as mean +- std per arm."""
-    metrics = ("pixel_error", "pixel_error_fscore", "iou", "seg", "rand_error", "info_error")
-    runs = [dict(set="isbi2012", arm=arm, seed=seed, train_images=20, test_images=5, train_seconds=10.0,
-                 predict_seconds_per_image=1.0, mean={m: v for m in metrics}, images={})
-            for arm, vals in (("unetcu", (0.2, 0.4)), ("peer", (0.5, 0.5))) for seed, v in enumerate(vals)]
-    (tmp_path / "quality.json").write_text(json.dumps(dict(date="d", machine="m", engine="numpy", preset="small",
-                                                           steps=9, tile=188, runs=runs)))
+def test_quality_and_ablation_tables_give_mean_spread_and_paired_differences(tmp_path):
+    """make_results renders quality.py's runs.jsonl (mean +- std over folds x seeds per arm, and each
+    arm's paired difference from the peer, fold by fold) and ablation.py's runs.jsonl."""
+    metrics = ("pixel_error", "pixel_error_fscore", "iou", "seg", "seg_watershed", "rand_error", "info_error")
+    vals = {("unetcu", 0, 0): 0.2, ("unetcu", 0, 1): 0.4, ("unetcu", 1, 0): 0.1, ("unetcu", 1, 1): 0.3,
+            ("peer", 0, 0): 0.5, ("peer", 0, 1): 0.5, ("peer", 1, 0): 0.2, ("peer", 1, 1): 0.2}
+    runs = [dict(set="isbi2012", k=5, fold=f, seed=seed, arm=arm, preset="small", steps=9, engine="numpy", train_images=20,
+                 test_images=5, train_seconds=10.0, predict_seconds_per_image=1.0, mean={m: v for m in metrics}, images={},
+                 date="d", machine="m") for (arm, f, seed), v in vals.items()]
+    (tmp_path / "quality").mkdir()
+    (tmp_path / "quality" / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
     (tmp_path / "ablation").mkdir()
     rows = [dict(set="dic_hela", label="plain", seed=s, steps=9, preset="small", date="d", machine="m", diverged=False,
                  images={"a": dict(rand_error=v, info_error=v, pixel_error=v, iou=v, seg=v, seg_ws_prob=v, seg_ws_dist=v)})
@@ -105,7 +108,9 @@ def test_quality_and_ablation_tables_give_mean_and_spread_over_seeds(tmp_path):
                        capture_output=True, text=True, cwd=str(ROOT))
     assert r.returncode == 0, r.stderr
     text = (tmp_path / "R.md").read_text()
-    assert "| isbi2012 | unetcu | 2 |" in text and "0.3000 +- 0.1000" in text and "0.5000 +- 0.0000" in text
+    assert "| unetcu | 4 | 10 | 0.250 +- 0.112 |" in text and "| peer | 4 | 10 | 0.350 +- 0.150 |" in text
+    # unetcu - peer: fold 0 (-0.3, -0.1) -> -0.200, fold 1 (-0.1, +0.1) -> +0.000; all pairs -0.100 +- 0.141
+    assert "| unetcu | rand_error | -0.200 | +0.000 | -0.100 +- 0.141 | 4 | within spread |" in text
     assert "| plain | 2 | 0.200 +- 0.100 |" in text
 
 
