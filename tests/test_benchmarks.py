@@ -200,3 +200,70 @@ def test_bench_cpu_layers_are_the_networks_convolutions(monkeypatch):
     text = "\n".join(section(dict(machine=dict(date="d", machine="m", cpus=2, blas="b"), steps=[],
                                   breakdown=dict(step_cpu_ms=1.0, ops={}), layers=layers, end_to_end=[])))
     assert f"| 1 -> 8, {tile} |" in text and text.count("(0.50x)") == 3 * (len(rows) + 1)
+
+
+def test_quality_folds_partition_each_set_and_arms_are_checked():
+    """k-fold: every image is tested exactly once over the folds and never trained on in its own
+    fold; DIC-HeLa's partly annotated frame 067 is in neither; an arm names real fields."""
+    import pytest
+    from benchmarks.quality import FOLDS, parse_arm, split
+    from unetcu.data import Sample
+    for name, n in (("isbi2012", 25), ("dic_hela", 9), ("dsb2018_fluo", 260)):
+        names = [f"01_t{i:03d}" if name == "dic_hela" else f"{i:03d}" for i in (list(range(60, 69)) if name == "dic_hela" else range(n))]
+        samples = [Sample(None, None, s) for s in names]
+        tested = []
+        for f in range(FOLDS[name]):
+            tr, te = split(name, samples, f)
+            assert te and not {s.name for s in tr} & {s.name for s in te}
+            tested += [s.name for s in te]
+        use = [s for s in names if not (name == "dic_hela" and s.endswith("067"))]
+        assert sorted(tested) == sorted(use)
+        with pytest.raises(ValueError, match="folds"):
+            split(name, samples, FOLDS[name])
+    assert parse_arm("unetcu:augment=flips,w0=0,border=off") == ("unetcu", dict(augment="flips", w0=0.0, border="off"))
+    if __import__("importlib").util.find_spec("torch"):  # the peer's Recipe lives beside its PyTorch code
+        assert parse_arm("peer:lr=3e-4") == ("peer", dict(lr=3e-4))
+        with pytest.raises(ValueError, match="arm"):
+            parse_arm("peer:w0")
+    for bad in ("unetcu:steps=5", "unetcu:nonsense=1", "unetcu:w0", "nnunet"):
+        with pytest.raises(ValueError, match="arm"):
+            parse_arm(bad)
+
+
+def test_own_sampler_windows_cover_the_image_with_their_labels_where_torch_is_installed():
+    """The peer's own sampler: the label window is the centre of the image window (the halo comes
+    from the reflect padding), every output pixel is reachable, and the 8 rotations/flips occur."""
+    import numpy as np
+    import pytest
+    pytest.importorskip("torch")
+    from benchmarks.peer import OwnSampler
+    from unetcu.data import Sample
+    rng = np.random.default_rng(0)
+    img = rng.standard_normal((41, 37)).astype(np.float32)
+    lab = (rng.random((41, 37)) > 0.7).astype(np.int32)
+    s = Sample(img, lab, "r")
+    sampler = OwnSampler([s], 28, 12)
+    seen, orient = np.zeros_like(lab), set()
+    padded = np.pad(img, 8, mode="reflect")
+    for _ in range(3000):
+        x, y = sampler(rng)
+        assert x.shape == (1, 1, 28, 28) and y.shape == (1, 12, 12)
+        # find the window: the label window's pixels equal the image window's centre in some orientation
+        for k in range(4):
+            for flip in (False, True):
+                cx = np.rot90(x[0, 0], -k) if not flip else np.rot90(x[0, 0][:, ::-1], -k)
+                cy = np.rot90(y[0], -k) if not flip else np.rot90(y[0][:, ::-1], -k)
+                hits = [(i, j) for i in range(41 - 11) for j in range(37 - 11)
+                        if np.array_equal(padded[i:i + 28, j:j + 28], cx) and np.array_equal(lab[i:i + 12, j:j + 12], cy)]
+                if hits:
+                    orient.add((k, flip))
+                    seen[hits[0][0]:hits[0][0] + 12, hits[0][1]:hits[0][1] + 12] = 1
+                    break
+            else:
+                continue
+            break
+        else:
+            raise AssertionError("a window that is no window of the image with its labels")
+    assert seen.all() and len(orient) >= 4  # (a rotation by 180 equals both flips: 8 draws, some the same)
+    w = sampler.class_weights
+    assert np.isclose((w * np.bincount(lab.ravel())).sum(), lab.size)  # N / (K n_c): each class weighs N / K

@@ -132,9 +132,14 @@ def test_train_predict_resume_export_carry_the_border_class(tmp_path):
     assert probs.shape[0] == 3 and np.array_equal(inst, want)  # the cells grown into the border, specks left out
     (tmp_path / "truth").mkdir()
     Image.fromarray(s.instances.astype(np.uint16)).save(tmp_path / "truth" / "x.png")
-    from unetcu.metrics import evaluate_files
+    from unetcu.metrics import evaluate, evaluate_files
     (name, m), = evaluate_files(tmp_path / "p", tmp_path / "truth")  # scores x_prob.tif: objects as predict makes them
     assert m["seg"] == seg_score(s.instances, from_classes(probs.argmax(0), model.config["border"]))
+    for f in ("x_prob.tif", "x_instances.png"):  # the class map alone is scored the same way
+        (tmp_path / "p" / f).unlink()
+    (_, m2), = evaluate_files(tmp_path / "p", tmp_path / "truth")
+    assert m2["seg"] == m["seg"] and m2["rand_error"] == pytest.approx(
+        evaluate(s.instances, pred_inst=from_classes(probs.argmax(0), model.config["border"]))["rand_error"])
     r = run("train", *tiny, "--border", "on", "--classes", "3", "--out", "c", cwd=tmp_path)
     assert r.returncode == 1 and "--border on adds a border class" in r.stderr, r.stderr
     r = run("train", *tiny, "--border", "off", "--out", "d", cwd=tmp_path)
@@ -152,6 +157,11 @@ def test_a_checkpoint_written_before_the_border_class_loads_without_one(tmp_path
     m.save(tmp_path / "old.npz")
     z = dict(np.load(tmp_path / "old.npz"))
     meta = json.loads(bytes(z["meta"]).decode())
+    assert "border" not in meta["config"]  # no border class: the header a unetcu before it reads
+    meta["config"]["border"] = 0
+    z["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(tmp_path / "new.npz", **z)
+    assert UNet.load(tmp_path / "new.npz").config == m.config
     del meta["config"]["border"]
     z["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     np.savez(tmp_path / "old2.npz", **z)

@@ -291,7 +291,7 @@ DIFFER = {  # what rank 1 has that rank 0 has not -> the message (rank 0's data 
                         "content on rank 1",
     "an-option": "the ranks' options differ: --w0 10.0 on rank 0, 5.0 on rank 1; start every rank with the same options",
     "synthetic-data": "the ranks' options differ: --n-synthetic 3 on rank 0, 4 on rank 1",
-    "other-code": "rank 1 runs other code than rank 0: unetcu 0.1.0 as rank 0, but unetcu/weightmap.py has other "
+    "other-code": "rank 1 runs other code than rank 0: unetcu 0.2.0 as rank 0, but unetcu/weightmap.py has other "
                   "content; every rank must run the same unetcu",
 }
 

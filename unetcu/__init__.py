@@ -32,7 +32,7 @@ Architecture: layers, each importing only those below it.
                engines/sanitize.py, engines/profile.py   tools plugged into the emulator's hook
     kernels    kernels/*.cu     the CUDA C, one file per op family
 """
-__version__ = "0.1.0"  # before the imports: model.py records it in every checkpoint
+__version__ = "0.2.0"  # before the imports: model.py records it in every checkpoint
 
 from .model import UNet, output_size, valid_input_size
 __all__ = ["UNet", "output_size", "valid_input_size"]

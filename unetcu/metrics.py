@@ -165,16 +165,23 @@ def evaluate_probs(true_inst: np.ndarray, probs: np.ndarray, border: int = 0) ->
     return m
 
 
-def prob_border(path) -> int:
-    """The border class's width that predict recorded in a NAME_prob.tif (0: none, or not written by
-    predict of a model with a border class)."""
-    import tifffile
+def prediction_border(path) -> int:
+    """The border class's width that predict recorded in a NAME_prob.tif (TIFF metadata) or
+    NAME_labels.png (a PNG text chunk); 0: none recorded (a model without a border class, or a file
+    predict did not write)."""
+    from PIL import Image
     try:
-        with tifffile.TiffFile(path) as t:
-            meta = t.shaped_metadata[0] if t.shaped_metadata else {}
-    except Exception:  # not a TIFF predict wrote: no border class recorded
+        if str(path).lower().endswith((".tif", ".tiff")):
+            import tifffile
+            with tifffile.TiffFile(path) as t:
+                meta = t.shaped_metadata[0] if t.shaped_metadata else {}
+            b = meta.get("unetcu_border", 0) if isinstance(meta, dict) else 0
+        else:
+            with Image.open(path) as im:
+                b = im.info.get("unetcu_border", "0")
+            b = int(b) if str(b).isdigit() else 0
+    except Exception:  # unreadable here: the reader proper reports it
         return 0
-    b = meta.get("unetcu_border", 0) if isinstance(meta, dict) else 0
     return int(b) if isinstance(b, int) and not isinstance(b, bool) and b > 0 else 0
 
 
@@ -343,12 +350,17 @@ def evaluate_files(pred_path, label_path, label_mode: str = "auto"):
         if fp.hw != true.shape:
             raise InputError(f"prediction {f} ({fp.describe()}) and label {lab} ({fl.describe()}) differ in size")
         if kind == "prob":
-            rows.append((row, evaluate_probs(true, np.asarray(a), prob_border(f))))
+            rows.append((row, evaluate_probs(true, np.asarray(a), prediction_border(f))))
         else:
             p = page(fp, k, "p")
             if kind == "plain":
                 inst = read(p, fp.where(k), "pred", pred_path)
-            else:  # predict's instance ids, or the components of its class map
-                inst = p if kind == "instances" else segments(p > 0)
+            elif kind == "instances":  # predict's instance ids
+                inst = p
+            elif border := prediction_border(f):  # a border model's class map (0, 127, 254): its cells grown
+                from .instances import from_classes
+                inst = from_classes(np.asarray(p) // 127, border)
+            else:  # the components of predict's class map
+                inst = segments(p > 0)
             rows.append((row, evaluate(true, pred_inst=inst)))
     return rows

@@ -434,7 +434,9 @@ class UNet:
         if momentum is not None:
             arrays.update({f"momentum/{k}": _to_host(v) for k, v in momentum.items()})
         from . import __version__
-        meta = dict(format=FORMAT, version=__version__, config=self.config, state=state or {})
+        # no border class: no "border" key, so that a unetcu from before the border class reads the file
+        config = {k: v for k, v in self.config.items() if k != "border" or v}
+        meta = dict(format=FORMAT, version=__version__, config=config, state=state or {})
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         path = os.fspath(path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -43,9 +43,15 @@ def write_results(out: Path, name: str, probs: np.ndarray, img: np.ndarray | Non
     scale = 255 // max(1, k - 1)
     atomic_write(out / f"{name}_prob.tif", lambda p: tifffile.imwrite(p, probs.astype(np.float32), photometric="minisblack",
                                                                       metadata={"unetcu_border": int(border)} if border else {}))
-    # (the border class's width rides in the TIFF, so that `unetcu evaluate` makes objects as predict does)
+    # (the border class's width rides in the TIFF and the PNG, so that `unetcu evaluate` makes objects as predict does)
     # (minisblack: without it tifffile stores 3 or 4 classes as one RGB(A) image, not pages)
-    atomic_write(out / f"{name}_labels.png", lambda p: Image.fromarray((labels * scale).astype(np.uint8)).save(p, format="PNG"))
+    info = None
+    if border:  # evaluate reads the class map of a border model as predict does (cells grown into the border)
+        from PIL.PngImagePlugin import PngInfo
+        info = PngInfo()
+        info.add_text("unetcu_border", str(int(border)))
+    atomic_write(out / f"{name}_labels.png",
+                 lambda p: Image.fromarray((labels * scale).astype(np.uint8)).save(p, format="PNG", pnginfo=info))
     atomic_write(out / f"{name}_instances.png", lambda p: Image.fromarray(inst.astype(np.uint16)).save(p, format="PNG"))
     if img is not None:
         atomic_write(out / f"{name}_overlay.png", lambda p: Image.fromarray(colour_instances(inst, img)).save(p, format="PNG"))

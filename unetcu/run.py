@@ -108,6 +108,18 @@ def targets(sample, model) -> np.ndarray:
     return border_classes(sample.instances, border) if border else sample.classes()
 
 
+def weights(sample, classes: np.ndarray, cfg, model) -> np.ndarray:
+    """The weight map (H, W) float32 of a data.Sample whose target is `classes` (targets()): class
+    balancing alone for class-id labels, the border target's map for a model with a border class,
+    else the paper's (weightmap.py)."""
+    from .weightmap import border_weight_map, class_balance, weight_map
+    if sample.semantic:  # no instances: class balancing only
+        return class_balance(classes, model.config["n_classes"])
+    if model.config.get("border", 0):
+        return border_weight_map(sample.instances, classes, cfg.w0, cfg.sigma)
+    return weight_map(sample.instances, cfg.w0, cfg.sigma, model.config["n_classes"], classes=classes)
+
+
 BORDER_TOUCHING = 0.1  # --border auto: on when at least this fraction of the training objects touch another
 
 
@@ -139,16 +151,12 @@ def check_classes(samples: list, model):
 
 
 def prepare(samples: list, cfg: TrainConfig, model) -> list[Prepared]:
-    """Each training sample (data.Sample) with its class map and weight map (the paper's, from its
-    instances; class balancing alone for class labels), on the engine where its tiles are made."""
-    from .weightmap import class_balance, weight_map
+    """Each training sample (data.Sample) with its class map (targets) and weight map (weights), on
+    the engine where its tiles are made."""
     out = []
     for s in samples:
         cls = targets(s, model)
-        if s.semantic:  # no instances: class balancing only
-            w = class_balance(cls, model.config["n_classes"])
-        else:
-            w = weight_map(s.instances, cfg.w0, cfg.sigma, model.config["n_classes"], classes=cls)
+        w = weights(s, cls, cfg, model)
         xp = model.xp if cfg.augment == "elastic" else np  # the elastic warp runs where the model runs
         out.append(Prepared(xp.asarray(s.image), xp.asarray(cls), xp.asarray(w), s.name))
     return out
@@ -563,6 +571,9 @@ def plan_run(options: dict, resume: str | None = None, dist=None, log=print) -> 
     planned = Run.of(model, train_s, val_s, replace(cfg, run=run), resume=resume, overwrite=o["overwrite"], dist=dist,
                      resumed=resumed, checked=True)
     planned.progress = not o["no_progress"]
+    if not resumed and model.config["border"] and not any(int((d.classes == 2).sum()) for d in planned.data):
+        log(f"note: --border {o['border']}: no training object lies within {model.config['border']} px of another, so "
+            "the border class never occurs in the training labels (--border off trains the 2-class model)")
     return planned
 
 

@@ -36,8 +36,7 @@ from .files import same_file
 from .metrics import iou
 from .model import UNet, output_size
 from .report import CsvLog, Progress, plot_curves, plot_samples
-from .run import RUN_FILES, Prepared, TrainConfig, check_out, targets
-from .weightmap import class_balance, weight_map
+from .run import RUN_FILES, Prepared, TrainConfig, check_out, targets, weights
 
 class TrainingDiverged(RuntimeError):
     pass
@@ -127,8 +126,7 @@ def evaluate(model: UNet, samples: list[Sample], cfg: TrainConfig, tile=None):
     for s in samples:
         probs = predict_probs(model, s.image, tile=tile or cfg.tile)
         cls = targets(s, model)
-        w = (class_balance(cls, model.config["n_classes"]) if s.semantic else
-             weight_map(s.instances, cfg.w0, cfg.sigma, model.config["n_classes"], classes=cls))
+        w = weights(s, cls, cfg, model)
         p = np.clip(np.take_along_axis(probs, cls[None].astype(np.int64), 0)[0], 1e-12, 1)
         losses.append(float(-(w * np.log(p)).mean()))
         ious.append(iou(probs.argmax(0) > 0, cls > 0))

@@ -69,6 +69,23 @@ def weight_map(instances: np.ndarray, w0: float = 10.0, sigma: float = 5.0, n_cl
     return w.astype(np.float32)
 
 
+BORDER_WEIGHT = 3.0  # the border class's weight, in multiples of its objects' weight (border_weight_map)
+
+
+def border_weight_map(instances: np.ndarray, classes: np.ndarray, w0: float = 10.0, sigma: float = 5.0,
+                      factor: float = BORDER_WEIGHT) -> np.ndarray:
+    """float32 (H, W) weight map of the border target (classes: data.border_classes, 0 background,
+    1 cell, 2 touching border): the class balance of background against objects (cell and border
+    together), the paper's border term on the background, and the border class `factor` times the
+    objects' weight. Not the three classes' inverse frequencies: the border is 1-3 % of the pixels,
+    its weight then ~20x, and a net trained so calls a quarter of a DIC-HeLa frame border, leaving
+    no cell to grow (SEG 0 on held-out frames; benchmarks/RESULTS.md). factor 3 moves the decision
+    between cell and border to p(border) > 1/4: touching cells come apart a little early."""
+    classes = np.asarray(classes)
+    w = weight_map(instances, w0, sigma, 2, classes=(classes > 0).astype(np.int32))
+    return np.where(classes == 2, np.float32(factor) * w, w).astype(np.float32)
+
+
 def weight_map_bruteforce(instances: np.ndarray, w0: float = 10.0, sigma: float = 5.0, n_classes: int = 2,
                           balance: bool = True) -> np.ndarray:
     """The definition, computed the slow way: a full-image distance transform per object and the
