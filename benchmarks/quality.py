@@ -44,9 +44,10 @@ from unetcu.run import PRESETS
 
 FOLDS = {"isbi2012": 5, "dic_hela": 4, "dsb2018_fluo": 5}
 # what decides each set (the issue of record: ISBI by Rand and information error, the cell sets by SEG and IoU)
-DECIDE = {"isbi2012": ("rand_error", "info_error"), "dic_hela": ("seg", "iou", "seg_watershed"), "dsb2018_fluo": ("seg", "iou")}
+DECIDE = {"isbi2012": ("rand_error", "info_error"), "dic_hela": ("seg_default", "iou", "seg_watershed"),
+          "dsb2018_fluo": ("seg_default", "iou", "seg_watershed")}
 LOWER_IS_BETTER = {"pixel_error", "pixel_error_fscore", "rand_error", "info_error"}
-SHOWN = ("rand_error", "info_error", "pixel_error", "iou", "seg", "seg_watershed")
+SHOWN = ("rand_error", "info_error", "pixel_error", "iou", "seg", "seg_watershed", "seg_default")
 
 
 def split(name: str, samples, fold: int = 0):
@@ -81,8 +82,15 @@ def parse_arm(spec: str) -> tuple[str, dict]:
             raise ValueError(f"arm {spec!r}: {item!r} is not field=value of {cls.__name__} "
                              f"(fields: {', '.join(t for t in types if t not in ('steps', 'tile', 'seed', 'out', 'run'))})")
         t = types[k]
+        if k == "border" and v not in ("auto", "on", "off"):
+            raise ValueError(f"arm {spec!r}: border is auto, on or off, not {v!r}")
         out[k] = (v.lower() in ("1", "true", "yes")) if t is bool else (v if t in (str, type(None)) else t(float(v)) if t is int else t(v))
     return kind, out
+
+
+def run_name(name, fold, arm, seed, preset, steps) -> str:
+    """The name of one run's files (its training folder, its first test image's objects)."""
+    return f"{name}-f{fold}-{arm}-s{seed}-{preset}{steps}"
 
 
 def run_one(root, name, fold, seed, arm, engine, preset, steps, out):
@@ -106,7 +114,7 @@ def run_one(root, name, fold, seed, arm, engine, preset, steps, out):
         border = border_width(tr, over.pop("border", "auto"))  # as `unetcu train --border` decides it
         model = UNet(depth=depth, base_channels=base, engine=engine, seed=seed, n_classes=3 if border else 2, border=border)
         cfg = TrainConfig(**{**over, "steps": steps, "tile": tile, "seed": seed, "val_every": steps, "ckpt_every": steps,
-                             "out": str(Path(out) / "runs" / f"{name}-f{fold}-{arm.replace(':', '_')}-s{seed}")})
+                             "out": str(Path(out) / "runs" / f"{run_name(name, fold, arm, seed, preset, steps).replace(':', '_')}")})
         history = train(Run.of(model, tr, te[:1], cfg, overwrite=True), progress=False, log=lambda *a: None)
         recipe, final_loss = asdict(cfg), float(np.mean([h["loss"] for h in history[-100:]]))
         recipe.pop("run", None)
@@ -130,14 +138,36 @@ def run_one(root, name, fold, seed, arm, engine, preset, steps, out):
         if i == 0:
             d = Path(out) / "instances"
             d.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(d / f"{name}-f{fold}-{arm}-s{seed}.npz", components=from_classes(labels, border),
+            np.savez_compressed(d / f"{run_name(name, fold, arm, seed, preset, steps)}.npz", components=from_classes(labels, border),
                                 watershed=ws)
+    # seg_default: the objects each arm gives out of the box: `unetcu predict`'s (--instances auto) for
+    # unetcu, the connected components a plain PyTorch user takes for the peer
+    method = "components"
+    if kind == "unetcu":
+        from unetcu.data import touching_fraction
+        from unetcu.predict import instance_method
+        method = instance_method("auto", {"touching": touching_fraction([s.instances for s in tr]), "object_radius": radius},
+                                 border)
+    for r in images.values():
+        r["seg_default"] = r["seg_watershed" if method == "watershed" else "seg"]
     t_pred = (time.perf_counter() - t0) / len(te)
-    mean = {m: float(np.nanmean([r[m] for r in images.values()])) for m in METRIC_NAMES + ("seg_watershed",)}
+    mean = {m: float(np.nanmean([r[m] for r in images.values()])) for m in METRIC_NAMES + ("seg_watershed", "seg_default")}
     return dict(set=name, k=FOLDS[name], fold=fold, seed=seed, arm=arm, preset=preset, steps=steps, engine=engine,
                 train_images=len(tr), test_images=len(te), train_seconds=t_train, predict_seconds_per_image=t_pred,
                 recipe=recipe, final_loss=final_loss, diverged=not np.isfinite(final_loss), mean=mean, images=images,
                 date=str(date.today()), machine=f"{platform.machine()}, {os.cpu_count()} cores")
+
+
+def read_runs(path) -> list[dict]:
+    """The runs recorded in a runs.jsonl; a line cut short (a run killed while writing it) is skipped
+    with a note, and that run is done again by the next invocation."""
+    runs = []
+    for n, line in enumerate(open(path), 1):
+        try:
+            runs.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"quality: {path}:{n} is not a whole record (skipped; its run will be done again)", file=sys.stderr)
+    return runs
 
 
 def key(r) -> tuple:
@@ -168,7 +198,7 @@ def report(runs, peer: str = "peer") -> str:
             for arm in arms:
                 a = [r for r in rs if r["arm"] == arm]
                 out.append(f"| {arm} | {len(a)} | {np.mean([r['train_seconds'] for r in a]):.0f} | "
-                           + " | ".join(_ms([r["mean"][m] for r in a]) for m in SHOWN) + " |")
+                           + " | ".join(_ms([r["mean"][m] for r in a if m in r["mean"]]) for m in SHOWN) + " |")
             base = {(r["fold"], r["seed"]): r for r in rs if r["arm"] == peer}
             others = [a for a in arms if a != peer]
             if not base or not others:
@@ -182,7 +212,7 @@ def report(runs, peer: str = "peer") -> str:
                 pairs = [(r["fold"], r, base[(r["fold"], r["seed"])]) for r in rs
                          if r["arm"] == arm and (r["fold"], r["seed"]) in base]
                 for m in metrics:
-                    d = [(f, a["mean"][m] - p["mean"][m]) for f, a, p in pairs]
+                    d = [(f, a["mean"][m] - p["mean"][m]) for f, a, p in pairs if m in a["mean"] and m in p["mean"]]
                     per_fold = [_signed(np.mean([v for g, v in d if g == f])) if any(g == f for g, _ in d) else ""
                                 for f in folds]
                     vals = [v for _, v in d]
@@ -190,7 +220,8 @@ def report(runs, peer: str = "peer") -> str:
                         continue
                     mean, sd = float(np.mean(vals)), float(np.std(vals))
                     better = mean < 0 if m in LOWER_IS_BETTER else mean > 0
-                    verdict = "within spread" if abs(mean) <= sd else ("better" if better else "worse")
+                    verdict = ("one pair: no spread" if len(vals) < 2 else "within spread" if abs(mean) <= sd else
+                               "better" if better else "worse")
                     out.append(f"| {arm} | {m} | " + " | ".join(per_fold) + f" | {_signed(mean)} +- {sd:.3f} | {len(vals)} | "
                                f"{verdict} |")
     return "\n".join(out)
@@ -211,8 +242,11 @@ def section(runs) -> list[str]:
             "PyTorch U-Net of the same architecture with the plain PyTorch recipe, its own sampler (random windows of "
             "the reflect-padded image, 8 rotations/flips, class-balanced cross-entropy, Adam 1e-3, He init; "
             "benchmarks/peer.py). rand_error, info_error: foreground-restricted, best over thresholds of the foreground "
-            "probability (for a model with a border class: of its objects, cells grown into the border); seg: predict's "
-            "default objects; seg_watershed: `predict --instances watershed`. train s: seconds per run, two runs at a "
+            "probability (for a model with a border class: of its objects, cells grown into the border); seg: the "
+            "connected components (for a border model: its cells grown into the border); seg_watershed: `predict "
+            "--instances watershed`; seg_default: the objects out of the box, `unetcu predict`'s (--instances auto: "
+            "the watershed where the training objects touch, DIC-HeLa and DSB 2018) for unetcu, the connected "
+            "components for the peer. train s: seconds per run, two runs at a "
             "time on the two cores, one thread each.", report(runs), ""]
 
 
@@ -233,9 +267,9 @@ def figure(runs, root, out, path):
         cols = [(s.image, f"{name}: {s.name[:16]}"), (colour_instances(s.instances), f"truth: {int(s.instances.max())} objects")]
         how = "components"  # predict's default: components, or for a border model the cells grown into the border
         for arm in arms:
-            f = Path(out) / "instances" / f"{name}-f{first[0]}-{arm}-s{first[1]}.npz"
             r = [r for r in runs if (r["set"], r["fold"], r["seed"], r["arm"]) == (name, *first, arm)]
-            if f.exists() and r:
+            f = Path(out) / "instances" / f"{run_name(name, first[0], arm, first[1], r[0]['preset'], r[0]['steps'])}.npz" if r else None
+            if r and f.exists():
                 inst = np.load(f)[how]
                 seg = r[0]["images"][s.name]["seg"]
                 cols.append((colour_instances(inst), f"{arm}: {int(inst.max())} objects, SEG {seg:.2f}"))
@@ -267,7 +301,7 @@ def main(argv=None):
                                                   "(e.g. benchmarks/RESULTS.md; default: none)")
     a = ap.parse_args(argv)
     if a.report:
-        runs = [json.loads(l) for l in open(a.report)]
+        runs = read_runs(a.report)
         print(report(runs))
         if a.results:
             update_section(a.results, SECTION, section(runs))
@@ -295,7 +329,7 @@ def main(argv=None):
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "runs.jsonl"
-    done = {key(r) for r in map(json.loads, path.open())} if path.exists() else set()
+    done = {key(r) for r in read_runs(path)} if path.exists() else set()
     # seed by seed, fold by fold, set by set: a grid stopped early has both arms of whole pairs
     jobs = [(name, f, seed, arm) for seed in a.seeds for f in a.folds for name in a.sets for arm in a.arms
             if (name, f, seed, arm, a.preset, a.steps) not in done]
@@ -306,22 +340,30 @@ def main(argv=None):
         os.environ[v] = "1"
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futs = [pool.submit(run_one, a.data, name, f, seed, arm, a.engine, a.preset, a.steps, str(out))
-                for name, f, seed, arm in jobs]
+        futs = {pool.submit(run_one, a.data, name, f, seed, arm, a.engine, a.preset, a.steps, str(out)): (name, f, seed, arm)
+                for name, f, seed, arm in jobs}
+        failed = 0
         for i, fut in enumerate(as_completed(futs), 1):
-            r = fut.result()
+            try:
+                r = fut.result()
+            except Exception as e:  # one run's failure loses no other run: the rest go on and are recorded
+                failed += 1
+                print(f"[{i}/{len(jobs)}] {' '.join(map(str, futs[fut]))}: failed: {type(e).__name__}: {e}", flush=True)
+                continue
             with path.open("a") as fh:
                 fh.write(json.dumps(r) + "\n")
             print(f"[{i}/{len(jobs)}, {time.perf_counter() - t0:.0f} s] {r['set']} fold {r['fold']} seed {r['seed']} "
                   f"{r['arm']}: train {r['train_seconds']:.0f} s, " +
                   ", ".join(f"{m} {r['mean'][m]:.3f}" for m in DECIDE[r["set"]]), flush=True)
-    runs = [json.loads(l) for l in path.open()]
+    runs = read_runs(path)
     print(report(runs))
     figure([r for r in runs if (r["preset"], r["steps"]) == (a.preset, a.steps)], root, out, out / "quality.png")
     if a.results:
         update_section(a.results, SECTION, section(runs))
     print(f"\nwrote {path} and {out / 'quality.png'}" + (f", updated {a.results}" if a.results else ""))
-    return 0
+    if failed:
+        print(f"quality: {failed} of {len(jobs)} runs failed (above); rerun to retry them", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -95,6 +95,14 @@ def test_target_and_weight_map_of_a_border_model():
     w = weight_map(s.instances, 0.0, 5.0, 3, classes=cls)  # class balance alone: each class weighs the same in total
     totals = [w[cls == k].sum() for k in range(3)]
     assert np.allclose(totals, totals[0], rtol=1e-5)
+    from unetcu.run import TrainConfig, weights
+    from unetcu.weightmap import BORDER_WEIGHT, border_weight_map
+    bw = weights(s, cls, TrainConfig(w0=0.0), model)  # the map training uses for a border model
+    assert np.array_equal(bw, border_weight_map(s.instances, cls, 0.0, 5.0))
+    fg = cls > 0  # background against objects balanced: each side weighs half the image, before the border's factor
+    plain = np.where(cls == 2, bw / BORDER_WEIGHT, bw)
+    assert np.isclose(plain[fg].sum(), plain[~fg].sum(), rtol=1e-5) and np.isclose(plain.mean(), 1.0, rtol=1e-5)
+    assert np.allclose(bw[cls == 2], BORDER_WEIGHT * bw[cls == 1][0]) and np.allclose(bw[cls == 1], bw[cls == 1][0])
     with pytest.raises(ValueError, match="learns it from instance labels"):
         targets(Sample(s.image, cls, "sem", semantic=True), model)
     for bad in (dict(n_classes=2, border=2), dict(n_classes=3, border=-1), dict(n_classes=3, border=1.5),
@@ -108,10 +116,11 @@ def run(*args, cwd):
 
 
 def test_train_predict_resume_export_carry_the_border_class(tmp_path):
-    """Synthetic touching cells: auto turns the border class on; the checkpoint, predict's instances,
+    """Synthetic touching cells: --border auto turns the border class on; the checkpoint, predict's instances
+    (auto: the cell class's components grown into the border),
     a resume and an ONNX round trip all keep it; what would change it is refused."""
     tiny = ("--preset", "tiny", "--n-synthetic", "3", "--engine", "numpy", "--no-progress", "--steps", "3")
-    r = run("train", *tiny, "--out", "b", cwd=tmp_path)
+    r = run("train", *tiny, "--border", "auto", "--out", "b", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "border class: on" in r.stdout
     model, _, state = UNet.load(tmp_path / "b" / "checkpoint.npz", with_state=True)

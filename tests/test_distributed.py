@@ -196,7 +196,7 @@ def test_a_distributed_resume_repeats_the_uninterrupted_run(tmp_path):
 
 @needs_mpi
 @pytest.mark.parametrize("plant,rc,message", [
-    ("1:badlabel:3", 1, "unetcu train: rank 1: step 3: softmax_xent: labels must lie in [0, 3)"),
+    ("1:badlabel:3", 1, "unetcu train: rank 1: step 3: softmax_xent: labels must lie in [0, 2)"),
     ("1:nan:3", 3, "unetcu train: loss became nan at step 3 on rank 1; training stopped (the last good checkpoint is"),
     ("1:drift:2", 1, "unetcu train: step 2: the ranks' weights differ (rank 0 "),
     ("1:setup:0", 1, "unetcu train: rank 1: planted: images/x.png vanished"),

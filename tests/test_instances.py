@@ -92,8 +92,22 @@ def test_predict_watershed_takes_the_spacing_from_the_checkpoint(tmp_path):
                       instances="watershed")
     predict_files(tmp_path / "bare.npz", [tmp_path / "a.png"], tmp_path / "q", engine="numpy", progress=False,
                   instances="watershed", min_distance=5)
-    with pytest.raises(ValueError, match="instances must be one of"):
+    with pytest.raises(ValueError, match="instances must be auto or one of"):
         predict_files(tmp_path / "bare.npz", [tmp_path / "a.png"], tmp_path / "r", engine="numpy", instances="blobs")
+    # auto: the watershed for a model whose training objects touched (the synthetic cells do), else components
+    from unetcu.data import touching_fraction
+    from unetcu.predict import instance_method
+    assert state["touching"] == pytest.approx(touching_fraction([s.instances for s in data])) and state["touching"] > 0.1
+    assert instance_method("auto", state) == "watershed" and instance_method("auto", {}) == "components"
+    assert instance_method("auto", dict(state, touching=0.05)) == "components"
+    assert instance_method("components", state) == "components"
+    for how, out in (("auto", "s"), ("auto", "t")):
+        predict_files(tmp_path / ("run/checkpoint.npz" if out == "s" else "bare.npz"), [tmp_path / "a.png"],
+                      tmp_path / out, engine="numpy", progress=False, instances=how)
+    read = lambda d: np.asarray(Image.open(tmp_path / d / "a_instances.png"))
+    assert np.array_equal(read("s"), read("p"))  # the trained model: auto is its watershed
+    labels = np.asarray(Image.open(tmp_path / "t" / "a_labels.png"))
+    assert np.array_equal(read("t"), instances(labels > 0, "components"))  # the bare one: components (min size 0)
 
 
 def test_min_distance_without_watershed_is_refused(tmp_path):

@@ -283,7 +283,7 @@ def _predict_large(a) -> int:
     if a.tta:
         raise ValueError("--tta is not available for block-wise prediction (--out NAME.zarr): the rotated image's "
                          "tiles would not line up with the blocks")
-    if a.instances != "components" or a.min_distance is not None or a.min_size is not None:
+    if a.instances != "auto" or a.min_distance is not None or a.min_size is not None:
         raise ValueError("--instances/--min-distance/--min-size apply to NAME_instances.png; block-wise prediction (--out NAME.zarr) "
                          "writes probabilities and labels only")
     try:
@@ -394,8 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "0..N-1")
     t.add_argument("--border", choices=RULES["border"],
                    help="learn where touching objects meet as a third class (background, cell, border) and split "
-                        "objects along it: auto (default) = on when at least a tenth of the training objects touch "
-                        "another (instance labels, 2 classes), off for membrane labels")
+                        "objects along it: on, off (the default) or auto (on when at least a tenth of the training "
+                        "objects touch another; instance labels, 2 classes)")
     t.add_argument("--preset", choices=RULES["preset"],
                    help="network size (default: paper on a GPU, small on a CPU)")
     t.add_argument("--engine", choices=ENGINES, help="default: cuda if a GPU is usable, else numpy")
@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Segment images of any size with overlap-tile inference (mirrored borders). For each "
                                     "input NAME writes NAME_prob.tif (float32 class probabilities, one page per class), "
                                     "NAME_labels.png (class per pixel; for 2 classes 0/255), NAME_instances.png "
-                                    "(16-bit object ids: connected components of the foreground, or --instances watershed, without specks under "
+                                    "(16-bit object ids: the foreground split by --instances, without specks under "
                                     "--min-size; near black in a photo viewer) and NAME_overlay.png (the picture to look at: "
                                     "each object in its own colour over the gray image). Refuses, before "
                                     "writing anything, an output that would replace an input or an existing file "
@@ -476,11 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tile", type=number(int, 1, 100000), help="input tile size (default: 572 for the paper net, else about 388 output)")
     pr.add_argument("--batch", type=number(int, 1, 100000), default=4, help="tiles per forward pass, 1..100000 (default 4)")
     pr.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips (8x slower)")
-    pr.add_argument("--instances", choices=("components", "watershed"), default="components",
-                    help="how NAME_instances.png splits the foreground into objects: components (connected, the "
-                         "default) or watershed (touching round objects split at their necks; see the README); a "
-                         "model with a border class (train --border) splits its cell class so, then grows it into "
-                         "the border")
+    pr.add_argument("--instances", choices=("auto", "components", "watershed"), default="auto",
+                    help="how NAME_instances.png splits the foreground into objects: components (connected), "
+                         "watershed (touching round objects split at their necks; see the README) or auto (the "
+                         "default: watershed for a model whose training objects touched one another, else "
+                         "components); a model with a border class (train --border) splits its cell class so, then "
+                         "grows it into the border")
     pr.add_argument("--min-distance", type=number(int, 1, 100000), metavar="PX",
                     help="watershed: least distance between two objects' centres in pixels (default: 0.9 x the "
                          "median radius of the objects the model was trained on)")

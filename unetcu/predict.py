@@ -77,22 +77,40 @@ def check_outputs(out: Path, names, inputs, overwrite: bool) -> list[Path]:
     return targets
 
 
+def instance_method(instances: str, state: dict, border: int = 0) -> str:
+    """The instance step predict uses: `instances` as given, or for "auto" the watershed where the
+    model's training objects touched one another (at least run.BORDER_TOUCHING of them, recorded in
+    the checkpoint as `touching`: DIC-HeLa, DSB 2018), else the connected components (membrane
+    labels like ISBI 2012's, class labels, a checkpoint that records nothing, or a model with a
+    border class, whose border separates the cells). Decided from the training labels, never from
+    the images predicted."""
+    from .run import BORDER_TOUCHING
+    if instances not in ("auto", *INSTANCE_METHODS):
+        raise ValueError(f"instances must be auto or one of {INSTANCE_METHODS}, got {instances!r}")
+    if instances != "auto":
+        return instances
+    t = state.get("touching")
+    touching = isinstance(t, (int, float)) and not isinstance(t, bool) and t >= BORDER_TOUCHING
+    return "watershed" if touching and state.get("object_radius") and not border else "components"
+
+
 def load_model(model_path, engine, precision, instances, min_distance, min_size):
-    """(model, min_distance, min_size): the checkpoint's model on `engine`, and the instance
-    defaults its training objects' size gives (min_distance: the watershed's seed spacing; min_size:
-    objects of fewer pixels are left out; see instances.py). Raises ValueError for an image given
-    where the model belongs, a damaged object size, watershed without a spacing, or a model that
-    does not take one channel."""
-    if instances not in INSTANCE_METHODS:
-        raise ValueError(f"instances must be one of {INSTANCE_METHODS}, got {instances!r}")
-    if min_distance is not None and instances != "watershed":
-        raise ValueError("--min-distance sets the watershed's seed spacing: give it with --instances watershed")
+    """(model, method, min_distance, min_size): the checkpoint's model on `engine`, the instance step
+    (instance_method) and the defaults its training objects' size gives (min_distance: the
+    watershed's seed spacing; min_size: objects of fewer pixels are left out; see instances.py).
+    Raises ValueError for an image given where the model belongs, a damaged object size, watershed
+    without a spacing, or a model that does not take one channel."""
+    instance_method(instances, {})  # an unknown method fails before the model is read
     try:
         model, _, state = UNet.load(model_path, engine=engine, with_state=True, precision=precision)
     except NotAModelFile as e:
         if not e.kind.endswith(" image"):
             raise
         raise ValueError(f"{e} (the model comes first, then the images)") from None  # an image where the model belongs
+    instances = instance_method(instances, state, model.config["border"])
+    if min_distance is not None and instances != "watershed":
+        raise ValueError("--min-distance sets the watershed's seed spacing: give it with --instances watershed (or "
+                         "auto, for a model trained on touching objects)")
     radius = state.get("object_radius")
     if radius is not None and not (isinstance(radius, (int, float)) and not isinstance(radius, bool)
                                    and math.isfinite(radius) and radius > 0):
@@ -107,17 +125,17 @@ def load_model(model_path, engine, precision, instances, min_distance, min_size)
         min_size = min_size_for(radius) if radius else 0
     if model.config["in_channels"] != 1:
         raise ValueError(f"{model_path}: the model takes {model.config['in_channels']} channels; files give 1")
-    return model, min_distance, min_size
+    return model, instances, min_distance, min_size
 
 
 def predict_files(model_path, images, out_dir, engine=None, tile=None, batch=4, tta=False, progress=True,
-                  precision="fp32", overwrite=False, instances="components", min_distance=None, min_size=None):
+                  precision="fp32", overwrite=False, instances="auto", min_distance=None, min_size=None):
     """Segment image files (see the module's docstring); instances: the method of NAME_instances.png,
-    one of unetcu.instances.METHODS; min_distance: the watershed's seed spacing in pixels (default:
+    auto (instance_method) or one of unetcu.instances.METHODS; min_distance: the watershed's seed spacing in pixels (default:
     from the checkpoint's object_radius); min_size: objects of fewer pixels are left out of
     NAME_instances.png (default: a tenth of the training objects' median area, from object_radius;
     0 where the checkpoint records none). Raises ValueError for watershed without a spacing."""
-    model, min_distance, min_size = load_model(model_path, engine, precision, instances, min_distance, min_size)
+    model, instances, min_distance, min_size = load_model(model_path, engine, precision, instances, min_distance, min_size)
     files = [ImageFile(p) for p in images]  # every layout checked
     names = [page_names(f) for f in files]
     flat = [n for ns in names for n in ns]

@@ -128,7 +128,7 @@ def border_width(samples, setting: str = "auto") -> int:
     setting "off" -> 0; "on" -> a tenth of the training objects' median radius, at least 2 px
     (DIC-HeLa's cells 6 px, DSB 2018's nuclei 2); "auto" -> that where at least BORDER_TOUCHING of
     the training objects touch another (data.touching_fraction; instance labels only), else 0:
-    membrane labels like ISBI 2012's (no object touches another) keep the 2-class model.
+    membrane labels like ISBI 2012's (1 % of its objects touch another) keep the 2-class model.
     Decided from the training labels only, never from images the model is scored on."""
     from .data import touching_fraction
     from .instances import object_radius
@@ -199,7 +199,7 @@ RULES = dict(
 
 # Every option's default. plan_run takes None (or a missing key) as "not given", so that a resumed
 # run can take the options it was started with from its checkpoint.
-TRAIN_DEFAULTS = dict(data="synthetic", val_data=None, val_fraction=0.2, labels="auto", classes=2, border="auto", preset="auto",
+TRAIN_DEFAULTS = dict(data="synthetic", val_data=None, val_fraction=0.2, labels="auto", classes=2, border="off", preset="auto",
                       engine=None, precision="fp32", cuda_graph=False, steps=None, optimizer="adam", lr=0.001,
                       warmup=None, schedule="cosine", momentum=0.99,
                       weight_decay=0.0, clip=0.0, batch=1, tile=None, augment="elastic", w0=10.0, sigma=5.0,
@@ -347,7 +347,7 @@ class Run:
     model's engine), optimizer (optim.Optimizer, resumed state loaded), rng (the one generator of
     every random draw, at the resumed state), start (the last finished step), history (a dict per
     step so far), resume (the checkpoint continued, or None), overwrite, dist (a
-    distributed.Distributed for one rank of an MPI job, or None), object_radius (of the training
+    distributed.Distributed for one rank of an MPI job, or None), object_radius and touching (of the training
     objects, for predict's defaults), step (the step.Step that computes and applies a step),
     progress (train shows a progress bar: plan_run's no_progress turns it off)."""
     model: object
@@ -364,6 +364,7 @@ class Run:
     overwrite: bool = False
     dist: object = None
     object_radius: float | None = None
+    touching: float | None = None  # the fraction of training objects touching another (predict --instances auto)
     progress: bool = True
     trained: bool = False  # train(run) has run it: a Run trains once
 
@@ -385,6 +386,7 @@ class Run:
         cfg.out holds another run (check_out), ValueError for a recipe that cannot run (check_recipe),
         a checkpoint of another network or number of ranks, a label outside the model's classes, no
         training images, or a run already at cfg.steps."""
+        from .data import touching_fraction
         from .instances import object_radius
         from .model import UNet
         if resume and resumed is None:
@@ -420,10 +422,12 @@ class Run:
         check_classes(list(train_samples) + list(val_samples), model)
         _check_not_done(resume, start, cfg.steps)
         data = prepare(train_samples, cfg, model)
-        radius = object_radius([s.instances for s in train_samples if not s.semantic])  # predict --instances watershed
+        maps = [s.instances for s in train_samples if not s.semantic]
+        radius = object_radius(maps)  # predict --instances watershed: the seeds' spacing
+        touching = touching_fraction(maps) if maps else None  # predict --instances auto: watershed when they touch
         return cls(model=model, cfg=cfg, train_samples=list(train_samples), val_samples=list(val_samples), data=data,
                    optimizer=opt, rng=rng, step=_step(model, opt, cfg, dist), start=start, history=history,
-                   resume=resume, overwrite=overwrite, dist=dist, object_radius=radius)
+                   resume=resume, overwrite=overwrite, dist=dist, object_radius=radius, touching=touching)
 
 
 FROM_PYTHON = "samples given in Python"  # TrainConfig.run["data"] of a run that Run.of started

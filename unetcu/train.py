@@ -258,7 +258,8 @@ def train(run, progress: bool | None = None, log=print):
             kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written"
             raise TrainingDiverged(f"the weights ({bad}) became non-finite at step {step}; training stopped "
                                    f"({kept}). Lower the learning rate (--lr) or clip the gradients (--clip).")
-        state = dict(step=step, rng=rng_state, history=history, config=asdict(cfg), object_radius=run.object_radius)
+        state = dict(step=step, rng=rng_state, history=history, config=asdict(cfg), object_radius=run.object_radius,
+                     touching=run.touching)
         model.save(ckpt, momentum=opt.state, state=_jsonable(state))
 
     interrupts = _Interrupts()
