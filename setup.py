@@ -7,7 +7,7 @@ from setuptools import setup
 
 setup(
     name="unetcu",
-    version="0.1.0",
+    version="0.2.0",
     description="U-Net on hand-written CUDA kernels (CuPy), with a CPU emulator that runs the same kernels",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",

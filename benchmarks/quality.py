@@ -153,7 +153,8 @@ def run_one(root, name, fold, seed, arm, engine, preset, steps, out):
     t_pred = (time.perf_counter() - t0) / len(te)
     mean = {m: float(np.nanmean([r[m] for r in images.values()])) for m in METRIC_NAMES + ("seg_watershed", "seg_default")}
     return dict(set=name, k=FOLDS[name], fold=fold, seed=seed, arm=arm, preset=preset, steps=steps, engine=engine,
-                train_images=len(tr), test_images=len(te), train_seconds=t_train, predict_seconds_per_image=t_pred,
+                instances=method, train_images=len(tr), test_images=len(te), train_seconds=t_train,
+                predict_seconds_per_image=t_pred,
                 recipe=recipe, final_loss=final_loss, diverged=not np.isfinite(final_loss), mean=mean, images=images,
                 date=str(date.today()), machine=f"{platform.machine()}, {os.cpu_count()} cores")
 
@@ -265,14 +266,14 @@ def figure(runs, root, out, path):
         first = min((r["fold"], r["seed"]) for r in runs if r["set"] == name)
         s = split(name, D.load_folder(Path(root) / name), first[0])[1][0]
         cols = [(s.image, f"{name}: {s.name[:16]}"), (colour_instances(s.instances), f"truth: {int(s.instances.max())} objects")]
-        how = "components"  # predict's default: components, or for a border model the cells grown into the border
         for arm in arms:
             r = [r for r in runs if (r["set"], r["fold"], r["seed"], r["arm"]) == (name, *first, arm)]
             f = Path(out) / "instances" / f"{run_name(name, first[0], arm, first[1], r[0]['preset'], r[0]['steps'])}.npz" if r else None
-            if r and f.exists():
+            if r and f.exists():  # the arm's objects out of the box (seg_default)
+                how = r[0].get("instances", "components")
                 inst = np.load(f)[how]
-                seg = r[0]["images"][s.name]["seg"]
-                cols.append((colour_instances(inst), f"{arm}: {int(inst.max())} objects, SEG {seg:.2f}"))
+                seg = r[0]["images"][s.name]["seg_default"]
+                cols.append((colour_instances(inst), f"{arm} ({how}): {int(inst.max())} objects, SEG {seg:.2f}"))
         for j, (a, title) in enumerate(cols):
             ax[i, j].imshow(a, cmap="gray" if a.ndim == 2 else None)
             ax[i, j].set_title(title, fontsize=8)
