@@ -110,15 +110,15 @@ def run_one(root, name, fold, seed, arm, engine, preset, steps, out):
     if kind == "unetcu":
         from unetcu.run import Run, TrainConfig
         from unetcu.train import train
-        from unetcu.run import border_width
-        border = border_width(tr, over.pop("border", "auto"))  # as `unetcu train --border` decides it
+        from unetcu.run import TRAIN_DEFAULTS, border_width
+        border = border_width(tr, over.pop("border", TRAIN_DEFAULTS["border"]))  # as `unetcu train --border` decides it
         model = UNet(depth=depth, base_channels=base, engine=engine, seed=seed, n_classes=3 if border else 2, border=border)
         cfg = TrainConfig(**{**over, "steps": steps, "tile": tile, "seed": seed, "val_every": steps, "ckpt_every": steps,
                              "out": str(Path(out) / "runs" / f"{run_name(name, fold, arm, seed, preset, steps).replace(':', '_')}")})
         history = train(Run.of(model, tr, te[:1], cfg, overwrite=True), progress=False, log=lambda *a: None)
         recipe, final_loss = asdict(cfg), float(np.mean([h["loss"] for h in history[-100:]]))
         recipe.pop("run", None)
-        recipe["border"] = border
+        recipe.update(border=border, out=str(Path(cfg.out).relative_to(out)))  # (the record names no machine's paths)
     else:
         from benchmarks.peer import Recipe, train_peer
         rec = Recipe.plain(**over)
