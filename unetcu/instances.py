@@ -16,8 +16,8 @@
                 (benchmarks/RESULTS.md; the factor was picked on those two frames).
 
 Source: the paper separates touching cells by the border-weighted loss alone (section 3); the
-border class is the three-class U-Net of the Data Science Bowl 2018 (Caicedo et al., Cytometry A
-2019); the
+border class is the three-class (background / interior / boundary) U-Net of Caicedo et al.
+(Cytometry A 2019, nucleus segmentation); the
 distance-transform watershed is the classic split of touching nuclei (e.g. scikit-image's
 "Watershed segmentation" example, Beucher & Meyer 1993).
 """
